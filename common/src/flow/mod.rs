@@ -1,0 +1,195 @@
+//! Flow specs: the validated model of a flow file, its parsing and its input resolution.
+
+mod parse;
+mod resolve;
+mod validate;
+
+pub use parse::{parse_flow, MAX_FLOW_FILE_BYTES};
+pub use resolve::{bind_parameters, resolve_inputs, InputError, ResolvedInputs};
+
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+/// The built-in functions every worker offers.
+pub const BUILTINS: &[&str] = &[
+    "noop",
+    "echo",
+    "sleep",
+    "fail",
+    "range",
+    "sum",
+    "generate_dataset",
+    "train_test_split",
+    "train_ridge",
+    "evaluate",
+    "cleanup",
+];
+
+/// A validated flow definition.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct FlowSpec {
+    pub name: String,
+    pub project: String,
+    /// Labels every task requires, on top of its own.
+    #[serde(default)]
+    pub labels: Vec<String>,
+    #[serde(default)]
+    pub parameters: BTreeMap<String, ParamSpec>,
+    /// Tasks in a topological order.
+    pub tasks: Vec<TaskSpec>,
+}
+
+impl FlowSpec {
+    /// The index of the task named `slug`.
+    pub fn task_index(&self, slug: &str) -> Option<usize> {
+        self.tasks.iter().position(|t| t.name == slug)
+    }
+}
+
+/// A flow parameter; without a default it is required.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ParamSpec {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub default: Option<serde_json::Value>,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub description: String,
+}
+
+/// One task of a flow.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TaskSpec {
+    pub name: String,
+    pub kind: TaskKind,
+    /// Named inputs, in name order.
+    #[serde(default)]
+    pub inputs: BTreeMap<String, Input>,
+    /// Names of the inputs that fan out (one task run per element).
+    #[serde(default)]
+    pub map: Vec<String>,
+    /// Control-only upstream dependencies.
+    #[serde(default)]
+    pub after: Vec<String>,
+    /// The task's own labels together with the flow's.
+    #[serde(default)]
+    pub labels: Vec<String>,
+    #[serde(default)]
+    pub resources: ResourceSpec,
+    #[serde(default)]
+    pub retries: RetryPolicy,
+    /// Per-attempt timeout in milliseconds; 0 means none.
+    #[serde(default)]
+    pub timeout_ms: u64,
+}
+
+impl TaskSpec {
+    /// The tasks this one depends on, through inputs and `after`, without duplicates.
+    pub fn upstream(&self) -> Vec<&str> {
+        let mut out: Vec<&str> = Vec::new();
+        for input in self.inputs.values() {
+            input.upstream(&mut out);
+        }
+        for a in &self.after {
+            if !out.contains(&a.as_str()) {
+                out.push(a);
+            }
+        }
+        out
+    }
+
+    /// Whether the task fans out.
+    pub fn is_mapped(&self) -> bool {
+        !self.map.is_empty()
+    }
+}
+
+/// What a task runs.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum TaskKind {
+    /// A function of the worker's built-in library.
+    Builtin { function: String },
+    /// A process: inputs as a JSON object on stdin, the JSON result on stdout.
+    Process {
+        command: String,
+        #[serde(default)]
+        args: Vec<String>,
+        #[serde(default)]
+        env: BTreeMap<String, String>,
+    },
+}
+
+/// Where an input's value comes from.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Input {
+    /// A flow parameter.
+    Param(String),
+    /// An upstream task's result (a list of the children's results for a mapped task).
+    Result(String),
+    /// One element of an upstream list or tuple result.
+    Element { task: String, index: usize },
+    /// A literal value.
+    Value(serde_json::Value),
+    /// The concatenation of several inputs; lists are spliced one level, other values appended.
+    Flatten(Vec<Input>),
+}
+
+impl Input {
+    fn upstream<'a>(&'a self, out: &mut Vec<&'a str>) {
+        match self {
+            Input::Result(t) | Input::Element { task: t, .. } => {
+                if !out.contains(&t.as_str()) {
+                    out.push(t);
+                }
+            }
+            Input::Flatten(items) => items.iter().for_each(|i| i.upstream(out)),
+            Input::Param(_) | Input::Value(_) => {}
+        }
+    }
+}
+
+/// What a task asks of a worker.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct ResourceSpec {
+    pub slots: u32,
+    #[serde(default)]
+    pub gpus: u32,
+    #[serde(default)]
+    pub memory_mb: u64,
+}
+
+impl Default for ResourceSpec {
+    fn default() -> Self {
+        ResourceSpec {
+            slots: 1,
+            gpus: 0,
+            memory_mb: 0,
+        }
+    }
+}
+
+/// How failed attempts are retried.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, Default)]
+pub struct RetryPolicy {
+    /// Retries after the first attempt.
+    pub count: u32,
+    /// Delay before the first retry, in milliseconds.
+    #[serde(default)]
+    pub delay_ms: u64,
+    /// Multiplier applied to the delay for each further retry (>= 1).
+    #[serde(default = "one")]
+    pub backoff: f64,
+}
+
+fn one() -> f64 {
+    1.0
+}
+
+impl RetryPolicy {
+    /// The delay before attempt `next` (2 for the first retry).
+    pub fn delay_before(&self, next: u32) -> u64 {
+        let exp = next.saturating_sub(2) as i32;
+        let d = self.delay_ms as f64 * self.backoff.max(1.0).powi(exp);
+        d.min(24.0 * 3600.0 * 1000.0) as u64
+    }
+}

@@ -1,0 +1,262 @@
+//! Parsing a flow file (YAML, of which JSON is a subset) into a validated [`FlowSpec`].
+
+use super::validate::validate;
+use super::{FlowSpec, Input, ParamSpec, ResourceSpec, RetryPolicy, TaskKind, TaskSpec};
+use crate::{Error, Result};
+use serde::Deserialize;
+use serde_json::Value;
+use std::collections::BTreeMap;
+
+/// The largest flow file accepted.
+pub const MAX_FLOW_FILE_BYTES: usize = 1024 * 1024;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawFlow {
+    name: String,
+    #[serde(default)]
+    project: Option<String>,
+    #[serde(default)]
+    labels: Vec<String>,
+    #[serde(default)]
+    parameters: BTreeMap<String, Option<RawParam>>,
+    tasks: Vec<Value>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawParam {
+    #[serde(default)]
+    default: Option<Value>,
+    #[serde(default)]
+    description: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTask {
+    name: String,
+    #[serde(default)]
+    builtin: Option<String>,
+    #[serde(default)]
+    process: Option<RawProcess>,
+    #[serde(default)]
+    inputs: BTreeMap<String, Value>,
+    #[serde(default)]
+    map: Vec<String>,
+    #[serde(default)]
+    after: Vec<String>,
+    #[serde(default)]
+    labels: Vec<String>,
+    #[serde(default)]
+    resources: Option<RawResources>,
+    #[serde(default)]
+    retries: Option<RawRetries>,
+    #[serde(default)]
+    timeout_s: Option<f64>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawProcess {
+    command: String,
+    #[serde(default)]
+    args: Vec<String>,
+    #[serde(default)]
+    env: BTreeMap<String, String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawResources {
+    #[serde(default)]
+    slots: Option<u32>,
+    #[serde(default)]
+    gpus: u32,
+    #[serde(default)]
+    memory_mb: u64,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRetries {
+    count: u32,
+    #[serde(default)]
+    delay_s: f64,
+    #[serde(default)]
+    backoff: Option<f64>,
+}
+
+fn invalid(msg: impl Into<String>) -> Error {
+    Error::InvalidFlow(msg.into())
+}
+
+/// Parses and validates a flow file's text.
+pub fn parse_flow(source: &str) -> Result<FlowSpec> {
+    if source.len() > MAX_FLOW_FILE_BYTES {
+        return Err(invalid(format!(
+            "flow file is {} bytes; the limit is {} bytes",
+            source.len(),
+            MAX_FLOW_FILE_BYTES
+        )));
+    }
+    if source.trim().is_empty() {
+        return Err(invalid("flow file is empty"));
+    }
+    let raw: RawFlow = serde_yaml_ng::from_str(source).map_err(|e| invalid(format!("{e}")))?;
+    let mut tasks = Vec::with_capacity(raw.tasks.len());
+    for (i, t) in raw.tasks.into_iter().enumerate() {
+        let name = t
+            .get("name")
+            .and_then(Value::as_str)
+            .map(|n| format!("task `{n}`"))
+            .unwrap_or_else(|| format!("task #{}", i + 1));
+        let raw_task: RawTask =
+            serde_json::from_value(t).map_err(|e| invalid(format!("{name}: {e}")))?;
+        tasks.push(convert_task(raw_task)?);
+    }
+    let parameters = raw
+        .parameters
+        .into_iter()
+        .map(|(k, p)| {
+            let p = p.unwrap_or(RawParam {
+                default: None,
+                description: String::new(),
+            });
+            (
+                k,
+                ParamSpec {
+                    default: p.default,
+                    description: p.description,
+                },
+            )
+        })
+        .collect();
+    let spec = FlowSpec {
+        name: raw.name,
+        project: raw.project.unwrap_or_else(|| "default".to_string()),
+        labels: raw.labels,
+        parameters,
+        tasks,
+    };
+    validate(spec)
+}
+
+fn convert_task(t: RawTask) -> Result<TaskSpec> {
+    let at = |field: &str, msg: String| invalid(format!("task `{}`: {field}: {msg}", t.name));
+    let kind = match (t.builtin, t.process) {
+        (Some(f), None) => TaskKind::Builtin { function: f },
+        (None, Some(p)) => TaskKind::Process {
+            command: p.command,
+            args: p.args,
+            env: p.env,
+        },
+        (Some(_), Some(_)) => {
+            return Err(at("kind", "give either `builtin` or `process`, not both".into()))
+        }
+        (None, None) => {
+            return Err(at(
+                "kind",
+                "missing task kind: give `builtin: FUNCTION` or `process: {command: ...}`".into(),
+            ))
+        }
+    };
+    let mut inputs = BTreeMap::new();
+    for (k, v) in t.inputs {
+        let input = convert_input(&v).map_err(|m| at(&format!("input `{k}`"), m))?;
+        inputs.insert(k, input);
+    }
+    let resources = match t.resources {
+        None => ResourceSpec::default(),
+        Some(r) => ResourceSpec {
+            slots: r.slots.unwrap_or(1),
+            gpus: r.gpus,
+            memory_mb: r.memory_mb,
+        },
+    };
+    let retries = match t.retries {
+        None => RetryPolicy {
+            count: 0,
+            delay_ms: 0,
+            backoff: 1.0,
+        },
+        Some(r) => {
+            if !(r.delay_s.is_finite() && r.delay_s >= 0.0) {
+                return Err(at("retries.delay_s", "must be a number >= 0".into()));
+            }
+            let backoff = r.backoff.unwrap_or(1.0);
+            if !(backoff.is_finite() && (1.0..=100.0).contains(&backoff)) {
+                return Err(at("retries.backoff", "must be between 1 and 100".into()));
+            }
+            if r.count > 100 {
+                return Err(at("retries.count", "must be at most 100".into()));
+            }
+            RetryPolicy {
+                count: r.count,
+                delay_ms: (r.delay_s * 1000.0) as u64,
+                backoff,
+            }
+        }
+    };
+    let timeout_ms = match t.timeout_s {
+        None => 0,
+        Some(s) if s.is_finite() && s > 0.0 => (s * 1000.0).ceil() as u64,
+        Some(_) => return Err(at("timeout_s", "must be a number > 0".into())),
+    };
+    Ok(TaskSpec {
+        name: t.name,
+        kind,
+        inputs,
+        map: t.map,
+        after: t.after,
+        labels: t.labels,
+        resources,
+        retries,
+        timeout_ms,
+    })
+}
+
+/// An input is a mapping with one of `param`, `result` (with an optional `index`), `value` or
+/// `flatten`; anything else is a literal.
+fn convert_input(v: &Value) -> std::result::Result<Input, String> {
+    let Value::Object(m) = v else {
+        return Ok(Input::Value(v.clone()));
+    };
+    let keys: Vec<&str> = m.keys().map(String::as_str).collect();
+    match keys.as_slice() {
+        ["param"] => match &m["param"] {
+            Value::String(p) => Ok(Input::Param(p.clone())),
+            other => Err(format!("`param` must be a parameter name, got {other}")),
+        },
+        ["result"] => Ok(Input::Result(name_of(&m["result"], "result")?)),
+        ["index", "result"] | ["result", "index"] => {
+            let task = name_of(&m["result"], "result")?;
+            let index = m["index"]
+                .as_u64()
+                .ok_or_else(|| format!("`index` must be an integer >= 0, got {}", m["index"]))?;
+            Ok(Input::Element {
+                task,
+                index: index as usize,
+            })
+        }
+        ["value"] => Ok(Input::Value(m["value"].clone())),
+        ["flatten"] => match &m["flatten"] {
+            Value::Array(items) => Ok(Input::Flatten(
+                items
+                    .iter()
+                    .map(convert_input)
+                    .collect::<std::result::Result<_, _>>()?,
+            )),
+            other => Err(format!("`flatten` must be a list of inputs, got {other}")),
+        },
+        _ => Err(format!(
+            "expected one of {{param}}, {{result}}, {{result, index}}, {{value}} or {{flatten}}; got keys {keys:?} (write a literal mapping as {{value: ...}})"
+        )),
+    }
+}
+
+fn name_of(v: &Value, field: &str) -> std::result::Result<String, String> {
+    v.as_str()
+        .map(str::to_string)
+        .ok_or_else(|| format!("`{field}` must be a task name, got {v}"))
+}

@@ -1,0 +1,172 @@
+//! Binding parameter values and resolving a task's inputs from parameters and upstream results.
+
+use super::{FlowSpec, Input, TaskSpec};
+use crate::{Error, Result};
+use serde_json::{Map, Value};
+use std::collections::BTreeMap;
+
+/// Checks given parameter values against the flow and fills in defaults.
+pub fn bind_parameters(
+    spec: &FlowSpec,
+    given: BTreeMap<String, Value>,
+) -> Result<BTreeMap<String, Value>> {
+    for k in given.keys() {
+        if !spec.parameters.contains_key(k) {
+            let known: Vec<&str> = spec.parameters.keys().map(String::as_str).collect();
+            return Err(Error::InvalidArgument(format!(
+                "flow `{}` has no parameter `{k}` (parameters: {})",
+                spec.name,
+                known.join(", ")
+            )));
+        }
+    }
+    let mut out = BTreeMap::new();
+    for (name, p) in &spec.parameters {
+        let v = given
+            .get(name)
+            .cloned()
+            .or_else(|| p.default.clone())
+            .ok_or_else(|| {
+                Error::InvalidArgument(format!(
+                    "missing required parameter `{name}` of flow `{}`",
+                    spec.name
+                ))
+            })?;
+        out.insert(name.clone(), v);
+    }
+    Ok(out)
+}
+
+/// A task's inputs once its upstream results are known.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ResolvedInputs {
+    /// Inputs given whole to every task run (unmapped, broadcast).
+    pub fixed: Map<String, Value>,
+    /// Mapped inputs, all lists of the same length.
+    pub mapped: Vec<(String, Vec<Value>)>,
+}
+
+impl ResolvedInputs {
+    /// The number of task runs of a mapped task; `None` for an unmapped one.
+    pub fn width(&self) -> Option<usize> {
+        self.mapped.first().map(|(_, v)| v.len())
+    }
+
+    /// The inputs object of task run `index` (ignored for an unmapped task).
+    pub fn for_index(&self, index: usize) -> Value {
+        let mut m = self.fixed.clone();
+        for (k, vals) in &self.mapped {
+            m.insert(k.clone(), vals.get(index).cloned().unwrap_or(Value::Null));
+        }
+        Value::Object(m)
+    }
+}
+
+/// Why a task's inputs could not be resolved at run time.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("task `{task}`: input `{input}`: {message}")]
+pub struct InputError {
+    pub task: String,
+    pub input: String,
+    pub message: String,
+}
+
+fn kind_of(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "a list",
+        Value::Object(_) => "an object",
+    }
+}
+
+/// Resolves `task`'s inputs; `result` gives a completed upstream task's result.
+pub fn resolve_inputs<'a>(
+    task: &TaskSpec,
+    params: &BTreeMap<String, Value>,
+    result: impl Fn(&str) -> Option<&'a Value>,
+) -> std::result::Result<ResolvedInputs, InputError> {
+    let mut fixed = Map::new();
+    let mut mapped = Vec::new();
+    for (name, input) in &task.inputs {
+        let err = |message: String| InputError {
+            task: task.name.clone(),
+            input: name.clone(),
+            message,
+        };
+        let v = eval(input, params, &result).map_err(err)?;
+        if task.map.contains(name) {
+            match v {
+                Value::Array(items) => mapped.push((name.clone(), items)),
+                other => {
+                    return Err(err(format!(
+                        "mapped input must be a list at run time, got {}",
+                        kind_of(&other)
+                    )))
+                }
+            }
+        } else {
+            fixed.insert(name.clone(), v);
+        }
+    }
+    if let Some((first, first_items)) = mapped.first() {
+        for (name, items) in &mapped[1..] {
+            if items.len() != first_items.len() {
+                return Err(InputError {
+                    task: task.name.clone(),
+                    input: name.clone(),
+                    message: format!(
+                        "mapped inputs differ in length: `{first}` has {}, `{name}` has {}",
+                        first_items.len(),
+                        items.len()
+                    ),
+                });
+            }
+        }
+    }
+    Ok(ResolvedInputs { fixed, mapped })
+}
+
+fn eval<'a>(
+    input: &Input,
+    params: &BTreeMap<String, Value>,
+    result: &impl Fn(&str) -> Option<&'a Value>,
+) -> std::result::Result<Value, String> {
+    match input {
+        Input::Param(p) => params
+            .get(p)
+            .cloned()
+            .ok_or_else(|| format!("parameter `{p}` has no value")),
+        Input::Value(v) => Ok(v.clone()),
+        Input::Result(t) => result(t)
+            .cloned()
+            .ok_or_else(|| format!("task `{t}` has no result")),
+        Input::Element { task: t, index } => {
+            let v = result(t).ok_or_else(|| format!("task `{t}` has no result"))?;
+            match v {
+                Value::Array(items) => items.get(*index).cloned().ok_or_else(|| {
+                    format!(
+                        "index {index} is out of range: task `{t}` returned {} elements",
+                        items.len()
+                    )
+                }),
+                other => Err(format!(
+                    "cannot take element {index} of task `{t}`'s result: it is {}, not a list",
+                    kind_of(other)
+                )),
+            }
+        }
+        Input::Flatten(items) => {
+            let mut out = Vec::new();
+            for i in items {
+                match eval(i, params, result)? {
+                    Value::Array(inner) => out.extend(inner),
+                    other => out.push(other),
+                }
+            }
+            Ok(Value::Array(out))
+        }
+    }
+}

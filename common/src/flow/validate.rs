@@ -1,0 +1,202 @@
+//! Static validation of a flow: names, references, cycles, kinds and maps.
+
+use super::{FlowSpec, Input, TaskKind, TaskSpec, BUILTINS};
+use crate::{Error, Result};
+use std::collections::{HashMap, HashSet};
+
+fn invalid(msg: impl Into<String>) -> Error {
+    Error::InvalidFlow(msg.into())
+}
+
+fn valid_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 128
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-' || c == '.')
+}
+
+/// Validates a flow and returns it with its tasks in a topological order.
+pub(super) fn validate(mut spec: FlowSpec) -> Result<FlowSpec> {
+    if !valid_name(&spec.name) {
+        return Err(invalid(format!(
+            "flow name `{}` must be 1-128 characters of letters, digits, `_`, `-` or `.`",
+            spec.name
+        )));
+    }
+    if !valid_name(&spec.project) {
+        return Err(invalid(format!(
+            "project `{}` must be 1-128 characters of letters, digits, `_`, `-` or `.`",
+            spec.project
+        )));
+    }
+    if spec.tasks.is_empty() {
+        return Err(invalid("a flow needs at least one task"));
+    }
+    for p in spec.parameters.keys() {
+        if !valid_name(p) {
+            return Err(invalid(format!("parameter name `{p}` is not a valid name")));
+        }
+    }
+    let mut names = HashSet::new();
+    for t in &spec.tasks {
+        if !valid_name(&t.name) {
+            return Err(invalid(format!(
+                "task name `{}` must be 1-128 characters of letters, digits, `_`, `-` or `.`",
+                t.name
+            )));
+        }
+        if !names.insert(t.name.as_str()) {
+            return Err(invalid(format!("duplicate task name `{}`", t.name)));
+        }
+    }
+    for t in &spec.tasks {
+        check_task(&spec, &names, t)?;
+    }
+    spec.tasks = topo_order(std::mem::take(&mut spec.tasks))?;
+    Ok(spec)
+}
+
+fn check_task(spec: &FlowSpec, names: &HashSet<&str>, t: &TaskSpec) -> Result<()> {
+    let at = |field: &str, msg: String| invalid(format!("task `{}`: {field}: {msg}", t.name));
+    if let TaskKind::Builtin { function } = &t.kind {
+        if !BUILTINS.contains(&function.as_str()) {
+            return Err(at(
+                "builtin",
+                format!(
+                    "unknown built-in function `{function}` (known: {})",
+                    BUILTINS.join(", ")
+                ),
+            ));
+        }
+    }
+    if let TaskKind::Process { command, .. } = &t.kind {
+        if command.trim().is_empty() {
+            return Err(at("process.command", "must not be empty".into()));
+        }
+    }
+    for (name, input) in &t.inputs {
+        check_input(spec, names, t, input).map_err(|m| at(&format!("input `{name}`"), m))?;
+    }
+    for m in &t.map {
+        if !t.inputs.contains_key(m) {
+            return Err(at(
+                "map",
+                format!("`{m}` is not one of the task's inputs"),
+            ));
+        }
+    }
+    for a in &t.after {
+        if !names.contains(a.as_str()) {
+            return Err(at("after", format!("unknown task `{a}`")));
+        }
+        if a == &t.name {
+            return Err(at("after", "a task cannot run after itself".into()));
+        }
+    }
+    if t.resources.slots == 0 {
+        return Err(at("resources.slots", "must be at least 1".into()));
+    }
+    Ok(())
+}
+
+fn check_input(
+    spec: &FlowSpec,
+    names: &HashSet<&str>,
+    t: &TaskSpec,
+    input: &Input,
+) -> std::result::Result<(), String> {
+    match input {
+        Input::Param(p) => {
+            if !spec.parameters.contains_key(p) {
+                return Err(format!("unknown parameter `{p}`"));
+            }
+        }
+        Input::Result(u) | Input::Element { task: u, .. } => {
+            if !names.contains(u.as_str()) {
+                return Err(format!("unknown task `{u}`"));
+            }
+            if u == &t.name {
+                return Err("a task cannot take its own result".into());
+            }
+        }
+        Input::Flatten(items) => {
+            for i in items {
+                check_input(spec, names, t, i)?;
+            }
+        }
+        Input::Value(_) => {}
+    }
+    Ok(())
+}
+
+/// Kahn's algorithm, keeping file order among independent tasks; names the cycle if any.
+fn topo_order(tasks: Vec<TaskSpec>) -> Result<Vec<TaskSpec>> {
+    let index: HashMap<String, usize> = tasks
+        .iter()
+        .enumerate()
+        .map(|(i, t)| (t.name.clone(), i))
+        .collect();
+    let mut indegree = vec![0usize; tasks.len()];
+    let mut down: Vec<Vec<usize>> = vec![Vec::new(); tasks.len()];
+    for (i, t) in tasks.iter().enumerate() {
+        for u in t.upstream() {
+            let j = index[u];
+            indegree[i] += 1;
+            down[j].push(i);
+        }
+    }
+    let mut order = Vec::with_capacity(tasks.len());
+    let mut ready: std::collections::BTreeSet<usize> =
+        (0..tasks.len()).filter(|&i| indegree[i] == 0).collect();
+    while let Some(i) = ready.pop_first() {
+        order.push(i);
+        for &d in &down[i] {
+            indegree[d] -= 1;
+            if indegree[d] == 0 {
+                ready.insert(d);
+            }
+        }
+    }
+    if order.len() < tasks.len() {
+        let cycle = find_cycle(&tasks, &index, &indegree);
+        return Err(invalid(format!(
+            "dependency cycle: {}",
+            cycle.join(" -> ")
+        )));
+    }
+    let mut slots: Vec<Option<TaskSpec>> = tasks.into_iter().map(Some).collect();
+    Ok(order.into_iter().filter_map(|i| slots[i].take()).collect())
+}
+
+fn find_cycle(
+    tasks: &[TaskSpec],
+    index: &HashMap<String, usize>,
+    indegree: &[usize],
+) -> Vec<String> {
+    // Walk upstream edges among the tasks left over until a task repeats.
+    let Some(start) = (0..tasks.len()).find(|&i| indegree[i] > 0) else {
+        return Vec::new();
+    };
+    let mut path = vec![start];
+    let mut cur = start;
+    loop {
+        let next = tasks[cur]
+            .upstream()
+            .into_iter()
+            .map(|u| index[u])
+            .find(|&j| indegree[j] > 0);
+        let Some(next) = next else { break };
+        if let Some(pos) = path.iter().position(|&p| p == next) {
+            let mut cycle: Vec<String> = path[pos..]
+                .iter()
+                .rev()
+                .map(|&i| tasks[i].name.clone())
+                .collect();
+            cycle.push(tasks[cur].name.clone());
+            return cycle;
+        }
+        path.push(next);
+        cur = next;
+    }
+    path.iter().map(|&i| tasks[i].name.clone()).collect()
+}

@@ -1,0 +1,12 @@
+//! baton's shared domain: flow specs and their validation, run and task states, result
+//! references and stores, errors, time and telemetry helpers. No networking servers.
+
+pub mod error;
+pub mod flow;
+pub mod ids;
+pub mod result_store;
+pub mod state;
+pub mod telemetry;
+pub mod time;
+
+pub use error::{Error, Result};

@@ -1,0 +1,366 @@
+//! Workers and dispatch: label and resource matching, credit (free resources) per worker,
+//! ready queues per class of requirement, worker sessions coming and going.
+
+use super::model::{AttemptInfo, TrRef};
+use super::{Engine, Outgoing, Timer};
+use baton_common::flow::ResourceSpec;
+use baton_common::ids::{AttemptKey, WorkerId};
+use baton_common::state::{RunState, TaskState};
+use baton_proto::{scheduler_message::Msg, SchedulerMessage};
+use std::collections::{HashMap, VecDeque};
+
+/// What a worker says of itself when it connects.
+#[derive(Clone, Debug)]
+pub struct WorkerRegistration {
+    pub id: WorkerId,
+    pub labels: Vec<String>,
+    pub resources: ResourceSpec,
+    /// Attempts it is still running (or finished without an acknowledgement).
+    pub running: Vec<AttemptKey>,
+    pub address: String,
+}
+
+/// A worker as the engine sees it.
+#[derive(Debug)]
+pub(super) struct WorkerSlot {
+    pub id: WorkerId,
+    pub session: u64,
+    pub labels: Vec<String>,
+    pub total: ResourceSpec,
+    pub free: ResourceSpec,
+    /// Attempts holding resources on this worker.
+    pub attempts: HashMap<(TrRef, u32), ResourceSpec>,
+    pub connected: bool,
+    pub draining: bool,
+    pub last_seen_ms: i64,
+    pub connected_ms: i64,
+    pub address: String,
+}
+
+impl WorkerSlot {
+    pub fn has_labels(&self, labels: &[String]) -> bool {
+        labels.iter().all(|l| self.labels.binary_search(l).is_ok())
+    }
+
+    fn fits(&self, r: &ResourceSpec) -> bool {
+        self.free.slots >= r.slots && self.free.gpus >= r.gpus && self.free.memory_mb >= r.memory_mb
+    }
+
+    pub fn could_ever_fit(&self, r: &ResourceSpec) -> bool {
+        self.total.slots >= r.slots
+            && self.total.gpus >= r.gpus
+            && self.total.memory_mb >= r.memory_mb
+    }
+
+    fn reserve(&mut self, key: (TrRef, u32), r: &ResourceSpec) {
+        self.free.slots = self.free.slots.saturating_sub(r.slots);
+        self.free.gpus = self.free.gpus.saturating_sub(r.gpus);
+        self.free.memory_mb = self.free.memory_mb.saturating_sub(r.memory_mb);
+        self.attempts.insert(key, r.clone());
+    }
+
+    pub fn release(&mut self, key: (TrRef, u32)) {
+        if let Some(r) = self.attempts.remove(&key) {
+            self.free.slots = (self.free.slots + r.slots).min(self.total.slots);
+            self.free.gpus = (self.free.gpus + r.gpus).min(self.total.gpus);
+            self.free.memory_mb = (self.free.memory_mb + r.memory_mb).min(self.total.memory_mb);
+        }
+    }
+}
+
+/// Task runs that need the same labels and resources, waiting in order.
+#[derive(Debug)]
+pub(super) struct Class {
+    pub labels: Vec<String>,
+    pub resources: ResourceSpec,
+    pub queue: VecDeque<TrRef>,
+    /// When the class was found to have no worker able to run it (0: it has one).
+    pub unrunnable_since: i64,
+    pub reason: String,
+}
+
+impl Engine {
+    pub(super) fn class_for(&mut self, labels: &[String], r: &ResourceSpec) -> usize {
+        let key = (labels.to_vec(), r.clone());
+        if let Some(&c) = self.class_index.get(&key) {
+            return c;
+        }
+        let c = self.classes.len();
+        self.classes.push(Class {
+            labels: labels.to_vec(),
+            resources: r.clone(),
+            queue: VecDeque::new(),
+            unrunnable_since: 0,
+            reason: String::new(),
+        });
+        self.class_index.insert(key, c);
+        c
+    }
+
+    /// Assigns ready task runs to workers with matching labels and free resources.
+    pub fn dispatch(&mut self, now: i64) {
+        for c in 0..self.classes.len() {
+            while !self.classes[c].queue.is_empty() {
+                let class = &self.classes[c];
+                let worker = self
+                    .workers
+                    .values()
+                    .filter(|w| {
+                        w.connected && !w.draining && w.has_labels(&class.labels) && w.fits(&class.resources)
+                    })
+                    .max_by_key(|w| (w.free.slots, std::cmp::Reverse(w.attempts.len())))
+                    .map(|w| w.id.clone());
+                let Some(worker) = worker else { break };
+                let Some(t) = self.classes[c].queue.pop_front() else {
+                    break;
+                };
+                let ok = self
+                    .runs
+                    .get(t.run as usize)
+                    .and_then(|r| r.tr(t.node, t.index))
+                    .is_some_and(|tr| tr.state == TaskState::Ready);
+                if ok {
+                    self.assign(t, &worker, now);
+                }
+            }
+        }
+    }
+
+    fn assign(&mut self, t: TrRef, worker: &WorkerId, now: i64) {
+        let epoch = self.epoch;
+        let Some(w) = self.workers.get_mut(worker) else {
+            return;
+        };
+        let run = &mut self.runs[t.run as usize];
+        let flow = run.flow.clone();
+        let task = flow.task(t.node as usize);
+        let node = &mut run.nodes[t.node as usize];
+        let map_index = if node.mapped { t.index as i64 } else { -1 };
+        let tr = &mut node.runs[t.index as usize];
+        tr.attempt += 1;
+        tr.state = TaskState::Assigned;
+        tr.worker = Some(worker.clone());
+        tr.started_ms = now;
+        tr.error.clear();
+        tr.attempts.push(AttemptInfo {
+            number: tr.attempt,
+            worker: worker.0.clone(),
+            started_ms: now,
+            ended_ms: 0,
+            error: String::new(),
+        });
+        let attempt = tr.attempt;
+        let inputs = tr.inputs.to_string();
+        if task.timeout_ms > 0 {
+            tr.deadline_ms = now + task.timeout_ms as i64;
+        }
+        w.reserve((t, attempt), &task.resources);
+        let session = w.session;
+        let msg = SchedulerMessage {
+            epoch,
+            msg: Some(Msg::Assign(baton_proto::Assign {
+                key: Some(baton_proto::AttemptKey {
+                    run_id: run.id.0.clone(),
+                    task: task.name.clone(),
+                    map_index,
+                    attempt,
+                }),
+                task_spec: flow.kind_json[t.node as usize].to_string(),
+                inputs,
+                timeout_ms: task.timeout_ms,
+                resources: Some(baton_proto::Resources {
+                    slots: task.resources.slots,
+                    gpus: task.resources.gpus,
+                    memory_mb: task.resources.memory_mb,
+                }),
+                traceparent: String::new(),
+                scheduled_start_ms: run.scheduled_start_ms,
+            })),
+        };
+        if run.state == RunState::Pending {
+            run.state = RunState::Running;
+            run.started_ms = now;
+            self.mark_run(t.run);
+        }
+        if task.timeout_ms > 0 {
+            self.timer(now + task.timeout_ms as i64, Timer::Timeout(t, attempt));
+        }
+        self.outgoing.push(Outgoing {
+            worker: worker.clone(),
+            session,
+            msg,
+        });
+        self.assignments += 1;
+        self.mark_tr(t);
+    }
+
+    /// A worker opened a session: adopt the attempts it reports, lose those it forgot.
+    pub fn worker_connected(&mut self, reg: WorkerRegistration, session: u64, now: i64) {
+        let mut labels = reg.labels.clone();
+        labels.sort();
+        labels.dedup();
+        let old = self.workers.remove(&reg.id);
+        let mut slot = WorkerSlot {
+            id: reg.id.clone(),
+            session,
+            labels,
+            total: reg.resources.clone(),
+            free: reg.resources.clone(),
+            attempts: HashMap::new(),
+            connected: true,
+            draining: false,
+            last_seen_ms: now,
+            connected_ms: now,
+            address: reg.address.clone(),
+        };
+        let mut unknown = Vec::new();
+        let mut adopted = Vec::new();
+        for key in &reg.running {
+            match self.locate(key) {
+                Some(t) if self.is_current_attempt(t, key.attempt) => {
+                    let r = self.runs[t.run as usize].flow.task(t.node as usize).resources.clone();
+                    slot.reserve((t, key.attempt), &r);
+                    adopted.push(t);
+                }
+                _ => unknown.push(baton_proto::AttemptKey::from(key)),
+            }
+        }
+        for &t in &adopted {
+            let tr = &mut self.runs[t.run as usize].nodes[t.node as usize].runs[t.index as usize];
+            tr.worker = Some(reg.id.clone());
+            if tr.state == TaskState::Assigned {
+                tr.state = TaskState::Running;
+            }
+        }
+        if !adopted.is_empty() {
+            tracing::info!(worker = %reg.id, adopted = adopted.len(), "adopted running attempts");
+        }
+        if let Some(old) = old {
+            for (t, attempt) in old.attempts.keys().copied().collect::<Vec<_>>() {
+                if !slot.attempts.contains_key(&(t, attempt)) {
+                    self.lose(t, attempt, &format!("worker `{}` restarted without it", reg.id), now);
+                }
+            }
+        }
+        let epoch = self.epoch;
+        self.outgoing.push(Outgoing {
+            worker: reg.id.clone(),
+            session,
+            msg: SchedulerMessage {
+                epoch,
+                msg: Some(Msg::Welcome(baton_proto::Welcome {
+                    result_store: self.cfg.result_store.clone(),
+                    heartbeat_interval_ms: self.cfg.heartbeat_interval_ms,
+                    unknown,
+                })),
+            },
+        });
+        self.workers.insert(reg.id, slot);
+    }
+
+    /// A worker's session ended; its attempts are lost when its lease lapses.
+    pub fn worker_disconnected(&mut self, id: &WorkerId, session: u64, now: i64) {
+        let lease = self.cfg.worker_lease_ms as i64;
+        let Some(w) = self.workers.get_mut(id) else {
+            return;
+        };
+        if w.session != session {
+            return;
+        }
+        w.connected = false;
+        if w.attempts.is_empty() {
+            self.workers.remove(id);
+            return;
+        }
+        let at = (w.last_seen_ms + lease).max(now);
+        self.timer(at, Timer::WorkerLease(id.clone(), session));
+    }
+
+    /// A message arrived from a worker's session.
+    pub fn worker_seen(&mut self, id: &WorkerId, session: u64, now: i64) {
+        if let Some(w) = self.workers.get_mut(id) {
+            if w.session == session {
+                w.last_seen_ms = now;
+            }
+        }
+    }
+
+    /// A worker takes no more tasks.
+    pub fn worker_draining(&mut self, id: &WorkerId, session: u64) {
+        if let Some(w) = self.workers.get_mut(id) {
+            if w.session == session {
+                w.draining = true;
+            }
+        }
+    }
+
+    pub(super) fn worker_lease_expired(&mut self, id: &WorkerId, session: u64, now: i64) {
+        let expired = self
+            .workers
+            .get(id)
+            .is_some_and(|w| w.session == session && !w.connected);
+        if !expired {
+            return;
+        }
+        if let Some(w) = self.workers.remove(id) {
+            tracing::warn!(worker = %id, attempts = w.attempts.len(), "worker lease lapsed");
+            for (t, attempt) in w.attempts.keys().copied() {
+                self.lose(t, attempt, &format!("worker `{id}` was lost"), now);
+            }
+        }
+    }
+
+    /// Fails the task runs that no connected worker could ever run, after the timeout.
+    pub(super) fn check_unrunnable(&mut self, now: i64) {
+        for c in 0..self.classes.len() {
+            let class = &self.classes[c];
+            if class.queue.is_empty() {
+                self.classes[c].unrunnable_since = 0;
+                continue;
+            }
+            let runnable = self.workers.values().any(|w| {
+                w.connected && !w.draining && w.has_labels(&class.labels) && w.could_ever_fit(&class.resources)
+            });
+            let class = &mut self.classes[c];
+            if runnable {
+                class.unrunnable_since = 0;
+                class.reason.clear();
+                continue;
+            }
+            if class.unrunnable_since == 0 {
+                class.unrunnable_since = now;
+                class.reason = format!(
+                    "no connected worker has labels [{}] and resources of {} slot(s), {} gpu(s), {} MB",
+                    class.labels.join(", "),
+                    class.resources.slots,
+                    class.resources.gpus,
+                    class.resources.memory_mb
+                );
+                tracing::warn!(reason = %class.reason, "tasks cannot be placed");
+            }
+            if now - class.unrunnable_since >= self.cfg.unrunnable_timeout_ms as i64 {
+                let error = format!(
+                    "unrunnable: {} (waited {} ms)",
+                    class.reason, self.cfg.unrunnable_timeout_ms
+                );
+                let queued: Vec<TrRef> = class.queue.drain(..).collect();
+                class.unrunnable_since = 0;
+                for t in queued {
+                    let tr = &mut self.runs[t.run as usize].nodes[t.node as usize].runs[t.index as usize];
+                    if tr.state != TaskState::Ready {
+                        continue;
+                    }
+                    tr.state = TaskState::Failed;
+                    tr.error = error.clone();
+                    tr.ended_ms = now;
+                    self.finish_tr(t, now);
+                }
+            }
+        }
+    }
+
+    /// Why a ready task run of `class` waits, if it is stuck.
+    pub(super) fn class_reason(&self, class: usize) -> &str {
+        self.classes.get(class).map(|c| c.reason.as_str()).unwrap_or("")
+    }
+}

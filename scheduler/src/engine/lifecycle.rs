@@ -1,0 +1,293 @@
+//! Attempt lifecycle: started, finished, failed with retries, timed out, lost with its
+//! worker, cancelled; and the timers that drive retries, timeouts and worker leases.
+
+use super::model::{NodeState, TrRef};
+use super::{Engine, EngineError, Outcome, Outgoing, Timer};
+use baton_common::ids::{AttemptKey, WorkerId};
+use baton_common::state::{RunState, TaskState};
+use baton_proto::{scheduler_message::Msg, SchedulerMessage};
+use std::cmp::Reverse;
+use std::sync::Arc;
+
+impl Engine {
+    /// Finds the task run an attempt key names.
+    pub(super) fn locate(&self, key: &AttemptKey) -> Option<TrRef> {
+        let slot = *self.run_index.get(&key.run)?;
+        let run = &self.runs[slot as usize];
+        let node = run.flow.spec.task_index(&key.task)?;
+        let n = &run.nodes[node];
+        let index = match (n.mapped, key.map_index) {
+            (false, -1) => 0,
+            (true, i) if i >= 0 => i as u32,
+            _ => return None,
+        };
+        n.runs.get(index as usize)?;
+        Some(TrRef {
+            run: slot,
+            node: node as u32,
+            index,
+        })
+    }
+
+    pub(super) fn is_current_attempt(&self, t: TrRef, attempt: u32) -> bool {
+        self.runs[t.run as usize]
+            .tr(t.node, t.index)
+            .is_some_and(|tr| {
+                tr.attempt == attempt
+                    && matches!(tr.state, TaskState::Assigned | TaskState::Running)
+            })
+    }
+
+    /// The worker started an attempt.
+    pub fn task_started(&mut self, key: &AttemptKey, at_ms: i64) {
+        if let Some(t) = self.locate(key) {
+            if self.is_current_attempt(t, key.attempt) {
+                let tr = &mut self.runs[t.run as usize].nodes[t.node as usize].runs
+                    [t.index as usize];
+                if tr.state == TaskState::Assigned {
+                    tr.state = TaskState::Running;
+                    if at_ms > 0 {
+                        tr.started_ms = at_ms;
+                        if let Some(a) = tr.attempts.last_mut() {
+                            a.started_ms = at_ms;
+                        }
+                    }
+                    // Not persisted: a restart re-learns it from the worker.
+                }
+            }
+        }
+    }
+
+    /// The worker finished an attempt. The first result of the current attempt is
+    /// committed; anything else is acknowledged as not committed.
+    pub fn task_finished(
+        &mut self,
+        worker: &WorkerId,
+        session: u64,
+        key: &AttemptKey,
+        outcome: Outcome,
+        now: i64,
+    ) -> bool {
+        let t = self.locate(key);
+        if let (Some(t), Some(w)) = (t, self.workers.get_mut(worker)) {
+            w.release((t, key.attempt));
+        }
+        let committed = match t {
+            Some(t) if self.is_current_attempt(t, key.attempt) => {
+                self.settle_attempt(t, outcome, now);
+                true
+            }
+            _ => {
+                tracing::debug!(attempt = %key, "ignoring a stale or unknown result");
+                false
+            }
+        };
+        let epoch = self.epoch;
+        self.outgoing.push(Outgoing {
+            worker: worker.clone(),
+            session,
+            msg: SchedulerMessage {
+                epoch,
+                msg: Some(Msg::Ack(baton_proto::Ack {
+                    key: Some(key.into()),
+                    committed,
+                })),
+            },
+        });
+        committed
+    }
+
+    fn settle_attempt(&mut self, t: TrRef, outcome: Outcome, now: i64) {
+        match outcome {
+            Outcome::Success { result, value } => {
+                let tr = self.tr_mut(t);
+                tr.state = TaskState::Completed;
+                tr.result = Some(result);
+                tr.value = Some(Arc::new(value));
+                tr.ended_ms = now;
+                tr.deadline_ms = 0;
+                if let Some(a) = tr.attempts.last_mut() {
+                    a.ended_ms = now;
+                }
+                self.finish_tr(t, now);
+            }
+            Outcome::Failure { error, retryable } => self.fail_attempt(t, error, retryable, now),
+        }
+    }
+
+    /// Fails the current attempt: retried if the policy allows, else the task run fails.
+    fn fail_attempt(&mut self, t: TrRef, error: String, retryable: bool, now: i64) {
+        let policy = self.runs[t.run as usize]
+            .flow
+            .task(t.node as usize)
+            .retries
+            .clone();
+        let tr = self.tr_mut(t);
+        tr.failures += 1;
+        tr.ended_ms = now;
+        tr.deadline_ms = 0;
+        if let Some(a) = tr.attempts.last_mut() {
+            a.ended_ms = now;
+            a.error = error.clone();
+        }
+        tr.error = error;
+        if retryable && tr.failures <= policy.count {
+            tr.state = TaskState::Retrying;
+            let attempt = tr.attempt;
+            let delay = policy.delay_before(attempt + 1) as i64;
+            self.mark_tr(t);
+            self.timer(now + delay, Timer::Retry(t, attempt));
+        } else {
+            tr.state = TaskState::Failed;
+            self.finish_tr(t, now);
+        }
+    }
+
+    /// The attempt's worker is gone: dispatch the task run again as a new attempt.
+    pub(super) fn lose(&mut self, t: TrRef, attempt: u32, why: &str, now: i64) {
+        if !self.is_current_attempt(t, attempt) {
+            return;
+        }
+        let max_lost = self.cfg.max_lost_attempts;
+        let tr = self.tr_mut(t);
+        tr.lost += 1;
+        if let Some(a) = tr.attempts.last_mut() {
+            a.ended_ms = now;
+            a.error = why.to_string();
+        }
+        tr.worker = None;
+        tr.deadline_ms = 0;
+        if tr.lost > max_lost {
+            tr.state = TaskState::Failed;
+            tr.error = format!("{why}; lost {} attempts", tr.lost);
+            tr.ended_ms = now;
+            self.finish_tr(t, now);
+        } else {
+            tr.state = TaskState::Ready;
+            tr.ready_since_ms = now;
+            self.mark_tr(t);
+            self.enqueue(t);
+        }
+    }
+
+    pub(super) fn enqueue(&mut self, t: TrRef) {
+        let class = self.runs[t.run as usize].nodes[t.node as usize].class;
+        self.classes[class].queue.push_back(t);
+    }
+
+    pub(super) fn tr_mut(&mut self, t: TrRef) -> &mut super::model::TaskRun {
+        &mut self.runs[t.run as usize].nodes[t.node as usize].runs[t.index as usize]
+    }
+
+    fn send_cancel(&mut self, t: TrRef, reason: &str) {
+        let run = &self.runs[t.run as usize];
+        let node = &run.nodes[t.node as usize];
+        let tr = &node.runs[t.index as usize];
+        let Some(worker) = tr.worker.clone() else {
+            return;
+        };
+        let Some(w) = self.workers.get(&worker) else {
+            return;
+        };
+        let key = baton_proto::AttemptKey {
+            run_id: run.id.0.clone(),
+            task: run.flow.task(t.node as usize).name.clone(),
+            map_index: if node.mapped { t.index as i64 } else { -1 },
+            attempt: tr.attempt,
+        };
+        let msg = SchedulerMessage {
+            epoch: self.epoch,
+            msg: Some(Msg::Cancel(baton_proto::Cancel {
+                key: Some(key),
+                reason: reason.to_string(),
+            })),
+        };
+        let session = w.session;
+        self.outgoing.push(Outgoing {
+            worker,
+            session,
+            msg,
+        });
+    }
+
+    /// Cancels a run: its running attempts are cancelled on their workers.
+    pub fn cancel_run(&mut self, run: &str, now: i64) -> Result<(), EngineError> {
+        let slot = self.slot_of(run)?;
+        if self.runs[slot as usize].state.is_terminal() {
+            return Ok(());
+        }
+        let nodes = self.runs[slot as usize].nodes.len();
+        for n in 0..nodes {
+            let count = self.runs[slot as usize].nodes[n].runs.len();
+            for i in 0..count {
+                let t = TrRef {
+                    run: slot,
+                    node: n as u32,
+                    index: i as u32,
+                };
+                let state = self.tr_mut(t).state;
+                if state.is_terminal() {
+                    continue;
+                }
+                if matches!(state, TaskState::Assigned | TaskState::Running) {
+                    self.send_cancel(t, "run cancelled");
+                }
+                let tr = self.tr_mut(t);
+                tr.state = TaskState::Cancelled;
+                tr.ended_ms = now;
+                if let Some(a) = tr.attempts.last_mut() {
+                    if a.ended_ms == 0 {
+                        a.ended_ms = now;
+                        a.error = "cancelled".into();
+                    }
+                }
+                self.mark_tr(t);
+            }
+            let node = &mut self.runs[slot as usize].nodes[n];
+            if !node.state.is_terminal() {
+                node.state = NodeState::Cancelled;
+            }
+        }
+        let r = &mut self.runs[slot as usize];
+        r.open_nodes = 0;
+        r.state = RunState::Cancelled;
+        r.ended_ms = now;
+        if r.started_ms == 0 {
+            r.started_ms = now;
+        }
+        self.mark_run(slot);
+        Ok(())
+    }
+
+    /// Fires due timers (retries, timeouts, worker leases) and checks for unrunnable tasks.
+    pub fn tick(&mut self, now: i64) {
+        while let Some(Reverse((at, _))) = self.timers.peek() {
+            if *at > now {
+                break;
+            }
+            let Some(Reverse((_, timer))) = self.timers.pop() else {
+                break;
+            };
+            match timer {
+                Timer::Retry(t, attempt) => {
+                    let tr = self.tr_mut(t);
+                    if tr.state == TaskState::Retrying && tr.attempt == attempt {
+                        tr.state = TaskState::Ready;
+                        tr.ready_since_ms = now;
+                        self.mark_tr(t);
+                        self.enqueue(t);
+                    }
+                }
+                Timer::Timeout(t, attempt) => {
+                    if self.is_current_attempt(t, attempt) {
+                        let ms = self.runs[t.run as usize].flow.task(t.node as usize).timeout_ms;
+                        self.send_cancel(t, "timed out");
+                        self.fail_attempt(t, format!("timed out after {ms} ms"), true, now);
+                    }
+                }
+                Timer::WorkerLease(id, session) => self.worker_lease_expired(&id, session, now),
+            }
+        }
+        self.check_unrunnable(now);
+    }
+}

@@ -1,0 +1,362 @@
+//! The DAG engine: pure, synchronous state machines for runs, task runs and workers.
+//! It takes events (a run created, a worker connected, a task finished, time passing) with
+//! the current time, and yields [`Effects`]: state-store operations to commit, then messages
+//! for workers. It does no I/O, so it is tested with virtual workers and virtual time.
+
+mod dag;
+mod dispatch;
+mod lifecycle;
+mod model;
+mod recover;
+#[cfg(test)]
+mod tests;
+mod view;
+
+pub use dispatch::WorkerRegistration;
+pub use model::{keys, AttemptInfo, RunRecord, TaskRunRecord, TrRef, INLINE_VALUE_LIMIT};
+pub use recover::Recovered;
+
+use crate::store::Op;
+use baton_common::flow::FlowSpec;
+use baton_common::ids::{RunId, WorkerId};
+use baton_common::result_store::ResultRef;
+use baton_common::state::RunState;
+use dispatch::{Class, WorkerSlot};
+use model::{CompiledFlow, Node, NodeState, Run};
+use serde_json::Value;
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BinaryHeap, HashMap};
+use std::sync::Arc;
+
+/// Settings of the engine.
+#[derive(Clone, Debug)]
+pub struct EngineConfig {
+    /// Where workers write results (sent to them on connect).
+    pub result_store: String,
+    pub heartbeat_interval_ms: u64,
+    /// A disconnected or silent worker's attempts are re-dispatched after this long.
+    pub worker_lease_ms: u64,
+    /// After a restart, how long to wait for workers to report their running attempts.
+    pub adopt_grace_ms: u64,
+    /// A task that no connected worker can run fails after this long.
+    pub unrunnable_timeout_ms: u64,
+    /// Attempts lost with their worker before the task run fails.
+    pub max_lost_attempts: u32,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        EngineConfig {
+            result_store: String::new(),
+            heartbeat_interval_ms: 1000,
+            worker_lease_ms: 10_000,
+            adopt_grace_ms: 10_000,
+            unrunnable_timeout_ms: 300_000,
+            max_lost_attempts: 5,
+        }
+    }
+}
+
+/// Engine errors, each mapped to one gRPC status by the services.
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum EngineError {
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    InvalidArgument(String),
+    #[error("{0}")]
+    FailedPrecondition(String),
+}
+
+/// A request to start a run.
+#[derive(Clone, Debug, Default)]
+pub struct NewRun {
+    pub project: String,
+    pub flow: String,
+    /// 0 for the latest version.
+    pub version: u32,
+    pub params: BTreeMap<String, Value>,
+    pub idempotency_key: String,
+    /// 0 for "now".
+    pub scheduled_start_ms: i64,
+}
+
+/// How an attempt ended, as its worker reported it.
+#[derive(Clone, Debug)]
+pub enum Outcome {
+    Success { result: ResultRef, value: Value },
+    Failure { error: String, retryable: bool },
+}
+
+/// A message for one session of one worker.
+#[derive(Clone, Debug)]
+pub struct Outgoing {
+    pub worker: WorkerId,
+    pub session: u64,
+    pub msg: baton_proto::SchedulerMessage,
+}
+
+/// What the engine asks of its host after a step: commit `ops` first, then send `outgoing`.
+#[derive(Debug, Default)]
+pub struct Effects {
+    pub ops: Vec<Op>,
+    pub outgoing: Vec<Outgoing>,
+    /// Runs whose state or task runs changed.
+    pub changed_runs: Vec<RunId>,
+    /// Task runs that changed.
+    pub changed_task_runs: Vec<TrRef>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum Timer {
+    Retry(TrRef, u32),
+    Timeout(TrRef, u32),
+    WorkerLease(WorkerId, u64),
+}
+
+/// The engine. See the module docs.
+pub struct Engine {
+    cfg: EngineConfig,
+    epoch: u64,
+    flows: HashMap<(String, String), Vec<Arc<CompiledFlow>>>,
+    runs: Vec<Run>,
+    run_index: HashMap<String, u32>,
+    idempotency: HashMap<String, u32>,
+    workers: BTreeMap<WorkerId, WorkerSlot>,
+    classes: Vec<Class>,
+    class_index: HashMap<(Vec<String>, baton_common::flow::ResourceSpec), usize>,
+    timers: BinaryHeap<Reverse<(i64, Timer)>>,
+    ops: Vec<Op>,
+    outgoing: Vec<Outgoing>,
+    dirty_runs: Vec<u32>,
+    dirty_trs: Vec<TrRef>,
+    pending_records: HashMap<(String, String, i64), TaskRunRecord>,
+    assignments: u64,
+}
+
+impl Engine {
+    pub fn new(cfg: EngineConfig, epoch: u64) -> Self {
+        Engine {
+            cfg,
+            epoch,
+            flows: HashMap::new(),
+            runs: Vec::new(),
+            run_index: HashMap::new(),
+            idempotency: HashMap::new(),
+            workers: BTreeMap::new(),
+            classes: Vec::new(),
+            class_index: HashMap::new(),
+            timers: BinaryHeap::new(),
+            ops: Vec::new(),
+            outgoing: Vec::new(),
+            dirty_runs: Vec::new(),
+            dirty_trs: Vec::new(),
+            pending_records: HashMap::new(),
+            assignments: 0,
+        }
+    }
+
+    pub fn epoch(&self) -> u64 {
+        self.epoch
+    }
+
+    pub fn config(&self) -> &EngineConfig {
+        &self.cfg
+    }
+
+    /// Assignments sent since start (for tests and metrics).
+    pub fn assignments(&self) -> u64 {
+        self.assignments
+    }
+
+    /// Registers a flow definition; returns its version and whether it is new.
+    pub fn register_flow(&mut self, spec: FlowSpec) -> (u32, bool) {
+        let key = (spec.project.clone(), spec.name.clone());
+        let versions = self.flows.entry(key).or_default();
+        if let Some(last) = versions.last() {
+            if last.spec == spec {
+                return (last.version, false);
+            }
+        }
+        let version = versions.len() as u32 + 1;
+        let value = serde_json::to_vec(&spec).unwrap_or_default();
+        self.ops.push(Op::Put {
+            key: keys::flow(&spec.project, &spec.name, version),
+            value,
+        });
+        versions.push(Arc::new(CompiledFlow::new(spec, version)));
+        (version, true)
+    }
+
+    fn flow(&self, project: &str, flow: &str, version: u32) -> Result<Arc<CompiledFlow>, EngineError> {
+        let versions = self
+            .flows
+            .get(&(project.to_string(), flow.to_string()))
+            .ok_or_else(|| {
+                EngineError::NotFound(format!("no flow `{flow}` in project `{project}`"))
+            })?;
+        let found = if version == 0 {
+            versions.last()
+        } else {
+            versions.get(version as usize - 1)
+        };
+        found.cloned().ok_or_else(|| {
+            EngineError::NotFound(format!(
+                "flow `{project}/{flow}` has no version {version} (latest is {})",
+                versions.len()
+            ))
+        })
+    }
+
+    /// Starts a run; with a known idempotency key, returns the existing run instead.
+    pub fn create_run(&mut self, req: NewRun, now: i64) -> Result<(RunId, bool), EngineError> {
+        if !req.idempotency_key.is_empty() {
+            if let Some(&slot) = self.idempotency.get(&req.idempotency_key) {
+                return Ok((self.runs[slot as usize].id.clone(), false));
+            }
+        }
+        let flow = self.flow(&req.project, &req.flow, req.version)?;
+        let params = baton_common::flow::bind_parameters(&flow.spec, req.params)
+            .map_err(|e| EngineError::InvalidArgument(e.to_string()))?;
+        let id = RunId::generate();
+        let slot = self.runs.len() as u32;
+        let nodes = (0..flow.spec.tasks.len())
+            .map(|i| Node {
+                state: NodeState::Waiting,
+                mapped: flow.task(i).is_mapped(),
+                runs: Vec::new(),
+                done: 0,
+                waiting_on: flow.upstream[i].len(),
+                value: None,
+                error: String::new(),
+                class: 0,
+            })
+            .collect();
+        let run = Run {
+            id: id.clone(),
+            params,
+            state: RunState::Pending,
+            created_ms: now,
+            started_ms: 0,
+            ended_ms: 0,
+            error: String::new(),
+            idempotency_key: req.idempotency_key.clone(),
+            scheduled_start_ms: if req.scheduled_start_ms > 0 {
+                req.scheduled_start_ms
+            } else {
+                now
+            },
+            open_nodes: flow.spec.tasks.len(),
+            nodes,
+            waiting_reason: String::new(),
+            dirty: false,
+            flow,
+        };
+        self.run_index.insert(id.0.clone(), slot);
+        if !req.idempotency_key.is_empty() {
+            self.idempotency.insert(req.idempotency_key.clone(), slot);
+            self.ops.push(Op::Put {
+                key: keys::idempotency(&req.idempotency_key),
+                value: id.0.clone().into_bytes(),
+            });
+        }
+        self.runs.push(run);
+        self.mark_run(slot);
+        self.start_roots(slot, now);
+        Ok((id, true))
+    }
+
+    fn start_roots(&mut self, slot: u32, now: i64) {
+        let n = self.runs[slot as usize].nodes.len();
+        for i in 0..n {
+            let r = &self.runs[slot as usize];
+            if r.nodes[i].state == NodeState::Waiting && r.nodes[i].waiting_on == 0 {
+                self.start_node(slot, i, now);
+            }
+        }
+    }
+
+    fn slot_of(&self, run: &str) -> Result<u32, EngineError> {
+        self.run_index
+            .get(run)
+            .copied()
+            .ok_or_else(|| EngineError::NotFound(format!("no run `{run}`")))
+    }
+
+    fn mark_run(&mut self, slot: u32) {
+        let r = &mut self.runs[slot as usize];
+        if !r.dirty {
+            r.dirty = true;
+            self.dirty_runs.push(slot);
+        }
+    }
+
+    fn mark_tr(&mut self, t: TrRef) {
+        let tr = &mut self.runs[t.run as usize].nodes[t.node as usize].runs[t.index as usize];
+        if !tr.dirty {
+            tr.dirty = true;
+            self.dirty_trs.push(t);
+        }
+    }
+
+    /// Takes what the host must do: commit the ops, then send the messages.
+    pub fn take_effects(&mut self) -> Effects {
+        let mut ops = std::mem::take(&mut self.ops);
+        let mut changed_runs = Vec::with_capacity(self.dirty_runs.len());
+        for slot in std::mem::take(&mut self.dirty_runs) {
+            let run = &mut self.runs[slot as usize];
+            run.dirty = false;
+            let rec = RunRecord {
+                id: run.id.0.clone(),
+                project: run.flow.spec.project.clone(),
+                flow: run.flow.spec.name.clone(),
+                version: run.flow.version,
+                params: run.params.clone(),
+                state: run.state,
+                created_ms: run.created_ms,
+                started_ms: run.started_ms,
+                ended_ms: run.ended_ms,
+                error: run.error.clone(),
+                idempotency_key: run.idempotency_key.clone(),
+                scheduled_start_ms: run.scheduled_start_ms,
+            };
+            ops.push(Op::Put {
+                key: keys::run(&run.id.0),
+                value: serde_json::to_vec(&rec).unwrap_or_default(),
+            });
+            changed_runs.push(run.id.clone());
+        }
+        let changed_task_runs = std::mem::take(&mut self.dirty_trs);
+        for t in &changed_task_runs {
+            let run = &mut self.runs[t.run as usize];
+            let task = &run.flow.spec.tasks[t.node as usize].name;
+            let node = &mut run.nodes[t.node as usize];
+            let map_index = if node.mapped { t.index as i64 } else { -1 };
+            let tr = &mut node.runs[t.index as usize];
+            tr.dirty = false;
+            let rec = TaskRunRecord::of(tr);
+            ops.push(Op::Put {
+                key: keys::task_run(&run.id.0, task, map_index),
+                value: serde_json::to_vec(&rec).unwrap_or_default(),
+            });
+            if !changed_runs.contains(&run.id) {
+                changed_runs.push(run.id.clone());
+            }
+        }
+        Effects {
+            ops,
+            outgoing: std::mem::take(&mut self.outgoing),
+            changed_runs,
+            changed_task_runs,
+        }
+    }
+
+    /// The earliest pending timer, if any.
+    pub fn next_deadline(&self) -> Option<i64> {
+        self.timers.peek().map(|Reverse((t, _))| *t)
+    }
+
+    fn timer(&mut self, at: i64, t: Timer) {
+        self.timers.push(Reverse((at, t)));
+    }
+}

@@ -1,0 +1,308 @@
+//! The engine's in-memory model of runs, task nodes and task runs, and their durable records.
+
+use baton_common::flow::{FlowSpec, TaskSpec};
+use baton_common::ids::{RunId, WorkerId};
+use baton_common::result_store::ResultRef;
+use baton_common::state::{RunState, TaskState};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+/// A task run's address inside the engine: (run slot, task index, map index or 0).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct TrRef {
+    pub run: u32,
+    pub node: u32,
+    pub index: u32,
+}
+
+/// A flow spec prepared for execution.
+#[derive(Debug)]
+pub struct CompiledFlow {
+    pub spec: FlowSpec,
+    pub version: u32,
+    /// Per task: indices of upstream tasks.
+    pub upstream: Vec<Vec<usize>>,
+    /// Per task: indices of downstream tasks.
+    pub downstream: Vec<Vec<usize>>,
+    /// Per task: the JSON of its kind, sent in assignments.
+    pub kind_json: Vec<Arc<str>>,
+    /// Per task: the labels it requires (the flow's and its own), sorted.
+    pub labels: Vec<Vec<String>>,
+}
+
+impl CompiledFlow {
+    pub fn new(spec: FlowSpec, version: u32) -> Self {
+        let n = spec.tasks.len();
+        let mut upstream = vec![Vec::new(); n];
+        let mut downstream = vec![Vec::new(); n];
+        for (i, t) in spec.tasks.iter().enumerate() {
+            for u in t.upstream() {
+                if let Some(j) = spec.task_index(u) {
+                    upstream[i].push(j);
+                    downstream[j].push(i);
+                }
+            }
+        }
+        let kind_json = spec
+            .tasks
+            .iter()
+            .map(|t| Arc::from(serde_json::to_string(&t.kind).unwrap_or_default()))
+            .collect();
+        let labels = spec
+            .tasks
+            .iter()
+            .map(|t| {
+                let mut l: Vec<String> = spec.labels.iter().chain(&t.labels).cloned().collect();
+                l.sort();
+                l.dedup();
+                l
+            })
+            .collect();
+        CompiledFlow {
+            spec,
+            version,
+            upstream,
+            downstream,
+            kind_json,
+            labels,
+        }
+    }
+
+    pub fn task(&self, i: usize) -> &TaskSpec {
+        &self.spec.tasks[i]
+    }
+}
+
+/// One attempt's history entry.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct AttemptInfo {
+    pub number: u32,
+    pub worker: String,
+    pub started_ms: i64,
+    pub ended_ms: i64,
+    pub error: String,
+}
+
+/// One task run (one map index of one task of one run).
+#[derive(Clone, Debug)]
+pub struct TaskRun {
+    pub state: TaskState,
+    /// The current (or last) attempt number; 0 before the first dispatch.
+    pub attempt: u32,
+    pub worker: Option<WorkerId>,
+    pub started_ms: i64,
+    pub ended_ms: i64,
+    pub result: Option<ResultRef>,
+    pub value: Option<Arc<Value>>,
+    pub error: String,
+    /// The resolved inputs object, as JSON text.
+    pub inputs: Arc<str>,
+    /// Failures that count against the retry policy.
+    pub failures: u32,
+    /// Attempts lost with their worker (not counted against retries).
+    pub lost: u32,
+    pub attempts: Vec<AttemptInfo>,
+    /// The current attempt's deadline (unix ms), 0 for none.
+    pub deadline_ms: i64,
+    /// When the task run became ready (for the unrunnable check).
+    pub ready_since_ms: i64,
+    pub dirty: bool,
+}
+
+impl TaskRun {
+    pub fn new(inputs: Arc<str>) -> Self {
+        TaskRun {
+            state: TaskState::Ready,
+            attempt: 0,
+            worker: None,
+            started_ms: 0,
+            ended_ms: 0,
+            result: None,
+            value: None,
+            error: String::new(),
+            inputs,
+            failures: 0,
+            lost: 0,
+            attempts: Vec::new(),
+            deadline_ms: 0,
+            ready_since_ms: 0,
+            dirty: false,
+        }
+    }
+}
+
+/// The state of one task of a run (all its map indices together).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NodeState {
+    /// Waiting for upstream tasks.
+    Waiting,
+    /// Its task runs exist.
+    Expanded,
+    Completed,
+    Failed,
+    Skipped,
+    Cancelled,
+}
+
+impl NodeState {
+    pub fn is_terminal(self) -> bool {
+        !matches!(self, NodeState::Waiting | NodeState::Expanded)
+    }
+}
+
+/// One task of one run.
+#[derive(Debug)]
+pub struct Node {
+    pub state: NodeState,
+    pub mapped: bool,
+    pub runs: Vec<TaskRun>,
+    /// Task runs of this node that are terminal.
+    pub done: usize,
+    /// Upstream nodes not yet completed.
+    pub waiting_on: usize,
+    /// The node's result: the unmapped run's value, or the list of the mapped runs' values.
+    pub value: Option<Arc<Value>>,
+    pub error: String,
+    /// The dispatch class (labels and resources) of its task runs.
+    pub class: usize,
+}
+
+/// One flow run.
+#[derive(Debug)]
+pub struct Run {
+    pub id: RunId,
+    pub flow: Arc<CompiledFlow>,
+    pub params: BTreeMap<String, Value>,
+    pub state: RunState,
+    pub created_ms: i64,
+    pub started_ms: i64,
+    pub ended_ms: i64,
+    pub error: String,
+    pub idempotency_key: String,
+    pub scheduled_start_ms: i64,
+    pub nodes: Vec<Node>,
+    /// Nodes not yet terminal.
+    pub open_nodes: usize,
+    pub waiting_reason: String,
+    pub dirty: bool,
+}
+
+impl Run {
+    pub fn tr(&self, node: u32, index: u32) -> Option<&TaskRun> {
+        self.nodes.get(node as usize)?.runs.get(index as usize)
+    }
+
+    pub fn task_count(&self) -> (u32, u32) {
+        let mut total = 0;
+        let mut done = 0;
+        for n in &self.nodes {
+            if n.state == NodeState::Waiting {
+                total += 1;
+            } else if n.runs.is_empty() {
+                total += 1;
+                done += 1;
+            } else {
+                total += n.runs.len() as u32;
+                done += n.runs.iter().filter(|t| t.state.is_terminal()).count() as u32;
+            }
+        }
+        (total, done)
+    }
+}
+
+/// The durable record of a run.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct RunRecord {
+    pub id: String,
+    pub project: String,
+    pub flow: String,
+    pub version: u32,
+    pub params: BTreeMap<String, Value>,
+    pub state: RunState,
+    pub created_ms: i64,
+    pub started_ms: i64,
+    pub ended_ms: i64,
+    #[serde(default)]
+    pub error: String,
+    #[serde(default)]
+    pub idempotency_key: String,
+    #[serde(default)]
+    pub scheduled_start_ms: i64,
+}
+
+/// The durable record of a task run.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct TaskRunRecord {
+    pub state: TaskState,
+    pub attempt: u32,
+    #[serde(default)]
+    pub worker: String,
+    #[serde(default)]
+    pub started_ms: i64,
+    #[serde(default)]
+    pub ended_ms: i64,
+    #[serde(default)]
+    pub result: Option<ResultRef>,
+    /// The value when small; otherwise it is read back from `result`.
+    #[serde(default)]
+    pub value: Option<Value>,
+    #[serde(default)]
+    pub error: String,
+    #[serde(default)]
+    pub failures: u32,
+    #[serde(default)]
+    pub lost: u32,
+    #[serde(default)]
+    pub attempts: Vec<AttemptInfo>,
+}
+
+/// Values at most this long (as JSON) are kept in the state store.
+pub const INLINE_VALUE_LIMIT: usize = 64 * 1024;
+
+impl TaskRunRecord {
+    pub fn of(tr: &TaskRun) -> Self {
+        let value = tr.value.as_ref().and_then(|v| {
+            let small = tr
+                .result
+                .as_ref()
+                .is_none_or(|r| r.size as usize <= INLINE_VALUE_LIMIT);
+            small.then(|| (**v).clone())
+        });
+        TaskRunRecord {
+            state: tr.state,
+            attempt: tr.attempt,
+            worker: tr.worker.as_ref().map(|w| w.0.clone()).unwrap_or_default(),
+            started_ms: tr.started_ms,
+            ended_ms: tr.ended_ms,
+            result: tr.result.clone(),
+            value,
+            error: tr.error.clone(),
+            failures: tr.failures,
+            lost: tr.lost,
+            attempts: tr.attempts.clone(),
+        }
+    }
+}
+
+/// State-store keys.
+pub mod keys {
+    pub fn run(id: &str) -> String {
+        format!("run/{id}")
+    }
+    pub const RUN_PREFIX: &str = "run/";
+    pub fn task_run(run: &str, task: &str, index: i64) -> String {
+        format!("tr/{run}/{task}/{index}")
+    }
+    pub fn task_run_prefix(run: &str) -> String {
+        format!("tr/{run}/")
+    }
+    pub fn flow(project: &str, flow: &str, version: u32) -> String {
+        format!("flow/{project}/{flow}/{version:08}")
+    }
+    pub const FLOW_PREFIX: &str = "flow/";
+    pub fn idempotency(key: &str) -> String {
+        format!("idem/{key}")
+    }
+}

@@ -1,0 +1,198 @@
+//! Rebuilding the engine from the state store after a restart: flows, runs and task runs;
+//! attempts that were running wait for their workers to report them.
+
+use super::dispatch::WorkerSlot;
+use super::model::{CompiledFlow, Node, NodeState, Run, RunRecord, TaskRun, TaskRunRecord, TrRef};
+use super::{Engine, Timer};
+use baton_common::flow::{FlowSpec, ResourceSpec};
+use baton_common::ids::{RunId, WorkerId};
+use baton_common::state::TaskState;
+use std::collections::HashMap;
+use std::sync::Arc;
+
+/// What was read back from the state store.
+#[derive(Debug, Default)]
+pub struct Recovered {
+    /// Registered flows with their versions.
+    pub flows: Vec<(u32, FlowSpec)>,
+    pub runs: Vec<RunRecord>,
+    /// `(run, task, map index, record)`.
+    pub task_runs: Vec<(String, String, i64, TaskRunRecord)>,
+}
+
+impl Engine {
+    /// Loads recovered state; live runs go on, running attempts await their workers.
+    pub fn recover(&mut self, rec: Recovered, now: i64) {
+        let mut flows = rec.flows;
+        flows.sort_by(|a, b| (&a.1.project, &a.1.name, a.0).cmp(&(&b.1.project, &b.1.name, b.0)));
+        for (version, spec) in flows {
+            let versions = self
+                .flows
+                .entry((spec.project.clone(), spec.name.clone()))
+                .or_default();
+            if version as usize == versions.len() + 1 {
+                versions.push(Arc::new(CompiledFlow::new(spec, version)));
+            }
+        }
+        let mut by_run: HashMap<String, Vec<(String, i64, TaskRunRecord)>> = HashMap::new();
+        for (run, task, index, r) in rec.task_runs {
+            by_run.entry(run).or_default().push((task, index, r));
+        }
+        let mut runs = rec.runs;
+        runs.sort_by_key(|r| r.created_ms);
+        let mut live = 0;
+        for r in runs {
+            let trs = by_run.remove(&r.id).unwrap_or_default();
+            let flow = match self.flow(&r.project, &r.flow, r.version) {
+                Ok(f) => f,
+                Err(e) => {
+                    tracing::error!(run = %r.id, error = %e, "cannot recover run");
+                    continue;
+                }
+            };
+            let slot = self.runs.len() as u32;
+            let terminal = r.state.is_terminal();
+            let nodes = (0..flow.spec.tasks.len())
+                .map(|i| Node {
+                    state: NodeState::Waiting,
+                    mapped: flow.task(i).is_mapped(),
+                    runs: Vec::new(),
+                    done: 0,
+                    waiting_on: flow.upstream[i].len(),
+                    value: None,
+                    error: String::new(),
+                    class: 0,
+                })
+                .collect();
+            self.run_index.insert(r.id.clone(), slot);
+            if !r.idempotency_key.is_empty() {
+                self.idempotency.insert(r.idempotency_key.clone(), slot);
+            }
+            self.runs.push(Run {
+                id: RunId(r.id.clone()),
+                open_nodes: if terminal { 0 } else { flow.spec.tasks.len() },
+                flow: flow.clone(),
+                params: r.params,
+                state: r.state,
+                created_ms: r.created_ms,
+                started_ms: r.started_ms,
+                ended_ms: r.ended_ms,
+                error: r.error,
+                idempotency_key: r.idempotency_key,
+                scheduled_start_ms: r.scheduled_start_ms,
+                nodes,
+                waiting_reason: String::new(),
+                dirty: false,
+            });
+            if terminal {
+                self.rebuild_finished(slot, trs);
+            } else {
+                live += 1;
+                for (task, index, rec) in trs {
+                    self.pending_records.insert((r.id.clone(), task, index), rec);
+                }
+                self.start_roots(slot, now);
+            }
+        }
+        self.pending_records.clear();
+        tracing::info!(runs = self.runs.len(), live, "recovered state");
+    }
+
+    /// A finished run is rebuilt for display only.
+    fn rebuild_finished(&mut self, slot: u32, mut trs: Vec<(String, i64, TaskRunRecord)>) {
+        trs.sort_by_key(|(_, i, _)| *i);
+        let run = &mut self.runs[slot as usize];
+        let flow = run.flow.clone();
+        for (task, _index, rec) in trs {
+            let Some(i) = flow.spec.task_index(&task) else {
+                continue;
+            };
+            let mut tr = TaskRun::new(Arc::from("{}"));
+            tr.state = rec.state;
+            tr.attempt = rec.attempt;
+            tr.worker = (!rec.worker.is_empty()).then(|| WorkerId(rec.worker.clone()));
+            tr.started_ms = rec.started_ms;
+            tr.ended_ms = rec.ended_ms;
+            tr.result = rec.result;
+            tr.value = rec.value.map(Arc::new);
+            tr.error = rec.error;
+            tr.attempts = rec.attempts;
+            run.nodes[i].runs.push(tr);
+        }
+        let cancelled = run.state == baton_common::state::RunState::Cancelled;
+        for node in &mut run.nodes {
+            node.done = node.runs.len();
+            node.state = if node.runs.is_empty() {
+                if cancelled {
+                    NodeState::Cancelled
+                } else {
+                    NodeState::Skipped
+                }
+            } else if node.runs.iter().all(|t| t.state == TaskState::Completed) {
+                NodeState::Completed
+            } else {
+                NodeState::Failed
+            };
+        }
+    }
+
+    /// Applies a stored record to a task run being rebuilt.
+    pub(super) fn apply_record(&mut self, tr: &mut TaskRun, t: TrRef, rec: TaskRunRecord, now: i64) {
+        tr.attempt = rec.attempt;
+        tr.failures = rec.failures;
+        tr.lost = rec.lost;
+        tr.attempts = rec.attempts;
+        tr.error = rec.error;
+        tr.started_ms = rec.started_ms;
+        tr.ended_ms = rec.ended_ms;
+        tr.result = rec.result;
+        tr.value = rec.value.map(Arc::new);
+        tr.state = match rec.state {
+            TaskState::Completed | TaskState::Failed | TaskState::Cancelled | TaskState::Skipped => {
+                rec.state
+            }
+            TaskState::Retrying => {
+                self.timer(now, Timer::Retry(t, rec.attempt));
+                TaskState::Retrying
+            }
+            TaskState::Assigned | TaskState::Running => {
+                let worker = WorkerId(rec.worker.clone());
+                tr.worker = Some(worker.clone());
+                self.await_worker(worker, t, rec.attempt, now);
+                TaskState::Assigned
+            }
+            TaskState::Ready | TaskState::Pending => TaskState::Ready,
+        };
+    }
+
+    /// Holds an attempt for a worker that has not reconnected yet, for the grace period.
+    fn await_worker(&mut self, worker: WorkerId, t: TrRef, attempt: u32, now: i64) {
+        let grace = self.cfg.adopt_grace_ms as i64;
+        let slot = self.workers.entry(worker.clone()).or_insert_with(|| WorkerSlot {
+            id: worker.clone(),
+            session: 0,
+            labels: Vec::new(),
+            total: ResourceSpec {
+                slots: 0,
+                gpus: 0,
+                memory_mb: 0,
+            },
+            free: ResourceSpec {
+                slots: 0,
+                gpus: 0,
+                memory_mb: 0,
+            },
+            attempts: HashMap::new(),
+            connected: false,
+            draining: false,
+            last_seen_ms: now,
+            connected_ms: 0,
+            address: String::new(),
+        });
+        let fresh = slot.attempts.is_empty();
+        slot.attempts.insert((t, attempt), ResourceSpec::default());
+        if fresh && slot.session == 0 {
+            self.timer(now + grace, Timer::WorkerLease(worker, 0));
+        }
+    }
+}

@@ -1,0 +1,159 @@
+//! Read-only views of the engine's state as wire messages.
+
+use super::model::{NodeState, Run, TaskRun, TrRef};
+use super::{Engine, EngineError};
+use baton_common::state::TaskState;
+use baton_proto as pb;
+
+impl Engine {
+    fn run_view(&self, run: &Run) -> pb::FlowRun {
+        let (total, done) = run.task_count();
+        let waiting_reason = run
+            .nodes
+            .iter()
+            .filter(|n| n.state == NodeState::Expanded)
+            .find(|n| n.runs.iter().any(|t| t.state == TaskState::Ready))
+            .map(|n| self.class_reason(n.class).to_string())
+            .unwrap_or_default();
+        pb::FlowRun {
+            id: run.id.0.clone(),
+            project: run.flow.spec.project.clone(),
+            flow: run.flow.spec.name.clone(),
+            version: run.flow.version,
+            state: pb::RunState::from(run.state) as i32,
+            parameters: run
+                .params
+                .iter()
+                .map(|(k, v)| (k.clone(), v.to_string()))
+                .collect(),
+            created_ms: run.created_ms,
+            started_ms: run.started_ms,
+            ended_ms: run.ended_ms,
+            error: run.error.clone(),
+            waiting_reason,
+            tasks_total: total,
+            tasks_done: done,
+        }
+    }
+
+    /// One run's summary.
+    pub fn get_run(&self, id: &str) -> Result<pb::FlowRun, EngineError> {
+        let slot = self.slot_of(id)?;
+        Ok(self.run_view(&self.runs[slot as usize]))
+    }
+
+    /// The most recent runs first; `limit` 0 for all.
+    pub fn list_runs(&self, limit: usize) -> Vec<pb::FlowRun> {
+        let n = if limit == 0 { self.runs.len() } else { limit };
+        self.runs.iter().rev().take(n).map(|r| self.run_view(r)).collect()
+    }
+
+    fn tr_view(&self, run: &Run, node: usize, index: usize, tr: &TaskRun, with_value: bool) -> pb::TaskRun {
+        let n = &run.nodes[node];
+        let waiting_reason = if tr.state == TaskState::Ready {
+            self.class_reason(n.class).to_string()
+        } else {
+            String::new()
+        };
+        pb::TaskRun {
+            run_id: run.id.0.clone(),
+            task: run.flow.task(node).name.clone(),
+            map_index: if n.mapped { index as i64 } else { -1 },
+            state: pb::TaskState::from(tr.state) as i32,
+            attempt: tr.attempt,
+            worker: tr.worker.as_ref().map(|w| w.0.clone()).unwrap_or_default(),
+            started_ms: tr.started_ms,
+            ended_ms: tr.ended_ms,
+            result: tr.result.clone().map(Into::into),
+            error: tr.error.clone(),
+            value: match (&tr.value, with_value) {
+                (Some(v), true) => v.to_string(),
+                _ => String::new(),
+            },
+            waiting_reason,
+            attempts: tr
+                .attempts
+                .iter()
+                .map(|a| pb::Attempt {
+                    number: a.number,
+                    worker: a.worker.clone(),
+                    started_ms: a.started_ms,
+                    ended_ms: a.ended_ms,
+                    error: a.error.clone(),
+                })
+                .collect(),
+        }
+    }
+
+    /// A run's task runs in task order; a task not yet expanded shows as one pending row.
+    pub fn task_runs(&self, id: &str, with_values: bool) -> Result<Vec<pb::TaskRun>, EngineError> {
+        let slot = self.slot_of(id)?;
+        let run = &self.runs[slot as usize];
+        let mut out = Vec::new();
+        for (i, n) in run.nodes.iter().enumerate() {
+            if n.runs.is_empty() {
+                let state = match n.state {
+                    NodeState::Waiting | NodeState::Expanded => TaskState::Pending,
+                    NodeState::Completed => TaskState::Completed,
+                    NodeState::Failed => TaskState::Failed,
+                    NodeState::Skipped => TaskState::Skipped,
+                    NodeState::Cancelled => TaskState::Cancelled,
+                };
+                out.push(pb::TaskRun {
+                    run_id: run.id.0.clone(),
+                    task: run.flow.task(i).name.clone(),
+                    map_index: -1,
+                    state: pb::TaskState::from(state) as i32,
+                    error: n.error.clone(),
+                    ..Default::default()
+                });
+                continue;
+            }
+            for (j, tr) in n.runs.iter().enumerate() {
+                out.push(self.tr_view(run, i, j, tr, with_values));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Views of some task runs (those a step changed).
+    pub fn task_run_views(&self, refs: &[TrRef]) -> Vec<pb::TaskRun> {
+        refs.iter()
+            .filter_map(|t| {
+                let run = self.runs.get(t.run as usize)?;
+                let tr = run.tr(t.node, t.index)?;
+                Some(self.tr_view(run, t.node as usize, t.index as usize, tr, false))
+            })
+            .collect()
+    }
+
+    /// The run a task-run address belongs to.
+    pub fn run_id_of(&self, t: TrRef) -> Option<&str> {
+        self.runs.get(t.run as usize).map(|r| r.id.0.as_str())
+    }
+
+    /// Connected (and recently lost) workers.
+    pub fn workers(&self) -> Vec<pb::WorkerInfo> {
+        self.workers
+            .values()
+            .filter(|w| w.session != 0)
+            .map(|w| pb::WorkerInfo {
+                id: w.id.0.clone(),
+                labels: w.labels.clone(),
+                resources: Some(pb::Resources {
+                    slots: w.total.slots,
+                    gpus: w.total.gpus,
+                    memory_mb: w.total.memory_mb,
+                }),
+                free: Some(pb::Resources {
+                    slots: w.free.slots,
+                    gpus: w.free.gpus,
+                    memory_mb: w.free.memory_mb,
+                }),
+                running: w.attempts.len() as u32,
+                connected_ms: w.connected_ms,
+                address: w.address.clone(),
+            })
+            .collect()
+    }
+}

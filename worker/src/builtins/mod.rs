@@ -1,0 +1,69 @@
+//! The worker's built-in task library: [`run_builtin`] dispatches a built-in function by name.
+//!
+//! The names are those of [`baton_common::flow::BUILTINS`]. Inputs are a JSON object of named
+//! inputs; a type error in them is a fatal [`TaskError`] naming the function and the input.
+//! The data generation, split and ridge fit are also plain functions here, for tests elsewhere.
+
+mod basic;
+mod dataset;
+mod inputs;
+mod ml;
+mod ridge;
+#[cfg(test)]
+mod tests;
+
+pub use dataset::{generate_points, parse_csv, split_rows, test_count, to_csv};
+pub use ridge::{fit_ridge, r2, Model};
+
+use crate::task::{TaskContext, TaskError, TaskResult};
+use baton_common::Error as StoreError;
+
+/// Runs the built-in `function` on `inputs` (a JSON object of named inputs).
+pub async fn run_builtin(
+    function: &str,
+    inputs: serde_json::Value,
+    ctx: &TaskContext,
+) -> TaskResult {
+    match function {
+        // Kept first and allocation-free: benchmarks run very many of them.
+        "noop" => Ok(serde_json::Value::Null),
+        "echo" => basic::echo(inputs),
+        "sleep" => basic::sleep(inputs, ctx).await,
+        "fail" => basic::fail(inputs, ctx),
+        "range" => basic::range(inputs),
+        "sum" => basic::sum(inputs),
+        "generate_dataset" => ml::generate_dataset(inputs, ctx).await,
+        "train_test_split" => ml::train_test_split(inputs, ctx).await,
+        "train_ridge" => ml::train_ridge(inputs, ctx).await,
+        "evaluate" => ml::evaluate(inputs, ctx).await,
+        "cleanup" => ml::cleanup(inputs, ctx).await,
+        other => Err(TaskError::fatal(format!(
+            "unknown built-in function `{other}`"
+        ))),
+    }
+}
+
+/// Maps a store error to a task error: a bad or missing location is fatal, I/O may be retried.
+fn store_error(what: &str, e: StoreError) -> TaskError {
+    let message = format!("{what}: {e}");
+    match e {
+        StoreError::InvalidArgument(_) | StoreError::NotFound(_) | StoreError::InvalidFlow(_) => {
+            TaskError::fatal(message)
+        }
+        StoreError::AlreadyExists(_) | StoreError::Io { .. } => TaskError::retryable(message),
+    }
+}
+
+/// Runs CPU-heavy work on the blocking pool; a panic there is a retryable failure.
+async fn blocking<T, F>(function: &str, work: F) -> Result<T, TaskError>
+where
+    T: Send + 'static,
+    F: FnOnce() -> Result<T, TaskError> + Send + 'static,
+{
+    match tokio::task::spawn_blocking(work).await {
+        Ok(r) => r,
+        Err(e) => Err(TaskError::retryable(format!(
+            "{function}: the computation did not finish: {e}"
+        ))),
+    }
+}

@@ -1,0 +1,165 @@
+//! The worker's typed configuration, its defaults and its validation.
+
+use crate::error::{Error, Result};
+
+/// Where a worker connects by default.
+pub const DEFAULT_SCHEDULER: &str = "http://127.0.0.1:7070";
+
+/// Everything a worker daemon needs to know at start.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct WorkerConfig {
+    /// The worker's id, unique in the cluster.
+    pub id: String,
+    /// Scheduler replicas as `http://host:port`, tried in turn.
+    pub schedulers: Vec<String>,
+    /// Labels tasks may require.
+    pub labels: Vec<String>,
+    /// Concurrent task slots.
+    pub slots: u32,
+    pub gpus: u32,
+    pub memory_mb: u64,
+    /// When no leader has been reachable for longer than this, running tasks are cancelled.
+    pub lease_ms: u64,
+    /// How long a draining worker waits for its running tasks before cancelling them.
+    pub drain_timeout_ms: u64,
+}
+
+impl Default for WorkerConfig {
+    fn default() -> Self {
+        WorkerConfig {
+            id: default_id(),
+            schedulers: vec![DEFAULT_SCHEDULER.to_string()],
+            labels: vec!["local".to_string()],
+            slots: default_slots(),
+            gpus: 0,
+            memory_mb: default_memory_mb(),
+            lease_ms: 10_000,
+            drain_timeout_ms: 30_000,
+        }
+    }
+}
+
+impl WorkerConfig {
+    /// Checks every value; the error names the first bad key.
+    pub fn validate(&self) -> Result<()> {
+        if self.id.is_empty() || self.id.chars().any(|c| c.is_whitespace() || c.is_control()) {
+            return Err(Error::config(
+                "id",
+                format!("`{}` must be non-empty and contain no whitespace", self.id),
+            ));
+        }
+        if self.schedulers.is_empty() {
+            return Err(Error::config("scheduler", "at least one address is needed"));
+        }
+        for s in &self.schedulers {
+            let host = s.strip_prefix("http://").unwrap_or_default();
+            if host.is_empty() || host.contains(char::is_whitespace) {
+                return Err(Error::config(
+                    "scheduler",
+                    format!("`{s}` is not an address of the form http://host:port"),
+                ));
+            }
+        }
+        for l in &self.labels {
+            if l.is_empty() || l.contains(|c: char| c.is_whitespace() || c == ',') {
+                return Err(Error::config(
+                    "labels",
+                    format!("`{l}` is not a label: labels are non-empty words"),
+                ));
+            }
+        }
+        if self.slots == 0 {
+            return Err(Error::config("slots", "must be at least 1"));
+        }
+        if self.lease_ms < 100 {
+            return Err(Error::config(
+                "lease-ms",
+                format!("must be at least 100, got {}", self.lease_ms),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// `<hostname>-<pid>`.
+pub fn default_id() -> String {
+    format!("{}-{}", hostname(), std::process::id())
+}
+
+/// The number of CPUs this process may use.
+pub fn default_slots() -> u32 {
+    std::thread::available_parallelism()
+        .map(|n| u32::try_from(n.get()).unwrap_or(u32::MAX))
+        .unwrap_or(1)
+}
+
+/// The host's memory in MiB (from `/proc/meminfo`), or 1024 when unknown.
+pub fn default_memory_mb() -> u64 {
+    std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|text| {
+            text.lines()
+                .find_map(|l| l.strip_prefix("MemTotal:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        })
+        .map(|kb| kb / 1024)
+        .unwrap_or(1024)
+}
+
+/// The host's name: `gethostname`, else `/etc/hostname`, else `worker`.
+fn hostname() -> String {
+    let mut buf = [0u8; 256];
+    // SAFETY: the buffer is valid for `buf.len()` bytes; gethostname writes at most that.
+    let rc = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) };
+    if rc == 0 {
+        let end = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
+        let name = String::from_utf8_lossy(&buf[..end]).trim().to_string();
+        if !name.is_empty() {
+            return name;
+        }
+    }
+    std::fs::read_to_string("/etc/hostname")
+        .ok()
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "worker".to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key_of(config: &WorkerConfig) -> &'static str {
+        match config.validate() {
+            Err(Error::Config { key, .. }) => key,
+            other => panic!("expected a configuration error, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn defaults_are_valid() {
+        let config = WorkerConfig::default();
+        config.validate().unwrap();
+        assert!(config.id.ends_with(&format!("-{}", std::process::id())));
+        assert!(config.slots >= 1);
+    }
+
+    #[test]
+    fn errors_name_the_bad_key() {
+        let ok = WorkerConfig::default();
+        let cases: Vec<(WorkerConfig, &str)> = vec![
+            (WorkerConfig { id: String::new(), ..ok.clone() }, "id"),
+            (WorkerConfig { id: "a b".into(), ..ok.clone() }, "id"),
+            (WorkerConfig { schedulers: vec![], ..ok.clone() }, "scheduler"),
+            (WorkerConfig { schedulers: vec!["127.0.0.1:7070".into()], ..ok.clone() }, "scheduler"),
+            (WorkerConfig { labels: vec!["".into()], ..ok.clone() }, "labels"),
+            (WorkerConfig { slots: 0, ..ok.clone() }, "slots"),
+            (WorkerConfig { lease_ms: 5, ..ok.clone() }, "lease-ms"),
+        ];
+        for (config, key) in cases {
+            assert_eq!(key_of(&config), key, "{config:?}");
+            let message = config.validate().unwrap_err().to_string();
+            assert!(message.contains(&format!("`{key}`")), "{message}");
+        }
+    }
+}

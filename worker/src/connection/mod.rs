@@ -1,0 +1,303 @@
+//! The worker's side of `WorkerService.Connect`: one long-lived stream to the leader,
+//! reconnected with backoff, and the attempts that outlive any one stream. This module owns
+//! the worker state (running attempts, finished-but-unacknowledged results, the highest epoch
+//! seen, the lease and the drain); `session` runs one stream and `writer` batches its frames.
+
+mod session;
+mod writer;
+
+use crate::config::WorkerConfig;
+use crate::error::Result;
+use crate::task::{TaskError, TaskLog};
+use baton_common::ids::AttemptKey;
+use baton_common::result_store::ResultStore;
+use baton_proto as proto;
+use proto::finished::Outcome;
+use rand::Rng;
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+/// First reconnection delay (before jitter).
+const MIN_BACKOFF: Duration = Duration::from_millis(100);
+/// Longest reconnection delay (before jitter).
+const MAX_BACKOFF: Duration = Duration::from_secs(5);
+/// How long a drained worker waits for the acknowledgement of its last results.
+const SETTLE: Duration = Duration::from_secs(2);
+
+/// Runs the worker until `shutdown` is cancelled and the drain ends: connects to the
+/// schedulers in turn, registers, runs what it is assigned and reports it.
+pub async fn run(config: WorkerConfig, shutdown: CancellationToken) -> Result<()> {
+    config.validate()?;
+    tracing::info!(
+        worker = %config.id,
+        schedulers = ?config.schedulers,
+        labels = ?config.labels,
+        slots = config.slots,
+        "worker starting"
+    );
+    let (mut worker, mut inbox) = Worker::new(config);
+    let mut backoff = Backoff::default();
+    let mut turn = 0usize;
+    let mut leader_hint: Option<String> = None;
+    loop {
+        let address = leader_hint.take().unwrap_or_else(|| {
+            let n = worker.config.schedulers.len().max(1);
+            let a = worker.config.schedulers[turn % n].clone();
+            turn = turn.wrapping_add(1);
+            a
+        });
+        match worker.session(&address, &mut inbox, &shutdown, &mut backoff).await {
+            session::End::Drained => break,
+            session::End::Lost(lost) => {
+                if worker.connected {
+                    worker.connected = false;
+                    worker.disconnected_since = Instant::now();
+                }
+                if lost.fatal {
+                    tracing::error!(scheduler = %address, reason = %lost.reason, "scheduler refused this worker");
+                    backoff.saturate();
+                } else {
+                    tracing::warn!(scheduler = %address, reason = %lost.reason, "no connection to scheduler");
+                }
+                leader_hint = lost.leader;
+            }
+        }
+        if worker.idle(backoff.next(), &mut inbox, &shutdown).await {
+            break;
+        }
+    }
+    worker.root.cancel();
+    tracing::info!(worker = %worker.config.id, "worker stopped");
+    Ok(())
+}
+
+/// What attempt tasks send back to the connection: their results and their log lines.
+struct Inbox {
+    finished: mpsc::UnboundedReceiver<(AttemptKey, proto::Finished)>,
+    logs: mpsc::UnboundedReceiver<TaskLog>,
+}
+
+/// One attempt being run.
+struct Running {
+    cancel: CancellationToken,
+    /// The failure it reports when it was cancelled on purpose.
+    reason: Option<TaskError>,
+}
+
+/// A drain in progress.
+struct Drain {
+    /// When running attempts are cancelled.
+    deadline: Instant,
+    cancelled: bool,
+    /// When the worker stops waiting for acknowledgements.
+    settle: Option<Instant>,
+}
+
+/// The state that outlives streams.
+struct Worker {
+    config: WorkerConfig,
+    running: HashMap<AttemptKey, Running>,
+    unacked: HashMap<AttemptKey, proto::Finished>,
+    max_epoch: u64,
+    /// The result store named by the last welcome, by its URI.
+    store: Option<(String, Arc<dyn ResultStore>)>,
+    finished_tx: mpsc::UnboundedSender<(AttemptKey, proto::Finished)>,
+    logs_tx: mpsc::UnboundedSender<TaskLog>,
+    /// Parent of every attempt's token.
+    root: CancellationToken,
+    drain: Option<Drain>,
+    /// Whether a leader has welcomed the current stream.
+    connected: bool,
+    disconnected_since: Instant,
+}
+
+impl Worker {
+    fn new(config: WorkerConfig) -> (Worker, Inbox) {
+        let (finished_tx, finished) = mpsc::unbounded_channel();
+        let (logs_tx, logs) = mpsc::unbounded_channel();
+        let worker = Worker {
+            config,
+            running: HashMap::new(),
+            unacked: HashMap::new(),
+            max_epoch: 0,
+            store: None,
+            finished_tx,
+            logs_tx,
+            root: CancellationToken::new(),
+            drain: None,
+            connected: false,
+            disconnected_since: Instant::now(),
+        };
+        (worker, Inbox { finished, logs })
+    }
+
+    fn lease(&self) -> Duration {
+        Duration::from_millis(self.config.lease_ms)
+    }
+
+    /// Records a finished attempt; returns the message to send now, if connected. Results of
+    /// dropped attempts are discarded.
+    fn on_finished(&mut self, key: AttemptKey, mut fin: proto::Finished) -> Option<proto::Finished> {
+        let running = self.running.remove(&key)?;
+        if let (Some(reason), Some(Outcome::Failure(_))) = (running.reason, &fin.outcome) {
+            fin.outcome = Some(Outcome::Failure(proto::TaskFailure {
+                error: reason.message,
+                retryable: reason.retryable,
+            }));
+        }
+        match &fin.outcome {
+            Some(Outcome::Failure(f)) => {
+                tracing::debug!(attempt = %key, error = %f.error, retryable = f.retryable, "attempt failed")
+            }
+            _ => tracing::debug!(attempt = %key, "attempt succeeded"),
+        }
+        let send = self.connected.then(|| fin.clone());
+        self.unacked.insert(key, fin);
+        send
+    }
+
+    /// Cancels a running attempt; it then reports `reason`.
+    fn cancel(&mut self, key: &AttemptKey, reason: TaskError) {
+        if let Some(r) = self.running.get_mut(key) {
+            tracing::info!(attempt = %key, reason = %reason.message, "cancelling attempt");
+            r.reason = Some(reason);
+            r.cancel.cancel();
+        }
+    }
+
+    /// Stops an attempt and forgets it and its result: nothing about it is reported.
+    fn forget(&mut self, key: &AttemptKey) {
+        if let Some(r) = self.running.remove(key) {
+            r.cancel.cancel();
+        }
+        self.unacked.remove(key);
+    }
+
+    fn begin_drain(&mut self) {
+        tracing::info!(running = self.running.len(), drain_timeout_ms = self.config.drain_timeout_ms, "draining");
+        self.drain = Some(Drain {
+            deadline: Instant::now() + Duration::from_millis(self.config.drain_timeout_ms),
+            cancelled: false,
+            settle: None,
+        });
+    }
+
+    /// Applies the lease and the drain at `now`; true when the drain is complete.
+    fn tick(&mut self, now: Instant) -> bool {
+        if !self.connected && !self.running.is_empty() && now >= self.disconnected_since + self.lease() {
+            tracing::warn!(
+                attempts = self.running.len(),
+                lease_ms = self.config.lease_ms,
+                "no leader reachable within the lease, stopping running attempts"
+            );
+            for (_, r) in self.running.drain() {
+                r.cancel.cancel();
+            }
+        }
+        let Some(drain) = &mut self.drain else {
+            return false;
+        };
+        if !self.running.is_empty() && !drain.cancelled && now >= drain.deadline {
+            tracing::warn!(attempts = self.running.len(), "drain timeout passed, cancelling running attempts");
+            for r in self.running.values_mut() {
+                r.reason = Some(TaskError::retryable(
+                    "cancelled: the worker shut down before the attempt finished",
+                ));
+                r.cancel.cancel();
+            }
+            drain.cancelled = true;
+            drain.settle = Some(now + SETTLE);
+        }
+        if self.running.is_empty() {
+            if self.unacked.is_empty() {
+                return true;
+            }
+            drain.settle.get_or_insert(now + SETTLE);
+        }
+        if drain.settle.is_some_and(|s| now >= s) {
+            tracing::warn!(
+                running = self.running.len(),
+                unacknowledged = self.unacked.len(),
+                "drain ended before everything was acknowledged"
+            );
+            return true;
+        }
+        false
+    }
+
+    /// The next instant [`Worker::tick`] has something to do.
+    fn next_wakeup(&self) -> Option<Instant> {
+        let lease = (!self.connected && !self.running.is_empty())
+            .then(|| self.disconnected_since + self.lease());
+        let (deadline, settle) = match &self.drain {
+            Some(d) => (
+                (!d.cancelled && !self.running.is_empty()).then_some(d.deadline),
+                d.settle,
+            ),
+            None => (None, None),
+        };
+        [lease, deadline, settle].into_iter().flatten().min()
+    }
+
+    /// Waits `delay` while disconnected, still collecting results and applying the lease
+    /// and the drain; true when the drain is complete.
+    async fn idle(&mut self, delay: Duration, inbox: &mut Inbox, shutdown: &CancellationToken) -> bool {
+        let until = Instant::now() + delay;
+        let mut dropped_logs = 0u64;
+        let drained = loop {
+            if self.tick(Instant::now()) {
+                break true;
+            }
+            let now = Instant::now();
+            if now >= until {
+                break false;
+            }
+            let wake = self.next_wakeup().map_or(until, |w| w.min(until));
+            tokio::select! {
+                _ = shutdown.cancelled(), if self.drain.is_none() => self.begin_drain(),
+                Some((key, fin)) = inbox.finished.recv() => {
+                    self.on_finished(key, fin);
+                }
+                Some(_) = inbox.logs.recv() => dropped_logs += 1,
+                _ = tokio::time::sleep_until(wake) => {}
+            }
+        };
+        if dropped_logs > 0 {
+            tracing::debug!(lines = dropped_logs, "dropped log lines while disconnected");
+        }
+        drained
+    }
+}
+
+/// Exponential backoff with full jitter.
+#[derive(Default)]
+struct Backoff {
+    step: u32,
+}
+
+impl Backoff {
+    /// A random delay in `[0, min(MAX, MIN * 2^step)]`.
+    fn next(&mut self) -> Duration {
+        let cap = MIN_BACKOFF
+            .saturating_mul(1u32 << self.step.min(16))
+            .min(MAX_BACKOFF);
+        self.step = self.step.saturating_add(1);
+        let cap_ms = u64::try_from(cap.as_millis()).unwrap_or(u64::MAX);
+        Duration::from_millis(rand::rng().random_range(0..=cap_ms))
+    }
+
+    fn reset(&mut self) {
+        self.step = 0;
+    }
+
+    fn saturate(&mut self) {
+        self.step = 16;
+    }
+}
+
+#[cfg(test)]
+mod tests;

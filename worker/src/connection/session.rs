@@ -1,0 +1,488 @@
+//! One `Connect` stream: connect, register, await the welcome, resend unacknowledged
+//! results, then serve assignments, cancellations and acknowledgements while reporting
+//! starts, log lines, results and heartbeats.
+
+use super::{writer, Backoff, Inbox, Running, Worker};
+use crate::executor;
+use crate::task::{TaskError, TaskLog};
+use baton_common::ids::AttemptKey;
+use baton_common::result_store::open_store;
+use baton_common::time::now_ms;
+use baton_proto as proto;
+use proto::scheduler_message::Msg as Down;
+use proto::worker_message::Msg as Up;
+use proto::worker_service_client::WorkerServiceClient;
+use std::time::Duration;
+use tokio::sync::mpsc::{self, error::TrySendError};
+use tokio::time::Instant;
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::sync::CancellationToken;
+use tonic::transport::Endpoint;
+use tracing::Instrument;
+
+/// The largest message either side may send on the stream.
+const MAX_MESSAGE_BYTES: usize = 64 << 20;
+/// Messages queued for the writer.
+const OUTBOUND_CAPACITY: usize = 8192;
+/// Frames queued between the writer and the transport; small, so that messages batch up.
+const WIRE_CAPACITY: usize = 4;
+/// Longest time from dialling to the welcome.
+const HANDSHAKE_LIMIT: Duration = Duration::from_secs(5);
+const MIN_HANDSHAKE: Duration = Duration::from_millis(200);
+const DEFAULT_HEARTBEAT: Duration = Duration::from_secs(2);
+const MIN_HEARTBEAT: Duration = Duration::from_millis(100);
+/// Log lines per `LogLines` message, and their bytes.
+const MAX_LOG_BATCH: usize = 256;
+const MAX_LOG_BATCH_BYTES: usize = 512 << 10;
+/// Longer log lines are cut.
+const MAX_LOG_LINE: usize = 16 << 10;
+/// Metadata key of a refusal that names the leader's address.
+pub const LEADER_METADATA: &str = "baton-leader";
+
+/// How a session ended.
+pub(super) enum End {
+    /// The drain is complete.
+    Drained,
+    Lost(Lost),
+}
+
+/// Why a session ended early.
+pub(super) struct Lost {
+    pub reason: String,
+    /// Where the refusing replica says the leader is.
+    pub leader: Option<String>,
+    /// The scheduler refused this worker for a reason a retry will not cure soon.
+    pub fatal: bool,
+}
+
+impl Lost {
+    fn new(reason: impl Into<String>) -> Self {
+        Lost {
+            reason: reason.into(),
+            leader: None,
+            fatal: false,
+        }
+    }
+}
+
+impl From<tonic::Status> for Lost {
+    fn from(status: tonic::Status) -> Self {
+        use tonic::Code;
+        let leader = status
+            .metadata()
+            .get(LEADER_METADATA)
+            .and_then(|v| v.to_str().ok())
+            .filter(|a| !a.is_empty())
+            .map(|a| {
+                if a.contains("://") {
+                    a.to_string()
+                } else {
+                    format!("http://{a}")
+                }
+            });
+        let fatal = matches!(
+            status.code(),
+            Code::InvalidArgument | Code::Unauthenticated | Code::PermissionDenied | Code::Unimplemented
+        );
+        Lost {
+            reason: format!("{:?}: {}", status.code(), status.message()),
+            leader,
+            fatal,
+        }
+    }
+}
+
+/// The sending half of a session.
+struct Outbound {
+    tx: mpsc::Sender<proto::WorkerMessage>,
+    /// How long a send may wait for room before the stream counts as lost.
+    stall: Duration,
+}
+
+impl Outbound {
+    async fn send(&self, msg: Up) -> Result<(), Lost> {
+        let closed = || Lost::new("the stream to the scheduler is closed");
+        match self.tx.try_send(proto::WorkerMessage { msg: Some(msg) }) {
+            Ok(()) => Ok(()),
+            Err(TrySendError::Closed(_)) => Err(closed()),
+            Err(TrySendError::Full(m)) => match tokio::time::timeout(self.stall, self.tx.send(m)).await {
+                Ok(Ok(())) => Ok(()),
+                Ok(Err(_)) => Err(closed()),
+                Err(_) => Err(Lost::new(format!(
+                    "the stream to the scheduler stalled for {} ms",
+                    self.stall.as_millis()
+                ))),
+            },
+        }
+    }
+
+    /// Sends log lines unless the queue is full, in which case they are dropped.
+    fn send_logs(&self, logs: proto::LogLines) -> Result<(), Lost> {
+        let lines = logs.lines.len();
+        match self.tx.try_send(proto::WorkerMessage { msg: Some(Up::Logs(logs)) }) {
+            Ok(()) => Ok(()),
+            Err(TrySendError::Full(_)) => {
+                tracing::debug!(lines, "outbound queue full, dropping log lines");
+                Ok(())
+            }
+            Err(TrySendError::Closed(_)) => Err(Lost::new("the stream to the scheduler is closed")),
+        }
+    }
+}
+
+/// What woke the serving loop.
+enum Event {
+    Shutdown,
+    Down(Result<Option<proto::SchedulerMessage>, tonic::Status>),
+    Finished(AttemptKey, proto::Finished),
+    Log(TaskLog),
+    Heartbeat,
+    Wake,
+}
+
+impl Worker {
+    /// Runs one stream to `address` until it fails or the drain completes.
+    pub(super) async fn session(
+        &mut self,
+        address: &str,
+        inbox: &mut Inbox,
+        shutdown: &CancellationToken,
+        backoff: &mut Backoff,
+    ) -> End {
+        // Stops this session's writer however the session ends.
+        let stop = CancellationToken::new();
+        let _stop_writer = stop.clone().drop_guard();
+        let limit = self.handshake_limit();
+        let (mut inbound, out, heartbeat) =
+            match tokio::time::timeout(limit, self.open(address, &stop)).await {
+                Err(_) => {
+                    return End::Lost(Lost::new(format!(
+                        "no welcome within {} ms",
+                        limit.as_millis()
+                    )))
+                }
+                Ok(Err(lost)) => return End::Lost(lost),
+                Ok(Ok(opened)) => opened,
+            };
+        backoff.reset();
+        tracing::info!(
+            scheduler = %address,
+            epoch = self.max_epoch,
+            running = self.running.len(),
+            unacknowledged = self.unacked.len(),
+            "connected to leader"
+        );
+        match self.serve(&mut inbound, &out, inbox, shutdown, heartbeat).await {
+            Ok(()) => End::Drained,
+            Err(lost) => End::Lost(lost),
+        }
+    }
+
+    /// How long dialling may take: at most [`HANDSHAKE_LIMIT`], less when the lease or the
+    /// drain needs attention sooner.
+    fn handshake_limit(&self) -> Duration {
+        match self.next_wakeup() {
+            Some(w) => w
+                .saturating_duration_since(Instant::now())
+                .clamp(MIN_HANDSHAKE, HANDSHAKE_LIMIT),
+            None => HANDSHAKE_LIMIT,
+        }
+    }
+
+    /// Dials, registers and awaits the welcome; then resends unacknowledged results.
+    async fn open(
+        &mut self,
+        address: &str,
+        stop: &CancellationToken,
+    ) -> Result<(tonic::Streaming<proto::SchedulerMessage>, Outbound, Duration), Lost> {
+        let keep_alive = (self.lease() / 4).clamp(Duration::from_millis(500), Duration::from_secs(5));
+        let endpoint = Endpoint::from_shared(address.to_string())
+            .map_err(|e| Lost {
+                fatal: true,
+                ..Lost::new(format!("invalid address: {e}"))
+            })?
+            .connect_timeout(HANDSHAKE_LIMIT)
+            .tcp_nodelay(true)
+            .http2_keep_alive_interval(keep_alive)
+            .keep_alive_timeout(keep_alive)
+            .keep_alive_while_idle(true);
+        let channel = endpoint
+            .connect()
+            .await
+            .map_err(|e| Lost::new(error_chain(&e)))?;
+        let mut client = WorkerServiceClient::new(channel)
+            .max_decoding_message_size(MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(MAX_MESSAGE_BYTES);
+        let (out_tx, out_rx) = mpsc::channel(OUTBOUND_CAPACITY);
+        let (wire_tx, wire_rx) = mpsc::channel(WIRE_CAPACITY);
+        tokio::spawn(writer::run(out_rx, wire_tx, stop.clone()));
+        let out = Outbound {
+            tx: out_tx,
+            stall: self.lease(),
+        };
+        out.send(Up::Register(self.register())).await?;
+        let mut inbound = client
+            .connect(ReceiverStream::new(wire_rx))
+            .await?
+            .into_inner();
+        let first = inbound
+            .message()
+            .await?
+            .ok_or_else(|| Lost::new("the scheduler closed the stream before its welcome"))?;
+        let Some(Down::Welcome(welcome)) = first.msg else {
+            return Err(Lost::new("the scheduler's first message was not a welcome"));
+        };
+        let heartbeat = self.welcome(first.epoch, welcome)?;
+        if self.drain.is_some() {
+            out.send(Up::Draining(proto::Draining {})).await?;
+        }
+        let pending: Vec<proto::Finished> = self.unacked.values().cloned().collect();
+        for fin in pending {
+            out.send(Up::Finished(fin)).await?;
+        }
+        Ok((inbound, out, heartbeat))
+    }
+
+    fn register(&self) -> proto::Register {
+        let c = &self.config;
+        proto::Register {
+            worker_id: c.id.clone(),
+            labels: c.labels.clone(),
+            resources: Some(proto::Resources {
+                slots: c.slots,
+                gpus: c.gpus,
+                memory_mb: c.memory_mb,
+            }),
+            running: self
+                .running
+                .keys()
+                .chain(self.unacked.keys())
+                .map(Into::into)
+                .collect(),
+            max_epoch: self.max_epoch,
+        }
+    }
+
+    /// Applies a welcome; returns the heartbeat interval.
+    fn welcome(&mut self, epoch: u64, welcome: proto::Welcome) -> Result<Duration, Lost> {
+        if epoch < self.max_epoch {
+            return Err(Lost::new(format!(
+                "the scheduler's epoch {epoch} is older than epoch {} already seen",
+                self.max_epoch
+            )));
+        }
+        self.max_epoch = epoch;
+        if self.store.as_ref().is_none_or(|(uri, _)| *uri != welcome.result_store) {
+            let store = open_store(&welcome.result_store).map_err(|e| Lost {
+                fatal: true,
+                ..Lost::new(format!(
+                    "cannot open the result store `{}`: {e}",
+                    welcome.result_store
+                ))
+            })?;
+            self.store = Some((welcome.result_store.clone(), store));
+        }
+        for k in &welcome.unknown {
+            let key = AttemptKey::from(k);
+            tracing::info!(attempt = %key, "the scheduler does not know this attempt, dropping it");
+            self.forget(&key);
+        }
+        self.connected = true;
+        Ok(match welcome.heartbeat_interval_ms {
+            0 => DEFAULT_HEARTBEAT,
+            ms => Duration::from_millis(ms).max(MIN_HEARTBEAT),
+        })
+    }
+
+    /// Serves the stream until it fails (`Err`) or the drain completes (`Ok`).
+    async fn serve(
+        &mut self,
+        inbound: &mut tonic::Streaming<proto::SchedulerMessage>,
+        out: &Outbound,
+        inbox: &mut Inbox,
+        shutdown: &CancellationToken,
+        heartbeat: Duration,
+    ) -> Result<(), Lost> {
+        let mut ticker = tokio::time::interval_at(Instant::now() + heartbeat, heartbeat);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            if self.tick(Instant::now()) {
+                return Ok(());
+            }
+            let wake = self.next_wakeup();
+            let event = tokio::select! {
+                _ = shutdown.cancelled(), if self.drain.is_none() => Event::Shutdown,
+                m = inbound.message() => Event::Down(m),
+                Some((key, fin)) = inbox.finished.recv() => Event::Finished(key, fin),
+                Some(line) = inbox.logs.recv() => Event::Log(line),
+                _ = ticker.tick() => Event::Heartbeat,
+                _ = tokio::time::sleep_until(wake.unwrap_or_else(Instant::now)), if wake.is_some() => Event::Wake,
+            };
+            match event {
+                Event::Shutdown => {
+                    self.begin_drain();
+                    out.send(Up::Draining(proto::Draining {})).await?;
+                }
+                Event::Down(Ok(Some(msg))) => self.on_message(msg, out).await?,
+                Event::Down(Ok(None)) => return Err(Lost::new("the scheduler closed the stream")),
+                Event::Down(Err(status)) => return Err(status.into()),
+                Event::Finished(key, fin) => {
+                    if let Some(fin) = self.on_finished(key, fin) {
+                        out.send(Up::Finished(fin)).await?;
+                    }
+                }
+                Event::Log(first) => out.send_logs(log_batch(first, &mut inbox.logs))?,
+                Event::Heartbeat => {
+                    out.send(Up::Heartbeat(proto::Heartbeat { at_ms: now_ms() }))
+                        .await?
+                }
+                Event::Wake => {}
+            }
+        }
+    }
+
+    /// Handles one message (or batch) from the scheduler.
+    async fn on_message(&mut self, msg: proto::SchedulerMessage, out: &Outbound) -> Result<(), Lost> {
+        let mut flat = Vec::new();
+        flatten(msg, 0, &mut flat);
+        for (epoch, msg) in flat {
+            if epoch < self.max_epoch {
+                tracing::warn!(epoch, max_epoch = self.max_epoch, "ignoring a message from an older leader");
+                continue;
+            }
+            self.max_epoch = epoch;
+            match msg {
+                Down::Assign(assign) => self.on_assign(assign, out).await?,
+                Down::Cancel(cancel) => {
+                    if let Some(k) = &cancel.key {
+                        let error = if cancel.reason.is_empty() {
+                            executor::CANCELLED.to_string()
+                        } else {
+                            format!("{}: {}", executor::CANCELLED, cancel.reason)
+                        };
+                        self.cancel(&AttemptKey::from(k), TaskError::fatal(error));
+                    }
+                }
+                Down::Ack(ack) => {
+                    if let Some(k) = &ack.key {
+                        let key = AttemptKey::from(k);
+                        if self.unacked.remove(&key).is_some() {
+                            tracing::trace!(attempt = %key, committed = ack.committed, "result acknowledged");
+                        }
+                    }
+                }
+                Down::Welcome(_) => tracing::warn!("ignoring a second welcome on the same stream"),
+                Down::Batch(_) => {}
+            }
+        }
+        Ok(())
+    }
+
+    /// Starts an assigned attempt, unless draining or already running or finished.
+    async fn on_assign(&mut self, assign: proto::Assign, out: &Outbound) -> Result<(), Lost> {
+        let Some(proto_key) = assign.key.clone() else {
+            tracing::warn!("ignoring an assignment without a key");
+            return Ok(());
+        };
+        let key = AttemptKey::from(&proto_key);
+        if self.drain.is_some() {
+            tracing::debug!(attempt = %key, "draining, not starting the assignment");
+            return Ok(());
+        }
+        if self.running.contains_key(&key) {
+            tracing::debug!(attempt = %key, "attempt already running");
+            return Ok(());
+        }
+        if let Some(fin) = self.unacked.get(&key) {
+            return out.send(Up::Finished(fin.clone())).await;
+        }
+        let Some((_, store)) = &self.store else {
+            tracing::warn!(attempt = %key, "no result store yet, not starting the assignment");
+            return Ok(());
+        };
+        let cancel = self.root.child_token();
+        let span = tracing::info_span!(
+            "attempt",
+            run = %key.run,
+            task = %key.task,
+            map_index = key.map_index,
+            attempt = key.attempt
+        );
+        let body = {
+            let (key, store, cancel) = (key.clone(), store.clone(), cancel.clone());
+            let (finished, logs) = (self.finished_tx.clone(), self.logs_tx.clone());
+            async move {
+                let fin = executor::execute(key.clone(), assign, store, cancel, logs).await;
+                let _ = finished.send((key, fin));
+            }
+        };
+        self.running.insert(key, Running { cancel, reason: None });
+        tokio::spawn(body.instrument(span));
+        out.send(Up::Started(proto::Started {
+            key: Some(proto_key),
+            at_ms: now_ms(),
+        }))
+        .await
+    }
+}
+
+/// Unpacks batches; an inner message without an epoch takes its batch's.
+fn flatten(msg: proto::SchedulerMessage, inherited: u64, out: &mut Vec<(u64, Down)>) {
+    let epoch = if msg.epoch == 0 { inherited } else { msg.epoch };
+    match msg.msg {
+        Some(Down::Batch(batch)) => {
+            for m in batch.messages {
+                flatten(m, epoch, out);
+            }
+        }
+        Some(m) => out.push((epoch, m)),
+        None => {}
+    }
+}
+
+/// One `LogLines` of `first` and what else is ready, within the batch limits.
+fn log_batch(first: TaskLog, rx: &mut mpsc::UnboundedReceiver<TaskLog>) -> proto::LogLines {
+    let mut lines = Vec::new();
+    let mut bytes = 0;
+    let mut next = Some(first);
+    while let Some(l) = next {
+        bytes += l.line.len();
+        lines.push(proto::LogLine {
+            key: Some((&l.key).into()),
+            at_ms: l.at_ms,
+            stream: l.stream.to_string(),
+            line: cut(l.line, MAX_LOG_LINE),
+        });
+        next = if lines.len() < MAX_LOG_BATCH && bytes < MAX_LOG_BATCH_BYTES {
+            rx.try_recv().ok()
+        } else {
+            None
+        };
+    }
+    proto::LogLines { lines }
+}
+
+/// `s` cut to at most `max` bytes on a character boundary, marked with `…` when cut.
+fn cut(mut s: String, max: usize) -> String {
+    if s.len() > max {
+        let mut end = max;
+        while !s.is_char_boundary(end) {
+            end -= 1;
+        }
+        s.truncate(end);
+        s.push('…');
+    }
+    s
+}
+
+/// An error and its sources, on one line.
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut source = e.source();
+    while let Some(inner) = source {
+        s.push_str(": ");
+        s.push_str(&inner.to_string());
+        source = inner.source();
+    }
+    s
+}

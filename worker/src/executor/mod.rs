@@ -1,0 +1,239 @@
+//! Runs one assignment to its end: decodes the task spec and inputs, runs the body (a
+//! built-in function or a process) under the attempt's timeout and cancellation, writes the
+//! result to the store under the attempt's own key and builds the `Finished` message.
+
+mod process;
+
+pub use process::kill_all_groups;
+
+use crate::task::{TaskContext, TaskError, TaskLog, TaskResult};
+use baton_common::flow::TaskKind;
+use baton_common::ids::AttemptKey;
+use baton_common::result_store::ResultStore;
+use baton_proto as proto;
+use futures::FutureExt;
+use serde_json::Value;
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+/// The largest result a task may return; larger data belongs in an artifact.
+pub const MAX_RESULT_BYTES: usize = 4 << 20;
+/// Results up to this size also travel inline in `Finished`.
+pub const MAX_INLINE_BYTES: usize = 64 << 10;
+/// How many times a result upload is tried.
+const PUT_TRIES: u32 = 3;
+/// How long a cancelled or timed-out body may take to clean up (kill and reap) before it is
+/// dropped.
+const WIND_DOWN: Duration = Duration::from_secs(5);
+
+/// The error text of an attempt stopped by its cancellation token.
+pub const CANCELLED: &str = "cancelled";
+
+/// A decoded assignment.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Job {
+    pub key: AttemptKey,
+    pub kind: TaskKind,
+    /// A JSON object of named inputs.
+    pub inputs: Value,
+    /// 0: no timeout.
+    pub timeout_ms: u64,
+    pub scheduled_start_ms: i64,
+}
+
+impl Job {
+    /// Decodes `assign` for attempt `key`; a malformed spec or input is a fatal task error.
+    pub fn decode(key: AttemptKey, assign: &proto::Assign) -> Result<Job, TaskError> {
+        let kind = parse_kind(&assign.task_spec)?;
+        let inputs = if assign.inputs.trim().is_empty() {
+            Value::Object(Default::default())
+        } else {
+            serde_json::from_str::<Value>(&assign.inputs)
+                .map_err(|e| TaskError::fatal(format!("the task's inputs are not JSON: {e}")))?
+        };
+        if !inputs.is_object() {
+            return Err(TaskError::fatal("the task's inputs must be a JSON object"));
+        }
+        Ok(Job {
+            key,
+            kind,
+            inputs,
+            timeout_ms: assign.timeout_ms,
+            scheduled_start_ms: assign.scheduled_start_ms,
+        })
+    }
+}
+
+/// Parses a task spec: a [`TaskKind`] (`{"kind": "builtin", ...}`), or an object holding one
+/// under `kind` (a whole task spec).
+fn parse_kind(spec: &str) -> Result<TaskKind, TaskError> {
+    let value: Value = serde_json::from_str(spec)
+        .map_err(|e| TaskError::fatal(format!("the task spec is not JSON: {e}")))?;
+    let value = match value {
+        Value::Object(mut o) if o.get("kind").is_some_and(Value::is_object) => {
+            o.remove("kind").unwrap_or_default()
+        }
+        other => other,
+    };
+    serde_json::from_value(value)
+        .map_err(|e| TaskError::fatal(format!("invalid task spec: {e}")))
+}
+
+/// Runs `assign` as attempt `key` and returns its `Finished` message. `cancel` stops the
+/// attempt (it then fails with [`CANCELLED`]); logs go to `logs`. Never panics.
+pub async fn execute(
+    key: AttemptKey,
+    assign: proto::Assign,
+    store: Arc<dyn ResultStore>,
+    cancel: CancellationToken,
+    logs: mpsc::UnboundedSender<TaskLog>,
+) -> proto::Finished {
+    let outcome = match Job::decode(key.clone(), &assign) {
+        Ok(job) => {
+            let ctx = TaskContext::new(
+                key.clone(),
+                store,
+                job.scheduled_start_ms,
+                cancel.child_token(),
+                logs,
+            );
+            AssertUnwindSafe(run_and_store(&job, &ctx, &cancel))
+                .catch_unwind()
+                .await
+                .unwrap_or_else(|panic| Err(TaskError::retryable(panic_message(&panic))))
+        }
+        Err(e) => Err(e),
+    };
+    finished(&key, outcome)
+}
+
+/// Runs the job and persists its result.
+pub async fn run_and_store(
+    job: &Job,
+    ctx: &TaskContext,
+    cancel: &CancellationToken,
+) -> Result<proto::TaskSuccess, TaskError> {
+    let value = run_with_limits(job, ctx, cancel).await?;
+    persist(ctx.store.as_ref(), &job.key, &value).await
+}
+
+/// Runs the body until it ends, `cancel` fires or the timeout passes. `ctx.cancel` must be a
+/// child of `cancel`.
+pub async fn run_with_limits(job: &Job, ctx: &TaskContext, cancel: &CancellationToken) -> TaskResult {
+    let body = run_body(job, ctx);
+    tokio::pin!(body);
+    let timeout = async {
+        match job.timeout_ms {
+            0 => std::future::pending().await,
+            ms => tokio::time::sleep(Duration::from_millis(ms)).await,
+        }
+    };
+    tokio::select! {
+        biased;
+        _ = cancel.cancelled() => {
+            let _ = tokio::time::timeout(WIND_DOWN, body).await;
+            Err(TaskError::fatal(CANCELLED))
+        }
+        _ = timeout => {
+            ctx.cancel.cancel();
+            let _ = tokio::time::timeout(WIND_DOWN, body).await;
+            Err(TaskError::retryable(format!("timed out after {} ms", job.timeout_ms)))
+        }
+        r = &mut body => r,
+    }
+}
+
+async fn run_body(job: &Job, ctx: &TaskContext) -> TaskResult {
+    match &job.kind {
+        TaskKind::Builtin { function } => {
+            crate::builtins::run_builtin(function, job.inputs.clone(), ctx).await
+        }
+        TaskKind::Process { command, args, env } => {
+            process::run(command, args, env, &job.inputs, ctx).await
+        }
+    }
+}
+
+/// Writes `value` under the attempt's result key (never overwriting) and describes it.
+pub async fn persist(
+    store: &dyn ResultStore,
+    key: &AttemptKey,
+    value: &Value,
+) -> Result<proto::TaskSuccess, TaskError> {
+    let bytes = serde_json::to_vec(value)
+        .map_err(|e| TaskError::fatal(format!("the result cannot be serialized: {e}")))?;
+    if bytes.len() > MAX_RESULT_BYTES {
+        return Err(too_large());
+    }
+    let inline_value = if bytes.len() <= MAX_INLINE_BYTES {
+        String::from_utf8(bytes.clone()).unwrap_or_default()
+    } else {
+        String::new()
+    };
+    let object_key = key.result_key();
+    let mut delay = Duration::from_millis(50);
+    let mut tries = 0;
+    loop {
+        tries += 1;
+        match store.put(&object_key, bytes.clone(), "application/json").await {
+            Ok(r) => {
+                return Ok(proto::TaskSuccess {
+                    result: Some(r.into()),
+                    inline_value,
+                })
+            }
+            Err(baton_common::Error::AlreadyExists(uri)) => {
+                return Err(TaskError::fatal(format!(
+                    "the result of attempt {key} was already written at {uri}; results are never overwritten"
+                )))
+            }
+            Err(e) if tries >= PUT_TRIES => {
+                return Err(TaskError::retryable(format!("cannot write the result: {e}")))
+            }
+            Err(e) => {
+                tracing::warn!(attempt = %key, error = %e, "result upload failed, retrying");
+                tokio::time::sleep(delay).await;
+                delay *= 2;
+            }
+        }
+    }
+}
+
+/// The error for a result over [`MAX_RESULT_BYTES`].
+pub(crate) fn too_large() -> TaskError {
+    TaskError::fatal(format!(
+        "the result is over the {MAX_RESULT_BYTES} byte limit: write large data as an artifact \
+         (under BATON_ARTIFACT_PREFIX) and return its location instead"
+    ))
+}
+
+/// Builds the `Finished` message of an outcome.
+pub fn finished(key: &AttemptKey, outcome: Result<proto::TaskSuccess, TaskError>) -> proto::Finished {
+    use proto::finished::Outcome;
+    proto::Finished {
+        key: Some(key.into()),
+        at_ms: baton_common::time::now_ms(),
+        outcome: Some(match outcome {
+            Ok(success) => Outcome::Success(success),
+            Err(e) => Outcome::Failure(proto::TaskFailure {
+                error: e.message,
+                retryable: e.retryable,
+            }),
+        }),
+    }
+}
+
+fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {
+    let what = panic
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "unknown panic".to_string());
+    format!("the task panicked: {what}")
+}
+
+#[cfg(test)]
+mod tests;

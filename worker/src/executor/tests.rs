@@ -1,0 +1,227 @@
+//! Tests of the executors against a local-folder store and real `sh` processes.
+
+use super::*;
+use baton_common::result_store::LocalStore;
+use proto::finished::Outcome;
+use serde_json::json;
+use std::time::Instant;
+
+fn key() -> AttemptKey {
+    AttemptKey {
+        run: "r1".into(),
+        task: "t".into(),
+        map_index: -1,
+        attempt: 1,
+    }
+}
+
+struct Fixture {
+    _dir: tempfile::TempDir,
+    store: Arc<dyn ResultStore>,
+}
+
+fn fixture() -> Fixture {
+    let dir = tempfile::tempdir().unwrap();
+    let store: Arc<dyn ResultStore> = Arc::new(LocalStore::new(dir.path()).unwrap());
+    Fixture { _dir: dir, store }
+}
+
+fn sh(script: &str) -> Value {
+    json!({"kind": "process", "command": "sh", "args": ["-c", script]})
+}
+
+fn assign(spec: Value, inputs: Value, timeout_ms: u64) -> proto::Assign {
+    proto::Assign {
+        key: Some((&key()).into()),
+        task_spec: spec.to_string(),
+        inputs: inputs.to_string(),
+        timeout_ms,
+        ..Default::default()
+    }
+}
+
+/// Runs one assignment; returns its `Finished` and the log lines it wrote.
+async fn run(
+    f: &Fixture,
+    spec: Value,
+    inputs: Value,
+    timeout_ms: u64,
+    cancel: CancellationToken,
+) -> (proto::Finished, Vec<TaskLog>) {
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let fin = execute(key(), assign(spec, inputs, timeout_ms), f.store.clone(), cancel, tx).await;
+    let mut logs = Vec::new();
+    while let Ok(l) = rx.try_recv() {
+        logs.push(l);
+    }
+    (fin, logs)
+}
+
+fn success(fin: &proto::Finished) -> &proto::TaskSuccess {
+    match &fin.outcome {
+        Some(Outcome::Success(s)) => s,
+        other => panic!("expected success, got {other:?}"),
+    }
+}
+
+fn failure(fin: &proto::Finished) -> &proto::TaskFailure {
+    match &fin.outcome {
+        Some(Outcome::Failure(e)) => e,
+        other => panic!("expected failure, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn process_result_is_the_last_line_and_the_rest_are_logs() {
+    let f = fixture();
+    let script = r#"echo hello; echo warn >&2; echo '{"a": 1}'; echo"#;
+    let (fin, logs) = run(&f, sh(script), json!({}), 0, CancellationToken::new()).await;
+    let s = success(&fin);
+    assert_eq!(s.inline_value, r#"{"a":1}"#);
+    let r = s.result.as_ref().unwrap();
+    assert_eq!(f.store.get(&r.uri).await.unwrap(), br#"{"a":1}"#);
+    assert!(r.uri.ends_with(&key().result_key()), "{}", r.uri);
+    let lines: Vec<(&str, &str)> = logs.iter().map(|l| (l.stream, l.line.as_str())).collect();
+    assert!(lines.contains(&("stdout", "hello")), "{lines:?}");
+    assert!(lines.contains(&("stderr", "warn")), "{lines:?}");
+    assert!(!lines.iter().any(|(_, l)| l.contains("\"a\"")), "{lines:?}");
+}
+
+#[tokio::test]
+async fn process_nonzero_exit_fails_with_the_stderr_tail() {
+    let f = fixture();
+    let script = "for i in $(seq 1 50); do echo line$i >&2; done; exit 3";
+    let (fin, _) = run(&f, sh(script), json!({}), 0, CancellationToken::new()).await;
+    let e = failure(&fin);
+    assert!(e.retryable);
+    assert!(e.error.starts_with("exit status 3"), "{}", e.error);
+    assert!(e.error.contains("line50"), "{}", e.error);
+    assert!(!e.error.contains("line30\n"), "{}", e.error);
+}
+
+#[tokio::test]
+async fn process_non_json_last_line_is_a_fatal_error() {
+    let f = fixture();
+    let (fin, _) = run(&f, sh("echo this is not json"), json!({}), 0, CancellationToken::new()).await;
+    let e = failure(&fin);
+    assert!(!e.retryable);
+    assert!(e.error.contains("not JSON"), "{}", e.error);
+    assert!(e.error.contains("this is not json"), "{}", e.error);
+}
+
+#[tokio::test]
+async fn process_gets_its_inputs_on_stdin_and_its_env() {
+    let f = fixture();
+    let inputs = json!({"x": [1, 2, 3], "name": "é"});
+    let (fin, _) = run(&f, sh("cat"), inputs.clone(), 0, CancellationToken::new()).await;
+    let got: Value = serde_json::from_str(&success(&fin).inline_value).unwrap();
+    assert_eq!(got, inputs);
+
+    let script = r#"echo "\"$BATON_RUN_ID/$BATON_TASK/$BATON_MAP_INDEX/$BATON_ATTEMPT/$BATON_ARTIFACT_PREFIX\"""#;
+    let (fin, _) = run(&f, sh(script), json!({}), 0, CancellationToken::new()).await;
+    assert_eq!(
+        success(&fin).inline_value,
+        format!("\"r1/t/-1/1/{}\"", key().artifact_prefix())
+    );
+}
+
+/// Whether `pid` is gone (or a zombie nobody reaps, as in containers without an init).
+fn gone(pid: i32) -> bool {
+    // SAFETY: signal 0 only checks that the process exists.
+    if unsafe { libc::kill(pid, 0) } != 0 {
+        return true;
+    }
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .map(|s| s.rsplit(')').next().is_some_and(|r| r.trim_start().starts_with('Z')))
+        .unwrap_or(true)
+}
+
+#[tokio::test]
+async fn process_timeout_kills_the_whole_group() {
+    let f = fixture();
+    let started = Instant::now();
+    let script = "sleep 30 & echo $! >&2; sleep 30";
+    let (fin, logs) = run(&f, sh(script), json!({}), 500, CancellationToken::new()).await;
+    let e = failure(&fin);
+    assert_eq!(e.error, "timed out after 500 ms");
+    assert!(e.retryable);
+    assert!(started.elapsed() < Duration::from_secs(10));
+    let pid: i32 = logs
+        .iter()
+        .find(|l| l.stream == "stderr")
+        .and_then(|l| l.line.trim().parse().ok())
+        .expect("the background pid was logged");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !gone(pid) {
+        assert!(Instant::now() < deadline, "background child {pid} survived");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn cancelling_stops_a_process() {
+    let f = fixture();
+    let cancel = CancellationToken::new();
+    let trigger = cancel.clone();
+    tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        trigger.cancel();
+    });
+    let (fin, _) = run(&f, sh("sleep 30"), json!({}), 0, cancel).await;
+    let e = failure(&fin);
+    assert_eq!(e.error, CANCELLED);
+    assert!(!e.retryable);
+}
+
+#[tokio::test]
+async fn builtin_result_is_written_under_the_result_key() {
+    let f = fixture();
+    let spec = json!({"kind": "builtin", "function": "echo"});
+    let inputs = json!({"value": {"k": [1, "two"]}});
+    let (fin, _) = run(&f, spec, inputs, 0, CancellationToken::new()).await;
+    let s = success(&fin);
+    let r = s.result.as_ref().unwrap();
+    assert_eq!(r.uri, format!("{}/{}", f.store.root_uri(), key().result_key()));
+    let stored = f.store.get(&r.uri).await.unwrap();
+    assert_eq!(stored, s.inline_value.as_bytes());
+    assert_eq!(serde_json::from_slice::<Value>(&stored).unwrap(), json!({"k": [1, "two"]}));
+    assert_eq!(r.size, stored.len() as u64);
+    assert_eq!(r.content_type, "application/json");
+
+    // The same attempt never writes twice.
+    let spec = json!({"kind": "builtin", "function": "noop"});
+    let (fin, _) = run(&f, spec, json!({}), 0, CancellationToken::new()).await;
+    let e = failure(&fin);
+    assert!(!e.retryable && e.error.contains("already written"), "{}", e.error);
+}
+
+#[tokio::test]
+async fn bad_specs_and_inputs_are_fatal() {
+    let f = fixture();
+    for (spec, inputs) in [
+        (json!({"kind": "teleport"}), json!({})),
+        (json!({"kind": "builtin", "function": "noop"}), json!([1])),
+        (json!({"kind": "process", "command": "/nonexistent/baton-test"}), json!({})),
+    ] {
+        let (fin, _) = run(&f, spec, inputs, 0, CancellationToken::new()).await;
+        assert!(!failure(&fin).retryable, "{fin:?}");
+    }
+    // A whole task spec with the kind nested is accepted too.
+    let spec = json!({"name": "t", "kind": {"kind": "builtin", "function": "noop"}});
+    let (fin, _) = run(&f, spec, json!({}), 0, CancellationToken::new()).await;
+    assert_eq!(success(&fin).inline_value, "null");
+}
+
+#[tokio::test]
+async fn oversized_results_ask_for_an_artifact() {
+    let f = fixture();
+    let big = Value::String("x".repeat(MAX_RESULT_BYTES + 1));
+    let e = persist(f.store.as_ref(), &key(), &big).await.unwrap_err();
+    assert!(!e.retryable);
+    assert!(e.message.contains("artifact"), "{}", e.message);
+
+    let medium = Value::String("y".repeat(MAX_INLINE_BYTES + 1));
+    let s = persist(f.store.as_ref(), &key(), &medium).await.unwrap();
+    assert!(s.inline_value.is_empty());
+    assert!(s.result.unwrap().size > MAX_INLINE_BYTES as u64);
+}

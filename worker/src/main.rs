@@ -1,0 +1,95 @@
+//! The `baton-worker` binary: parses the configuration, installs tracing and the signal
+//! handling, and runs [`baton_worker::run`].
+
+use baton_worker::config::{default_id, default_memory_mb, default_slots, DEFAULT_SCHEDULER};
+use baton_worker::WorkerConfig;
+use clap::Parser;
+use tokio::signal::unix::{signal, SignalKind};
+use tokio_util::sync::CancellationToken;
+
+/// baton's worker daemon: runs the tasks a scheduler assigns to it.
+#[derive(Debug, Parser)]
+#[command(name = "baton-worker", version, about)]
+struct Args {
+    /// The worker's id, unique in the cluster [default: <hostname>-<pid>].
+    #[arg(long, env = "BATON_WORKER_ID")]
+    id: Option<String>,
+    /// Scheduler addresses (http://host:port), comma-separated, tried in turn.
+    #[arg(long, env = "BATON_WORKER_SCHEDULER", value_delimiter = ',', default_value = DEFAULT_SCHEDULER)]
+    scheduler: Vec<String>,
+    /// Labels tasks may require, comma-separated.
+    #[arg(long, env = "BATON_WORKER_LABELS", value_delimiter = ',', default_value = "local")]
+    labels: Vec<String>,
+    /// Concurrent task slots [default: the number of CPUs].
+    #[arg(long, env = "BATON_WORKER_SLOTS")]
+    slots: Option<u32>,
+    /// GPUs offered to tasks.
+    #[arg(long, env = "BATON_WORKER_GPUS", default_value_t = 0)]
+    gpus: u32,
+    /// Memory offered to tasks, in MiB [default: the host's memory].
+    #[arg(long, env = "BATON_WORKER_MEMORY_MB")]
+    memory_mb: Option<u64>,
+    /// Running tasks are stopped when no leader was reachable for this long.
+    #[arg(long, env = "BATON_WORKER_LEASE_MS", default_value_t = 10_000)]
+    lease_ms: u64,
+    /// On shutdown, how long running tasks may take before they are cancelled.
+    #[arg(long, env = "BATON_WORKER_DRAIN_TIMEOUT_MS", default_value_t = 30_000)]
+    drain_timeout_ms: u64,
+}
+
+impl Args {
+    fn into_config(self) -> WorkerConfig {
+        let trimmed = |v: Vec<String>| -> Vec<String> {
+            v.into_iter()
+                .map(|s| s.trim().to_string())
+                .filter(|s| !s.is_empty())
+                .collect()
+        };
+        WorkerConfig {
+            id: self.id.unwrap_or_else(default_id),
+            schedulers: trimmed(self.scheduler),
+            labels: trimmed(self.labels),
+            slots: self.slots.unwrap_or_else(default_slots),
+            gpus: self.gpus,
+            memory_mb: self.memory_mb.unwrap_or_else(default_memory_mb),
+            lease_ms: self.lease_ms,
+            drain_timeout_ms: self.drain_timeout_ms,
+        }
+    }
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let config = Args::parse().into_config();
+    baton_common::telemetry::init("info");
+    config.validate()?;
+    let shutdown = CancellationToken::new();
+    watch_signals(shutdown.clone())?;
+    baton_worker::run(config, shutdown).await?;
+    Ok(())
+}
+
+/// Cancels `shutdown` on the first SIGINT or SIGTERM; a second one exits at once.
+fn watch_signals(shutdown: CancellationToken) -> anyhow::Result<()> {
+    let mut interrupt = signal(SignalKind::interrupt())?;
+    let mut terminate = signal(SignalKind::terminate())?;
+    tokio::spawn(async move {
+        let mut received = 0;
+        loop {
+            tokio::select! {
+                _ = interrupt.recv() => {}
+                _ = terminate.recv() => {}
+            }
+            received += 1;
+            if received == 1 {
+                tracing::info!("shutdown requested, draining (signal again to exit now)");
+                shutdown.cancel();
+            } else {
+                tracing::warn!("second signal, exiting now");
+                baton_worker::executor::kill_all_groups();
+                std::process::exit(130);
+            }
+        }
+    });
+    Ok(())
+}

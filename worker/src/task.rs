@@ -1,0 +1,93 @@
+//! What an executing task sees: its attempt, the result store, cancellation and a log sink.
+
+use baton_common::ids::AttemptKey;
+use baton_common::result_store::ResultStore;
+use std::sync::Arc;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+/// One log line written by a task.
+#[derive(Debug, Clone)]
+pub struct TaskLog {
+    pub key: AttemptKey,
+    pub at_ms: i64,
+    /// "stdout", "stderr" or "log".
+    pub stream: &'static str,
+    pub line: String,
+}
+
+/// Everything a running attempt may use.
+#[derive(Clone)]
+pub struct TaskContext {
+    pub key: AttemptKey,
+    /// Where results and artifacts go.
+    pub store: Arc<dyn ResultStore>,
+    /// Unix milliseconds of the run's scheduled start.
+    pub scheduled_start_ms: i64,
+    /// Cancelled when the attempt is cancelled, times out or the worker stops.
+    pub cancel: CancellationToken,
+    logs: mpsc::UnboundedSender<TaskLog>,
+}
+
+impl TaskContext {
+    pub fn new(
+        key: AttemptKey,
+        store: Arc<dyn ResultStore>,
+        scheduled_start_ms: i64,
+        cancel: CancellationToken,
+        logs: mpsc::UnboundedSender<TaskLog>,
+    ) -> Self {
+        TaskContext {
+            key,
+            store,
+            scheduled_start_ms,
+            cancel,
+            logs,
+        }
+    }
+
+    /// Sends a log line to the scheduler.
+    pub fn log(&self, stream: &'static str, line: impl Into<String>) {
+        let _ = self.logs.send(TaskLog {
+            key: self.key.clone(),
+            at_ms: baton_common::time::now_ms(),
+            stream,
+            line: line.into(),
+        });
+    }
+
+    /// The store key of an artifact `name` of this attempt.
+    pub fn artifact_key(&self, name: &str) -> String {
+        format!("{}/{}", self.key.artifact_prefix(), name)
+    }
+}
+
+/// Why an attempt failed.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("{message}")]
+pub struct TaskError {
+    pub message: String,
+    /// Whether a retry may succeed (false for bad input).
+    pub retryable: bool,
+}
+
+impl TaskError {
+    /// A failure that a retry may cure (I/O, a crash).
+    pub fn retryable(message: impl Into<String>) -> Self {
+        TaskError {
+            message: message.into(),
+            retryable: true,
+        }
+    }
+
+    /// A failure no retry can cure (a type error in the inputs).
+    pub fn fatal(message: impl Into<String>) -> Self {
+        TaskError {
+            message: message.into(),
+            retryable: false,
+        }
+    }
+}
+
+/// Result alias for task bodies.
+pub type TaskResult = std::result::Result<serde_json::Value, TaskError>;
