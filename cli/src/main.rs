@@ -1,1 +1,158 @@
-fn main() {}
+//! The `baton` command line: an embedded cluster (`baton dev`), runs, results and workers.
+
+mod run;
+
+use anyhow::Context;
+use baton_cli::embedded::{default_workers, EmbeddedCluster, WorkerSpec};
+use baton_cli::{format, Client};
+use clap::{Parser, Subcommand};
+use std::io::Write;
+use std::path::PathBuf;
+
+/// baton: distributed task orchestration.
+#[derive(Parser, Debug)]
+#[command(name = "baton", version)]
+struct Cli {
+    /// The scheduler to talk to.
+    #[arg(long, global = true, env = "BATON_SCHEDULER", default_value = "http://127.0.0.1:7070")]
+    scheduler: String,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand, Debug)]
+enum Cmd {
+    /// Run a scheduler and workers in this process until interrupted.
+    Dev {
+        /// Address for the scheduler.
+        #[arg(long, default_value = "127.0.0.1:7070")]
+        listen: String,
+        /// Folder for state and local results.
+        #[arg(long, default_value = ".baton/dev")]
+        data: PathBuf,
+        /// A worker as LABELS[:SLOTS], e.g. `local,trainer:4`; repeat for more
+        /// (default: `local` and `local,trainer`).
+        #[arg(long = "worker")]
+        workers: Vec<String>,
+    },
+    /// Run a flow file and wait for it to finish.
+    Run(run::RunArgs),
+    /// List runs, most recent first.
+    Runs {
+        #[arg(long, default_value_t = 20)]
+        limit: u32,
+    },
+    /// Show a run and its task runs.
+    Show {
+        run: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Cancel a run.
+    Cancel { run: String },
+    /// List connected workers.
+    Workers,
+    /// Read results.
+    Result {
+        #[command(subcommand)]
+        cmd: ResultCmd,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum ResultCmd {
+    /// Print the object at a result location (file://... or s3://...).
+    Get { location: String },
+}
+
+#[tokio::main]
+async fn main() {
+    baton_common::telemetry::init("warn");
+    let cli = Cli::parse();
+    let code = match execute(cli).await {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            2
+        }
+    };
+    std::process::exit(code);
+}
+
+async fn connect(addr: &str) -> anyhow::Result<Client> {
+    Client::connect(addr)
+        .await
+        .with_context(|| format!("is a scheduler running at {addr}? (start one with `baton dev`)"))
+}
+
+async fn execute(cli: Cli) -> anyhow::Result<i32> {
+    match cli.cmd {
+        Cmd::Dev {
+            listen,
+            data,
+            workers,
+        } => {
+            let specs = if workers.is_empty() {
+                default_workers()
+            } else {
+                workers
+                    .iter()
+                    .map(|w| WorkerSpec::parse(w))
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(anyhow::Error::msg)?
+            };
+            let cluster = EmbeddedCluster::start(&listen, data.clone(), &specs).await?;
+            eprintln!(
+                "baton dev: scheduler at {} with {} worker(s), state in {}; Ctrl-C to stop",
+                cluster.url(),
+                specs.len(),
+                data.display()
+            );
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = cluster.wait() => {}
+            }
+            cluster.stop().await;
+            Ok(0)
+        }
+        Cmd::Run(args) => run::run(&cli.scheduler, args).await,
+        Cmd::Runs { limit } => {
+            let runs = connect(&cli.scheduler).await?.list_runs(limit).await?;
+            print!("{}", format::runs_table(&runs));
+            Ok(0)
+        }
+        Cmd::Show { run, json } => {
+            let c = connect(&cli.scheduler).await?;
+            let r = c.get_run(&run).await?;
+            let trs = c.task_runs(&run, true).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&format::run_json(&r, &trs))?);
+            } else {
+                println!("{}", format::run_line(&r));
+                print!("{}", format::task_table(&trs));
+            }
+            Ok(0)
+        }
+        Cmd::Cancel { run } => {
+            let r = connect(&cli.scheduler).await?.cancel_run(&run).await?;
+            println!("{}", format::run_line(&r));
+            Ok(0)
+        }
+        Cmd::Workers => {
+            let ws = connect(&cli.scheduler).await?.workers().await?;
+            print!("{}", format::workers_table(&ws));
+            Ok(0)
+        }
+        Cmd::Result {
+            cmd: ResultCmd::Get { location },
+        } => {
+            let r = connect(&cli.scheduler).await?.get_result(&location).await?;
+            let mut out = std::io::stdout().lock();
+            out.write_all(&r.data)?;
+            if !r.data.ends_with(b"\n") {
+                out.write_all(b"\n")?;
+            }
+            Ok(0)
+        }
+    }
+}

@@ -1,5 +1,14 @@
 //! baton's scheduler: the DAG engine, dispatch, worker sessions, the state stores and the
 //! client and worker gRPC services.
 
+pub mod actor;
+pub mod config;
 pub mod engine;
+pub mod error;
+pub mod server;
+pub mod service;
 pub mod store;
+
+pub use config::SchedulerConfig;
+pub use error::{Error, Result};
+pub use server::serve;

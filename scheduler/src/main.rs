@@ -1,1 +1,64 @@
-fn main(){}
+//! The `baton-scheduler` binary: parses its configuration and serves.
+
+use clap::Parser;
+use std::path::PathBuf;
+use tokio_util::sync::CancellationToken;
+
+/// baton's scheduler (single node, embedded state).
+#[derive(Parser, Debug)]
+#[command(name = "baton-scheduler", version)]
+struct Args {
+    /// Address to listen on.
+    #[arg(long, env = "BATON_LISTEN", default_value = "127.0.0.1:7070")]
+    listen: String,
+    /// Folder for state (and local results).
+    #[arg(long, env = "BATON_DATA_DIR", default_value = ".baton")]
+    data_dir: PathBuf,
+    /// Result store URI (default: file://DATA_DIR/store).
+    #[arg(long, env = "BATON_RESULT_STORE")]
+    result_store: Option<String>,
+    #[arg(long, env = "BATON_HEARTBEAT_MS", default_value_t = 1000)]
+    heartbeat_ms: u64,
+    #[arg(long, env = "BATON_WORKER_LEASE_MS", default_value_t = 10_000)]
+    worker_lease_ms: u64,
+    #[arg(long, env = "BATON_ADOPT_GRACE_MS", default_value_t = 5_000)]
+    adopt_grace_ms: u64,
+    #[arg(long, env = "BATON_UNRUNNABLE_TIMEOUT_MS", default_value_t = 300_000)]
+    unrunnable_timeout_ms: u64,
+    /// fsync the state log after every batch.
+    #[arg(long, env = "BATON_FSYNC")]
+    fsync: bool,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    baton_common::telemetry::init("info");
+    let a = Args::parse();
+    let config = baton_scheduler::SchedulerConfig {
+        data_dir: a.data_dir,
+        result_store: a.result_store,
+        heartbeat_interval_ms: a.heartbeat_ms,
+        worker_lease_ms: a.worker_lease_ms,
+        adopt_grace_ms: a.adopt_grace_ms,
+        unrunnable_timeout_ms: a.unrunnable_timeout_ms,
+        fsync: a.fsync,
+    };
+    let listener = tokio::net::TcpListener::bind(&a.listen).await?;
+    let shutdown = CancellationToken::new();
+    let s = shutdown.clone();
+    tokio::spawn(async move {
+        let _ = tokio::signal::ctrl_c().await;
+        s.cancel();
+    });
+    let s = shutdown.clone();
+    tokio::spawn(async move {
+        if let Ok(mut term) =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        {
+            term.recv().await;
+            s.cancel();
+        }
+    });
+    baton_scheduler::serve(config, listener, shutdown).await?;
+    Ok(())
+}

@@ -148,13 +148,55 @@ mod tests {
     fn errors_name_the_bad_key() {
         let ok = WorkerConfig::default();
         let cases: Vec<(WorkerConfig, &str)> = vec![
-            (WorkerConfig { id: String::new(), ..ok.clone() }, "id"),
-            (WorkerConfig { id: "a b".into(), ..ok.clone() }, "id"),
-            (WorkerConfig { schedulers: vec![], ..ok.clone() }, "scheduler"),
-            (WorkerConfig { schedulers: vec!["127.0.0.1:7070".into()], ..ok.clone() }, "scheduler"),
-            (WorkerConfig { labels: vec!["".into()], ..ok.clone() }, "labels"),
-            (WorkerConfig { slots: 0, ..ok.clone() }, "slots"),
-            (WorkerConfig { lease_ms: 5, ..ok.clone() }, "lease-ms"),
+            (
+                WorkerConfig {
+                    id: String::new(),
+                    ..ok.clone()
+                },
+                "id",
+            ),
+            (
+                WorkerConfig {
+                    id: "a b".into(),
+                    ..ok.clone()
+                },
+                "id",
+            ),
+            (
+                WorkerConfig {
+                    schedulers: vec![],
+                    ..ok.clone()
+                },
+                "scheduler",
+            ),
+            (
+                WorkerConfig {
+                    schedulers: vec!["127.0.0.1:7070".into()],
+                    ..ok.clone()
+                },
+                "scheduler",
+            ),
+            (
+                WorkerConfig {
+                    labels: vec!["".into()],
+                    ..ok.clone()
+                },
+                "labels",
+            ),
+            (
+                WorkerConfig {
+                    slots: 0,
+                    ..ok.clone()
+                },
+                "slots",
+            ),
+            (
+                WorkerConfig {
+                    lease_ms: 5,
+                    ..ok.clone()
+                },
+                "lease-ms",
+            ),
         ];
         for (config, key) in cases {
             assert_eq!(key_of(&config), key, "{config:?}");

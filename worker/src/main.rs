@@ -18,7 +18,12 @@ struct Args {
     #[arg(long, env = "BATON_WORKER_SCHEDULER", value_delimiter = ',', default_value = DEFAULT_SCHEDULER)]
     scheduler: Vec<String>,
     /// Labels tasks may require, comma-separated.
-    #[arg(long, env = "BATON_WORKER_LABELS", value_delimiter = ',', default_value = "local")]
+    #[arg(
+        long,
+        env = "BATON_WORKER_LABELS",
+        value_delimiter = ',',
+        default_value = "local"
+    )]
     labels: Vec<String>,
     /// Concurrent task slots [default: the number of CPUs].
     #[arg(long, env = "BATON_WORKER_SLOTS")]

@@ -1,7 +1,7 @@
 //! The [`StateStore`] trait: fenced, batched key-value transactions holding the scheduler's
 //! durable state, with the embedded (local disk) implementation.
 
-mod embedded;
+pub mod embedded;
 
 pub use embedded::EmbeddedStore;
 

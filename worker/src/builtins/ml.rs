@@ -156,7 +156,7 @@ pub(super) async fn train_ridge(inputs: Value, ctx: &TaskContext) -> TaskResult 
     Ok(Value::String(model_uri))
 }
 
-/// `evaluate`: R² of `model` on `test`; returns `{"alpha", "r2", "model"}`.
+/// `evaluate`: R² of `model` on `test`; returns `{"alpha", "r2"}`.
 pub(super) async fn evaluate(inputs: Value, ctx: &TaskContext) -> TaskResult {
     const F: &str = "evaluate";
     let inputs = Inputs::new(F, inputs)?;
@@ -164,7 +164,7 @@ pub(super) async fn evaluate(inputs: Value, ctx: &TaskContext) -> TaskResult {
     let test_uri = inputs.location("test")?;
     let model_text = read_text(F, ctx, "model", &model_uri).await?;
     let test_text = read_text(F, ctx, "test", &test_uri).await?;
-    let uri = model_uri.clone();
+    let uri = model_uri;
     let (alpha, score) = blocking(F, move || {
         let model: ridge::Model = serde_json::from_str(&model_text).map_err(|e| {
             TaskError::fatal(format!("{F}: input `model`: `{uri}` is not a model: {e}"))
@@ -192,7 +192,7 @@ pub(super) async fn evaluate(inputs: Value, ctx: &TaskContext) -> TaskResult {
         Ok((model.alpha, ridge::r2(&model, &rows)))
     })
     .await?;
-    Ok(json!({ "alpha": alpha, "r2": score, "model": model_uri }))
+    Ok(json!({ "alpha": alpha, "r2": score }))
 }
 
 /// `cleanup`: deletes input `location` (a URI or a list of them); returns the deleted list.

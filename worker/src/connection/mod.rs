@@ -50,7 +50,10 @@ pub async fn run(config: WorkerConfig, shutdown: CancellationToken) -> Result<()
             turn = turn.wrapping_add(1);
             a
         });
-        match worker.session(&address, &mut inbox, &shutdown, &mut backoff).await {
+        match worker
+            .session(&address, &mut inbox, &shutdown, &mut backoff)
+            .await
+        {
             session::End::Drained => break,
             session::End::Lost(lost) => {
                 if worker.connected {
@@ -141,7 +144,11 @@ impl Worker {
 
     /// Records a finished attempt; returns the message to send now, if connected. Results of
     /// dropped attempts are discarded.
-    fn on_finished(&mut self, key: AttemptKey, mut fin: proto::Finished) -> Option<proto::Finished> {
+    fn on_finished(
+        &mut self,
+        key: AttemptKey,
+        mut fin: proto::Finished,
+    ) -> Option<proto::Finished> {
         let running = self.running.remove(&key)?;
         if let (Some(reason), Some(Outcome::Failure(_))) = (running.reason, &fin.outcome) {
             fin.outcome = Some(Outcome::Failure(proto::TaskFailure {
@@ -178,7 +185,11 @@ impl Worker {
     }
 
     fn begin_drain(&mut self) {
-        tracing::info!(running = self.running.len(), drain_timeout_ms = self.config.drain_timeout_ms, "draining");
+        tracing::info!(
+            running = self.running.len(),
+            drain_timeout_ms = self.config.drain_timeout_ms,
+            "draining"
+        );
         self.drain = Some(Drain {
             deadline: Instant::now() + Duration::from_millis(self.config.drain_timeout_ms),
             cancelled: false,
@@ -188,7 +199,10 @@ impl Worker {
 
     /// Applies the lease and the drain at `now`; true when the drain is complete.
     fn tick(&mut self, now: Instant) -> bool {
-        if !self.connected && !self.running.is_empty() && now >= self.disconnected_since + self.lease() {
+        if !self.connected
+            && !self.running.is_empty()
+            && now >= self.disconnected_since + self.lease()
+        {
             tracing::warn!(
                 attempts = self.running.len(),
                 lease_ms = self.config.lease_ms,
@@ -202,7 +216,10 @@ impl Worker {
             return false;
         };
         if !self.running.is_empty() && !drain.cancelled && now >= drain.deadline {
-            tracing::warn!(attempts = self.running.len(), "drain timeout passed, cancelling running attempts");
+            tracing::warn!(
+                attempts = self.running.len(),
+                "drain timeout passed, cancelling running attempts"
+            );
             for r in self.running.values_mut() {
                 r.reason = Some(TaskError::retryable(
                     "cancelled: the worker shut down before the attempt finished",
@@ -245,7 +262,12 @@ impl Worker {
 
     /// Waits `delay` while disconnected, still collecting results and applying the lease
     /// and the drain; true when the drain is complete.
-    async fn idle(&mut self, delay: Duration, inbox: &mut Inbox, shutdown: &CancellationToken) -> bool {
+    async fn idle(
+        &mut self,
+        delay: Duration,
+        inbox: &mut Inbox,
+        shutdown: &CancellationToken,
+    ) -> bool {
         let until = Instant::now() + delay;
         let mut dropped_logs = 0u64;
         let drained = loop {

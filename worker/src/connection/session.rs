@@ -31,6 +31,8 @@ const HANDSHAKE_LIMIT: Duration = Duration::from_secs(5);
 const MIN_HANDSHAKE: Duration = Duration::from_millis(200);
 const DEFAULT_HEARTBEAT: Duration = Duration::from_secs(2);
 const MIN_HEARTBEAT: Duration = Duration::from_millis(100);
+/// How long a drained worker waits for its last messages to leave and the leader to close.
+const CLOSE_GRACE: Duration = Duration::from_secs(1);
 /// Log lines per `LogLines` message, and their bytes.
 const MAX_LOG_BATCH: usize = 256;
 const MAX_LOG_BATCH_BYTES: usize = 512 << 10;
@@ -82,7 +84,10 @@ impl From<tonic::Status> for Lost {
             });
         let fatal = matches!(
             status.code(),
-            Code::InvalidArgument | Code::Unauthenticated | Code::PermissionDenied | Code::Unimplemented
+            Code::InvalidArgument
+                | Code::Unauthenticated
+                | Code::PermissionDenied
+                | Code::Unimplemented
         );
         Lost {
             reason: format!("{:?}: {}", status.code(), status.message()),
@@ -105,21 +110,25 @@ impl Outbound {
         match self.tx.try_send(proto::WorkerMessage { msg: Some(msg) }) {
             Ok(()) => Ok(()),
             Err(TrySendError::Closed(_)) => Err(closed()),
-            Err(TrySendError::Full(m)) => match tokio::time::timeout(self.stall, self.tx.send(m)).await {
-                Ok(Ok(())) => Ok(()),
-                Ok(Err(_)) => Err(closed()),
-                Err(_) => Err(Lost::new(format!(
-                    "the stream to the scheduler stalled for {} ms",
-                    self.stall.as_millis()
-                ))),
-            },
+            Err(TrySendError::Full(m)) => {
+                match tokio::time::timeout(self.stall, self.tx.send(m)).await {
+                    Ok(Ok(())) => Ok(()),
+                    Ok(Err(_)) => Err(closed()),
+                    Err(_) => Err(Lost::new(format!(
+                        "the stream to the scheduler stalled for {} ms",
+                        self.stall.as_millis()
+                    ))),
+                }
+            }
         }
     }
 
     /// Sends log lines unless the queue is full, in which case they are dropped.
     fn send_logs(&self, logs: proto::LogLines) -> Result<(), Lost> {
         let lines = logs.lines.len();
-        match self.tx.try_send(proto::WorkerMessage { msg: Some(Up::Logs(logs)) }) {
+        match self.tx.try_send(proto::WorkerMessage {
+            msg: Some(Up::Logs(logs)),
+        }) {
             Ok(()) => Ok(()),
             Err(TrySendError::Full(_)) => {
                 tracing::debug!(lines, "outbound queue full, dropping log lines");
@@ -128,6 +137,14 @@ impl Outbound {
             Err(TrySendError::Closed(_)) => Err(Lost::new("the stream to the scheduler is closed")),
         }
     }
+}
+
+/// A stream that was welcomed.
+struct Opened {
+    inbound: tonic::Streaming<proto::SchedulerMessage>,
+    out: Outbound,
+    writer: tokio::task::JoinHandle<()>,
+    heartbeat: Duration,
 }
 
 /// What woke the serving loop.
@@ -153,17 +170,22 @@ impl Worker {
         let stop = CancellationToken::new();
         let _stop_writer = stop.clone().drop_guard();
         let limit = self.handshake_limit();
-        let (mut inbound, out, heartbeat) =
-            match tokio::time::timeout(limit, self.open(address, &stop)).await {
-                Err(_) => {
-                    return End::Lost(Lost::new(format!(
-                        "no welcome within {} ms",
-                        limit.as_millis()
-                    )))
-                }
-                Ok(Err(lost)) => return End::Lost(lost),
-                Ok(Ok(opened)) => opened,
-            };
+        let opened = match tokio::time::timeout(limit, self.open(address, &stop)).await {
+            Err(_) => {
+                return End::Lost(Lost::new(format!(
+                    "no welcome within {} ms",
+                    limit.as_millis()
+                )))
+            }
+            Ok(Err(lost)) => return End::Lost(lost),
+            Ok(Ok(opened)) => opened,
+        };
+        let Opened {
+            mut inbound,
+            out,
+            writer,
+            heartbeat,
+        } = opened;
         backoff.reset();
         tracing::info!(
             scheduler = %address,
@@ -172,8 +194,20 @@ impl Worker {
             unacknowledged = self.unacked.len(),
             "connected to leader"
         );
-        match self.serve(&mut inbound, &out, inbox, shutdown, heartbeat).await {
-            Ok(()) => End::Drained,
+        match self
+            .serve(&mut inbound, &out, inbox, shutdown, heartbeat)
+            .await
+        {
+            Ok(()) => {
+                // Close gracefully: flush what is queued, end our half, let the leader end its.
+                drop(out);
+                let _ = tokio::time::timeout(CLOSE_GRACE, writer).await;
+                let _ = tokio::time::timeout(CLOSE_GRACE, async {
+                    while let Ok(Some(_)) = inbound.message().await {}
+                })
+                .await;
+                End::Drained
+            }
             Err(lost) => End::Lost(lost),
         }
     }
@@ -190,12 +224,9 @@ impl Worker {
     }
 
     /// Dials, registers and awaits the welcome; then resends unacknowledged results.
-    async fn open(
-        &mut self,
-        address: &str,
-        stop: &CancellationToken,
-    ) -> Result<(tonic::Streaming<proto::SchedulerMessage>, Outbound, Duration), Lost> {
-        let keep_alive = (self.lease() / 4).clamp(Duration::from_millis(500), Duration::from_secs(5));
+    async fn open(&mut self, address: &str, stop: &CancellationToken) -> Result<Opened, Lost> {
+        let keep_alive =
+            (self.lease() / 4).clamp(Duration::from_millis(500), Duration::from_secs(5));
         let endpoint = Endpoint::from_shared(address.to_string())
             .map_err(|e| Lost {
                 fatal: true,
@@ -215,7 +246,7 @@ impl Worker {
             .max_encoding_message_size(MAX_MESSAGE_BYTES);
         let (out_tx, out_rx) = mpsc::channel(OUTBOUND_CAPACITY);
         let (wire_tx, wire_rx) = mpsc::channel(WIRE_CAPACITY);
-        tokio::spawn(writer::run(out_rx, wire_tx, stop.clone()));
+        let writer = tokio::spawn(writer::run(out_rx, wire_tx, stop.clone()));
         let out = Outbound {
             tx: out_tx,
             stall: self.lease(),
@@ -240,7 +271,12 @@ impl Worker {
         for fin in pending {
             out.send(Up::Finished(fin)).await?;
         }
-        Ok((inbound, out, heartbeat))
+        Ok(Opened {
+            inbound,
+            out,
+            writer,
+            heartbeat,
+        })
     }
 
     fn register(&self) -> proto::Register {
@@ -272,7 +308,11 @@ impl Worker {
             )));
         }
         self.max_epoch = epoch;
-        if self.store.as_ref().is_none_or(|(uri, _)| *uri != welcome.result_store) {
+        if self
+            .store
+            .as_ref()
+            .is_none_or(|(uri, _)| *uri != welcome.result_store)
+        {
             let store = open_store(&welcome.result_store).map_err(|e| Lost {
                 fatal: true,
                 ..Lost::new(format!(
@@ -342,12 +382,20 @@ impl Worker {
     }
 
     /// Handles one message (or batch) from the scheduler.
-    async fn on_message(&mut self, msg: proto::SchedulerMessage, out: &Outbound) -> Result<(), Lost> {
+    async fn on_message(
+        &mut self,
+        msg: proto::SchedulerMessage,
+        out: &Outbound,
+    ) -> Result<(), Lost> {
         let mut flat = Vec::new();
         flatten(msg, 0, &mut flat);
         for (epoch, msg) in flat {
             if epoch < self.max_epoch {
-                tracing::warn!(epoch, max_epoch = self.max_epoch, "ignoring a message from an older leader");
+                tracing::warn!(
+                    epoch,
+                    max_epoch = self.max_epoch,
+                    "ignoring a message from an older leader"
+                );
                 continue;
             }
             self.max_epoch = epoch;
@@ -416,7 +464,13 @@ impl Worker {
                 let _ = finished.send((key, fin));
             }
         };
-        self.running.insert(key, Running { cancel, reason: None });
+        self.running.insert(
+            key,
+            Running {
+                cancel,
+                reason: None,
+            },
+        );
         tokio::spawn(body.instrument(span));
         out.send(Up::Started(proto::Started {
             key: Some(proto_key),

@@ -1,0 +1,404 @@
+//! The connection against an in-process fake scheduler speaking the real gRPC protocol.
+
+use super::*;
+use proto::scheduler_message::Msg as Down;
+use proto::worker_message::Msg as Up;
+use proto::worker_service_server::{WorkerService, WorkerServiceServer};
+use serde_json::json;
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, Ordering};
+use tokio_stream::wrappers::{TcpListenerStream, UnboundedReceiverStream};
+use tonic::{Request, Response, Status};
+
+const WAIT: Duration = Duration::from_secs(10);
+
+/// One accepted stream, seen from the scheduler's side.
+struct Conn {
+    up: tonic::Streaming<proto::WorkerMessage>,
+    down: mpsc::UnboundedSender<Result<proto::SchedulerMessage, Status>>,
+    queued: VecDeque<Up>,
+    heartbeats: usize,
+}
+
+impl Conn {
+    /// The next message other than a heartbeat, batches unpacked.
+    async fn next(&mut self) -> Up {
+        loop {
+            if let Some(m) = self.queued.pop_front() {
+                if matches!(m, Up::Heartbeat(_)) {
+                    self.heartbeats += 1;
+                    continue;
+                }
+                return m;
+            }
+            let m = tokio::time::timeout(WAIT, self.up.message())
+                .await
+                .expect("a message in time")
+                .expect("a healthy stream")
+                .expect("an open stream");
+            match m.msg {
+                Some(Up::Batch(b)) => self
+                    .queued
+                    .extend(b.messages.into_iter().filter_map(|m| m.msg)),
+                Some(m) => self.queued.push_back(m),
+                None => {}
+            }
+        }
+    }
+
+    /// Waits for a heartbeat (the welcome asks for one every 100 ms).
+    async fn heartbeat(&mut self) {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        while self.heartbeats == 0 {
+            assert!(tokio::time::Instant::now() < deadline, "no heartbeat");
+            let m = tokio::time::timeout(WAIT, self.up.message()).await;
+            if let Ok(Ok(Some(m))) = m {
+                let msgs = match m.msg {
+                    Some(Up::Batch(b)) => b.messages.into_iter().filter_map(|m| m.msg).collect(),
+                    Some(m) => vec![m],
+                    None => vec![],
+                };
+                for m in msgs {
+                    if matches!(m, Up::Heartbeat(_)) {
+                        self.heartbeats += 1;
+                    } else {
+                        self.queued.push_back(m);
+                    }
+                }
+            }
+        }
+    }
+
+    fn send(&self, epoch: u64, msg: Down) {
+        let _ = self.down.send(Ok(proto::SchedulerMessage {
+            epoch,
+            msg: Some(msg),
+        }));
+    }
+
+    async fn register(&mut self) -> proto::Register {
+        match self.next().await {
+            Up::Register(r) => r,
+            other => panic!("expected a register, got {other:?}"),
+        }
+    }
+
+    fn welcome(&self, epoch: u64, store: &str, unknown: Vec<proto::AttemptKey>) {
+        self.send(
+            epoch,
+            Down::Welcome(proto::Welcome {
+                result_store: store.to_string(),
+                heartbeat_interval_ms: 100,
+                unknown,
+            }),
+        );
+    }
+}
+
+struct Fake {
+    conns: mpsc::UnboundedSender<Conn>,
+    refuse: Arc<AtomicBool>,
+}
+
+#[tonic::async_trait]
+impl WorkerService for Fake {
+    type ConnectStream = UnboundedReceiverStream<Result<proto::SchedulerMessage, Status>>;
+
+    async fn connect(
+        &self,
+        request: Request<tonic::Streaming<proto::WorkerMessage>>,
+    ) -> Result<Response<Self::ConnectStream>, Status> {
+        if self.refuse.load(Ordering::SeqCst) {
+            return Err(Status::unavailable("not now"));
+        }
+        let (down, rx) = mpsc::unbounded_channel();
+        let _ = self.conns.send(Conn {
+            up: request.into_inner(),
+            down,
+            queued: VecDeque::new(),
+            heartbeats: 0,
+        });
+        Ok(Response::new(UnboundedReceiverStream::new(rx)))
+    }
+}
+
+struct Harness {
+    conns: mpsc::UnboundedReceiver<Conn>,
+    refuse: Arc<AtomicBool>,
+    store: String,
+    _dir: tempfile::TempDir,
+    shutdown: CancellationToken,
+    worker: tokio::task::JoinHandle<Result<()>>,
+}
+
+impl Harness {
+    async fn start(lease_ms: u64, drain_timeout_ms: u64) -> Harness {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = format!("http://{}", listener.local_addr().unwrap());
+        let (tx, conns) = mpsc::unbounded_channel();
+        let refuse = Arc::new(AtomicBool::new(false));
+        let fake = Fake {
+            conns: tx,
+            refuse: refuse.clone(),
+        };
+        tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(WorkerServiceServer::new(fake))
+                .serve_with_incoming(TcpListenerStream::new(listener)),
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let store = format!("file://{}", dir.path().display());
+        let config = WorkerConfig {
+            id: "w1".into(),
+            schedulers: vec![address],
+            labels: vec!["local".into()],
+            slots: 4,
+            gpus: 0,
+            memory_mb: 1024,
+            lease_ms,
+            drain_timeout_ms,
+        };
+        let shutdown = CancellationToken::new();
+        let worker = tokio::spawn(run(config, shutdown.clone()));
+        Harness {
+            conns,
+            refuse,
+            store,
+            _dir: dir,
+            shutdown,
+            worker,
+        }
+    }
+
+    async fn conn(&mut self) -> Conn {
+        tokio::time::timeout(WAIT, self.conns.recv())
+            .await
+            .expect("a connection in time")
+            .expect("the fake is up")
+    }
+
+    async fn stopped(self) {
+        tokio::time::timeout(WAIT, self.worker)
+            .await
+            .expect("the worker stops in time")
+            .unwrap()
+            .unwrap();
+    }
+}
+
+fn key(task: &str) -> proto::AttemptKey {
+    proto::AttemptKey {
+        run_id: "r1".into(),
+        task: task.into(),
+        map_index: -1,
+        attempt: 1,
+    }
+}
+
+fn assign(task: &str, spec: serde_json::Value, inputs: serde_json::Value) -> Down {
+    Down::Assign(proto::Assign {
+        key: Some(key(task)),
+        task_spec: spec.to_string(),
+        inputs: inputs.to_string(),
+        ..Default::default()
+    })
+}
+
+fn builtin(function: &str) -> serde_json::Value {
+    json!({"kind": "builtin", "function": function})
+}
+
+fn ack(task: &str) -> Down {
+    Down::Ack(proto::Ack {
+        key: Some(key(task)),
+        committed: true,
+    })
+}
+
+fn started_key(m: &Up) -> Option<&str> {
+    match m {
+        Up::Started(s) => s.key.as_ref().map(|k| k.task.as_str()),
+        _ => None,
+    }
+}
+
+fn expect_finished(m: Up, task: &str) -> proto::finished::Outcome {
+    match m {
+        Up::Finished(f) if f.key.as_ref().is_some_and(|k| k.task == task) => f.outcome.unwrap(),
+        other => panic!("expected {task} finished, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn serves_assignments_cancels_acks_and_drains() {
+    let mut h = Harness::start(10_000, 5_000).await;
+    let mut c = h.conn().await;
+    let r = c.register().await;
+    assert_eq!(r.worker_id, "w1");
+    assert_eq!(r.labels, vec!["local".to_string()]);
+    assert_eq!(r.resources.unwrap().slots, 4);
+    assert!(r.running.is_empty());
+    c.welcome(5, &h.store, vec![]);
+
+    c.send(5, assign("a", builtin("echo"), json!({"value": 42})));
+    assert_eq!(started_key(&c.next().await), Some("a"));
+    match expect_finished(c.next().await, "a") {
+        Outcome::Success(s) => assert_eq!(s.inline_value, "42"),
+        other => panic!("{other:?}"),
+    }
+    c.send(5, ack("a"));
+
+    // A message from an older epoch is ignored; batched messages inherit the batch's epoch.
+    c.send(3, assign("stale", builtin("noop"), json!({})));
+    let sleeper = proto::SchedulerMessage {
+        epoch: 0,
+        msg: Some(assign("b", builtin("sleep"), json!({"ms": 60_000}))),
+    };
+    c.send(
+        5,
+        Down::Batch(proto::SchedulerBatch {
+            messages: vec![sleeper],
+        }),
+    );
+    assert_eq!(started_key(&c.next().await), Some("b"));
+    c.send(
+        5,
+        Down::Cancel(proto::Cancel {
+            key: Some(key("b")),
+            reason: "user asked".into(),
+        }),
+    );
+    match expect_finished(c.next().await, "b") {
+        Outcome::Failure(f) => {
+            assert_eq!(f.error, "cancelled: user asked");
+            assert!(!f.retryable);
+        }
+        other => panic!("{other:?}"),
+    }
+    c.send(5, ack("b"));
+
+    let script = json!({"kind": "process", "command": "sh", "args": ["-c", "echo hi; echo 1"]});
+    c.send(5, assign("p", script, json!({})));
+    let mut saw_log = false;
+    loop {
+        match c.next().await {
+            Up::Logs(l) => {
+                saw_log |= l
+                    .lines
+                    .iter()
+                    .any(|l| l.line == "hi" && l.stream == "stdout")
+            }
+            Up::Started(_) => {}
+            other => {
+                assert!(matches!(expect_finished(other, "p"), Outcome::Success(_)));
+                break;
+            }
+        }
+    }
+    assert!(saw_log);
+    c.heartbeat().await;
+
+    h.shutdown.cancel();
+    assert!(matches!(c.next().await, Up::Draining(_)));
+    c.send(5, assign("late", builtin("noop"), json!({})));
+    c.send(5, ack("p"));
+    h.stopped().await;
+    // Whatever else the worker sent, it never started the stale or the late assignment.
+    while let Ok(Some(m)) = c.up.message().await {
+        assert!(!matches!(m.msg, Some(Up::Started(_))), "{m:?}");
+    }
+}
+
+#[tokio::test]
+async fn reconnects_resends_unacknowledged_results_and_obeys_the_new_leader() {
+    let mut h = Harness::start(10_000, 1_000).await;
+    let mut c = h.conn().await;
+    c.register().await;
+    c.welcome(5, &h.store, vec![]);
+    c.send(5, assign("a", builtin("echo"), json!({"value": "x"})));
+    c.send(5, assign("b", builtin("sleep"), json!({"ms": 60_000})));
+    let mut started = Vec::new();
+    let mut finished_a = false;
+    while started.len() < 2 || !finished_a {
+        match c.next().await {
+            Up::Started(s) => started.push(s.key.unwrap().task),
+            other => finished_a = matches!(expect_finished(other, "a"), Outcome::Success(_)),
+        }
+    }
+    drop(c);
+
+    // The worker comes back with both attempts; a welcome from an older epoch is refused.
+    let mut c = h.conn().await;
+    let r = c.register().await;
+    let mut running: Vec<String> = r.running.iter().map(|k| k.task.clone()).collect();
+    running.sort();
+    assert_eq!(running, vec!["a", "b"]);
+    assert_eq!(r.max_epoch, 5);
+    c.welcome(4, &h.store, vec![]);
+
+    let mut c = h.conn().await;
+    c.register().await;
+    c.welcome(6, &h.store, vec![key("b")]);
+    match expect_finished(c.next().await, "a") {
+        Outcome::Success(s) => assert_eq!(s.inline_value, "\"x\""),
+        other => panic!("{other:?}"),
+    }
+    c.send(6, ack("a"));
+
+    // "b" was unknown to the new leader: stopped, never reported; the drain ends at once.
+    h.shutdown.cancel();
+    assert!(matches!(c.next().await, Up::Draining(_)));
+    h.stopped().await;
+}
+
+#[tokio::test]
+async fn attempts_stop_when_no_leader_is_reachable_for_the_lease() {
+    let mut h = Harness::start(300, 1_000).await;
+    let mut c = h.conn().await;
+    c.register().await;
+    c.welcome(1, &h.store, vec![]);
+    c.send(1, assign("b", builtin("sleep"), json!({"ms": 60_000})));
+    assert_eq!(started_key(&c.next().await), Some("b"));
+    h.refuse.store(true, Ordering::SeqCst);
+    drop(c);
+    // Past the lease the attempt is dropped, so the next registration no longer lists it.
+    tokio::time::sleep(Duration::from_millis(900)).await;
+    h.refuse.store(false, Ordering::SeqCst);
+    let mut c = h.conn().await;
+    assert!(c.register().await.running.is_empty());
+    c.welcome(1, &h.store, vec![]);
+    h.shutdown.cancel();
+    assert!(matches!(c.next().await, Up::Draining(_)));
+    h.stopped().await;
+}
+
+#[tokio::test]
+async fn drain_timeout_cancels_running_attempts_as_retryable() {
+    let mut h = Harness::start(10_000, 200).await;
+    let mut c = h.conn().await;
+    c.register().await;
+    c.welcome(1, &h.store, vec![]);
+    c.send(1, assign("b", builtin("sleep"), json!({"ms": 60_000})));
+    assert_eq!(started_key(&c.next().await), Some("b"));
+    h.shutdown.cancel();
+    assert!(matches!(c.next().await, Up::Draining(_)));
+    match expect_finished(c.next().await, "b") {
+        Outcome::Failure(f) => {
+            assert!(f.retryable);
+            assert!(f.error.starts_with("cancelled"), "{}", f.error);
+        }
+        other => panic!("{other:?}"),
+    }
+    c.send(1, ack("b"));
+    h.stopped().await;
+}
+
+#[test]
+fn backoff_grows_with_full_jitter_up_to_the_cap() {
+    let mut b = Backoff::default();
+    for _ in 0..50 {
+        assert!(b.next() <= MAX_BACKOFF);
+    }
+    b.reset();
+    assert!(b.next() <= MIN_BACKOFF);
+}

@@ -103,7 +103,10 @@ pub(super) fn approx_size(m: &proto::WorkerMessage) -> usize {
         Some(Up::Register(r)) => {
             r.worker_id.len()
                 + r.labels.iter().map(|l| l.len() + 4).sum::<usize>()
-                + r.running.iter().map(|k| key(&Some(k.clone()))).sum::<usize>()
+                + r.running
+                    .iter()
+                    .map(|k| key(&Some(k.clone())))
+                    .sum::<usize>()
         }
         Some(Up::Heartbeat(_)) | Some(Up::Draining(_)) | None => 0,
     }
@@ -163,7 +166,9 @@ mod tests {
             .collect();
         assert_eq!(sizes.iter().sum::<usize>(), 603);
         assert_eq!(sizes[0], MAX_BATCH);
-        assert!(frames.iter().all(|f| approx_size(f) <= MAX_BATCH_BYTES + 64));
+        assert!(frames
+            .iter()
+            .all(|f| approx_size(f) <= MAX_BATCH_BYTES + 64));
     }
 
     #[tokio::test]
@@ -173,7 +178,10 @@ mod tests {
         tx.send(started(1)).await.unwrap();
         drop(tx);
         tokio::spawn(run(rx, wire_tx, CancellationToken::new()));
-        assert!(matches!(wire.recv().await.unwrap().msg, Some(Up::Started(_))));
+        assert!(matches!(
+            wire.recv().await.unwrap().msg,
+            Some(Up::Started(_))
+        ));
         assert!(wire.recv().await.is_none());
     }
 }

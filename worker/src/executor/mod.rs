@@ -78,8 +78,7 @@ fn parse_kind(spec: &str) -> Result<TaskKind, TaskError> {
         }
         other => other,
     };
-    serde_json::from_value(value)
-        .map_err(|e| TaskError::fatal(format!("invalid task spec: {e}")))
+    serde_json::from_value(value).map_err(|e| TaskError::fatal(format!("invalid task spec: {e}")))
 }
 
 /// Runs `assign` as attempt `key` and returns its `Finished` message. `cancel` stops the
@@ -122,7 +121,11 @@ pub async fn run_and_store(
 
 /// Runs the body until it ends, `cancel` fires or the timeout passes. `ctx.cancel` must be a
 /// child of `cancel`.
-pub async fn run_with_limits(job: &Job, ctx: &TaskContext, cancel: &CancellationToken) -> TaskResult {
+pub async fn run_with_limits(
+    job: &Job,
+    ctx: &TaskContext,
+    cancel: &CancellationToken,
+) -> TaskResult {
     let body = run_body(job, ctx);
     tokio::pin!(body);
     let timeout = async {
@@ -211,7 +214,10 @@ pub(crate) fn too_large() -> TaskError {
 }
 
 /// Builds the `Finished` message of an outcome.
-pub fn finished(key: &AttemptKey, outcome: Result<proto::TaskSuccess, TaskError>) -> proto::Finished {
+pub fn finished(
+    key: &AttemptKey,
+    outcome: Result<proto::TaskSuccess, TaskError>,
+) -> proto::Finished {
     use proto::finished::Outcome;
     proto::Finished {
         key: Some(key.into()),

@@ -74,7 +74,14 @@ pub(super) async fn run(
             group.kill();
             status
         };
-        let all = async { tokio::join!(wait, feed, read_stdout(stdout, ctx), read_stderr(stderr, ctx)) };
+        let all = async {
+            tokio::join!(
+                wait,
+                feed,
+                read_stdout(stdout, ctx),
+                read_stderr(stderr, ctx)
+            )
+        };
         tokio::select! {
             biased;
             _ = ctx.cancel.cancelled() => None,
@@ -88,7 +95,8 @@ pub(super) async fn run(
         return Err(TaskError::fatal(CANCELLED));
     };
     group.disarm();
-    let status = status.map_err(|e| TaskError::retryable(format!("cannot wait for `{command}`: {e}")))?;
+    let status =
+        status.map_err(|e| TaskError::retryable(format!("cannot wait for `{command}`: {e}")))?;
     if !status.success() {
         let what = match (status.code(), status.signal()) {
             (Some(code), _) => format!("exit status {code}"),

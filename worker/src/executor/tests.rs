@@ -49,7 +49,14 @@ async fn run(
     cancel: CancellationToken,
 ) -> (proto::Finished, Vec<TaskLog>) {
     let (tx, mut rx) = mpsc::unbounded_channel();
-    let fin = execute(key(), assign(spec, inputs, timeout_ms), f.store.clone(), cancel, tx).await;
+    let fin = execute(
+        key(),
+        assign(spec, inputs, timeout_ms),
+        f.store.clone(),
+        cancel,
+        tx,
+    )
+    .await;
     let mut logs = Vec::new();
     while let Ok(l) = rx.try_recv() {
         logs.push(l);
@@ -102,7 +109,14 @@ async fn process_nonzero_exit_fails_with_the_stderr_tail() {
 #[tokio::test]
 async fn process_non_json_last_line_is_a_fatal_error() {
     let f = fixture();
-    let (fin, _) = run(&f, sh("echo this is not json"), json!({}), 0, CancellationToken::new()).await;
+    let (fin, _) = run(
+        &f,
+        sh("echo this is not json"),
+        json!({}),
+        0,
+        CancellationToken::new(),
+    )
+    .await;
     let e = failure(&fin);
     assert!(!e.retryable);
     assert!(e.error.contains("not JSON"), "{}", e.error);
@@ -117,6 +131,7 @@ async fn process_gets_its_inputs_on_stdin_and_its_env() {
     let got: Value = serde_json::from_str(&success(&fin).inline_value).unwrap();
     assert_eq!(got, inputs);
 
+    let f = fixture();
     let script = r#"echo "\"$BATON_RUN_ID/$BATON_TASK/$BATON_MAP_INDEX/$BATON_ATTEMPT/$BATON_ARTIFACT_PREFIX\"""#;
     let (fin, _) = run(&f, sh(script), json!({}), 0, CancellationToken::new()).await;
     assert_eq!(
@@ -132,7 +147,11 @@ fn gone(pid: i32) -> bool {
         return true;
     }
     std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .map(|s| s.rsplit(')').next().is_some_and(|r| r.trim_start().starts_with('Z')))
+        .map(|s| {
+            s.rsplit(')')
+                .next()
+                .is_some_and(|r| r.trim_start().starts_with('Z'))
+        })
         .unwrap_or(true)
 }
 
@@ -181,10 +200,16 @@ async fn builtin_result_is_written_under_the_result_key() {
     let (fin, _) = run(&f, spec, inputs, 0, CancellationToken::new()).await;
     let s = success(&fin);
     let r = s.result.as_ref().unwrap();
-    assert_eq!(r.uri, format!("{}/{}", f.store.root_uri(), key().result_key()));
+    assert_eq!(
+        r.uri,
+        format!("{}/{}", f.store.root_uri(), key().result_key())
+    );
     let stored = f.store.get(&r.uri).await.unwrap();
     assert_eq!(stored, s.inline_value.as_bytes());
-    assert_eq!(serde_json::from_slice::<Value>(&stored).unwrap(), json!({"k": [1, "two"]}));
+    assert_eq!(
+        serde_json::from_slice::<Value>(&stored).unwrap(),
+        json!({"k": [1, "two"]})
+    );
     assert_eq!(r.size, stored.len() as u64);
     assert_eq!(r.content_type, "application/json");
 
@@ -192,7 +217,11 @@ async fn builtin_result_is_written_under_the_result_key() {
     let spec = json!({"kind": "builtin", "function": "noop"});
     let (fin, _) = run(&f, spec, json!({}), 0, CancellationToken::new()).await;
     let e = failure(&fin);
-    assert!(!e.retryable && e.error.contains("already written"), "{}", e.error);
+    assert!(
+        !e.retryable && e.error.contains("already written"),
+        "{}",
+        e.error
+    );
 }
 
 #[tokio::test]
@@ -201,7 +230,10 @@ async fn bad_specs_and_inputs_are_fatal() {
     for (spec, inputs) in [
         (json!({"kind": "teleport"}), json!({})),
         (json!({"kind": "builtin", "function": "noop"}), json!([1])),
-        (json!({"kind": "process", "command": "/nonexistent/baton-test"}), json!({})),
+        (
+            json!({"kind": "process", "command": "/nonexistent/baton-test"}),
+            json!({}),
+        ),
     ] {
         let (fin, _) = run(&f, spec, inputs, 0, CancellationToken::new()).await;
         assert!(!failure(&fin).retryable, "{fin:?}");

@@ -1,0 +1,220 @@
+//! Output formatting: tables of task runs and runs, durations, JSON views.
+
+use baton_common::state::{run_state_name, task_state_name};
+use baton_proto as pb;
+use serde_json::{json, Value};
+
+/// A duration in milliseconds as `1.23s` / `2m03s`.
+pub fn duration(ms: i64) -> String {
+    if ms <= 0 {
+        return "-".into();
+    }
+    if ms < 60_000 {
+        format!("{:.2}s", ms as f64 / 1000.0)
+    } else {
+        format!("{}m{:02}s", ms / 60_000, (ms % 60_000) / 1000)
+    }
+}
+
+fn task_duration(t: &pb::TaskRun) -> i64 {
+    if t.started_ms > 0 && t.ended_ms >= t.started_ms {
+        t.ended_ms - t.started_ms
+    } else {
+        0
+    }
+}
+
+fn clip(s: &str, n: usize) -> String {
+    if s.chars().count() <= n {
+        s.to_string()
+    } else {
+        let mut out: String = s.chars().take(n.saturating_sub(1)).collect();
+        out.push('…');
+        out
+    }
+}
+
+/// Renders rows as a left-aligned text table.
+pub fn table(header: &[&str], rows: &[Vec<String>]) -> String {
+    let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
+    for r in rows {
+        for (i, c) in r.iter().enumerate() {
+            if i < widths.len() {
+                widths[i] = widths[i].max(c.chars().count());
+            }
+        }
+    }
+    let line = |cells: Vec<String>| {
+        let mut s = String::new();
+        for (i, c) in cells.iter().enumerate() {
+            let pad = widths[i].saturating_sub(c.chars().count());
+            s.push_str(c);
+            if i + 1 < cells.len() {
+                s.push_str(&" ".repeat(pad + 2));
+            }
+        }
+        s.trim_end().to_string()
+    };
+    let mut out = line(header.iter().map(|h| h.to_string()).collect());
+    out.push('\n');
+    for r in rows {
+        out.push_str(&line(r.clone()));
+        out.push('\n');
+    }
+    out
+}
+
+/// The final table of a run's task runs.
+pub fn task_table(trs: &[pb::TaskRun]) -> String {
+    let rows: Vec<Vec<String>> = trs
+        .iter()
+        .map(|t| {
+            let detail = if !t.error.is_empty() {
+                clip(&t.error, 80)
+            } else if !t.value.is_empty() {
+                clip(&t.value, 60)
+            } else {
+                t.waiting_reason.clone()
+            };
+            vec![
+                t.task.clone(),
+                if t.map_index < 0 {
+                    "-".into()
+                } else {
+                    t.map_index.to_string()
+                },
+                task_state_name(t.state).to_string(),
+                t.attempt.to_string(),
+                if t.worker.is_empty() {
+                    "-".into()
+                } else {
+                    t.worker.clone()
+                },
+                duration(task_duration(t)),
+                t.result
+                    .as_ref()
+                    .map(|r| r.uri.clone())
+                    .unwrap_or_else(|| "-".into()),
+                detail,
+            ]
+        })
+        .collect();
+    table(
+        &["TASK", "INDEX", "STATE", "ATTEMPT", "WORKER", "DURATION", "RESULT", "VALUE / ERROR"],
+        &rows,
+    )
+}
+
+/// A one-line summary of a run.
+pub fn run_line(r: &pb::FlowRun) -> String {
+    let mut s = format!(
+        "run {} of {}/{} v{}: {} ({}/{} task runs done, {})",
+        r.id,
+        r.project,
+        r.flow,
+        r.version,
+        run_state_name(r.state),
+        r.tasks_done,
+        r.tasks_total,
+        duration(if r.ended_ms > 0 && r.started_ms > 0 {
+            r.ended_ms - r.started_ms
+        } else {
+            0
+        })
+    );
+    if !r.error.is_empty() {
+        s.push_str(&format!("\n  error: {}", r.error));
+    }
+    if !r.waiting_reason.is_empty() {
+        s.push_str(&format!("\n  waiting: {}", r.waiting_reason));
+    }
+    s
+}
+
+/// The table of `baton runs`.
+pub fn runs_table(runs: &[pb::FlowRun]) -> String {
+    let rows: Vec<Vec<String>> = runs
+        .iter()
+        .map(|r| {
+            vec![
+                r.id.clone(),
+                format!("{}/{}", r.project, r.flow),
+                r.version.to_string(),
+                run_state_name(r.state).to_string(),
+                format!("{}/{}", r.tasks_done, r.tasks_total),
+                duration(if r.ended_ms > 0 {
+                    r.ended_ms - r.started_ms
+                } else {
+                    0
+                }),
+            ]
+        })
+        .collect();
+    table(&["RUN", "FLOW", "VERSION", "STATE", "TASKS", "DURATION"], &rows)
+}
+
+/// A run and its task runs as JSON (values parsed when present).
+pub fn run_json(run: &pb::FlowRun, trs: &[pb::TaskRun]) -> Value {
+    let params: serde_json::Map<String, Value> = run
+        .parameters
+        .iter()
+        .map(|(k, v)| (k.clone(), serde_json::from_str(v).unwrap_or(Value::String(v.clone()))))
+        .collect();
+    json!({
+        "id": run.id,
+        "project": run.project,
+        "flow": run.flow,
+        "version": run.version,
+        "state": run_state_name(run.state),
+        "parameters": params,
+        "created_ms": run.created_ms,
+        "started_ms": run.started_ms,
+        "ended_ms": run.ended_ms,
+        "error": run.error,
+        "task_runs": trs.iter().map(task_json).collect::<Vec<_>>(),
+    })
+}
+
+fn task_json(t: &pb::TaskRun) -> Value {
+    json!({
+        "task": t.task,
+        "map_index": t.map_index,
+        "state": task_state_name(t.state),
+        "attempt": t.attempt,
+        "worker": t.worker,
+        "started_ms": t.started_ms,
+        "ended_ms": t.ended_ms,
+        "duration_ms": task_duration(t),
+        "result": t.result.as_ref().map(|r| json!({
+            "uri": r.uri, "size": r.size, "checksum": r.checksum, "content_type": r.content_type,
+        })),
+        "value": if t.value.is_empty() { Value::Null } else {
+            serde_json::from_str(&t.value).unwrap_or(Value::Null)
+        },
+        "error": t.error,
+        "attempts": t.attempts.iter().map(|a| json!({
+            "number": a.number, "worker": a.worker, "started_ms": a.started_ms,
+            "ended_ms": a.ended_ms, "error": a.error,
+        })).collect::<Vec<_>>(),
+    })
+}
+
+/// The table of `baton workers`.
+pub fn workers_table(ws: &[pb::WorkerInfo]) -> String {
+    let rows: Vec<Vec<String>> = ws
+        .iter()
+        .map(|w| {
+            let r = w.resources.clone().unwrap_or_default();
+            let f = w.free.clone().unwrap_or_default();
+            vec![
+                w.id.clone(),
+                w.labels.join(","),
+                format!("{}/{}", f.slots, r.slots),
+                r.gpus.to_string(),
+                w.running.to_string(),
+                w.address.clone(),
+            ]
+        })
+        .collect();
+    table(&["WORKER", "LABELS", "FREE SLOTS", "GPUS", "RUNNING", "ADDRESS"], &rows)
+}

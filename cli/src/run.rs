@@ -1,0 +1,133 @@
+//! `baton run`: submit a flow file, follow it, print the final table or JSON.
+
+use anyhow::Context;
+use baton_cli::embedded::{default_workers, EmbeddedCluster};
+use baton_cli::{client::is_finished, format, Client};
+use baton_common::flow::MAX_FLOW_FILE_BYTES;
+use baton_common::state::{run_state_name, task_state_name};
+use baton_proto as pb;
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+#[derive(clap::Args, Debug)]
+pub struct RunArgs {
+    /// The flow file (YAML or JSON).
+    file: PathBuf,
+    /// A parameter value as NAME=VALUE; VALUE is JSON, or else taken as a string.
+    #[arg(long = "param", short = 'p')]
+    params: Vec<String>,
+    /// Print task state changes while the run goes on.
+    #[arg(long)]
+    watch: bool,
+    /// Print the finished run with its task runs and small results as JSON.
+    #[arg(long)]
+    json: bool,
+    /// Return once the run is created, printing its id.
+    #[arg(long)]
+    detach: bool,
+    /// The same key returns the same run.
+    #[arg(long, default_value = "")]
+    idempotency_key: String,
+    /// Start a single-node cluster in this process for this run (no scheduler needed).
+    #[arg(long)]
+    embedded: bool,
+    /// State folder of the embedded cluster.
+    #[arg(long, default_value = ".baton/embedded")]
+    data: PathBuf,
+}
+
+fn parse_params(raw: &[String]) -> anyhow::Result<BTreeMap<String, String>> {
+    let mut out = BTreeMap::new();
+    for p in raw {
+        let (k, v) = p
+            .split_once('=')
+            .with_context(|| format!("parameter `{p}` must look like NAME=VALUE"))?;
+        let json = match serde_json::from_str::<serde_json::Value>(v) {
+            Ok(_) => v.to_string(),
+            Err(_) => serde_json::Value::String(v.to_string()).to_string(),
+        };
+        out.insert(k.to_string(), json);
+    }
+    Ok(out)
+}
+
+fn read_flow(path: &PathBuf) -> anyhow::Result<String> {
+    let meta = std::fs::metadata(path).with_context(|| format!("cannot read {}", path.display()))?;
+    if meta.len() as usize > MAX_FLOW_FILE_BYTES {
+        anyhow::bail!(
+            "{} is {} bytes; a flow file may be at most {} bytes",
+            path.display(),
+            meta.len(),
+            MAX_FLOW_FILE_BYTES
+        );
+    }
+    let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+    String::from_utf8(bytes).with_context(|| format!("{} is not UTF-8 text", path.display()))
+}
+
+pub async fn run(scheduler: &str, args: RunArgs) -> anyhow::Result<i32> {
+    let source = read_flow(&args.file)?;
+    let params = parse_params(&args.params)?;
+    let cluster = if args.embedded {
+        Some(EmbeddedCluster::start("127.0.0.1:0", args.data.clone(), &default_workers()).await?)
+    } else {
+        None
+    };
+    let addr = cluster.as_ref().map(|c| c.url()).unwrap_or_else(|| scheduler.to_string());
+    let result = submit(&addr, source, params, &args).await;
+    if let Some(c) = cluster {
+        c.stop().await;
+    }
+    result
+}
+
+async fn submit(
+    addr: &str,
+    source: String,
+    params: BTreeMap<String, String>,
+    args: &RunArgs,
+) -> anyhow::Result<i32> {
+    let client = Client::connect(addr)
+        .await
+        .with_context(|| format!("is a scheduler running at {addr}? (or pass --embedded)"))?;
+    let created = client
+        .run_source(source, params, args.idempotency_key.clone())
+        .await?;
+    let run = created.run.context("the scheduler returned no run")?;
+    if args.detach {
+        println!("{}", run.id);
+        return Ok(0);
+    }
+    if !args.json {
+        eprintln!("started run {} of {}/{} v{}", run.id, run.project, run.flow, run.version);
+    }
+    let mut stream = client.watch(&run.id).await?;
+    let mut last = run;
+    while let Some(ev) = stream.message().await? {
+        if args.watch {
+            for t in &ev.task_runs {
+                let index = if t.map_index < 0 { String::new() } else { format!("[{}]", t.map_index) };
+                let worker = if t.worker.is_empty() { String::new() } else { format!(" on {}", t.worker) };
+                eprintln!("  {}{} {} (attempt {}){}", t.task, index, task_state_name(t.state), t.attempt, worker);
+            }
+        }
+        if let Some(r) = ev.run {
+            if args.watch && r.state != last.state {
+                eprintln!("run {}: {}", r.id, run_state_name(r.state));
+            }
+            last = r;
+            if is_finished(&last) {
+                break;
+            }
+        }
+    }
+    let final_run = client.get_run(&last.id).await?;
+    let trs = client.task_runs(&final_run.id, true).await?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&format::run_json(&final_run, &trs))?);
+    } else {
+        println!("{}", format::run_line(&final_run));
+        print!("{}", format::task_table(&trs));
+    }
+    Ok(if final_run.state == pb::RunState::Completed as i32 { 0 } else { 1 })
+}

@@ -1,0 +1,402 @@
+//! The engine's host: one task owning the [`Engine`], fed by a command channel. Each step
+//! drains every waiting command, lets the engine tick and dispatch, commits the resulting
+//! state operations in one batch (group commit), and only then sends worker messages,
+//! answers clients and notifies watchers.
+
+use crate::engine::{Engine, EngineError, NewRun, Outcome, TrRef, WorkerRegistration};
+use crate::store::{Op, StateStore};
+use baton_common::flow::FlowSpec;
+use baton_common::ids::{AttemptKey, WorkerId};
+use baton_common::result_store::{ResultRef, ResultStore};
+use baton_common::time::now_ms;
+use baton_proto as pb;
+use pb::worker_message::Msg as Up;
+use std::collections::HashMap;
+use std::sync::Arc;
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+
+type Reply<T> = oneshot::Sender<Result<T, EngineError>>;
+
+/// A watcher's channel of run events.
+pub type WatchTx = mpsc::Sender<Result<pb::RunEvent, tonic::Status>>;
+
+/// What the services ask of the engine.
+pub enum Command {
+    RegisterFlow(FlowSpec, Reply<(u32, bool)>),
+    CreateRun(NewRun, Reply<(pb::FlowRun, bool)>),
+    GetRun(String, Reply<pb::FlowRun>),
+    ListRuns(usize, Reply<Vec<pb::FlowRun>>),
+    TaskRuns(String, bool, Reply<Vec<pb::TaskRun>>),
+    CancelRun(String, Reply<pb::FlowRun>),
+    ListWorkers(Reply<Vec<pb::WorkerInfo>>),
+    Watch(String, WatchTx, Reply<()>),
+    WorkerConnected(WorkerRegistration, u64, mpsc::UnboundedSender<pb::SchedulerMessage>),
+    WorkerMessages(WorkerId, u64, Vec<Up>),
+    WorkerDisconnected(WorkerId, u64),
+    /// A large result was read back from the store.
+    ResultLoaded(WorkerId, u64, AttemptKey, Outcome),
+}
+
+/// A handle to send commands to the actor.
+#[derive(Clone)]
+pub struct Handle {
+    tx: mpsc::Sender<Command>,
+}
+
+impl Handle {
+    /// Sends a command and awaits its reply.
+    pub async fn ask<T>(
+        &self,
+        make: impl FnOnce(Reply<T>) -> Command,
+    ) -> Result<T, crate::Error> {
+        let (tx, rx) = oneshot::channel();
+        self.tx
+            .send(make(tx))
+            .await
+            .map_err(|_| crate::Error::ShuttingDown)?;
+        Ok(rx.await.map_err(|_| crate::Error::ShuttingDown)??)
+    }
+
+    /// Sends a command that has no reply.
+    pub async fn tell(&self, cmd: Command) -> Result<(), crate::Error> {
+        self.tx.send(cmd).await.map_err(|_| crate::Error::ShuttingDown)
+    }
+}
+
+struct Actor {
+    engine: Engine,
+    state: Arc<dyn StateStore>,
+    results: Arc<dyn ResultStore>,
+    sessions: HashMap<WorkerId, (u64, mpsc::UnboundedSender<pb::SchedulerMessage>)>,
+    watchers: HashMap<String, Vec<WatchTx>>,
+    after_commit: Vec<Box<dyn FnOnce(&Engine) + Send>>,
+    self_tx: mpsc::Sender<Command>,
+}
+
+/// Starts the actor; it stops when `shutdown` is cancelled or its state store fences it.
+pub fn spawn(
+    engine: Engine,
+    state: Arc<dyn StateStore>,
+    results: Arc<dyn ResultStore>,
+    shutdown: CancellationToken,
+) -> (Handle, tokio::task::JoinHandle<()>) {
+    let (tx, rx) = mpsc::channel(65_536);
+    let actor = Actor {
+        engine,
+        state,
+        results,
+        sessions: HashMap::new(),
+        watchers: HashMap::new(),
+        after_commit: Vec::new(),
+        self_tx: tx.clone(),
+    };
+    let join = tokio::spawn(actor.run(rx, shutdown));
+    (Handle { tx }, join)
+}
+
+/// Most operations in one state-store batch.
+const MAX_BATCH_OPS: usize = 4096;
+
+impl Actor {
+    async fn run(mut self, mut rx: mpsc::Receiver<Command>, shutdown: CancellationToken) {
+        loop {
+            let now = now_ms();
+            let wait = self
+                .engine
+                .next_deadline()
+                .map(|d| (d - now).clamp(0, 250))
+                .unwrap_or(250) as u64;
+            tokio::select! {
+                cmd = rx.recv() => {
+                    let Some(cmd) = cmd else { break };
+                    self.handle(cmd);
+                    let mut n = 0;
+                    while n < 8192 {
+                        match rx.try_recv() {
+                            Ok(cmd) => self.handle(cmd),
+                            Err(_) => break,
+                        }
+                        n += 1;
+                    }
+                }
+                _ = tokio::time::sleep(std::time::Duration::from_millis(wait)) => {}
+                _ = shutdown.cancelled() => break,
+            }
+            let now = now_ms();
+            self.engine.tick(now);
+            self.engine.dispatch(now);
+            if let Err(e) = self.flush().await {
+                tracing::error!(error = %e, "state commit failed; stepping down");
+                shutdown.cancel();
+                break;
+            }
+        }
+        tracing::info!("engine stopped");
+    }
+
+    fn handle(&mut self, cmd: Command) {
+        let now = now_ms();
+        match cmd {
+            Command::RegisterFlow(spec, reply) => {
+                let r = self.engine.register_flow(spec);
+                self.after_commit.push(Box::new(move |_| {
+                    let _ = reply.send(Ok(r));
+                }));
+            }
+            Command::CreateRun(req, reply) => match self.engine.create_run(req, now) {
+                Ok((id, created)) => self.after_commit.push(Box::new(move |e: &Engine| {
+                    let _ = reply.send(e.get_run(&id.0).map(|r| (r, created)));
+                })),
+                Err(e) => {
+                    let _ = reply.send(Err(e));
+                }
+            },
+            Command::GetRun(id, reply) => {
+                let _ = reply.send(self.engine.get_run(&id));
+            }
+            Command::ListRuns(limit, reply) => {
+                let _ = reply.send(Ok(self.engine.list_runs(limit)));
+            }
+            Command::TaskRuns(id, values, reply) => {
+                let _ = reply.send(self.engine.task_runs(&id, values));
+            }
+            Command::CancelRun(id, reply) => match self.engine.cancel_run(&id, now) {
+                Ok(()) => self.after_commit.push(Box::new(move |e: &Engine| {
+                    let _ = reply.send(e.get_run(&id));
+                })),
+                Err(e) => {
+                    let _ = reply.send(Err(e));
+                }
+            },
+            Command::ListWorkers(reply) => {
+                let _ = reply.send(Ok(self.engine.workers()));
+            }
+            Command::Watch(id, tx, reply) => self.watch(id, tx, reply),
+            Command::WorkerConnected(reg, session, tx) => {
+                tracing::info!(worker = %reg.id, session, labels = ?reg.labels, slots = reg.resources.slots, "worker connected");
+                self.sessions.insert(reg.id.clone(), (session, tx));
+                self.engine.worker_connected(reg, session, now);
+            }
+            Command::WorkerDisconnected(id, session) => {
+                if self.sessions.get(&id).is_some_and(|(s, _)| *s == session) {
+                    tracing::info!(worker = %id, session, "worker disconnected");
+                    self.sessions.remove(&id);
+                }
+                self.engine.worker_disconnected(&id, session, now);
+            }
+            Command::WorkerMessages(id, session, msgs) => {
+                self.engine.worker_seen(&id, session, now);
+                for m in msgs {
+                    self.worker_message(&id, session, m, now);
+                }
+            }
+            Command::ResultLoaded(id, session, key, outcome) => {
+                self.engine.task_finished(&id, session, &key, outcome, now);
+            }
+        }
+    }
+
+    fn worker_message(&mut self, id: &WorkerId, session: u64, m: Up, now: i64) {
+        match m {
+            Up::Started(s) => {
+                if let Some(k) = s.key.as_ref() {
+                    self.engine.task_started(&AttemptKey::from(k), s.at_ms);
+                }
+            }
+            Up::Finished(f) => self.finished(id, session, f, now),
+            Up::Draining(_) => self.engine.worker_draining(id, session),
+            Up::Batch(b) => {
+                for inner in b.messages.into_iter().filter_map(|m| m.msg) {
+                    self.worker_message(id, session, inner, now);
+                }
+            }
+            Up::Heartbeat(_) | Up::Logs(_) | Up::Register(_) => {}
+        }
+    }
+
+    fn finished(&mut self, id: &WorkerId, session: u64, f: pb::Finished, now: i64) {
+        let Some(key) = f.key.as_ref().map(AttemptKey::from) else {
+            tracing::warn!(worker = %id, "finished message without a key");
+            return;
+        };
+        let outcome = match f.outcome {
+            Some(pb::finished::Outcome::Success(s)) => {
+                let Some(result) = s.result.map(ResultRef::from) else {
+                    let outcome = Outcome::Failure {
+                        error: "worker reported success without a result location".into(),
+                        retryable: true,
+                    };
+                    self.engine.task_finished(id, session, &key, outcome, now);
+                    return;
+                };
+                if s.inline_value.is_empty() {
+                    self.load_result(id.clone(), session, key, result);
+                    return;
+                }
+                match serde_json::from_str(&s.inline_value) {
+                    Ok(value) => Outcome::Success { result, value },
+                    Err(e) => Outcome::Failure {
+                        error: format!("result is not valid JSON: {e}"),
+                        retryable: false,
+                    },
+                }
+            }
+            Some(pb::finished::Outcome::Failure(e)) => Outcome::Failure {
+                error: e.error,
+                retryable: e.retryable,
+            },
+            None => Outcome::Failure {
+                error: "worker reported neither success nor failure".into(),
+                retryable: true,
+            },
+        };
+        self.engine.task_finished(id, session, &key, outcome, now);
+    }
+
+    /// Reads a large result back from the store, then feeds it to the engine.
+    fn load_result(&self, id: WorkerId, session: u64, key: AttemptKey, result: ResultRef) {
+        let store = self.results.clone();
+        let tx = self.self_tx.clone();
+        tokio::spawn(async move {
+            let outcome = match store.get(&result.uri).await {
+                Ok(bytes) => match serde_json::from_slice(&bytes) {
+                    Ok(value) => Outcome::Success { result, value },
+                    Err(e) => Outcome::Failure {
+                        error: format!("result is not valid JSON: {e}"),
+                        retryable: false,
+                    },
+                },
+                Err(e) => Outcome::Failure {
+                    error: format!("cannot read result {}: {e}", result.uri),
+                    retryable: true,
+                },
+            };
+            let _ = tx.send(Command::ResultLoaded(id, session, key, outcome)).await;
+        });
+    }
+
+    fn watch(&mut self, id: String, tx: WatchTx, reply: Reply<()>) {
+        let first = self.engine.get_run(&id).and_then(|run| {
+            let task_runs = self.engine.task_runs(&id, false)?;
+            Ok(pb::RunEvent {
+                run: Some(run),
+                task_runs,
+            })
+        });
+        match first {
+            Ok(ev) => {
+                let terminal = is_terminal(&ev);
+                let _ = tx.try_send(Ok(ev));
+                if !terminal {
+                    self.watchers.entry(id).or_default().push(tx);
+                }
+                let _ = reply.send(Ok(()));
+            }
+            Err(e) => {
+                let _ = reply.send(Err(e));
+            }
+        }
+    }
+
+    /// Commits the engine's operations, then sends messages, replies and events.
+    async fn flush(&mut self) -> Result<(), crate::Error> {
+        let fx = self.engine.take_effects();
+        let epoch = self.engine.epoch();
+        let mut ops: Vec<Op> = fx.ops;
+        while !ops.is_empty() {
+            let rest = if ops.len() > MAX_BATCH_OPS {
+                ops.split_off(MAX_BATCH_OPS)
+            } else {
+                Vec::new()
+            };
+            self.state.commit(epoch, ops).await?;
+            ops = rest;
+        }
+        let mut per_worker: HashMap<WorkerId, (u64, Vec<pb::SchedulerMessage>)> = HashMap::new();
+        for o in fx.outgoing {
+            per_worker
+                .entry(o.worker)
+                .or_insert_with(|| (o.session, Vec::new()))
+                .1
+                .push(o.msg);
+        }
+        for (worker, (session, mut msgs)) in per_worker {
+            let Some((s, tx)) = self.sessions.get(&worker) else {
+                continue;
+            };
+            if *s != session {
+                continue;
+            }
+            let msg = if msgs.len() == 1 {
+                msgs.pop()
+            } else {
+                Some(pb::SchedulerMessage {
+                    epoch,
+                    msg: Some(pb::scheduler_message::Msg::Batch(pb::SchedulerBatch {
+                        messages: msgs,
+                    })),
+                })
+            };
+            if let Some(msg) = msg {
+                let _ = tx.send(msg);
+            }
+        }
+        for f in std::mem::take(&mut self.after_commit) {
+            f(&self.engine);
+        }
+        if !self.watchers.is_empty() {
+            self.notify(&fx.changed_runs, &fx.changed_task_runs);
+        }
+        Ok(())
+    }
+
+    fn notify(&mut self, runs: &[baton_common::ids::RunId], trs: &[TrRef]) {
+        let mut by_run: HashMap<&str, Vec<TrRef>> = HashMap::new();
+        for &t in trs {
+            if let Some(id) = self.engine.run_id_of(t) {
+                if self.watchers.contains_key(id) {
+                    by_run.entry(id).or_default().push(t);
+                }
+            }
+        }
+        for id in runs {
+            let Some(watchers) = self.watchers.get_mut(&id.0) else {
+                continue;
+            };
+            let Ok(run) = self.engine.get_run(&id.0) else {
+                continue;
+            };
+            let refs = by_run.remove(id.0.as_str()).unwrap_or_default();
+            let ev = pb::RunEvent {
+                run: Some(run),
+                task_runs: self.engine.task_run_views(&refs),
+            };
+            if is_terminal(&ev) {
+                for w in watchers.drain(..) {
+                    let ev = ev.clone();
+                    tokio::spawn(async move {
+                        let _ = w.send(Ok(ev)).await;
+                    });
+                }
+            } else {
+                watchers.retain(|w| match w.try_send(Ok(ev.clone())) {
+                    Ok(()) | Err(mpsc::error::TrySendError::Full(_)) => true,
+                    Err(mpsc::error::TrySendError::Closed(_)) => false,
+                });
+            }
+            if watchers.is_empty() {
+                self.watchers.remove(&id.0);
+            }
+        }
+    }
+}
+
+fn is_terminal(ev: &pb::RunEvent) -> bool {
+    ev.run.as_ref().is_some_and(|r| {
+        matches!(
+            pb::RunState::try_from(r.state),
+            Ok(pb::RunState::Completed | pb::RunState::Failed | pb::RunState::Cancelled)
+        )
+    })
+}

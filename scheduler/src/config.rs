@@ -1,0 +1,81 @@
+//! The scheduler's typed configuration.
+
+use crate::engine::EngineConfig;
+use crate::store::embedded::SyncMode;
+use crate::{Error, Result};
+use std::path::PathBuf;
+
+/// Everything the scheduler needs to start.
+#[derive(Clone, Debug)]
+pub struct SchedulerConfig {
+    /// Folder of the embedded state store (and of local results by default).
+    pub data_dir: PathBuf,
+    /// Result store URI; default `file://<data_dir>/store`.
+    pub result_store: Option<String>,
+    pub heartbeat_interval_ms: u64,
+    pub worker_lease_ms: u64,
+    pub adopt_grace_ms: u64,
+    pub unrunnable_timeout_ms: u64,
+    /// fsync the state log after each batch.
+    pub fsync: bool,
+}
+
+impl Default for SchedulerConfig {
+    fn default() -> Self {
+        SchedulerConfig {
+            data_dir: PathBuf::from(".baton"),
+            result_store: None,
+            heartbeat_interval_ms: 1000,
+            worker_lease_ms: 10_000,
+            adopt_grace_ms: 5_000,
+            unrunnable_timeout_ms: 300_000,
+            fsync: false,
+        }
+    }
+}
+
+impl SchedulerConfig {
+    /// Checks the settings; the error names the bad key.
+    pub fn validate(&self) -> Result<()> {
+        if self.heartbeat_interval_ms == 0 {
+            return Err(Error::Config("heartbeat_interval_ms must be > 0".into()));
+        }
+        if self.worker_lease_ms < 2 * self.heartbeat_interval_ms {
+            return Err(Error::Config(
+                "worker_lease_ms must be at least twice heartbeat_interval_ms".into(),
+            ));
+        }
+        if self.data_dir.as_os_str().is_empty() {
+            return Err(Error::Config("data_dir must not be empty".into()));
+        }
+        Ok(())
+    }
+
+    /// The result store URI in effect.
+    pub fn result_store_uri(&self) -> String {
+        self.result_store.clone().unwrap_or_else(|| {
+            let dir = self.data_dir.join("store");
+            let abs = std::path::absolute(&dir).unwrap_or(dir);
+            format!("file://{}", abs.display())
+        })
+    }
+
+    pub(crate) fn sync_mode(&self) -> SyncMode {
+        if self.fsync {
+            SyncMode::Batch
+        } else {
+            SyncMode::None
+        }
+    }
+
+    pub(crate) fn engine(&self, result_store: String) -> EngineConfig {
+        EngineConfig {
+            result_store,
+            heartbeat_interval_ms: self.heartbeat_interval_ms,
+            worker_lease_ms: self.worker_lease_ms,
+            adopt_grace_ms: self.adopt_grace_ms,
+            unrunnable_timeout_ms: self.unrunnable_timeout_ms,
+            max_lost_attempts: 5,
+        }
+    }
+}

@@ -1,0 +1,185 @@
+//! `FlowService`: flows, runs, task runs, workers and results for clients.
+
+use crate::actor::{Command, Handle};
+use crate::engine::NewRun;
+use crate::Error;
+use baton_common::flow::parse_flow;
+use baton_common::result_store::ResultStore;
+use baton_proto as pb;
+use pb::flow_service_server::FlowService;
+use std::collections::BTreeMap;
+use std::pin::Pin;
+use std::sync::Arc;
+use tokio_stream::Stream;
+use tonic::{Request, Response, Status};
+
+/// The client-facing service.
+pub struct FlowApi {
+    actor: Handle,
+    results: Arc<dyn ResultStore>,
+}
+
+impl FlowApi {
+    pub fn new(actor: Handle, results: Arc<dyn ResultStore>) -> Self {
+        FlowApi { actor, results }
+    }
+}
+
+fn parse_params(raw: BTreeMap<String, String>) -> Result<BTreeMap<String, serde_json::Value>, Status> {
+    raw.into_iter()
+        .map(|(k, v)| match serde_json::from_str(&v) {
+            Ok(value) => Ok((k, value)),
+            Err(e) => Err(Status::invalid_argument(format!(
+                "parameter `{k}`: value is not valid JSON ({e}); quote strings, e.g. \"\\\"text\\\"\""
+            ))),
+        })
+        .collect()
+}
+
+fn require(field: &str, value: &str) -> Result<(), Status> {
+    if value.is_empty() {
+        Err(Status::invalid_argument(format!("missing field `{field}`")))
+    } else {
+        Ok(())
+    }
+}
+
+type EventStream = Pin<Box<dyn Stream<Item = Result<pb::RunEvent, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl FlowService for FlowApi {
+    async fn register_flow(
+        &self,
+        req: Request<pb::RegisterFlowRequest>,
+    ) -> Result<Response<pb::RegisterFlowResponse>, Status> {
+        let spec = parse_flow(&req.into_inner().source).map_err(Error::from)?;
+        let (project, flow) = (spec.project.clone(), spec.name.clone());
+        let (version, created) = self.actor.ask(|r| Command::RegisterFlow(spec, r)).await?;
+        Ok(Response::new(pb::RegisterFlowResponse {
+            project,
+            flow,
+            version,
+            created,
+        }))
+    }
+
+    async fn create_run(
+        &self,
+        req: Request<pb::CreateRunRequest>,
+    ) -> Result<Response<pb::CreateRunResponse>, Status> {
+        let req = req.into_inner();
+        let params = parse_params(req.parameters.into_iter().collect())?;
+        let (project, flow, version) = if req.source.is_empty() {
+            require("flow", &req.flow)?;
+            let project = if req.project.is_empty() {
+                "default".to_string()
+            } else {
+                req.project
+            };
+            (project, req.flow, req.version)
+        } else {
+            let spec = parse_flow(&req.source).map_err(Error::from)?;
+            let (project, flow) = (spec.project.clone(), spec.name.clone());
+            let (version, _) = self.actor.ask(|r| Command::RegisterFlow(spec, r)).await?;
+            (project, flow, version)
+        };
+        let new = NewRun {
+            project,
+            flow,
+            version,
+            params,
+            idempotency_key: req.idempotency_key,
+            scheduled_start_ms: 0,
+        };
+        let (run, created) = self.actor.ask(|r| Command::CreateRun(new, r)).await?;
+        Ok(Response::new(pb::CreateRunResponse {
+            run: Some(run),
+            created,
+        }))
+    }
+
+    async fn get_run(
+        &self,
+        req: Request<pb::GetRunRequest>,
+    ) -> Result<Response<pb::GetRunResponse>, Status> {
+        let id = req.into_inner().run_id;
+        require("run_id", &id)?;
+        let run = self.actor.ask(|r| Command::GetRun(id, r)).await?;
+        Ok(Response::new(pb::GetRunResponse { run: Some(run) }))
+    }
+
+    async fn list_runs(
+        &self,
+        req: Request<pb::ListRunsRequest>,
+    ) -> Result<Response<pb::ListRunsResponse>, Status> {
+        let limit = req.into_inner().limit as usize;
+        let runs = self.actor.ask(|r| Command::ListRuns(limit, r)).await?;
+        Ok(Response::new(pb::ListRunsResponse { runs }))
+    }
+
+    type WatchRunStream = EventStream;
+
+    async fn watch_run(
+        &self,
+        req: Request<pb::WatchRunRequest>,
+    ) -> Result<Response<Self::WatchRunStream>, Status> {
+        let id = req.into_inner().run_id;
+        require("run_id", &id)?;
+        let (tx, rx) = tokio::sync::mpsc::channel(256);
+        self.actor.ask(|r| Command::Watch(id, tx, r)).await?;
+        Ok(Response::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+        )))
+    }
+
+    async fn list_task_runs(
+        &self,
+        req: Request<pb::ListTaskRunsRequest>,
+    ) -> Result<Response<pb::ListTaskRunsResponse>, Status> {
+        let req = req.into_inner();
+        require("run_id", &req.run_id)?;
+        let task_runs = self
+            .actor
+            .ask(|r| Command::TaskRuns(req.run_id, req.with_values, r))
+            .await?;
+        Ok(Response::new(pb::ListTaskRunsResponse { task_runs }))
+    }
+
+    async fn cancel_run(
+        &self,
+        req: Request<pb::CancelRunRequest>,
+    ) -> Result<Response<pb::CancelRunResponse>, Status> {
+        let id = req.into_inner().run_id;
+        require("run_id", &id)?;
+        let run = self.actor.ask(|r| Command::CancelRun(id, r)).await?;
+        Ok(Response::new(pb::CancelRunResponse { run: Some(run) }))
+    }
+
+    async fn list_workers(
+        &self,
+        _req: Request<pb::ListWorkersRequest>,
+    ) -> Result<Response<pb::ListWorkersResponse>, Status> {
+        let workers = self.actor.ask(Command::ListWorkers).await?;
+        Ok(Response::new(pb::ListWorkersResponse { workers }))
+    }
+
+    async fn get_result(
+        &self,
+        req: Request<pb::GetResultRequest>,
+    ) -> Result<Response<pb::GetResultResponse>, Status> {
+        let uri = req.into_inner().uri;
+        require("uri", &uri)?;
+        let data = self.results.get(&uri).await.map_err(Error::from)?;
+        let content_type = if uri.ends_with(".json") {
+            "application/json"
+        } else if uri.ends_with(".csv") {
+            "text/csv"
+        } else {
+            "application/octet-stream"
+        };
+        Ok(Response::new(pb::GetResultResponse {
+            data,
+            content_type: content_type.to_string(),
+        }))
+    }
+}

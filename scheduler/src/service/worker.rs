@@ -1,0 +1,118 @@
+//! `WorkerService.Connect`: one bidirectional stream per worker session. A reader task
+//! forwards the worker's messages to the engine; the engine's messages flow back through an
+//! unbounded channel, bounded in practice by the credit each worker grants.
+
+use crate::actor::{Command, Handle};
+use crate::engine::WorkerRegistration;
+use baton_common::flow::ResourceSpec;
+use baton_common::ids::{AttemptKey, WorkerId};
+use baton_proto as pb;
+use pb::worker_message::Msg as Up;
+use pb::worker_service_server::WorkerService;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+use tokio_stream::{Stream, StreamExt};
+use tonic::{Request, Response, Status, Streaming};
+
+/// The worker-facing service.
+pub struct WorkerApi {
+    actor: Handle,
+    next_session: AtomicU64,
+    lease: Duration,
+}
+
+impl WorkerApi {
+    pub fn new(actor: Handle, lease: Duration) -> Self {
+        WorkerApi {
+            actor,
+            next_session: AtomicU64::new(1),
+            lease,
+        }
+    }
+}
+
+fn registration(r: pb::Register, address: String) -> Result<WorkerRegistration, Status> {
+    if r.worker_id.trim().is_empty() {
+        return Err(Status::invalid_argument("register: missing `worker_id`"));
+    }
+    let res = r.resources.unwrap_or_default();
+    if res.slots == 0 {
+        return Err(Status::invalid_argument(
+            "register: `resources.slots` must be at least 1",
+        ));
+    }
+    Ok(WorkerRegistration {
+        id: WorkerId(r.worker_id),
+        labels: r.labels,
+        resources: ResourceSpec {
+            slots: res.slots,
+            gpus: res.gpus,
+            memory_mb: res.memory_mb,
+        },
+        running: r.running.iter().map(AttemptKey::from).collect(),
+        address,
+    })
+}
+
+type Down = Pin<Box<dyn Stream<Item = Result<pb::SchedulerMessage, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl WorkerService for WorkerApi {
+    type ConnectStream = Down;
+
+    async fn connect(
+        &self,
+        req: Request<Streaming<pb::WorkerMessage>>,
+    ) -> Result<Response<Self::ConnectStream>, Status> {
+        let address = req
+            .remote_addr()
+            .map(|a| a.to_string())
+            .unwrap_or_default();
+        let mut inbound = req.into_inner();
+        let first = tokio::time::timeout(Duration::from_secs(10), inbound.message())
+            .await
+            .map_err(|_| Status::deadline_exceeded("no register message within 10 s"))??;
+        let reg = match first.and_then(|m| m.msg) {
+            Some(Up::Register(r)) => registration(r, address)?,
+            _ => {
+                return Err(Status::invalid_argument(
+                    "the first message on a worker stream must be `register`",
+                ))
+            }
+        };
+        let session = self.next_session.fetch_add(1, Ordering::Relaxed);
+        let id = reg.id.clone();
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        self.actor
+            .tell(Command::WorkerConnected(reg, session, tx))
+            .await?;
+        let actor = self.actor.clone();
+        let lease = self.lease;
+        tokio::spawn(async move {
+            loop {
+                match tokio::time::timeout(lease, inbound.message()).await {
+                    Ok(Ok(Some(m))) => {
+                        let Some(msg) = m.msg else { continue };
+                        let cmd = Command::WorkerMessages(id.clone(), session, vec![msg]);
+                        if actor.tell(cmd).await.is_err() {
+                            break;
+                        }
+                    }
+                    Ok(Ok(None)) => break,
+                    Ok(Err(e)) => {
+                        tracing::info!(worker = %id, error = %e, "worker stream error");
+                        break;
+                    }
+                    Err(_) => {
+                        tracing::warn!(worker = %id, "worker silent for a lease; closing its session");
+                        break;
+                    }
+                }
+            }
+            let _ = actor.tell(Command::WorkerDisconnected(id, session)).await;
+        });
+        let out = tokio_stream::wrappers::UnboundedReceiverStream::new(rx).map(Ok);
+        Ok(Response::new(Box::pin(out)))
+    }
+}
