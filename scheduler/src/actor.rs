@@ -315,6 +315,15 @@ impl Actor {
         }
         let mut per_worker: HashMap<WorkerId, (u64, Vec<pb::SchedulerMessage>)> = HashMap::new();
         for o in fx.outgoing {
+            if matches!(o.msg.msg, Some(pb::scheduler_message::Msg::Welcome(_))) {
+                // A welcome opens a session on its own, ahead of anything batched.
+                if let Some((s, tx)) = self.sessions.get(&o.worker) {
+                    if *s == o.session {
+                        let _ = tx.send(o.msg);
+                    }
+                }
+                continue;
+            }
             per_worker
                 .entry(o.worker)
                 .or_insert_with(|| (o.session, Vec::new()))

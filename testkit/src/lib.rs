@@ -1,1 +1,148 @@
-//! placeholder
+//! baton's test harness: starts the project's real scheduler and worker binaries on free
+//! loopback ports with per-node logs, kills (-9), pauses, resumes and restarts them, and
+//! waits for conditions with [`eventually`].
+
+mod process;
+
+pub use process::{bin_path, free_port, Node};
+
+use std::future::Future;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Waits until `check` returns `Some`, polling every 50 ms, for at most `timeout`.
+pub async fn eventually<T, F, Fut>(timeout: Duration, what: &str, mut check: F) -> anyhow::Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        if let Some(v) = check().await {
+            return Ok(v);
+        }
+        if tokio::time::Instant::now() >= deadline {
+            anyhow::bail!("timed out after {timeout:?} waiting for {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A single-node cluster of real processes: one scheduler, some workers.
+pub struct Cluster {
+    pub dir: tempfile::TempDir,
+    pub port: u16,
+    pub scheduler: Node,
+    pub workers: Vec<Node>,
+    scheduler_args: Vec<String>,
+}
+
+impl Cluster {
+    /// Starts a scheduler with extra `args` (e.g. `--worker-lease-ms 2000`).
+    pub async fn start(args: &[&str]) -> anyhow::Result<Self> {
+        let dir = tempfile::Builder::new().prefix("baton-test-").tempdir()?;
+        let port = free_port()?;
+        let scheduler_args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+        let scheduler = Self::spawn_scheduler(&dir.path().to_path_buf(), port, &scheduler_args, 0)?;
+        let c = Cluster {
+            dir,
+            port,
+            scheduler,
+            workers: Vec::new(),
+            scheduler_args,
+        };
+        c.wait_scheduler().await?;
+        Ok(c)
+    }
+
+    fn spawn_scheduler(dir: &PathBuf, port: u16, extra: &[String], n: usize) -> anyhow::Result<Node> {
+        let mut args = vec![
+            "--listen".to_string(),
+            format!("127.0.0.1:{port}"),
+            "--data-dir".to_string(),
+            dir.join("data").display().to_string(),
+        ];
+        args.extend(extra.iter().cloned());
+        Node::spawn(
+            "baton-scheduler",
+            &args,
+            dir.join(format!("scheduler-{n}.log")),
+        )
+    }
+
+    /// The scheduler's URL.
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// The result store's folder.
+    pub fn store_dir(&self) -> PathBuf {
+        self.dir.path().join("data").join("store")
+    }
+
+    async fn wait_scheduler(&self) -> anyhow::Result<()> {
+        let addr = format!("127.0.0.1:{}", self.port);
+        eventually(Duration::from_secs(30), "the scheduler to listen", || {
+            let addr = addr.clone();
+            async move { tokio::net::TcpStream::connect(addr).await.ok().map(|_| ()) }
+        })
+        .await
+    }
+
+    /// Starts a worker with an id, labels (comma-separated), slots and extra args.
+    pub fn add_worker(&mut self, id: &str, labels: &str, slots: u32) -> anyhow::Result<usize> {
+        let args = vec![
+            "--id".to_string(),
+            id.to_string(),
+            "--scheduler".to_string(),
+            self.url(),
+            "--labels".to_string(),
+            labels.to_string(),
+            "--slots".to_string(),
+            slots.to_string(),
+        ];
+        let node = Node::spawn(
+            "baton-worker",
+            &args,
+            self.dir.path().join(format!("worker-{id}.log")),
+        )?;
+        self.workers.push(node);
+        Ok(self.workers.len() - 1)
+    }
+
+    /// Kills the scheduler with SIGKILL and starts it again on the same port and state.
+    pub async fn restart_scheduler(&mut self) -> anyhow::Result<()> {
+        self.scheduler.kill9();
+        let n = self.scheduler.generation + 1;
+        let mut s = Self::spawn_scheduler(&self.dir.path().to_path_buf(), self.port, &self.scheduler_args, n)?;
+        s.generation = n;
+        self.scheduler = s;
+        self.wait_scheduler().await
+    }
+
+    /// Keeps the logs folder (prints its path) so a failed test can be examined.
+    pub fn keep_logs(self) -> PathBuf {
+        let path = self.dir.keep();
+        eprintln!("logs kept in {}", path.display());
+        path
+    }
+
+    /// All logs, for failure messages.
+    pub fn logs(&self) -> String {
+        let mut out = String::new();
+        if let Ok(entries) = std::fs::read_dir(self.dir.path()) {
+            let mut paths: Vec<PathBuf> = entries.filter_map(|e| e.ok().map(|e| e.path())).collect();
+            paths.sort();
+            for p in paths.into_iter().filter(|p| p.extension().is_some_and(|e| e == "log")) {
+                let text = std::fs::read_to_string(&p).unwrap_or_default();
+                let tail: Vec<&str> = text.lines().rev().take(60).collect();
+                out.push_str(&format!("==== {} (last lines)\n", p.display()));
+                for l in tail.into_iter().rev() {
+                    out.push_str(l);
+                    out.push('\n');
+                }
+            }
+        }
+        out
+    }
+}

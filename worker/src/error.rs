@@ -1,22 +1,14 @@
-//! The worker's error type: bad configuration, an unreachable or misbehaving scheduler, and
-//! result store failures. Task failures are not errors here: they travel as
+//! The worker's error type. Only configuration errors stop the daemon: an unreachable or
+//! misbehaving scheduler is retried (and logged), and task failures travel as
 //! [`crate::task::TaskError`] inside a `Finished` message.
 
 /// Errors raised by the worker daemon.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum Error {
-    /// A configuration value is invalid; `key` names it as the flag spells it.
+    /// A configuration value is invalid; `key` names it as its flag spells it.
     #[error("invalid configuration `{key}`: {message}")]
     Config { key: &'static str, message: String },
-    /// No connection to a scheduler could be made.
-    #[error("cannot connect to scheduler {address}: {message}")]
-    Connect { address: String, message: String },
-    /// The scheduler answered, but not as the protocol says.
-    #[error("protocol error from scheduler {address}: {message}")]
-    Protocol { address: String, message: String },
-    /// The result store named by the scheduler cannot be opened.
-    #[error("result store: {0}")]
-    Store(#[from] baton_common::Error),
 }
 
 impl Error {

@@ -4,6 +4,7 @@
 use baton_worker::config::{default_id, default_memory_mb, default_slots, DEFAULT_SCHEDULER};
 use baton_worker::WorkerConfig;
 use clap::Parser;
+use std::process::ExitCode;
 use tokio::signal::unix::{signal, SignalKind};
 use tokio_util::sync::CancellationToken;
 
@@ -64,9 +65,19 @@ impl Args {
 }
 
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
+async fn main() -> ExitCode {
     let config = Args::parse().into_config();
     baton_common::telemetry::init("info");
+    match serve(config).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("baton-worker: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn serve(config: WorkerConfig) -> anyhow::Result<()> {
     config.validate()?;
     let shutdown = CancellationToken::new();
     watch_signals(shutdown.clone())?;

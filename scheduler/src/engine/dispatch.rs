@@ -338,16 +338,22 @@ impl Engine {
                 );
                 tracing::warn!(reason = %class.reason, "tasks cannot be placed");
             }
-            if now - class.unrunnable_since >= self.cfg.unrunnable_timeout_ms as i64 {
+            let timeout = self.cfg.unrunnable_timeout_ms as i64;
+            if now - class.unrunnable_since >= timeout {
                 let error = format!(
                     "unrunnable: {} (waited {} ms)",
                     class.reason, self.cfg.unrunnable_timeout_ms
                 );
+                let since = class.unrunnable_since;
                 let queued: Vec<TrRef> = class.queue.drain(..).collect();
-                class.unrunnable_since = 0;
                 for t in queued {
                     let tr = &mut self.runs[t.run as usize].nodes[t.node as usize].runs[t.index as usize];
                     if tr.state != TaskState::Ready {
+                        continue;
+                    }
+                    // Each task run waits the whole timeout from when it became ready.
+                    if now - tr.ready_since_ms.max(since) < timeout {
+                        self.classes[c].queue.push_back(t);
                         continue;
                     }
                     tr.state = TaskState::Failed;

@@ -158,6 +158,12 @@ impl Engine {
             TaskState::Assigned | TaskState::Running => {
                 let worker = WorkerId(rec.worker.clone());
                 tr.worker = Some(worker.clone());
+                // The attempt keeps the deadline it was given when it was assigned.
+                let timeout = self.runs[t.run as usize].flow.task(t.node as usize).timeout_ms;
+                if timeout > 0 {
+                    tr.deadline_ms = rec.started_ms + timeout as i64;
+                    self.timer(tr.deadline_ms.max(now), Timer::Timeout(t, rec.attempt));
+                }
                 self.await_worker(worker, t, rec.attempt, now);
                 TaskState::Assigned
             }

@@ -12,9 +12,11 @@ impl Engine {
             .nodes
             .iter()
             .filter(|n| n.state == NodeState::Expanded)
-            .find(|n| n.runs.iter().any(|t| t.state == TaskState::Ready))
-            .map(|n| self.class_reason(n.class).to_string())
-            .unwrap_or_default();
+            .filter(|n| n.runs.iter().any(|t| t.state == TaskState::Ready))
+            .map(|n| self.class_reason(n.class))
+            .find(|reason| !reason.is_empty())
+            .unwrap_or_default()
+            .to_string();
         pb::FlowRun {
             id: run.id.0.clone(),
             project: run.flow.spec.project.clone(),

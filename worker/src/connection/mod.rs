@@ -3,8 +3,11 @@
 //! the worker state (running attempts, finished-but-unacknowledged results, the highest epoch
 //! seen, the lease and the drain); `session` runs one stream and `writer` batches its frames.
 
+mod outbound;
 mod session;
 mod writer;
+
+pub use session::LEADER_METADATA;
 
 use crate::config::WorkerConfig;
 use crate::error::Result;

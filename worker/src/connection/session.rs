@@ -2,6 +2,7 @@
 //! results, then serve assignments, cancellations and acknowledgements while reporting
 //! starts, log lines, results and heartbeats.
 
+use super::outbound::{log_batch, Outbound};
 use super::{writer, Backoff, Inbox, Running, Worker};
 use crate::executor;
 use crate::task::{TaskError, TaskLog};
@@ -13,7 +14,7 @@ use proto::scheduler_message::Msg as Down;
 use proto::worker_message::Msg as Up;
 use proto::worker_service_client::WorkerServiceClient;
 use std::time::Duration;
-use tokio::sync::mpsc::{self, error::TrySendError};
+use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
@@ -22,6 +23,8 @@ use tracing::Instrument;
 
 /// The largest message either side may send on the stream.
 const MAX_MESSAGE_BYTES: usize = 64 << 20;
+/// HTTP/2 flow-control window of the stream, so that batches flow without round trips.
+const STREAM_WINDOW: u32 = 4 << 20;
 /// Messages queued for the writer.
 const OUTBOUND_CAPACITY: usize = 8192;
 /// Frames queued between the writer and the transport; small, so that messages batch up.
@@ -33,12 +36,8 @@ const DEFAULT_HEARTBEAT: Duration = Duration::from_secs(2);
 const MIN_HEARTBEAT: Duration = Duration::from_millis(100);
 /// How long a drained worker waits for its last messages to leave and the leader to close.
 const CLOSE_GRACE: Duration = Duration::from_secs(1);
-/// Log lines per `LogLines` message, and their bytes.
-const MAX_LOG_BATCH: usize = 256;
-const MAX_LOG_BATCH_BYTES: usize = 512 << 10;
-/// Longer log lines are cut.
-const MAX_LOG_LINE: usize = 16 << 10;
-/// Metadata key of a refusal that names the leader's address.
+/// Metadata key of a refusal (any status) that names the leader's address: the worker dials
+/// that address next.
 pub const LEADER_METADATA: &str = "baton-leader";
 
 /// How a session ended.
@@ -58,7 +57,7 @@ pub(super) struct Lost {
 }
 
 impl Lost {
-    fn new(reason: impl Into<String>) -> Self {
+    pub(super) fn new(reason: impl Into<String>) -> Self {
         Lost {
             reason: reason.into(),
             leader: None,
@@ -93,48 +92,6 @@ impl From<tonic::Status> for Lost {
             reason: format!("{:?}: {}", status.code(), status.message()),
             leader,
             fatal,
-        }
-    }
-}
-
-/// The sending half of a session.
-struct Outbound {
-    tx: mpsc::Sender<proto::WorkerMessage>,
-    /// How long a send may wait for room before the stream counts as lost.
-    stall: Duration,
-}
-
-impl Outbound {
-    async fn send(&self, msg: Up) -> Result<(), Lost> {
-        let closed = || Lost::new("the stream to the scheduler is closed");
-        match self.tx.try_send(proto::WorkerMessage { msg: Some(msg) }) {
-            Ok(()) => Ok(()),
-            Err(TrySendError::Closed(_)) => Err(closed()),
-            Err(TrySendError::Full(m)) => {
-                match tokio::time::timeout(self.stall, self.tx.send(m)).await {
-                    Ok(Ok(())) => Ok(()),
-                    Ok(Err(_)) => Err(closed()),
-                    Err(_) => Err(Lost::new(format!(
-                        "the stream to the scheduler stalled for {} ms",
-                        self.stall.as_millis()
-                    ))),
-                }
-            }
-        }
-    }
-
-    /// Sends log lines unless the queue is full, in which case they are dropped.
-    fn send_logs(&self, logs: proto::LogLines) -> Result<(), Lost> {
-        let lines = logs.lines.len();
-        match self.tx.try_send(proto::WorkerMessage {
-            msg: Some(Up::Logs(logs)),
-        }) {
-            Ok(()) => Ok(()),
-            Err(TrySendError::Full(_)) => {
-                tracing::debug!(lines, "outbound queue full, dropping log lines");
-                Ok(())
-            }
-            Err(TrySendError::Closed(_)) => Err(Lost::new("the stream to the scheduler is closed")),
         }
     }
 }
@@ -236,7 +193,9 @@ impl Worker {
             .tcp_nodelay(true)
             .http2_keep_alive_interval(keep_alive)
             .keep_alive_timeout(keep_alive)
-            .keep_alive_while_idle(true);
+            .keep_alive_while_idle(true)
+            .initial_stream_window_size(STREAM_WINDOW)
+            .initial_connection_window_size(STREAM_WINDOW * 2);
         let channel = endpoint
             .connect()
             .await
@@ -492,41 +451,6 @@ fn flatten(msg: proto::SchedulerMessage, inherited: u64, out: &mut Vec<(u64, Dow
         Some(m) => out.push((epoch, m)),
         None => {}
     }
-}
-
-/// One `LogLines` of `first` and what else is ready, within the batch limits.
-fn log_batch(first: TaskLog, rx: &mut mpsc::UnboundedReceiver<TaskLog>) -> proto::LogLines {
-    let mut lines = Vec::new();
-    let mut bytes = 0;
-    let mut next = Some(first);
-    while let Some(l) = next {
-        bytes += l.line.len();
-        lines.push(proto::LogLine {
-            key: Some((&l.key).into()),
-            at_ms: l.at_ms,
-            stream: l.stream.to_string(),
-            line: cut(l.line, MAX_LOG_LINE),
-        });
-        next = if lines.len() < MAX_LOG_BATCH && bytes < MAX_LOG_BATCH_BYTES {
-            rx.try_recv().ok()
-        } else {
-            None
-        };
-    }
-    proto::LogLines { lines }
-}
-
-/// `s` cut to at most `max` bytes on a character boundary, marked with `…` when cut.
-fn cut(mut s: String, max: usize) -> String {
-    if s.len() > max {
-        let mut end = max;
-        while !s.is_char_boundary(end) {
-            end -= 1;
-        }
-        s.truncate(end);
-        s.push('…');
-    }
-    s
 }
 
 /// An error and its sources, on one line.

@@ -1,0 +1,417 @@
+//! `baton-bench`: starts a scheduler and two workers as separate processes (the binaries
+//! next to this one) and measures fan-out throughput, chain latency, the ridge sweep's wall
+//! time and the scheduler's peak memory. It reports figures; it asserts nothing about speed,
+//! and exits non-zero only when a run fails or a process dies.
+
+mod cluster;
+mod report;
+
+use anyhow::{anyhow, bail, Context, Result};
+use baton_cli::Client;
+use baton_common::state::{run_state_name, task_state_name};
+use baton_proto as pb;
+use clap::Parser;
+use cluster::Cluster;
+use report::{percentile, Figure, Report, Settings};
+use serde_json::json;
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+/// Benchmarks a local baton cluster: one scheduler and two worker processes.
+///
+/// The plain-text report goes to stdout; with --json it goes to stderr and a JSON object
+/// goes to stdout instead.
+#[derive(Parser, Debug)]
+#[command(name = "baton-bench", version)]
+struct Args {
+    /// Task slots of each of the two workers.
+    #[arg(long, default_value_t = 64)]
+    slots: u32,
+    /// How many times each scenario runs; the report gives the median, min and max.
+    #[arg(long)]
+    repeat: Option<usize>,
+    /// Small sizes for CI: fan-outs of 1,000 and 5,000, a chain of 100, repeat 1.
+    #[arg(long)]
+    quick: bool,
+    /// The ridge sweep flow file [default: examples/ridge_sweep.yaml].
+    #[arg(long)]
+    ridge_file: Option<PathBuf>,
+    /// Also print the report as a JSON object (on stdout; the text then goes to stderr).
+    #[arg(long)]
+    json: bool,
+    /// A run not over after this many seconds counts as failed (a hang).
+    #[arg(long, default_value_t = 1800)]
+    run_timeout_s: u64,
+    /// Keep the temporary folder with the processes' logs and the scheduler's state.
+    #[arg(long)]
+    keep: bool,
+}
+
+/// The fan-out flow: `items` builds `[0, n)`, `work` runs one no-op per item.
+const FANOUT_FLOW: &str = r#"
+name: bench_fanout
+project: bench
+labels: [local]
+parameters:
+  n:
+    default: 1000
+    description: how many no-op tasks
+tasks:
+  - name: items
+    builtin: range
+    inputs:
+      n: {param: n}
+  - name: work
+    builtin: noop
+    inputs:
+      x: {result: items}
+    map: [x]
+"#;
+
+/// A flow of `n` no-op tasks, each after the previous one.
+fn chain_flow(n: usize) -> Result<String> {
+    let width = n.saturating_sub(1).to_string().len();
+    let name = |i: usize| format!("t{i:0width$}");
+    let tasks: Vec<serde_json::Value> = (0..n)
+        .map(|i| {
+            if i == 0 {
+                json!({"name": name(i), "builtin": "noop"})
+            } else {
+                json!({"name": name(i), "builtin": "noop", "after": [name(i - 1)]})
+            }
+        })
+        .collect();
+    let flow = json!({
+        "name": format!("bench_chain_{n}"),
+        "project": "bench",
+        "labels": ["local"],
+        "tasks": tasks,
+    });
+    Ok(serde_json::to_string(&flow)?)
+}
+
+fn default_ridge_file() -> PathBuf {
+    let local = PathBuf::from("examples/ridge_sweep.yaml");
+    if local.is_file() {
+        local
+    } else {
+        PathBuf::from(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../examples/ridge_sweep.yaml"
+        ))
+    }
+}
+
+struct Bench<'a> {
+    cluster: &'a Cluster,
+    client: Client,
+    run_timeout: Duration,
+}
+
+/// A finished run and the client-side time from CreateRun to its end.
+struct Finished {
+    run: pb::FlowRun,
+    wall: Duration,
+}
+
+impl Bench<'_> {
+    /// Starts a run of `source`, waits for it to end and fails unless it completed.
+    async fn run(&self, source: &str, params: BTreeMap<String, String>) -> Result<Finished> {
+        self.cluster
+            .guarded(async {
+                let t0 = Instant::now();
+                let created = self
+                    .client
+                    .run_source(source.to_string(), params, String::new())
+                    .await
+                    .context("CreateRun failed")?;
+                let run = created
+                    .run
+                    .ok_or_else(|| anyhow!("CreateRun answered without a run"))?;
+                let run = tokio::time::timeout(self.run_timeout, self.client.wait(&run.id))
+                    .await
+                    .map_err(|_| {
+                        anyhow!(
+                            "run {} of {}/{} was not over after {}s (hang?)",
+                            run.id,
+                            run.project,
+                            run.flow,
+                            self.run_timeout.as_secs()
+                        )
+                    })?
+                    .with_context(|| format!("watching run {} failed", run.id))?;
+                let wall = t0.elapsed();
+                if run.state != pb::RunState::Completed as i32 {
+                    bail!("{}", self.failure(&run).await);
+                }
+                Ok(Finished { run, wall })
+            })
+            .await
+    }
+
+    /// Describes a run that did not complete, with its first unsuccessful task runs.
+    async fn failure(&self, run: &pb::FlowRun) -> String {
+        let mut msg = format!(
+            "run {} of {}/{} ended {}: {} ({}/{} task runs done)",
+            run.id,
+            run.project,
+            run.flow,
+            run_state_name(run.state),
+            if run.error.is_empty() {
+                "no error given"
+            } else {
+                &run.error
+            },
+            run.tasks_done,
+            run.tasks_total
+        );
+        if let Ok(trs) = self.client.task_runs(&run.id, false).await {
+            let bad = trs
+                .iter()
+                .filter(|t| t.state != pb::TaskState::Completed as i32)
+                .take(5);
+            for t in bad {
+                msg.push_str(&format!(
+                    "\n  {}[{}]: {} {}",
+                    t.task,
+                    t.map_index,
+                    task_state_name(t.state),
+                    t.error
+                ));
+            }
+        }
+        msg
+    }
+
+    async fn fanout(&self, n: u64) -> Result<Duration> {
+        let params = BTreeMap::from([("n".to_string(), n.to_string())]);
+        let done = self.run(FANOUT_FLOW, params).await?;
+        // Not timed: check that every mapped task run completed.
+        let trs = self
+            .cluster
+            .guarded(async { Ok(self.client.task_runs(&done.run.id, false).await?) })
+            .await?;
+        let completed = trs
+            .iter()
+            .filter(|t| t.task == "work" && t.state == pb::TaskState::Completed as i32)
+            .count() as u64;
+        if completed != n {
+            bail!(
+                "run {} completed, but {completed} of {n} `work` task runs are Completed ({} task runs listed)",
+                done.run.id,
+                trs.len()
+            );
+        }
+        Ok(done.wall)
+    }
+
+    /// The chain's wall time and the gaps between consecutive tasks' ends, in ms.
+    async fn chain(&self, source: &str, n: usize) -> Result<(Duration, Vec<f64>)> {
+        let done = self.run(source, BTreeMap::new()).await?;
+        let trs = self
+            .cluster
+            .guarded(async { Ok(self.client.task_runs(&done.run.id, false).await?) })
+            .await?;
+        let mut ends: Vec<Option<i64>> = vec![None; n];
+        for t in &trs {
+            let i: usize = t
+                .task
+                .strip_prefix('t')
+                .and_then(|s| s.parse().ok())
+                .ok_or_else(|| anyhow!("unexpected task run `{}` in the chain", t.task))?;
+            let slot = ends
+                .get_mut(i)
+                .ok_or_else(|| anyhow!("unexpected task run `{}` in the chain", t.task))?;
+            if t.state != pb::TaskState::Completed as i32 || t.ended_ms <= 0 {
+                bail!(
+                    "run {} completed, but chain task {} is {} (ended_ms {})",
+                    done.run.id,
+                    t.task,
+                    task_state_name(t.state),
+                    t.ended_ms
+                );
+            }
+            *slot = Some(t.ended_ms);
+        }
+        let ends: Vec<i64> = ends
+            .into_iter()
+            .enumerate()
+            .map(|(i, e)| {
+                e.ok_or_else(|| anyhow!("run {}: no task run for chain task {i}", done.run.id))
+            })
+            .collect::<Result<_>>()?;
+        let gaps = ends.windows(2).map(|w| (w[1] - w[0]) as f64).collect();
+        Ok((done.wall, gaps))
+    }
+}
+
+fn progress(msg: String) {
+    eprintln!("baton-bench: {msg}");
+}
+
+async fn bench(args: &Args) -> Result<Report> {
+    let repeat = args.repeat.unwrap_or(if args.quick { 1 } else { 3 });
+    if repeat == 0 {
+        bail!("--repeat must be at least 1");
+    }
+    if args.slots == 0 {
+        bail!("--slots must be at least 1");
+    }
+    let (fanouts, chain_len): (Vec<u64>, usize) = if args.quick {
+        (vec![1_000, 5_000], 100)
+    } else {
+        (vec![10_000, 100_000], 1_000)
+    };
+    let ridge_file = args.ridge_file.clone().unwrap_or_else(default_ridge_file);
+    let ridge_source = std::fs::read_to_string(&ridge_file)
+        .with_context(|| format!("cannot read the ridge sweep flow {}", ridge_file.display()))?;
+    let chain_source = chain_flow(chain_len)?;
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
+
+    progress(format!(
+        "starting a scheduler and 2 workers ({} slots each)",
+        args.slots
+    ));
+    let (cluster, client) = Cluster::start(args.slots).await?;
+    progress(format!("cluster up; logs in {}", cluster.dir().display()));
+    let b = Bench {
+        cluster: &cluster,
+        client,
+        run_timeout: Duration::from_secs(args.run_timeout_s),
+    };
+
+    let mut figures = Vec::new();
+    for &n in &fanouts {
+        let mut rate = Figure::new(
+            &format!("fanout_{n}_tasks_per_s"),
+            &format!("fan-out of {n} no-op tasks: throughput"),
+            "tasks/s",
+            0,
+        );
+        let mut wall = Figure::new(
+            &format!("fanout_{n}_wall_s"),
+            &format!("fan-out of {n} no-op tasks: wall time"),
+            "s",
+            3,
+        );
+        for r in 1..=repeat {
+            let d = b.fanout(n).await?.as_secs_f64();
+            progress(format!(
+                "fan-out {n} #{r}: {d:.3} s, {:.0} tasks/s",
+                n as f64 / d
+            ));
+            rate.samples.push(n as f64 / d);
+            wall.samples.push(d);
+        }
+        figures.push(rate);
+        figures.push(wall);
+    }
+
+    let mut p50 = Figure::new(
+        &format!("chain_{chain_len}_latency_p50_ms"),
+        &format!("chain of {chain_len} no-op tasks: per-task latency p50"),
+        "ms",
+        1,
+    );
+    let mut p99 = Figure::new(
+        &format!("chain_{chain_len}_latency_p99_ms"),
+        &format!("chain of {chain_len} no-op tasks: per-task latency p99"),
+        "ms",
+        1,
+    );
+    let mut chain_wall = Figure::new(
+        &format!("chain_{chain_len}_wall_s"),
+        &format!("chain of {chain_len} no-op tasks: wall time"),
+        "s",
+        3,
+    );
+    for r in 1..=repeat {
+        let (wall, gaps) = b.chain(&chain_source, chain_len).await?;
+        let (q50, q99) = (
+            percentile(&gaps, 50.0).unwrap_or(0.0),
+            percentile(&gaps, 99.0).unwrap_or(0.0),
+        );
+        progress(format!(
+            "chain {chain_len} #{r}: {:.3} s, p50 {q50} ms, p99 {q99} ms",
+            wall.as_secs_f64()
+        ));
+        p50.samples.push(q50);
+        p99.samples.push(q99);
+        chain_wall.samples.push(wall.as_secs_f64());
+    }
+    figures.extend([p50, p99, chain_wall]);
+
+    let mut ridge = Figure::new("ridge_sweep_wall_s", "ridge sweep: wall time", "s", 3);
+    for r in 1..=repeat {
+        let done = b.run(&ridge_source, BTreeMap::new()).await?;
+        progress(format!(
+            "ridge sweep #{r}: {:.3} s ({} task runs)",
+            done.wall.as_secs_f64(),
+            done.run.tasks_total
+        ));
+        ridge.samples.push(done.wall.as_secs_f64());
+    }
+    figures.push(ridge);
+
+    cluster.check_alive()?;
+    let mut peak = Figure::new(
+        "scheduler_peak_rss_mib",
+        "scheduler peak memory (VmHWM)",
+        "MiB",
+        1,
+    );
+    let mut rss = Figure::new(
+        "scheduler_rss_mib",
+        "scheduler memory at the end (VmRSS)",
+        "MiB",
+        1,
+    );
+    match cluster::memory_mib(cluster.scheduler_pid()) {
+        Some((hwm, now)) => {
+            peak.samples.push(hwm);
+            rss.samples.push(now);
+        }
+        None => progress(format!(
+            "cannot read /proc/{}/status; memory not reported",
+            cluster.scheduler_pid()
+        )),
+    }
+    figures.extend([peak, rss]);
+
+    drop(b);
+    cluster.finish(args.keep)?;
+    Ok(Report {
+        settings: Settings {
+            mode: if args.quick { "quick" } else { "full" },
+            build: if cfg!(debug_assertions) {
+                "debug"
+            } else {
+                "release"
+            },
+            slots: args.slots,
+            workers: 2,
+            repeat,
+            cores,
+            fanouts,
+            chain: chain_len,
+            ridge_file: ridge_file.display().to_string(),
+        },
+        figures,
+    })
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    let args = Args::parse();
+    let report = bench(&args).await?;
+    if args.json {
+        eprint!("{}", report.text());
+        println!("{}", serde_json::to_string_pretty(&report.json())?);
+    } else {
+        print!("{}", report.text());
+    }
+    Ok(())
+}
