@@ -204,8 +204,8 @@ pub fn workers_table(ws: &[pb::WorkerInfo]) -> String {
     let rows: Vec<Vec<String>> = ws
         .iter()
         .map(|w| {
-            let r = w.resources.clone().unwrap_or_default();
-            let f = w.free.clone().unwrap_or_default();
+            let r = w.resources.unwrap_or_default();
+            let f = w.free.unwrap_or_default();
             vec![
                 w.id.clone(),
                 w.labels.join(","),

@@ -18,6 +18,9 @@ use tokio_util::sync::CancellationToken;
 
 type Reply<T> = oneshot::Sender<Result<T, EngineError>>;
 
+/// Work held back until the step's state is committed (a reply to a client).
+type AfterCommit = Box<dyn FnOnce(&Engine) + Send>;
+
 /// A watcher's channel of run events.
 pub type WatchTx = mpsc::Sender<Result<pb::RunEvent, tonic::Status>>;
 
@@ -70,7 +73,7 @@ struct Actor {
     results: Arc<dyn ResultStore>,
     sessions: HashMap<WorkerId, (u64, mpsc::UnboundedSender<pb::SchedulerMessage>)>,
     watchers: HashMap<String, Vec<WatchTx>>,
-    after_commit: Vec<Box<dyn FnOnce(&Engine) + Send>>,
+    after_commit: Vec<AfterCommit>,
     self_tx: mpsc::Sender<Command>,
 }
 

@@ -43,7 +43,7 @@ impl Cluster {
         let dir = tempfile::Builder::new().prefix("baton-test-").tempdir()?;
         let port = free_port()?;
         let scheduler_args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
-        let scheduler = Self::spawn_scheduler(&dir.path().to_path_buf(), port, &scheduler_args, 0)?;
+        let scheduler = Self::spawn_scheduler(dir.path(), port, &scheduler_args, 0)?;
         let c = Cluster {
             dir,
             port,
@@ -55,7 +55,7 @@ impl Cluster {
         Ok(c)
     }
 
-    fn spawn_scheduler(dir: &PathBuf, port: u16, extra: &[String], n: usize) -> anyhow::Result<Node> {
+    fn spawn_scheduler(dir: &std::path::Path, port: u16, extra: &[String], n: usize) -> anyhow::Result<Node> {
         let mut args = vec![
             "--listen".to_string(),
             format!("127.0.0.1:{port}"),
@@ -114,7 +114,7 @@ impl Cluster {
     pub async fn restart_scheduler(&mut self) -> anyhow::Result<()> {
         self.scheduler.kill9();
         let n = self.scheduler.generation + 1;
-        let mut s = Self::spawn_scheduler(&self.dir.path().to_path_buf(), self.port, &self.scheduler_args, n)?;
+        let mut s = Self::spawn_scheduler(self.dir.path(), self.port, &self.scheduler_args, n)?;
         s.generation = n;
         self.scheduler = s;
         self.wait_scheduler().await

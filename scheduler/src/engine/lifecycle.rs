@@ -52,7 +52,8 @@ impl Engine {
                             a.started_ms = at_ms;
                         }
                     }
-                    // Not persisted: a restart re-learns it from the worker.
+                    // Not persisted (a restart re-learns it from the worker), only shown.
+                    self.touched_trs.push(t);
                 }
             }
         }

@@ -130,6 +130,8 @@ pub struct Engine {
     outgoing: Vec<Outgoing>,
     dirty_runs: Vec<u32>,
     dirty_trs: Vec<TrRef>,
+    /// Task runs whose change is shown to watchers but not persisted.
+    touched_trs: Vec<TrRef>,
     pending_records: HashMap<(String, String, i64), TaskRunRecord>,
     assignments: u64,
 }
@@ -151,6 +153,7 @@ impl Engine {
             outgoing: Vec::new(),
             dirty_runs: Vec::new(),
             dirty_trs: Vec::new(),
+            touched_trs: Vec::new(),
             pending_records: HashMap::new(),
             assignments: 0,
         }
@@ -326,7 +329,12 @@ impl Engine {
             });
             changed_runs.push(run.id.clone());
         }
-        let changed_task_runs = std::mem::take(&mut self.dirty_trs);
+        // Shown-only changes of task runs that are not also persisted in this step.
+        let touched: Vec<TrRef> = std::mem::take(&mut self.touched_trs)
+            .into_iter()
+            .filter(|t| !self.runs[t.run as usize].nodes[t.node as usize].runs[t.index as usize].dirty)
+            .collect();
+        let mut changed_task_runs = std::mem::take(&mut self.dirty_trs);
         for t in &changed_task_runs {
             let run = &mut self.runs[t.run as usize];
             let task = &run.flow.spec.tasks[t.node as usize].name;
@@ -342,6 +350,13 @@ impl Engine {
             if !changed_runs.contains(&run.id) {
                 changed_runs.push(run.id.clone());
             }
+        }
+        for t in touched {
+            let id = &self.runs[t.run as usize].id;
+            if !changed_runs.contains(id) {
+                changed_runs.push(id.clone());
+            }
+            changed_task_runs.push(t);
         }
         Effects {
             ops,

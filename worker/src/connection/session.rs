@@ -115,7 +115,8 @@ enum Event {
 }
 
 impl Worker {
-    /// Runs one stream to `address` until it fails or the drain completes.
+    /// Runs one stream to `address` until it fails or the drain completes: open it, resend
+    /// the unacknowledged results, serve.
     pub(super) async fn session(
         &mut self,
         address: &str,
@@ -151,10 +152,15 @@ impl Worker {
             unacknowledged = self.unacked.len(),
             "connected to leader"
         );
-        match self
-            .serve(&mut inbound, &out, inbox, shutdown, heartbeat)
-            .await
-        {
+        let served = async {
+            let pending: Vec<proto::Finished> = self.unacked.values().cloned().collect();
+            for fin in pending {
+                out.send(Up::Finished(fin)).await?;
+            }
+            self.serve(&mut inbound, &out, inbox, shutdown, heartbeat)
+                .await
+        };
+        match served.await {
             Ok(()) => {
                 // Close gracefully: flush what is queued, end our half, let the leader end its.
                 drop(out);
@@ -180,7 +186,7 @@ impl Worker {
         }
     }
 
-    /// Dials, registers and awaits the welcome; then resends unacknowledged results.
+    /// Dials, registers and awaits the welcome.
     async fn open(&mut self, address: &str, stop: &CancellationToken) -> Result<Opened, Lost> {
         let keep_alive =
             (self.lease() / 4).clamp(Duration::from_millis(500), Duration::from_secs(5));
@@ -225,10 +231,6 @@ impl Worker {
         let heartbeat = self.welcome(first.epoch, welcome)?;
         if self.drain.is_some() {
             out.send(Up::Draining(proto::Draining {})).await?;
-        }
-        let pending: Vec<proto::Finished> = self.unacked.values().cloned().collect();
-        for fin in pending {
-            out.send(Up::Finished(fin)).await?;
         }
         Ok(Opened {
             inbound,
@@ -326,6 +328,10 @@ impl Worker {
                 Event::Down(Ok(None)) => return Err(Lost::new("the scheduler closed the stream")),
                 Event::Down(Err(status)) => return Err(status.into()),
                 Event::Finished(key, fin) => {
+                    // An attempt's log lines are queued before its result: send them first.
+                    while let Ok(line) = inbox.logs.try_recv() {
+                        out.send_logs(log_batch(line, &mut inbox.logs))?;
+                    }
                     if let Some(fin) = self.on_finished(key, fin) {
                         out.send(Up::Finished(fin)).await?;
                     }

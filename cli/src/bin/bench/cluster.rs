@@ -241,7 +241,8 @@ impl Cluster {
         let Ok(mut procs) = self.procs.lock() else {
             return;
         };
-        for p in procs.iter_mut() {
+        // Workers first, so that they do not log the scheduler's disappearance.
+        for p in procs.iter_mut().rev() {
             if let Ok(None) = p.child.try_wait() {
                 let _ = p.child.kill();
             }
