@@ -204,7 +204,7 @@ impl Run {
                 total += 1;
                 done += 1;
             } else {
-                total += 1;
+                total += n.runs.len() as u32;
                 done += n.runs.iter().filter(|t| t.state.is_terminal()).count() as u32;
             }
         }

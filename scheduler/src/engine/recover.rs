@@ -159,7 +159,10 @@ impl Engine {
                 let worker = WorkerId(rec.worker.clone());
                 tr.worker = Some(worker.clone());
                 // The attempt keeps the deadline it was given when it was assigned.
-                let timeout = self.runs[t.run as usize].flow.task(t.node as usize).timeout_ms;
+                let timeout = self.runs[t.run as usize]
+                    .flow
+                    .task(t.node as usize)
+                    .timeout_ms;
                 if timeout > 0 {
                     tr.deadline_ms = rec.started_ms + timeout as i64;
                     self.timer(tr.deadline_ms.max(now), Timer::Timeout(t, rec.attempt));

@@ -147,7 +147,9 @@ impl VirtualCluster {
     }
 
     fn cancel(&mut self, run: &str) {
-        self.engine.cancel_run(run, self.now).expect("the run exists");
+        self.engine
+            .cancel_run(run, self.now)
+            .expect("the run exists");
         self.drain();
     }
 
@@ -266,7 +268,10 @@ impl VirtualCluster {
         }
         let mut new = Vec::new();
         for out in fx.outgoing {
-            assert_eq!(out.msg.epoch, self.epoch, "messages carry the engine's epoch");
+            assert_eq!(
+                out.msg.epoch, self.epoch,
+                "messages carry the engine's epoch"
+            );
             let w = self
                 .workers
                 .get_mut(&out.worker.0)
@@ -723,7 +728,11 @@ tasks:
     let run = c.start("ordered", json!({}));
 
     let first = c.step();
-    assert_eq!(names(&first), ["setup#1@w"], "`work` waits though a slot is free");
+    assert_eq!(
+        names(&first),
+        ["setup#1@w"],
+        "`work` waits though a slot is free"
+    );
     assert!(c.advance(60_000).is_empty());
     assert_eq!(
         task_state(&c.task(&run, "work", -1)),
@@ -733,7 +742,11 @@ tasks:
     c.succeed(&first[0]);
     let work = c.step();
     assert_eq!(names(&work), ["work#1@w"]);
-    assert_eq!(work[0].inputs, json!({"n": 3}), "no data flows through `after`");
+    assert_eq!(
+        work[0].inputs,
+        json!({"n": 3}),
+        "no data flows through `after`"
+    );
     c.succeed(&work[0]);
     assert_eq!(run_state(&c.run(&run)), pb::RunState::Completed);
 }
@@ -792,7 +805,10 @@ tasks:
         assert_eq!(a.worker, "both", "{:?}", names(&all));
     }
     for a in only(&all, "prep") {
-        assert_ne!(a.worker, "trainer-only", "the flow's labels apply to every task");
+        assert_ne!(
+            a.worker, "trainer-only",
+            "the flow's labels apply to every task"
+        );
     }
     assert_eq!(run_state(&c.run(&run)), pb::RunState::Completed);
 }
@@ -818,7 +834,10 @@ tasks:
     for _ in 0..100 {
         assigned += c.step().len();
         let outstanding = c.outstanding("w");
-        assert!(outstanding <= 2, "{outstanding} attempts on a 2-slot worker");
+        assert!(
+            outstanding <= 2,
+            "{outstanding} attempts on a 2-slot worker"
+        );
         most = most.max(outstanding);
         let Some(a) = c.workers["w"].running.first().cloned() else {
             break;
@@ -852,14 +871,21 @@ tasks:
     for _ in 0..100 {
         all.extend(c.step());
         assert_eq!(c.outstanding("one-gpu"), 0);
-        assert!(c.outstanding("two-gpu") <= 1, "two gpus fit one task at a time");
+        assert!(
+            c.outstanding("two-gpu") <= 1,
+            "two gpus fit one task at a time"
+        );
         let Some(a) = c.workers["two-gpu"].running.first().cloned() else {
             break;
         };
         c.succeed(&a);
     }
     assert_eq!(all.len(), 3);
-    assert!(all.iter().all(|a| a.worker == "two-gpu"), "{:?}", names(&all));
+    assert!(
+        all.iter().all(|a| a.worker == "two-gpu"),
+        "{:?}",
+        names(&all)
+    );
     assert_eq!(run_state(&c.run(&run)), pb::RunState::Completed);
 }
 
@@ -918,7 +944,11 @@ tasks:
     assert_eq!(a.error, "boom");
     let r = c.run(&run);
     assert_eq!(run_state(&r), pb::RunState::Failed);
-    assert!(r.error.contains("`a`") && r.error.contains("boom"), "{}", r.error);
+    assert!(
+        r.error.contains("`a`") && r.error.contains("boom"),
+        "{}",
+        r.error
+    );
     assert!(c.assigns.iter().all(|a| a.task() != "b" && a.task() != "c"));
 }
 
@@ -1016,7 +1046,11 @@ tasks:
     assert!(cancels[0].reason.contains("timed out"));
     assert_eq!(names(&second), ["s#2@w"]);
     let s = c.task(&run, "s", -1);
-    assert!(s.attempts[0].error.contains("timed out"), "{:?}", s.attempts);
+    assert!(
+        s.attempts[0].error.contains("timed out"),
+        "{:?}",
+        s.attempts
+    );
 
     // The worker stops attempt 1 and reports it: too late to count.
     assert!(!c.fail(&first[0], "cancelled", false));
@@ -1089,7 +1123,11 @@ tasks:
     }
     assert_eq!(run_state(&c.run(&run)), pb::RunState::Cancelled);
     let w = c.engine.workers();
-    assert_eq!(w[0].free.as_ref().unwrap().slots, 2, "the slots are released");
+    assert_eq!(
+        w[0].free.as_ref().unwrap().slots,
+        2,
+        "the slots are released"
+    );
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1118,7 +1156,11 @@ tasks:
     c.connect("cpu", &[], 1, 0);
     let run = c.start("accel", json!({}));
     let first = c.step();
-    assert_eq!(names(&first), ["prep1#1@cpu"], "prep2 waits for the busy worker");
+    assert_eq!(
+        names(&first),
+        ["prep1#1@cpu"],
+        "prep2 waits for the busy worker"
+    );
 
     let r = c.run(&run);
     assert!(
@@ -1128,7 +1170,11 @@ tasks:
     );
     let fit = c.task(&run, "fit", -1);
     assert_eq!(task_state(&fit), pb::TaskState::Ready);
-    assert!(fit.waiting_reason.contains("gpu"), "{:?}", fit.waiting_reason);
+    assert!(
+        fit.waiting_reason.contains("gpu"),
+        "{:?}",
+        fit.waiting_reason
+    );
     assert!(c.task(&run, "convert", -1).waiting_reason.contains("tpu"));
     assert_eq!(c.task(&run, "prep2", -1).waiting_reason, "");
 
@@ -1157,9 +1203,16 @@ tasks:
     c.run_to_end();
     let r = c.run(&run);
     assert_eq!(run_state(&r), pb::RunState::Failed);
-    assert!(r.error.contains("`fit`") && r.error.contains("gpu"), "{}", r.error);
+    assert!(
+        r.error.contains("`fit`") && r.error.contains("gpu"),
+        "{}",
+        r.error
+    );
     assert!(c.assigns.iter().all(|a| a.task() != "fit"));
-    assert_eq!(task_state(&c.task(&run, "convert", -1)), pb::TaskState::Completed);
+    assert_eq!(
+        task_state(&c.task(&run, "convert", -1)),
+        pb::TaskState::Completed
+    );
 }
 
 #[test]
@@ -1192,7 +1245,10 @@ tasks:
     // `early` has waited long enough; `late` (ready 15 s later) has not.
     c.now = T0 + UNRUNNABLE_MS;
     c.step();
-    assert_eq!(task_state(&c.task(&run, "early", -1)), pb::TaskState::Failed);
+    assert_eq!(
+        task_state(&c.task(&run, "early", -1)),
+        pb::TaskState::Failed
+    );
     assert_eq!(task_state(&c.task(&run, "late", -1)), pb::TaskState::Ready);
 
     c.now = T0 + 15_000 + UNRUNNABLE_MS - 1;
@@ -1295,7 +1351,10 @@ fn a_lost_workers_attempts_are_redispatched_only_after_its_lease() {
     c.heartbeat("a");
     c.disconnect("a");
     let lost_at = c.now;
-    assert!(c.advance(LEASE_MS - 1).is_empty(), "not before the lease lapses");
+    assert!(
+        c.advance(LEASE_MS - 1).is_empty(),
+        "not before the lease lapses"
+    );
     let t = c.task(&run, "t", -1);
     assert_eq!((t.attempt, t.worker.as_str()), (1, "a"));
 
@@ -1359,7 +1418,10 @@ tasks:
     c.restart();
     let before = c.assigns.len();
     assert_eq!(run_state(&c.run(&run)), pb::RunState::Running);
-    assert_eq!(task_state(&c.task(&run, "gen", -1)), pb::TaskState::Completed);
+    assert_eq!(
+        task_state(&c.task(&run, "gen", -1)),
+        pb::TaskState::Completed
+    );
     assert_eq!(task_state(&c.task(&run, "sq", 1)), pb::TaskState::Completed);
     assert!(c.step().is_empty());
 
@@ -1428,7 +1490,10 @@ tasks:
     let cancels = c.cancels();
     assert_eq!(cancels.len(), 1, "the adopted attempt times out");
     assert_eq!(cancels[0].key, s1[0].key);
-    assert_eq!((cancels[0].worker.as_str(), cancels[0].session), ("w", session));
+    assert_eq!(
+        (cancels[0].worker.as_str(), cancels[0].session),
+        ("w", session)
+    );
     let s = c.task(&run, "s", -1);
     assert_eq!(task_state(&s), pb::TaskState::Failed);
     assert!(s.error.contains("timed out"), "{}", s.error);
@@ -1497,7 +1562,11 @@ tasks:
 fn run_requests_are_checked_and_idempotent() {
     let mut c = VirtualCluster::new();
     assert_eq!(c.register(PARAMS), (1, true));
-    assert_eq!(c.register(PARAMS), (1, false), "the same spec is the same version");
+    assert_eq!(
+        c.register(PARAMS),
+        (1, false),
+        "the same spec is the same version"
+    );
     c.connect("w", &[], 4, 0);
 
     match c.try_start(new_run("params", json!({}))) {
@@ -1524,7 +1593,10 @@ fn run_requests_are_checked_and_idempotent() {
         c.try_start(bad_version),
         Err(EngineError::NotFound(_))
     ));
-    assert!(c.engine.list_runs(0).is_empty(), "failed requests create nothing");
+    assert!(
+        c.engine.list_runs(0).is_empty(),
+        "failed requests create nothing"
+    );
 
     let mut keyed = new_run("params", json!({"size": 3}));
     keyed.idempotency_key = "k1".into();
@@ -1541,7 +1613,10 @@ fn run_requests_are_checked_and_idempotent() {
 
     let all = c.run_to_end();
     assert_eq!(all.len(), 2, "{:?}", names(&all));
-    for expected in [json!({"size": 3, "scale": 2}), json!({"size": 5, "scale": 2})] {
+    for expected in [
+        json!({"size": 3, "scale": 2}),
+        json!({"size": 5, "scale": 2}),
+    ] {
         assert!(
             all.iter().any(|a| a.inputs == expected),
             "defaults fill unset parameters: {:?}",
