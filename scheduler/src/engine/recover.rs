@@ -152,7 +152,10 @@ impl Engine {
                 rec.state
             }
             TaskState::Retrying => {
-                self.timer(now, Timer::Retry(t, rec.attempt));
+                // Keep the backoff: the retry is due a delay after the failed attempt ended.
+                let policy = &self.runs[t.run as usize].flow.task(t.node as usize).retries;
+                let due = rec.ended_ms + policy.delay_before(rec.attempt + 1) as i64;
+                self.timer(due.max(now), Timer::Retry(t, rec.attempt));
                 TaskState::Retrying
             }
             TaskState::Assigned | TaskState::Running => {

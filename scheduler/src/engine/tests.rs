@@ -297,10 +297,8 @@ impl VirtualCluster {
                     self.assigns.push(asg.clone());
                     new.push(asg);
                 }
-                Some(Msg::Welcome(welcome)) => {
-                    if w.session == out.session {
-                        w.welcome = Some(welcome.clone());
-                    }
+                Some(Msg::Welcome(welcome)) if w.session == out.session => {
+                    w.welcome = Some(welcome.clone());
                 }
                 _ => {}
             }
