@@ -50,7 +50,10 @@ impl Client {
         })
     }
 
-    pub async fn register_flow(&self, source: String) -> Result<pb::RegisterFlowResponse, ClientError> {
+    pub async fn register_flow(
+        &self,
+        source: String,
+    ) -> Result<pb::RegisterFlowResponse, ClientError> {
         Ok(self
             .inner
             .clone()
@@ -79,7 +82,10 @@ impl Client {
             .into_inner())
     }
 
-    pub async fn create_run(&self, req: pb::CreateRunRequest) -> Result<pb::CreateRunResponse, ClientError> {
+    pub async fn create_run(
+        &self,
+        req: pb::CreateRunRequest,
+    ) -> Result<pb::CreateRunResponse, ClientError> {
         Ok(self.inner.clone().create_run(req).await?.into_inner())
     }
 
@@ -106,7 +112,11 @@ impl Client {
             .runs)
     }
 
-    pub async fn task_runs(&self, run_id: &str, with_values: bool) -> Result<Vec<pb::TaskRun>, ClientError> {
+    pub async fn task_runs(
+        &self,
+        run_id: &str,
+        with_values: bool,
+    ) -> Result<Vec<pb::TaskRun>, ClientError> {
         Ok(self
             .inner
             .clone()

@@ -100,7 +100,16 @@ pub fn task_table(trs: &[pb::TaskRun]) -> String {
         })
         .collect();
     table(
-        &["TASK", "INDEX", "STATE", "ATTEMPT", "WORKER", "DURATION", "RESULT", "VALUE / ERROR"],
+        &[
+            "TASK",
+            "INDEX",
+            "STATE",
+            "ATTEMPT",
+            "WORKER",
+            "DURATION",
+            "RESULT",
+            "VALUE / ERROR",
+        ],
         &rows,
     )
 }
@@ -150,7 +159,10 @@ pub fn runs_table(runs: &[pb::FlowRun]) -> String {
             ]
         })
         .collect();
-    table(&["RUN", "FLOW", "VERSION", "STATE", "TASKS", "DURATION"], &rows)
+    table(
+        &["RUN", "FLOW", "VERSION", "STATE", "TASKS", "DURATION"],
+        &rows,
+    )
 }
 
 /// A run and its task runs as JSON (values parsed when present).
@@ -158,7 +170,12 @@ pub fn run_json(run: &pb::FlowRun, trs: &[pb::TaskRun]) -> Value {
     let params: serde_json::Map<String, Value> = run
         .parameters
         .iter()
-        .map(|(k, v)| (k.clone(), serde_json::from_str(v).unwrap_or(Value::String(v.clone()))))
+        .map(|(k, v)| {
+            (
+                k.clone(),
+                serde_json::from_str(v).unwrap_or(Value::String(v.clone())),
+            )
+        })
         .collect();
     json!({
         "id": run.id,
@@ -216,5 +233,15 @@ pub fn workers_table(ws: &[pb::WorkerInfo]) -> String {
             ]
         })
         .collect();
-    table(&["WORKER", "LABELS", "FREE SLOTS", "GPUS", "RUNNING", "ADDRESS"], &rows)
+    table(
+        &[
+            "WORKER",
+            "LABELS",
+            "FREE SLOTS",
+            "GPUS",
+            "RUNNING",
+            "ADDRESS",
+        ],
+        &rows,
+    )
 }

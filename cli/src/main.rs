@@ -14,7 +14,12 @@ use std::path::PathBuf;
 #[command(name = "baton", version)]
 struct Cli {
     /// The scheduler to talk to.
-    #[arg(long, global = true, env = "BATON_SCHEDULER", default_value = "http://127.0.0.1:7070")]
+    #[arg(
+        long,
+        global = true,
+        env = "BATON_SCHEDULER",
+        default_value = "http://127.0.0.1:7070"
+    )]
     scheduler: String,
     #[command(subcommand)]
     cmd: Cmd,
@@ -126,7 +131,10 @@ async fn execute(cli: Cli) -> anyhow::Result<i32> {
             let r = c.get_run(&run).await?;
             let trs = c.task_runs(&run, true).await?;
             if json {
-                println!("{}", serde_json::to_string_pretty(&format::run_json(&r, &trs))?);
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&format::run_json(&r, &trs))?
+                );
             } else {
                 println!("{}", format::run_line(&r));
                 print!("{}", format::task_table(&trs));

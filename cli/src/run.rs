@@ -52,7 +52,8 @@ fn parse_params(raw: &[String]) -> anyhow::Result<BTreeMap<String, String>> {
 }
 
 fn read_flow(path: &PathBuf) -> anyhow::Result<String> {
-    let meta = std::fs::metadata(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let meta =
+        std::fs::metadata(path).with_context(|| format!("cannot read {}", path.display()))?;
     if meta.len() as usize > MAX_FLOW_FILE_BYTES {
         anyhow::bail!(
             "{} is {} bytes; a flow file may be at most {} bytes",
@@ -73,7 +74,10 @@ pub async fn run(scheduler: &str, args: RunArgs) -> anyhow::Result<i32> {
     } else {
         None
     };
-    let addr = cluster.as_ref().map(|c| c.url()).unwrap_or_else(|| scheduler.to_string());
+    let addr = cluster
+        .as_ref()
+        .map(|c| c.url())
+        .unwrap_or_else(|| scheduler.to_string());
     let result = submit(&addr, source, params, &args).await;
     if let Some(c) = cluster {
         c.stop().await;
@@ -99,16 +103,34 @@ async fn submit(
         return Ok(0);
     }
     if !args.json {
-        eprintln!("started run {} of {}/{} v{}", run.id, run.project, run.flow, run.version);
+        eprintln!(
+            "started run {} of {}/{} v{}",
+            run.id, run.project, run.flow, run.version
+        );
     }
     let mut stream = client.watch(&run.id).await?;
     let mut last = run;
     while let Some(ev) = stream.message().await? {
         if args.watch {
             for t in &ev.task_runs {
-                let index = if t.map_index < 0 { String::new() } else { format!("[{}]", t.map_index) };
-                let worker = if t.worker.is_empty() { String::new() } else { format!(" on {}", t.worker) };
-                eprintln!("  {}{} {} (attempt {}){}", t.task, index, task_state_name(t.state), t.attempt, worker);
+                let index = if t.map_index < 0 {
+                    String::new()
+                } else {
+                    format!("[{}]", t.map_index)
+                };
+                let worker = if t.worker.is_empty() {
+                    String::new()
+                } else {
+                    format!(" on {}", t.worker)
+                };
+                eprintln!(
+                    "  {}{} {} (attempt {}){}",
+                    t.task,
+                    index,
+                    task_state_name(t.state),
+                    t.attempt,
+                    worker
+                );
             }
         }
         if let Some(r) = ev.run {
@@ -124,10 +146,17 @@ async fn submit(
     let final_run = client.get_run(&last.id).await?;
     let trs = client.task_runs(&final_run.id, true).await?;
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&format::run_json(&final_run, &trs))?);
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&format::run_json(&final_run, &trs))?
+        );
     } else {
         println!("{}", format::run_line(&final_run));
         print!("{}", format::task_table(&trs));
     }
-    Ok(if final_run.state == pb::RunState::Completed as i32 { 0 } else { 1 })
+    Ok(if final_run.state == pb::RunState::Completed as i32 {
+        0
+    } else {
+        1
+    })
 }

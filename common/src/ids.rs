@@ -43,23 +43,28 @@ pub struct AttemptKey {
 }
 
 impl AttemptKey {
-    /// The store key prefix of this task run: `<run>/<task>/<index>`.
-    pub fn task_run_path(&self) -> String {
+    /// The stem of this attempt's keys: `<run>/<task>/attempt-<n>` for an unmapped task,
+    /// `<run>/<task>/<index>.attempt-<n>` for a mapped one (one folder per task, not per
+    /// task run, so that a wide fan-out does not create a folder per result).
+    fn stem(&self) -> String {
         if self.map_index == UNMAPPED {
-            format!("{}/{}/-", self.run, self.task)
+            format!("{}/{}/attempt-{}", self.run, self.task, self.attempt)
         } else {
-            format!("{}/{}/{}", self.run, self.task, self.map_index)
+            format!(
+                "{}/{}/{}.attempt-{}",
+                self.run, self.task, self.map_index, self.attempt
+            )
         }
     }
 
     /// The key under which this attempt's result is written; never reused.
     pub fn result_key(&self) -> String {
-        format!("results/{}/attempt-{}.json", self.task_run_path(), self.attempt)
+        format!("results/{}.json", self.stem())
     }
 
     /// The folder under which this attempt writes its artifacts.
     pub fn artifact_prefix(&self) -> String {
-        format!("artifacts/{}/attempt-{}", self.task_run_path(), self.attempt)
+        format!("artifacts/{}", self.stem())
     }
 }
 
@@ -68,7 +73,11 @@ impl fmt::Display for AttemptKey {
         if self.map_index == UNMAPPED {
             write!(f, "{}/{}#{}", self.run, self.task, self.attempt)
         } else {
-            write!(f, "{}/{}[{}]#{}", self.run, self.task, self.map_index, self.attempt)
+            write!(
+                f,
+                "{}/{}[{}]#{}",
+                self.run, self.task, self.map_index, self.attempt
+            )
         }
     }
 }

@@ -101,11 +101,7 @@ impl LocalStore {
 
     fn key_path(&self, key: &str) -> Result<PathBuf> {
         let rel = Path::new(key);
-        if key.is_empty()
-            || rel
-                .components()
-                .any(|c| !matches!(c, Component::Normal(_)))
-        {
+        if key.is_empty() || rel.components().any(|c| !matches!(c, Component::Normal(_))) {
             return Err(Error::InvalidArgument(format!(
                 "invalid object key `{key}`"
             )));
@@ -150,34 +146,33 @@ impl ResultStore for LocalStore {
     }
 
     async fn put(&self, key: &str, data: Vec<u8>, content_type: &str) -> Result<ResultRef> {
-        use tokio::io::AsyncWriteExt;
         let path = self.key_path(key)?;
-        if let Some(dir) = path.parent() {
-            tokio::fs::create_dir_all(dir)
-                .await
-                .map_err(Self::io(dir))?;
-        }
         let uri = format!("file://{}", path.display());
-        let mut f = match tokio::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .open(&path)
+        let checksum = checksum(&data);
+        let size = data.len() as u64;
+        // One blocking call for the whole write: open (creating the folder only when it is
+        // missing), write, close.
+        let written = tokio::task::spawn_blocking(move || write_new(&path, &data))
             .await
-        {
-            Ok(f) => f,
+            .map_err(|e| Error::Io {
+                location: uri.clone(),
+                source: std::io::Error::other(e),
+            })?;
+        match written {
+            Ok(()) => Ok(ResultRef {
+                uri,
+                size,
+                checksum,
+                content_type: content_type.to_string(),
+            }),
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
-                return Err(Error::AlreadyExists(uri))
+                Err(Error::AlreadyExists(uri))
             }
-            Err(e) => return Err(Self::io(&path)(e)),
-        };
-        f.write_all(&data).await.map_err(Self::io(&path))?;
-        f.flush().await.map_err(Self::io(&path))?;
-        Ok(ResultRef {
-            uri,
-            size: data.len() as u64,
-            checksum: checksum(&data),
-            content_type: content_type.to_string(),
-        })
+            Err(source) => Err(Error::Io {
+                location: uri,
+                source,
+            }),
+        }
     }
 
     async fn get(&self, uri: &str) -> Result<Vec<u8>> {
@@ -200,6 +195,27 @@ impl ResultStore for LocalStore {
     }
 }
 
+/// Creates `path` (never overwriting) with `data`.
+fn write_new(path: &Path, data: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    let open = || {
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(path)
+    };
+    let mut f = match open() {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            if let Some(dir) = path.parent() {
+                std::fs::create_dir_all(dir)?;
+            }
+            open()?
+        }
+        other => other?,
+    };
+    f.write_all(data)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -208,7 +224,10 @@ mod tests {
     async fn put_never_overwrites_and_refuses_escapes() {
         let dir = tempfile::tempdir().unwrap();
         let store = LocalStore::new(dir.path()).unwrap();
-        let r = store.put("a/b.json", b"1".to_vec(), "application/json").await.unwrap();
+        let r = store
+            .put("a/b.json", b"1".to_vec(), "application/json")
+            .await
+            .unwrap();
         assert_eq!(store.get(&r.uri).await.unwrap(), b"1");
         assert!(matches!(
             store.put("a/b.json", b"2".to_vec(), "x").await,

@@ -34,7 +34,11 @@ pub enum Command {
     CancelRun(String, Reply<pb::FlowRun>),
     ListWorkers(Reply<Vec<pb::WorkerInfo>>),
     Watch(String, WatchTx, Reply<()>),
-    WorkerConnected(WorkerRegistration, u64, mpsc::UnboundedSender<pb::SchedulerMessage>),
+    WorkerConnected(
+        WorkerRegistration,
+        u64,
+        mpsc::UnboundedSender<pb::SchedulerMessage>,
+    ),
     WorkerMessages(WorkerId, u64, Vec<Up>),
     WorkerDisconnected(WorkerId, u64),
     /// A large result was read back from the store.
@@ -49,10 +53,7 @@ pub struct Handle {
 
 impl Handle {
     /// Sends a command and awaits its reply.
-    pub async fn ask<T>(
-        &self,
-        make: impl FnOnce(Reply<T>) -> Command,
-    ) -> Result<T, crate::Error> {
+    pub async fn ask<T>(&self, make: impl FnOnce(Reply<T>) -> Command) -> Result<T, crate::Error> {
         let (tx, rx) = oneshot::channel();
         self.tx
             .send(make(tx))
@@ -63,7 +64,10 @@ impl Handle {
 
     /// Sends a command that has no reply.
     pub async fn tell(&self, cmd: Command) -> Result<(), crate::Error> {
-        self.tx.send(cmd).await.map_err(|_| crate::Error::ShuttingDown)
+        self.tx
+            .send(cmd)
+            .await
+            .map_err(|_| crate::Error::ShuttingDown)
     }
 }
 
@@ -275,7 +279,9 @@ impl Actor {
                     retryable: true,
                 },
             };
-            let _ = tx.send(Command::ResultLoaded(id, session, key, outcome)).await;
+            let _ = tx
+                .send(Command::ResultLoaded(id, session, key, outcome))
+                .await;
         });
     }
 

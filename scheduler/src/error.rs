@@ -44,10 +44,9 @@ impl From<Error> for tonic::Status {
                 tonic::Status::unavailable(msg)
             }
             Error::Config(_) => tonic::Status::invalid_argument(msg),
-            Error::Common(C::Io { .. })
-            | Error::Store(_)
-            | Error::Transport(_)
-            | Error::Io(_) => tonic::Status::internal(msg),
+            Error::Common(C::Io { .. }) | Error::Store(_) | Error::Transport(_) | Error::Io(_) => {
+                tonic::Status::internal(msg)
+            }
         }
     }
 }

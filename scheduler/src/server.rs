@@ -25,10 +25,11 @@ pub async fn serve(
     config.validate()?;
     let state_dir = config.data_dir.join("state");
     let sync = config.sync_mode();
-    let state: Arc<dyn StateStore> =
-        Arc::new(tokio::task::spawn_blocking(move || EmbeddedStore::open(&state_dir, sync))
+    let state: Arc<dyn StateStore> = Arc::new(
+        tokio::task::spawn_blocking(move || EmbeddedStore::open(&state_dir, sync))
             .await
-            .map_err(|e| Error::Transport(e.to_string()))??);
+            .map_err(|e| Error::Transport(e.to_string()))??,
+    );
     let store_uri = config.result_store_uri();
     let results = open_store(&store_uri)?;
     let epoch = state.acquire().await?;
@@ -82,7 +83,8 @@ async fn load(state: &dyn StateStore, results: &dyn ResultStore) -> Result<Recov
     }
     for (key, value) in state.load("tr/").await? {
         let mut parts = key.splitn(4, '/').skip(1);
-        let (Some(run), Some(task), Some(index)) = (parts.next(), parts.next(), parts.next()) else {
+        let (Some(run), Some(task), Some(index)) = (parts.next(), parts.next(), parts.next())
+        else {
             continue;
         };
         let Ok(index) = index.parse::<i64>() else {
@@ -99,11 +101,14 @@ async fn load(state: &dyn StateStore, results: &dyn ResultStore) -> Result<Recov
             if let Some(res) = &r.result {
                 match results.get(&res.uri).await {
                     Ok(bytes) => r.value = serde_json::from_slice(&bytes).ok(),
-                    Err(e) => tracing::error!(uri = %res.uri, error = %e, "cannot read a result back"),
+                    Err(e) => {
+                        tracing::error!(uri = %res.uri, error = %e, "cannot read a result back")
+                    }
                 }
             }
         }
-        rec.task_runs.push((run.to_string(), task.to_string(), index, r));
+        rec.task_runs
+            .push((run.to_string(), task.to_string(), index, r));
     }
     Ok(rec)
 }

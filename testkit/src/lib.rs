@@ -55,7 +55,12 @@ impl Cluster {
         Ok(c)
     }
 
-    fn spawn_scheduler(dir: &std::path::Path, port: u16, extra: &[String], n: usize) -> anyhow::Result<Node> {
+    fn spawn_scheduler(
+        dir: &std::path::Path,
+        port: u16,
+        extra: &[String],
+        n: usize,
+    ) -> anyhow::Result<Node> {
         let mut args = vec![
             "--listen".to_string(),
             format!("127.0.0.1:{port}"),
@@ -131,9 +136,13 @@ impl Cluster {
     pub fn logs(&self) -> String {
         let mut out = String::new();
         if let Ok(entries) = std::fs::read_dir(self.dir.path()) {
-            let mut paths: Vec<PathBuf> = entries.filter_map(|e| e.ok().map(|e| e.path())).collect();
+            let mut paths: Vec<PathBuf> =
+                entries.filter_map(|e| e.ok().map(|e| e.path())).collect();
             paths.sort();
-            for p in paths.into_iter().filter(|p| p.extension().is_some_and(|e| e == "log")) {
+            for p in paths
+                .into_iter()
+                .filter(|p| p.extension().is_some_and(|e| e == "log"))
+            {
                 let text = std::fs::read_to_string(&p).unwrap_or_default();
                 let tail: Vec<&str> = text.lines().rev().take(60).collect();
                 out.push_str(&format!("==== {} (last lines)\n", p.display()));

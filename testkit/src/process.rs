@@ -38,11 +38,17 @@ pub struct Node {
 impl Node {
     /// Starts binary `bin` with `args`, stdout and stderr appended to `log`.
     pub fn spawn(bin: &str, args: &[String], log: PathBuf) -> anyhow::Result<Node> {
-        let out = std::fs::OpenOptions::new().create(true).append(true).open(&log)?;
+        let out = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)?;
         let err = out.try_clone()?;
         let child = Command::new(bin_path(bin)?)
             .args(args)
-            .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()))
+            .env(
+                "RUST_LOG",
+                std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
+            )
             .stdin(Stdio::null())
             .stdout(out)
             .stderr(err)

@@ -28,7 +28,10 @@ async fn expect_invalid(c: &Client, source: &str, needle: &str) {
         .await
         .expect_err("bad flow accepted");
     assert_eq!(code(&err), tonic::Code::InvalidArgument, "{err}");
-    assert!(err.to_string().contains(needle), "`{err}` does not mention `{needle}`");
+    assert!(
+        err.to_string().contains(needle),
+        "`{err}` does not mention `{needle}`"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -36,9 +39,19 @@ async fn bad_input_is_refused_clearly() -> anyhow::Result<()> {
     let mut cluster = Cluster::start(&["--unrunnable-timeout-ms", "60000"]).await?;
     cluster.add_worker("w", "local", 2)?;
     let c = Client::connect(&cluster.url()).await?;
-    let good = c.run_source(GOOD.into(), BTreeMap::new(), String::new()).await?.run.expect("run");
+    let good = c
+        .run_source(GOOD.into(), BTreeMap::new(), String::new())
+        .await?
+        .run
+        .expect("run");
     let good = c.wait(&good.id).await?;
-    assert_eq!(good.state, pb::RunState::Completed as i32, "{}\n{}", good.error, cluster.logs());
+    assert_eq!(
+        good.state,
+        pb::RunState::Completed as i32,
+        "{}\n{}",
+        good.error,
+        cluster.logs()
+    );
     let good_trs = c.task_runs(&good.id, true).await?;
 
     expect_invalid(
@@ -59,8 +72,18 @@ async fn bad_input_is_refused_clearly() -> anyhow::Result<()> {
         "unknown parameter `nope`",
     )
     .await;
-    expect_invalid(&c, "name: k\ntasks:\n  - {name: a, builtin: nosuch}\n", "unknown built-in").await;
-    expect_invalid(&c, "name: k\ntasks:\n  - {name: a, builtin: noop}\n  - {name: a, builtin: noop}\n", "duplicate task name").await;
+    expect_invalid(
+        &c,
+        "name: k\ntasks:\n  - {name: a, builtin: nosuch}\n",
+        "unknown built-in",
+    )
+    .await;
+    expect_invalid(
+        &c,
+        "name: k\ntasks:\n  - {name: a, builtin: noop}\n  - {name: a, builtin: noop}\n",
+        "duplicate task name",
+    )
+    .await;
     expect_invalid(
         &c,
         "name: req\nparameters:\n  n: {}\ntasks:\n  - {name: a, builtin: echo, inputs: {value: {param: n}}}\n",
@@ -74,16 +97,30 @@ async fn bad_input_is_refused_clearly() -> anyhow::Result<()> {
 
     // A type error found at run time fails the task and the run, with a clear error.
     let typed = "name: typed\nparameters:\n  xs: {default: 5}\ntasks:\n  - {name: a, builtin: echo, inputs: {value: {param: xs}}, map: [value]}\n";
-    let run = c.run_source(typed.into(), BTreeMap::new(), String::new()).await?.run.expect("run");
+    let run = c
+        .run_source(typed.into(), BTreeMap::new(), String::new())
+        .await?
+        .run
+        .expect("run");
     let run = c.wait(&run.id).await?;
     assert_eq!(run.state, pb::RunState::Failed as i32);
-    assert!(run.error.contains("mapped input must be a list"), "{}", run.error);
+    assert!(
+        run.error.contains("mapped input must be a list"),
+        "{}",
+        run.error
+    );
 
     // A 50 MB definition is refused by size, by the server and by the CLI.
     let big = format!("name: big\n# {}\ntasks: []\n", "x".repeat(50 * 1024 * 1024));
-    let err = c.register_flow(big.clone()).await.expect_err("50 MB accepted");
+    let err = c
+        .register_flow(big.clone())
+        .await
+        .expect_err("50 MB accepted");
     assert!(
-        matches!(code(&err), tonic::Code::OutOfRange | tonic::Code::ResourceExhausted | tonic::Code::InvalidArgument),
+        matches!(
+            code(&err),
+            tonic::Code::OutOfRange | tonic::Code::ResourceExhausted | tonic::Code::InvalidArgument
+        ),
         "{err}"
     );
     let path = cluster.dir.path().join("big.yaml");
@@ -100,41 +137,68 @@ async fn bad_input_is_refused_clearly() -> anyhow::Result<()> {
     assert_eq!(code(&err), tonic::Code::InvalidArgument);
     let err = c.get_run("no-such-run").await.expect_err("unknown id");
     assert_eq!(code(&err), tonic::Code::NotFound);
-    let err = c.get_result("file:///etc/passwd").await.expect_err("outside the store");
+    let err = c
+        .get_result("file:///etc/passwd")
+        .await
+        .expect_err("outside the store");
     assert_eq!(code(&err), tonic::Code::InvalidArgument);
     let mut params = BTreeMap::new();
     params.insert("nope".to_string(), "{not json".to_string());
-    let err = c.run_source(GOOD.into(), params, String::new()).await.expect_err("bad param");
+    let err = c
+        .run_source(GOOD.into(), params, String::new())
+        .await
+        .expect_err("bad param");
     assert_eq!(code(&err), tonic::Code::InvalidArgument);
     let err = c
-        .create_run(pb::CreateRunRequest { flow: "missing".into(), ..Default::default() })
+        .create_run(pb::CreateRunRequest {
+            flow: "missing".into(),
+            ..Default::default()
+        })
         .await
         .expect_err("unknown flow");
     assert_eq!(code(&err), tonic::Code::NotFound);
 
     // A worker stream that does not start with `register`.
-    let channel = tonic::transport::Endpoint::from_shared(cluster.url())?.connect().await?;
+    let channel = tonic::transport::Endpoint::from_shared(cluster.url())?
+        .connect()
+        .await?;
     let mut wc = pb::worker_service_client::WorkerServiceClient::new(channel);
     let first = pb::WorkerMessage {
-        msg: Some(pb::worker_message::Msg::Heartbeat(pb::Heartbeat { at_ms: 1 })),
+        msg: Some(pb::worker_message::Msg::Heartbeat(pb::Heartbeat {
+            at_ms: 1,
+        })),
     };
-    let err = wc.connect(tokio_stream::iter(vec![first])).await.expect_err("no register");
+    let err = wc
+        .connect(tokio_stream::iter(vec![first]))
+        .await
+        .expect_err("no register");
     assert_eq!(err.code(), tonic::Code::InvalidArgument);
     let zero = pb::WorkerMessage {
         msg: Some(pb::worker_message::Msg::Register(pb::Register {
             worker_id: "z".into(),
-            resources: Some(pb::Resources { slots: 0, gpus: 0, memory_mb: 0 }),
+            resources: Some(pb::Resources {
+                slots: 0,
+                gpus: 0,
+                memory_mb: 0,
+            }),
             ..Default::default()
         })),
     };
-    let err = wc.connect(tokio_stream::iter(vec![zero])).await.expect_err("zero slots");
+    let err = wc
+        .connect(tokio_stream::iter(vec![zero]))
+        .await
+        .expect_err("zero slots");
     assert_eq!(err.code(), tonic::Code::InvalidArgument);
 
     // The server is still up and its stored state intact.
     assert!(cluster.scheduler.alive());
     let again = c.task_runs(&good.id, true).await?;
     assert_eq!(again, good_trs);
-    let run = c.run_source(GOOD.into(), BTreeMap::new(), String::new()).await?.run.expect("run");
+    let run = c
+        .run_source(GOOD.into(), BTreeMap::new(), String::new())
+        .await?
+        .run
+        .expect("run");
     assert_eq!(c.wait(&run.id).await?.state, pb::RunState::Completed as i32);
     Ok(())
 }

@@ -31,7 +31,8 @@ fn state(t: &pb::TaskRun) -> pb::TaskState {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killed_trainer_worker_tasks_rerun_on_the_other() -> anyhow::Result<()> {
-    let mut cluster = Cluster::start(&["--worker-lease-ms", "2000", "--heartbeat-ms", "500"]).await?;
+    let mut cluster =
+        Cluster::start(&["--worker-lease-ms", "2000", "--heartbeat-ms", "500"]).await?;
     cluster.add_worker("trainer-a", "local,trainer", 2)?;
     cluster.add_worker("trainer-b", "local,trainer", 2)?;
     let c = Client::connect(&cluster.url()).await?;
@@ -40,26 +41,43 @@ async fn killed_trainer_worker_tasks_rerun_on_the_other() -> anyhow::Result<()> 
         async move { (c.workers().await.ok()?.len() == 2).then_some(()) }
     })
     .await?;
-    let run = c.run_source(SLOW_TRAIN.into(), BTreeMap::new(), String::new()).await?.run.expect("run");
-    let on_a: Vec<i64> = eventually(Duration::from_secs(20), "all four train tasks running", || {
-        let c = c.clone();
-        let id = run.id.clone();
-        async move {
-            let trs = task_runs(&c, &id).await;
-            let running = trs.iter().filter(|t| state(t) == pb::TaskState::Running).count();
-            (running == 4).then(|| {
-                trs.iter()
-                    .filter(|t| t.worker == "trainer-a")
-                    .map(|t| t.map_index)
-                    .collect()
-            })
-        }
-    })
+    let run = c
+        .run_source(SLOW_TRAIN.into(), BTreeMap::new(), String::new())
+        .await?
+        .run
+        .expect("run");
+    let on_a: Vec<i64> = eventually(
+        Duration::from_secs(20),
+        "all four train tasks running",
+        || {
+            let c = c.clone();
+            let id = run.id.clone();
+            async move {
+                let trs = task_runs(&c, &id).await;
+                let running = trs
+                    .iter()
+                    .filter(|t| state(t) == pb::TaskState::Running)
+                    .count();
+                (running == 4).then(|| {
+                    trs.iter()
+                        .filter(|t| t.worker == "trainer-a")
+                        .map(|t| t.map_index)
+                        .collect()
+                })
+            }
+        },
+    )
     .await?;
     assert!(!on_a.is_empty(), "no task went to trainer-a");
     cluster.workers[0].kill9();
     let done = tokio::time::timeout(Duration::from_secs(60), c.wait(&run.id)).await??;
-    assert_eq!(done.state, pb::RunState::Completed as i32, "{}\n{}", done.error, cluster.logs());
+    assert_eq!(
+        done.state,
+        pb::RunState::Completed as i32,
+        "{}\n{}",
+        done.error,
+        cluster.logs()
+    );
     let trs = c.task_runs(&run.id, true).await?;
     assert_eq!(trs.len(), 4);
     for t in &trs {
@@ -69,7 +87,11 @@ async fn killed_trainer_worker_tasks_rerun_on_the_other() -> anyhow::Result<()> 
             assert_eq!(t.attempt, 2, "{t:?}");
             assert_eq!(t.worker, "trainer-b");
             assert_eq!(t.attempts.len(), 2);
-            assert!(t.attempts[0].error.contains("trainer-a"), "{:?}", t.attempts[0]);
+            assert!(
+                t.attempts[0].error.contains("trainer-a"),
+                "{:?}",
+                t.attempts[0]
+            );
             assert!(uri.ends_with("attempt-2.json"), "{uri}");
             let first = uri.replace("attempt-2.json", "attempt-1.json");
             assert!(!std::path::Path::new(first.trim_start_matches("file://")).exists());
@@ -118,7 +140,11 @@ async fn killed_scheduler_restarts_without_rerunning_completed_tasks() -> anyhow
     cluster.add_worker("w1", "local", 1)?;
     cluster.add_worker("w2", "local", 1)?;
     let c = Client::connect(&cluster.url()).await?;
-    let run = c.run_source(FAN.into(), BTreeMap::new(), String::new()).await?.run.expect("run");
+    let run = c
+        .run_source(FAN.into(), BTreeMap::new(), String::new())
+        .await?
+        .run
+        .expect("run");
     let before: HashMap<(String, i64), (u32, String)> =
         eventually(Duration::from_secs(30), "some fan tasks completed", || {
             let c = c.clone();
@@ -144,7 +170,13 @@ async fn killed_scheduler_restarts_without_rerunning_completed_tasks() -> anyhow
     cluster.restart_scheduler().await?;
     let c = Client::connect(&cluster.url()).await?;
     let done = tokio::time::timeout(Duration::from_secs(60), c.wait(&run.id)).await??;
-    assert_eq!(done.state, pb::RunState::Completed as i32, "{}\n{}", done.error, cluster.logs());
+    assert_eq!(
+        done.state,
+        pb::RunState::Completed as i32,
+        "{}\n{}",
+        done.error,
+        cluster.logs()
+    );
     let trs = c.task_runs(&run.id, true).await?;
     for t in &trs {
         if let Some((attempt, uri)) = before.get(&(t.task.clone(), t.map_index)) {

@@ -10,7 +10,9 @@ use std::time::Duration;
 fn alive(pid: i32) -> bool {
     // A zombie still answers kill(0); look at its state too.
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    let zombie = status.lines().any(|l| l.starts_with("State:") && l.contains('Z'));
+    let zombie = status
+        .lines()
+        .any(|l| l.starts_with("State:") && l.contains('Z'));
     // SAFETY: probing a pid with signal 0 sends nothing.
     unsafe { libc::kill(pid, 0) == 0 && !zombie }
 }
@@ -25,7 +27,11 @@ async fn cancelling_a_run_kills_its_process_tasks() -> anyhow::Result<()> {
         "name: long\ntasks:\n  - name: sleepy\n    process:\n      command: sh\n      args: [\"-c\", \"echo $$ > {}; sleep 60; echo 1\"]\n  - name: after\n    builtin: noop\n    after: [sleepy]\n",
         pidfile.display()
     );
-    let run = c.run_source(flow, BTreeMap::new(), String::new()).await?.run.expect("run");
+    let run = c
+        .run_source(flow, BTreeMap::new(), String::new())
+        .await?
+        .run
+        .expect("run");
     let pid: i32 = eventually(Duration::from_secs(20), "the process to start", || {
         let p = pidfile.clone();
         async move { std::fs::read_to_string(p).ok()?.trim().parse().ok() }
@@ -35,15 +41,25 @@ async fn cancelling_a_run_kills_its_process_tasks() -> anyhow::Result<()> {
     let out = std::process::Command::new(baton_testkit::bin_path("baton")?)
         .args(["--scheduler", &cluster.url(), "cancel", &run.id])
         .output()?;
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    eventually(Duration::from_secs(10), "the process to be killed", || async move {
-        (!alive(pid)).then_some(())
-    })
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    eventually(
+        Duration::from_secs(10),
+        "the process to be killed",
+        || async move { (!alive(pid)).then_some(()) },
+    )
     .await?;
     let done = c.get_run(&run.id).await?;
     assert_eq!(done.state, pb::RunState::Cancelled as i32);
     let trs = c.task_runs(&run.id, false).await?;
-    assert!(trs.iter().all(|t| t.state == pb::TaskState::Cancelled as i32), "{trs:?}");
+    assert!(
+        trs.iter()
+            .all(|t| t.state == pb::TaskState::Cancelled as i32),
+        "{trs:?}"
+    );
     Ok(())
 }
 
@@ -53,7 +69,11 @@ async fn a_worker_drains_on_sigterm() -> anyhow::Result<()> {
     cluster.add_worker("w", "local", 2)?;
     let c = Client::connect(&cluster.url()).await?;
     let flow = "name: drain\ntasks:\n  - {name: s, builtin: sleep, inputs: {ms: 1500, value: 7}}\n  - {name: t, builtin: echo, inputs: {value: {result: s}}}\n";
-    let run = c.run_source(flow.into(), BTreeMap::new(), String::new()).await?.run.expect("run");
+    let run = c
+        .run_source(flow.into(), BTreeMap::new(), String::new())
+        .await?
+        .run
+        .expect("run");
     eventually(Duration::from_secs(20), "the sleep to run", || {
         let c = c.clone();
         let id = run.id.clone();
@@ -67,7 +87,13 @@ async fn a_worker_drains_on_sigterm() -> anyhow::Result<()> {
     assert!(status.success(), "worker exited with {status}");
     // The attempt it was running finished and was committed before it left.
     let trs = c.task_runs(&run.id, true).await?;
-    assert_eq!(trs[0].state, pb::TaskState::Completed as i32, "{:?}\n{}", trs[0], cluster.logs());
+    assert_eq!(
+        trs[0].state,
+        pb::TaskState::Completed as i32,
+        "{:?}\n{}",
+        trs[0],
+        cluster.logs()
+    );
     assert_eq!(trs[0].value, "7");
     // The rest runs on a new worker.
     cluster.add_worker("w2", "local", 2)?;

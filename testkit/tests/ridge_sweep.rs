@@ -38,7 +38,11 @@ async fn ridge_sweep_matches_closed_form() -> anyhow::Result<()> {
     ))?;
     let seed = 20211005u64;
     let params = BTreeMap::from([("seed".to_string(), seed.to_string())]);
-    let run = client.run_source(source, params, String::new()).await?.run.expect("run");
+    let run = client
+        .run_source(source, params, String::new())
+        .await?
+        .run
+        .expect("run");
 
     // While the run lives, every completed task's result object exists.
     let mut stream = client.watch(&run.id).await?;
@@ -46,7 +50,11 @@ async fn ridge_sweep_matches_closed_form() -> anyhow::Result<()> {
     while let Some(ev) = stream.message().await? {
         for t in &ev.task_runs {
             if let Some(r) = &t.result {
-                assert!(uri_path(&r.uri).exists(), "result {} missing while the run lives", r.uri);
+                assert!(
+                    uri_path(&r.uri).exists(),
+                    "result {} missing while the run lives",
+                    r.uri
+                );
                 seen += 1;
             }
         }
@@ -56,7 +64,13 @@ async fn ridge_sweep_matches_closed_form() -> anyhow::Result<()> {
     }
     assert!(seen > 0, "no completed task runs were observed");
     let done = client.get_run(&run.id).await?;
-    assert_eq!(done.state, pb::RunState::Completed as i32, "{}\n{}", done.error, cluster.logs());
+    assert_eq!(
+        done.state,
+        pb::RunState::Completed as i32,
+        "{}\n{}",
+        done.error,
+        cluster.logs()
+    );
     let trs = client.task_runs(&run.id, true).await?;
 
     let rows = generate_points(seed, 100, 1);
@@ -69,7 +83,11 @@ async fn ridge_sweep_matches_closed_form() -> anyhow::Result<()> {
         let v: serde_json::Value = serde_json::from_str(&t.value)?;
         let r2 = v["r2"].as_f64().expect("r2 is a number");
         let expect = ridge_r2_f64(&train, &test, alphas[i]);
-        assert!((r2 - expect).abs() < 1e-6, "alpha {}: r2 {r2} != {expect}", alphas[i]);
+        assert!(
+            (r2 - expect).abs() < 1e-6,
+            "alpha {}: r2 {r2} != {expect}",
+            alphas[i]
+        );
         assert_eq!(v["alpha"].as_f64(), Some(alphas[i]));
     }
     // Train tasks ran on the trainer worker only.
@@ -108,7 +126,10 @@ async fn ridge_sweep_matches_closed_form() -> anyhow::Result<()> {
     // Cleanup ran only after every evaluation.
     let last_eval = evals.iter().map(|t| t.ended_ms).max().unwrap_or(0);
     for t in &cleaned {
-        assert!(t.started_ms >= last_eval, "cleanup started before evaluation ended");
+        assert!(
+            t.started_ms >= last_eval,
+            "cleanup started before evaluation ended"
+        );
     }
     drop(cluster.workers.drain(..));
     Ok(())

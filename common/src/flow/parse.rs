@@ -152,7 +152,10 @@ fn convert_task(t: RawTask) -> Result<TaskSpec> {
             env: p.env,
         },
         (Some(_), Some(_)) => {
-            return Err(at("kind", "give either `builtin` or `process`, not both".into()))
+            return Err(at(
+                "kind",
+                "give either `builtin` or `process`, not both".into(),
+            ))
         }
         (None, None) => {
             return Err(at(

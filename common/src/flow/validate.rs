@@ -79,10 +79,7 @@ fn check_task(spec: &FlowSpec, names: &HashSet<&str>, t: &TaskSpec) -> Result<()
     }
     for m in &t.map {
         if !t.inputs.contains_key(m) {
-            return Err(at(
-                "map",
-                format!("`{m}` is not one of the task's inputs"),
-            ));
+            return Err(at("map", format!("`{m}` is not one of the task's inputs")));
         }
     }
     for a in &t.after {
@@ -159,10 +156,7 @@ fn topo_order(tasks: Vec<TaskSpec>) -> Result<Vec<TaskSpec>> {
     }
     if order.len() < tasks.len() {
         let cycle = find_cycle(&tasks, &index, &indegree);
-        return Err(invalid(format!(
-            "dependency cycle: {}",
-            cycle.join(" -> ")
-        )));
+        return Err(invalid(format!("dependency cycle: {}", cycle.join(" -> "))));
     }
     let mut slots: Vec<Option<TaskSpec>> = tasks.into_iter().map(Some).collect();
     Ok(order.into_iter().filter_map(|i| slots[i].take()).collect())

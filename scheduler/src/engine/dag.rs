@@ -57,9 +57,9 @@ impl Engine {
                 node: i as u32,
                 index: index as u32,
             };
-            if let Some(rec) = self
-                .pending_records
-                .remove(&(run_id.clone(), task.name.clone(), map_index))
+            if let Some(rec) =
+                self.pending_records
+                    .remove(&(run_id.clone(), task.name.clone(), map_index))
             {
                 self.apply_record(&mut tr, t, rec, now);
             }

@@ -106,7 +106,10 @@ impl Engine {
                     .workers
                     .values()
                     .filter(|w| {
-                        w.connected && !w.draining && w.has_labels(&class.labels) && w.fits(&class.resources)
+                        w.connected
+                            && !w.draining
+                            && w.has_labels(&class.labels)
+                            && w.fits(&class.resources)
                     })
                     .max_by_key(|w| (w.free.slots, std::cmp::Reverse(w.attempts.len())))
                     .map(|w| w.id.clone());
@@ -218,7 +221,11 @@ impl Engine {
         for key in &reg.running {
             match self.locate(key) {
                 Some(t) if self.is_current_attempt(t, key.attempt) => {
-                    let r = self.runs[t.run as usize].flow.task(t.node as usize).resources.clone();
+                    let r = self.runs[t.run as usize]
+                        .flow
+                        .task(t.node as usize)
+                        .resources
+                        .clone();
                     slot.reserve((t, key.attempt), &r);
                     adopted.push(t);
                 }
@@ -238,7 +245,12 @@ impl Engine {
         if let Some(old) = old {
             for (t, attempt) in old.attempts.keys().copied().collect::<Vec<_>>() {
                 if !slot.attempts.contains_key(&(t, attempt)) {
-                    self.lose(t, attempt, &format!("worker `{}` restarted without it", reg.id), now);
+                    self.lose(
+                        t,
+                        attempt,
+                        &format!("worker `{}` restarted without it", reg.id),
+                        now,
+                    );
                 }
             }
         }
@@ -319,7 +331,10 @@ impl Engine {
                 continue;
             }
             let runnable = self.workers.values().any(|w| {
-                w.connected && !w.draining && w.has_labels(&class.labels) && w.could_ever_fit(&class.resources)
+                w.connected
+                    && !w.draining
+                    && w.has_labels(&class.labels)
+                    && w.could_ever_fit(&class.resources)
             });
             let class = &mut self.classes[c];
             if runnable {
@@ -347,7 +362,8 @@ impl Engine {
                 let since = class.unrunnable_since;
                 let queued: Vec<TrRef> = class.queue.drain(..).collect();
                 for t in queued {
-                    let tr = &mut self.runs[t.run as usize].nodes[t.node as usize].runs[t.index as usize];
+                    let tr = &mut self.runs[t.run as usize].nodes[t.node as usize].runs
+                        [t.index as usize];
                     if tr.state != TaskState::Ready {
                         continue;
                     }
@@ -367,6 +383,9 @@ impl Engine {
 
     /// Why a ready task run of `class` waits, if it is stuck.
     pub(super) fn class_reason(&self, class: usize) -> &str {
-        self.classes.get(class).map(|c| c.reason.as_str()).unwrap_or("")
+        self.classes
+            .get(class)
+            .map(|c| c.reason.as_str())
+            .unwrap_or("")
     }
 }

@@ -42,8 +42,8 @@ impl Engine {
     pub fn task_started(&mut self, key: &AttemptKey, at_ms: i64) {
         if let Some(t) = self.locate(key) {
             if self.is_current_attempt(t, key.attempt) {
-                let tr = &mut self.runs[t.run as usize].nodes[t.node as usize].runs
-                    [t.index as usize];
+                let tr =
+                    &mut self.runs[t.run as usize].nodes[t.node as usize].runs[t.index as usize];
                 if tr.state == TaskState::Assigned {
                     tr.state = TaskState::Running;
                     if at_ms > 0 {
@@ -242,6 +242,7 @@ impl Engine {
                         a.error = "cancelled".into();
                     }
                 }
+                self.runs[slot as usize].nodes[n].done += 1;
                 self.mark_tr(t);
             }
             let node = &mut self.runs[slot as usize].nodes[n];
@@ -281,7 +282,10 @@ impl Engine {
                 }
                 Timer::Timeout(t, attempt) => {
                     if self.is_current_attempt(t, attempt) {
-                        let ms = self.runs[t.run as usize].flow.task(t.node as usize).timeout_ms;
+                        let ms = self.runs[t.run as usize]
+                            .flow
+                            .task(t.node as usize)
+                            .timeout_ms;
                         self.send_cancel(t, "timed out");
                         self.fail_attempt(t, format!("timed out after {ms} ms"), true, now);
                     }

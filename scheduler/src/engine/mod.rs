@@ -191,7 +191,12 @@ impl Engine {
         (version, true)
     }
 
-    fn flow(&self, project: &str, flow: &str, version: u32) -> Result<Arc<CompiledFlow>, EngineError> {
+    fn flow(
+        &self,
+        project: &str,
+        flow: &str,
+        version: u32,
+    ) -> Result<Arc<CompiledFlow>, EngineError> {
         let versions = self
             .flows
             .get(&(project.to_string(), flow.to_string()))
@@ -332,7 +337,9 @@ impl Engine {
         // Shown-only changes of task runs that are not also persisted in this step.
         let touched: Vec<TrRef> = std::mem::take(&mut self.touched_trs)
             .into_iter()
-            .filter(|t| !self.runs[t.run as usize].nodes[t.node as usize].runs[t.index as usize].dirty)
+            .filter(|t| {
+                !self.runs[t.run as usize].nodes[t.node as usize].runs[t.index as usize].dirty
+            })
             .collect();
         let mut changed_task_runs = std::mem::take(&mut self.dirty_trs);
         for t in &changed_task_runs {

@@ -194,18 +194,17 @@ impl Run {
         self.nodes.get(node as usize)?.runs.get(index as usize)
     }
 
+    /// (task runs, terminal task runs); a task not yet expanded counts as one.
     pub fn task_count(&self) -> (u32, u32) {
         let mut total = 0;
         let mut done = 0;
         for n in &self.nodes {
-            if n.state == NodeState::Waiting {
+            if n.runs.is_empty() {
                 total += 1;
-            } else if n.runs.is_empty() {
-                total += 1;
-                done += 1;
+                done += u32::from(n.state.is_terminal());
             } else {
                 total += n.runs.len() as u32;
-                done += n.runs.iter().filter(|t| t.state.is_terminal()).count() as u32;
+                done += n.done as u32;
             }
         }
         (total, done)

@@ -89,7 +89,8 @@ impl Engine {
             } else {
                 live += 1;
                 for (task, index, rec) in trs {
-                    self.pending_records.insert((r.id.clone(), task, index), rec);
+                    self.pending_records
+                        .insert((r.id.clone(), task, index), rec);
                 }
                 self.start_roots(slot, now);
             }
@@ -137,7 +138,13 @@ impl Engine {
     }
 
     /// Applies a stored record to a task run being rebuilt.
-    pub(super) fn apply_record(&mut self, tr: &mut TaskRun, t: TrRef, rec: TaskRunRecord, now: i64) {
+    pub(super) fn apply_record(
+        &mut self,
+        tr: &mut TaskRun,
+        t: TrRef,
+        rec: TaskRunRecord,
+        now: i64,
+    ) {
         tr.attempt = rec.attempt;
         tr.failures = rec.failures;
         tr.lost = rec.lost;
@@ -148,9 +155,10 @@ impl Engine {
         tr.result = rec.result;
         tr.value = rec.value.map(Arc::new);
         tr.state = match rec.state {
-            TaskState::Completed | TaskState::Failed | TaskState::Cancelled | TaskState::Skipped => {
-                rec.state
-            }
+            TaskState::Completed
+            | TaskState::Failed
+            | TaskState::Cancelled
+            | TaskState::Skipped => rec.state,
             TaskState::Retrying => {
                 // Keep the backoff: the retry is due a delay after the failed attempt ended.
                 let policy = &self.runs[t.run as usize].flow.task(t.node as usize).retries;
@@ -180,27 +188,30 @@ impl Engine {
     /// Holds an attempt for a worker that has not reconnected yet, for the grace period.
     fn await_worker(&mut self, worker: WorkerId, t: TrRef, attempt: u32, now: i64) {
         let grace = self.cfg.adopt_grace_ms as i64;
-        let slot = self.workers.entry(worker.clone()).or_insert_with(|| WorkerSlot {
-            id: worker.clone(),
-            session: 0,
-            labels: Vec::new(),
-            total: ResourceSpec {
-                slots: 0,
-                gpus: 0,
-                memory_mb: 0,
-            },
-            free: ResourceSpec {
-                slots: 0,
-                gpus: 0,
-                memory_mb: 0,
-            },
-            attempts: HashMap::new(),
-            connected: false,
-            draining: false,
-            last_seen_ms: now,
-            connected_ms: 0,
-            address: String::new(),
-        });
+        let slot = self
+            .workers
+            .entry(worker.clone())
+            .or_insert_with(|| WorkerSlot {
+                id: worker.clone(),
+                session: 0,
+                labels: Vec::new(),
+                total: ResourceSpec {
+                    slots: 0,
+                    gpus: 0,
+                    memory_mb: 0,
+                },
+                free: ResourceSpec {
+                    slots: 0,
+                    gpus: 0,
+                    memory_mb: 0,
+                },
+                attempts: HashMap::new(),
+                connected: false,
+                draining: false,
+                last_seen_ms: now,
+                connected_ms: 0,
+                address: String::new(),
+            });
         let fresh = slot.attempts.is_empty();
         slot.attempts.insert((t, attempt), ResourceSpec::default());
         if fresh && slot.session == 0 {

@@ -47,10 +47,22 @@ impl Engine {
     /// The most recent runs first; `limit` 0 for all.
     pub fn list_runs(&self, limit: usize) -> Vec<pb::FlowRun> {
         let n = if limit == 0 { self.runs.len() } else { limit };
-        self.runs.iter().rev().take(n).map(|r| self.run_view(r)).collect()
+        self.runs
+            .iter()
+            .rev()
+            .take(n)
+            .map(|r| self.run_view(r))
+            .collect()
     }
 
-    fn tr_view(&self, run: &Run, node: usize, index: usize, tr: &TaskRun, with_value: bool) -> pb::TaskRun {
+    fn tr_view(
+        &self,
+        run: &Run,
+        node: usize,
+        index: usize,
+        tr: &TaskRun,
+        with_value: bool,
+    ) -> pb::TaskRun {
         let n = &run.nodes[node];
         let waiting_reason = if tr.state == TaskState::Ready {
             self.class_reason(n.class).to_string()

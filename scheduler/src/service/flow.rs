@@ -25,7 +25,9 @@ impl FlowApi {
     }
 }
 
-fn parse_params(raw: BTreeMap<String, String>) -> Result<BTreeMap<String, serde_json::Value>, Status> {
+fn parse_params(
+    raw: BTreeMap<String, String>,
+) -> Result<BTreeMap<String, serde_json::Value>, Status> {
     raw.into_iter()
         .map(|(k, v)| match serde_json::from_str(&v) {
             Ok(value) => Ok((k, value)),

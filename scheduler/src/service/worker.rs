@@ -65,10 +65,7 @@ impl WorkerService for WorkerApi {
         &self,
         req: Request<Streaming<pb::WorkerMessage>>,
     ) -> Result<Response<Self::ConnectStream>, Status> {
-        let address = req
-            .remote_addr()
-            .map(|a| a.to_string())
-            .unwrap_or_default();
+        let address = req.remote_addr().map(|a| a.to_string()).unwrap_or_default();
         let mut inbound = req.into_inner();
         let first = tokio::time::timeout(Duration::from_secs(10), inbound.message())
             .await

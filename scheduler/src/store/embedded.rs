@@ -183,14 +183,9 @@ fn replay(path: &Path, map: &mut BTreeMap<String, Vec<u8>>) -> Result<u64, Store
     File::open(path)?.read_to_end(&mut data)?;
     let mut pos = 0usize;
     while pos + 8 <= data.len() {
-        let len = u32::from_le_bytes([data[pos], data[pos + 1], data[pos + 2], data[pos + 3]])
-            as usize;
-        let crc = u32::from_le_bytes([
-            data[pos + 4],
-            data[pos + 5],
-            data[pos + 6],
-            data[pos + 7],
-        ]);
+        let len =
+            u32::from_le_bytes([data[pos], data[pos + 1], data[pos + 2], data[pos + 3]]) as usize;
+        let crc = u32::from_le_bytes([data[pos + 4], data[pos + 5], data[pos + 6], data[pos + 7]]);
         if len > MAX_FRAME || pos + 8 + len > data.len() {
             break;
         }
@@ -244,7 +239,11 @@ fn crc32(data: &[u8]) -> u32 {
         for (i, e) in t.iter_mut().enumerate() {
             let mut c = i as u32;
             for _ in 0..8 {
-                c = if c & 1 != 0 { 0xEDB8_8320 ^ (c >> 1) } else { c >> 1 };
+                c = if c & 1 != 0 {
+                    0xEDB8_8320 ^ (c >> 1)
+                } else {
+                    c >> 1
+                };
             }
             *e = c;
         }
@@ -328,8 +327,12 @@ mod tests {
             let s = EmbeddedStore::open(dir.path(), SyncMode::None).unwrap();
             let e = s.acquire().await.unwrap();
             assert_eq!(e, 1);
-            s.commit(e, vec![put("a/1", "x"), put("a/2", "y")]).await.unwrap();
-            s.commit(e, vec![Op::Delete { key: "a/1".into() }]).await.unwrap();
+            s.commit(e, vec![put("a/1", "x"), put("a/2", "y")])
+                .await
+                .unwrap();
+            s.commit(e, vec![Op::Delete { key: "a/1".into() }])
+                .await
+                .unwrap();
             assert!(matches!(
                 s.commit(e + 1, vec![put("a/3", "z")]).await,
                 Err(StoreError::Fenced { .. })
@@ -365,7 +368,8 @@ mod tests {
         {
             let mut inner = s.inner.lock().unwrap();
             s.write_batch(&mut inner, &[put("k", "1")]).unwrap();
-            s.write_batch(&mut inner, &[put("k", "2"), put("j", "3")]).unwrap();
+            s.write_batch(&mut inner, &[put("k", "2"), put("j", "3")])
+                .unwrap();
             s.compact(&mut inner).unwrap();
         }
         s.commit(e, vec![put("i", "4")]).await.unwrap();

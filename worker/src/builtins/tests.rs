@@ -156,7 +156,7 @@ async fn full_ml_chain_through_a_local_store() {
     .unwrap();
     let dataset_uri = dataset.as_str().unwrap().to_string();
     assert!(
-        dataset_uri.ends_with("artifacts/run1/gen/-/attempt-1/dataset.csv"),
+        dataset_uri.ends_with("artifacts/run1/gen/attempt-1/dataset.csv"),
         "{dataset_uri}"
     );
     let text = String::from_utf8(f.store.get(&dataset_uri).await.unwrap()).unwrap();

@@ -133,7 +133,10 @@ impl Cluster {
         let file =
             File::create(&log).with_context(|| format!("cannot create {}", log.display()))?;
         let out = file.try_clone()?;
-        cmd.stdin(Stdio::null()).stdout(out).stderr(file);
+        cmd.env("NO_COLOR", "1")
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(file);
         let child = cmd
             .spawn()
             .with_context(|| format!("cannot start the {name} ({:?})", cmd.get_program()))?;
@@ -230,6 +233,14 @@ impl Cluster {
         };
         tokio::select! {
             r = fut => {
+                if r.is_err() {
+                    // A failed call is often the first sign of a dying process: give it a
+                    // moment to exit, and name it if it did.
+                    for _ in 0..10 {
+                        self.check_alive()?;
+                        tokio::time::sleep(Duration::from_millis(200)).await;
+                    }
+                }
                 self.check_alive()?;
                 r
             }
@@ -257,8 +268,14 @@ impl Cluster {
         if keep {
             eprintln!("baton-bench: logs and state kept in {}", self.dir.display());
         } else {
+            let t0 = Instant::now();
             std::fs::remove_dir_all(&self.dir)
                 .with_context(|| format!("cannot remove {}", self.dir.display()))?;
+            eprintln!(
+                "baton-bench: removed {} in {:.1} s",
+                self.dir.display(),
+                t0.elapsed().as_secs_f64()
+            );
         }
         Ok(())
     }
