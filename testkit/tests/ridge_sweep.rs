@@ -22,8 +22,10 @@ fn ridge_r2_f64(train: &[Vec<f64>], test: &[Vec<f64>], alpha: f64) -> f64 {
     1.0 - ss_res / ss_tot
 }
 
+/// The file of a location (a small result is a range of a segment file: `path#offset+len`).
 fn uri_path(uri: &str) -> std::path::PathBuf {
-    std::path::PathBuf::from(uri.trim_start_matches("file://"))
+    let path = uri.trim_start_matches("file://");
+    std::path::PathBuf::from(path.split_once('#').map_or(path, |(p, _)| p))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

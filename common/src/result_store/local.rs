@@ -1,87 +1,18 @@
-//! Result references and the [`ResultStore`] trait, with the local-folder implementation.
-//! Objects are written once under keys that include the attempt, and never overwritten.
+//! The local-folder result store: small results are appended to segment files (one file
+//! per writing process, see [`super::segment`]); other objects are files of their own.
 
+use super::segment::{parse_packed, read_packed, SegmentWriter, PACK_LIMIT};
+use super::{checksum, ResultRef, ResultStore};
 use crate::{Error, Result};
 use async_trait::async_trait;
-use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
 use std::path::{Component, Path, PathBuf};
 use std::sync::Arc;
-
-/// Where a result lies, with what is needed to check it.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ResultRef {
-    pub uri: String,
-    pub size: u64,
-    pub checksum: String,
-    pub content_type: String,
-}
-
-impl From<ResultRef> for baton_proto::ResultRef {
-    fn from(r: ResultRef) -> Self {
-        baton_proto::ResultRef {
-            uri: r.uri,
-            size: r.size,
-            checksum: r.checksum,
-            content_type: r.content_type,
-        }
-    }
-}
-
-impl From<baton_proto::ResultRef> for ResultRef {
-    fn from(r: baton_proto::ResultRef) -> Self {
-        ResultRef {
-            uri: r.uri,
-            size: r.size,
-            checksum: r.checksum,
-            content_type: r.content_type,
-        }
-    }
-}
-
-/// `sha256:<hex>` of some bytes.
-pub fn checksum(data: &[u8]) -> String {
-    let digest = Sha256::digest(data);
-    let mut s = String::with_capacity(7 + 64);
-    s.push_str("sha256:");
-    for b in digest {
-        s.push_str(&format!("{b:02x}"));
-    }
-    s
-}
-
-/// An object store for results and artifacts.
-#[async_trait]
-pub trait ResultStore: Send + Sync + 'static {
-    /// The store's own location (`file:///dir` or `s3://bucket/prefix`).
-    fn root_uri(&self) -> String;
-    /// Writes a new object under `key`; fails with `AlreadyExists` rather than overwrite.
-    async fn put(&self, key: &str, data: Vec<u8>, content_type: &str) -> Result<ResultRef>;
-    /// Reads the object at `uri`.
-    async fn get(&self, uri: &str) -> Result<Vec<u8>>;
-    /// Whether an object exists at `uri`.
-    async fn exists(&self, uri: &str) -> Result<bool>;
-    /// Deletes the object at `uri`; deleting a missing object is not an error.
-    async fn delete(&self, uri: &str) -> Result<()>;
-}
-
-/// Opens the store named by a URI: `file:///dir` (or a plain path).
-pub fn open_store(uri: &str) -> Result<Arc<dyn ResultStore>> {
-    if let Some(rest) = uri.strip_prefix("file://") {
-        return Ok(Arc::new(LocalStore::new(rest)?));
-    }
-    if uri.contains("://") {
-        return Err(Error::InvalidArgument(format!(
-            "unsupported result store `{uri}`: use file:///DIR"
-        )));
-    }
-    Ok(Arc::new(LocalStore::new(uri)?))
-}
 
 /// A result store in a local folder.
 #[derive(Debug, Clone)]
 pub struct LocalStore {
     root: PathBuf,
+    segments: Arc<SegmentWriter>,
 }
 
 impl LocalStore {
@@ -96,7 +27,8 @@ impl LocalStore {
             location: root.display().to_string(),
             source,
         })?;
-        Ok(LocalStore { root })
+        let segments = Arc::new(SegmentWriter::new(root.join("segments")));
+        Ok(LocalStore { root, segments })
     }
 
     fn key_path(&self, key: &str) -> Result<PathBuf> {
@@ -107,6 +39,17 @@ impl LocalStore {
             )));
         }
         Ok(self.root.join(rel))
+    }
+
+    /// The file of a location, and the byte range when the object is packed in a segment.
+    fn locate(&self, uri: &str) -> Result<(PathBuf, Option<(u64, u64)>)> {
+        match uri.strip_prefix("file://").and_then(parse_packed) {
+            Some((file, offset, len)) => {
+                let path = self.uri_path(&format!("file://{file}"))?;
+                Ok((path, Some((offset, len))))
+            }
+            None => Ok((self.uri_path(uri)?, None)),
+        }
     }
 
     fn uri_path(&self, uri: &str) -> Result<PathBuf> {
@@ -147,6 +90,22 @@ impl ResultStore for LocalStore {
 
     async fn put(&self, key: &str, data: Vec<u8>, content_type: &str) -> Result<ResultRef> {
         let path = self.key_path(key)?;
+        if data.len() <= PACK_LIMIT && key.starts_with("results/") {
+            // A short append to the page cache: cheaper than a thread hop.
+            let (segment, offset) =
+                self.segments
+                    .append(key, &data)
+                    .map_err(|source| Error::Io {
+                        location: self.root.join("segments").display().to_string(),
+                        source,
+                    })?;
+            return Ok(ResultRef {
+                uri: format!("file://{}#{}+{}", segment.display(), offset, data.len()),
+                size: data.len() as u64,
+                checksum: checksum(&data),
+                content_type: content_type.to_string(),
+            });
+        }
         let uri = format!("file://{}", path.display());
         let checksum = checksum(&data);
         let size = data.len() as u64;
@@ -176,17 +135,34 @@ impl ResultStore for LocalStore {
     }
 
     async fn get(&self, uri: &str) -> Result<Vec<u8>> {
-        let path = self.uri_path(uri)?;
-        tokio::fs::read(&path).await.map_err(Self::io(&path))
+        let (path, range) = self.locate(uri)?;
+        match range {
+            None => tokio::fs::read(&path).await.map_err(Self::io(&path)),
+            Some((offset, len)) => {
+                let p = path.clone();
+                tokio::task::spawn_blocking(move || read_packed(&p, offset, len))
+                    .await
+                    .map_err(|e| Self::io(&path)(std::io::Error::other(e)))?
+                    .map_err(Self::io(&path))
+            }
+        }
     }
 
     async fn exists(&self, uri: &str) -> Result<bool> {
-        let path = self.uri_path(uri)?;
-        Ok(tokio::fs::try_exists(&path).await.unwrap_or(false))
+        let (path, range) = self.locate(uri)?;
+        match (tokio::fs::metadata(&path).await, range) {
+            (Ok(_), None) => Ok(true),
+            (Ok(m), Some((offset, len))) => Ok(m.len() >= offset + len),
+            (Err(_), _) => Ok(false),
+        }
     }
 
+    /// Deletes a file; an object packed in a segment stays until its segment is reclaimed.
     async fn delete(&self, uri: &str) -> Result<()> {
-        let path = self.uri_path(uri)?;
+        let (path, range) = self.locate(uri)?;
+        if range.is_some() {
+            return Ok(());
+        }
         match tokio::fs::remove_file(&path).await {
             Ok(()) => Ok(()),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
@@ -239,6 +215,35 @@ mod tests {
         assert!(store.get(&escape).await.is_err());
         store.delete(&r.uri).await.unwrap();
         assert!(!store.exists(&r.uri).await.unwrap());
+        // Small results are packed into a segment, and read back by their range.
+        let a = store
+            .put(
+                "results/r/t/attempt-1.json",
+                b"[1,2]".to_vec(),
+                "application/json",
+            )
+            .await
+            .unwrap();
+        let b = store
+            .put(
+                "results/r/t/0.attempt-1.json",
+                b"\"x\"".to_vec(),
+                "application/json",
+            )
+            .await
+            .unwrap();
+        assert!(
+            a.uri.contains("/segments/") && a.uri.contains('#'),
+            "{}",
+            a.uri
+        );
+        assert_eq!(store.get(&a.uri).await.unwrap(), b"[1,2]");
+        assert_eq!(store.get(&b.uri).await.unwrap(), b"\"x\"");
+        assert!(store.exists(&b.uri).await.unwrap());
+        let beyond = a.uri.replace("+5", "+500000");
+        assert!(store.get(&beyond).await.is_err());
+        let outside = format!("file:///etc/passwd#0+4");
+        assert!(store.get(&outside).await.is_err());
         assert!(matches!(store.get(&r.uri).await, Err(Error::NotFound(_))));
     }
 }
