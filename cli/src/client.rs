@@ -129,13 +129,19 @@ impl Client {
             .task_runs)
     }
 
-    /// A stream of the run's events, ending when the run is over.
-    pub async fn watch(&self, run_id: &str) -> Result<tonic::Streaming<pb::RunEvent>, ClientError> {
+    /// A stream of the run's events (with the task runs that changed when `with_task_runs`),
+    /// ending when the run is over.
+    pub async fn watch(
+        &self,
+        run_id: &str,
+        with_task_runs: bool,
+    ) -> Result<tonic::Streaming<pb::RunEvent>, ClientError> {
         Ok(self
             .inner
             .clone()
             .watch_run(pb::WatchRunRequest {
                 run_id: run_id.to_string(),
+                with_task_runs,
             })
             .await?
             .into_inner())
@@ -143,7 +149,7 @@ impl Client {
 
     /// Waits until the run is over and returns its final state.
     pub async fn wait(&self, run_id: &str) -> Result<pb::FlowRun, ClientError> {
-        let mut stream = self.watch(run_id).await?;
+        let mut stream = self.watch(run_id, false).await?;
         while let Some(ev) = stream.message().await? {
             if let Some(run) = ev.run {
                 if is_finished(&run) {

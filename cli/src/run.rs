@@ -108,7 +108,7 @@ async fn submit(
             run.id, run.project, run.flow, run.version
         );
     }
-    let mut stream = client.watch(&run.id).await?;
+    let mut stream = client.watch(&run.id, args.watch).await?;
     let mut last = run;
     while let Some(ev) = stream.message().await? {
         if args.watch {

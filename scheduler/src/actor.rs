@@ -24,6 +24,12 @@ type AfterCommit = Box<dyn FnOnce(&Engine) + Send>;
 /// A watcher's channel of run events.
 pub type WatchTx = mpsc::Sender<Result<pb::RunEvent, tonic::Status>>;
 
+/// A client following a run.
+struct Watcher {
+    tx: WatchTx,
+    with_task_runs: bool,
+}
+
 /// What the services ask of the engine.
 pub enum Command {
     RegisterFlow(FlowSpec, Reply<(u32, bool)>),
@@ -33,7 +39,8 @@ pub enum Command {
     TaskRuns(String, bool, Reply<Vec<pb::TaskRun>>),
     CancelRun(String, Reply<pb::FlowRun>),
     ListWorkers(Reply<Vec<pb::WorkerInfo>>),
-    Watch(String, WatchTx, Reply<()>),
+    /// Watch a run; `true` to receive changed task runs too.
+    Watch(String, bool, WatchTx, Reply<()>),
     WorkerConnected(
         WorkerRegistration,
         u64,
@@ -76,7 +83,7 @@ struct Actor {
     state: Arc<dyn StateStore>,
     results: Arc<dyn ResultStore>,
     sessions: HashMap<WorkerId, (u64, mpsc::UnboundedSender<pb::SchedulerMessage>)>,
-    watchers: HashMap<String, Vec<WatchTx>>,
+    watchers: HashMap<String, Vec<Watcher>>,
     after_commit: Vec<AfterCommit>,
     self_tx: mpsc::Sender<Command>,
 }
@@ -179,7 +186,7 @@ impl Actor {
             Command::ListWorkers(reply) => {
                 let _ = reply.send(Ok(self.engine.workers()));
             }
-            Command::Watch(id, tx, reply) => self.watch(id, tx, reply),
+            Command::Watch(id, tasks, tx, reply) => self.watch(id, tasks, tx, reply),
             Command::WorkerConnected(reg, session, tx) => {
                 tracing::info!(worker = %reg.id, session, labels = ?reg.labels, slots = reg.resources.slots, "worker connected");
                 self.sessions.insert(reg.id.clone(), (session, tx));
@@ -285,9 +292,13 @@ impl Actor {
         });
     }
 
-    fn watch(&mut self, id: String, tx: WatchTx, reply: Reply<()>) {
+    fn watch(&mut self, id: String, with_task_runs: bool, tx: WatchTx, reply: Reply<()>) {
         let first = self.engine.get_run(&id).and_then(|run| {
-            let task_runs = self.engine.task_runs(&id, false)?;
+            let task_runs = if with_task_runs {
+                self.engine.task_runs(&id, false)?
+            } else {
+                Vec::new()
+            };
             Ok(pb::RunEvent {
                 run: Some(run),
                 task_runs,
@@ -298,7 +309,10 @@ impl Actor {
                 let terminal = is_terminal(&ev);
                 let _ = tx.try_send(Ok(ev));
                 if !terminal {
-                    self.watchers.entry(id).or_default().push(tx);
+                    self.watchers
+                        .entry(id)
+                        .or_default()
+                        .push(Watcher { tx, with_task_runs });
                 }
                 let _ = reply.send(Ok(()));
             }
@@ -386,19 +400,32 @@ impl Actor {
                 continue;
             };
             let refs = by_run.remove(id.0.as_str()).unwrap_or_default();
-            let ev = pb::RunEvent {
+            let bare = pb::RunEvent {
                 run: Some(run),
-                task_runs: self.engine.task_run_views(&refs),
+                task_runs: Vec::new(),
             };
-            if is_terminal(&ev) {
+            let full = if !refs.is_empty() && watchers.iter().any(|w| w.with_task_runs) {
+                Some(pb::RunEvent {
+                    run: bare.run.clone(),
+                    task_runs: self.engine.task_run_views(&refs),
+                })
+            } else {
+                None
+            };
+            let terminal = is_terminal(&bare);
+            let event_for = |w: &Watcher| match (&full, w.with_task_runs) {
+                (Some(f), true) => f.clone(),
+                _ => bare.clone(),
+            };
+            if terminal {
                 for w in watchers.drain(..) {
-                    let ev = ev.clone();
+                    let ev = event_for(&w);
                     tokio::spawn(async move {
-                        let _ = w.send(Ok(ev)).await;
+                        let _ = w.tx.send(Ok(ev)).await;
                     });
                 }
             } else {
-                watchers.retain(|w| match w.try_send(Ok(ev.clone())) {
+                watchers.retain(|w| match w.tx.try_send(Ok(event_for(w))) {
                     Ok(()) | Err(mpsc::error::TrySendError::Full(_)) => true,
                     Err(mpsc::error::TrySendError::Closed(_)) => false,
                 });

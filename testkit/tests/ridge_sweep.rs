@@ -47,7 +47,7 @@ async fn ridge_sweep_matches_closed_form() -> anyhow::Result<()> {
         .expect("run");
 
     // While the run lives, every completed task's result object exists.
-    let mut stream = client.watch(&run.id).await?;
+    let mut stream = client.watch(&run.id, true).await?;
     let mut seen = 0;
     while let Some(ev) = stream.message().await? {
         for t in &ev.task_runs {

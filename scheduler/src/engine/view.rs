@@ -11,7 +11,7 @@ impl Engine {
         let waiting_reason = run
             .nodes
             .iter()
-            .filter(|n| n.state == NodeState::Expanded)
+            .filter(|n| n.state == NodeState::Expanded && !self.class_reason(n.class).is_empty())
             .filter(|n| n.runs.iter().any(|t| t.state == TaskState::Ready))
             .map(|n| self.class_reason(n.class))
             .find(|reason| !reason.is_empty())

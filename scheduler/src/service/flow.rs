@@ -125,10 +125,12 @@ impl FlowService for FlowApi {
         &self,
         req: Request<pb::WatchRunRequest>,
     ) -> Result<Response<Self::WatchRunStream>, Status> {
-        let id = req.into_inner().run_id;
-        require("run_id", &id)?;
+        let req = req.into_inner();
+        require("run_id", &req.run_id)?;
         let (tx, rx) = tokio::sync::mpsc::channel(256);
-        self.actor.ask(|r| Command::Watch(id, tx, r)).await?;
+        self.actor
+            .ask(|r| Command::Watch(req.run_id, req.with_task_runs, tx, r))
+            .await?;
         Ok(Response::new(Box::pin(
             tokio_stream::wrappers::ReceiverStream::new(rx),
         )))

@@ -1,5 +1,7 @@
-//! The embedded state store: an in-memory map backed by an append-only log on local disk,
-//! written in batches (group commit) and compacted into a snapshot when it grows.
+//! The embedded state store: an append-only log on local disk, written in batches (group
+//! commit) and compacted into a snapshot when it grows. Memory holds only each live key's
+//! value size (for `Create` checks and compaction); values are read back by replaying the
+//! log, which happens at start-up.
 //!
 //! Log format: a sequence of frames `[len u32][crc32 u32][payload]`, each payload one batch of
 //! ops (`tag u8, key len u32, key, value len u32, value`). A torn or damaged last frame (a crash
@@ -7,7 +9,7 @@
 
 use super::{Epoch, Op, StateStore, StoreError};
 use async_trait::async_trait;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
@@ -28,7 +30,10 @@ pub enum SyncMode {
 }
 
 struct Inner {
-    map: BTreeMap<String, Vec<u8>>,
+    /// Live keys and the sizes of their values.
+    sizes: HashMap<String, u32>,
+    /// The replayed state, kept from opening until the first commit for `load`.
+    snapshot: Option<BTreeMap<String, Vec<u8>>>,
     log: File,
     log_bytes: u64,
     live_bytes: u64,
@@ -79,11 +84,16 @@ impl EmbeddedStore {
             .and_then(|v| std::str::from_utf8(v).ok()?.parse().ok())
             .unwrap_or(0);
         let live_bytes = map.iter().map(|(k, v)| (k.len() + v.len()) as u64).sum();
+        let sizes = map
+            .iter()
+            .map(|(k, v)| (k.clone(), v.len() as u32))
+            .collect();
         let store = EmbeddedStore {
             dir: dir.to_path_buf(),
             sync,
             inner: Mutex::new(Inner {
-                map,
+                sizes,
+                snapshot: Some(map),
                 log,
                 log_bytes: valid,
                 live_bytes,
@@ -105,13 +115,13 @@ impl EmbeddedStore {
             match op {
                 Op::Put { key, value } | Op::Create { key, value } => {
                     inner.live_bytes += (key.len() + value.len()) as u64;
-                    if let Some(old) = inner.map.insert(key.clone(), value.clone()) {
-                        inner.live_bytes -= (key.len() + old.len()) as u64;
+                    if let Some(old) = inner.sizes.insert(key.clone(), value.len() as u32) {
+                        inner.live_bytes -= (key.len() + old as usize) as u64;
                     }
                 }
                 Op::Delete { key } => {
-                    if let Some(old) = inner.map.remove(key) {
-                        inner.live_bytes -= (key.len() + old.len()) as u64;
+                    if let Some(old) = inner.sizes.remove(key) {
+                        inner.live_bytes -= (key.len() + old as usize) as u64;
                     }
                 }
             }
@@ -125,13 +135,11 @@ impl EmbeddedStore {
     /// Rewrites the log as one snapshot frame of the live keys.
     fn compact(&self, inner: &mut Inner) -> Result<(), StoreError> {
         let tmp = self.dir.join("state.log.tmp");
-        let ops: Vec<Op> = inner
-            .map
-            .iter()
-            .map(|(k, v)| Op::Put {
-                key: k.clone(),
-                value: v.clone(),
-            })
+        let mut map = BTreeMap::new();
+        replay(&self.dir.join("state.log"), &mut map)?;
+        let ops: Vec<Op> = map
+            .into_iter()
+            .map(|(key, value)| Op::Put { key, value })
             .collect();
         let frame = encode_frame(&ops);
         {
@@ -232,28 +240,7 @@ fn take(p: &[u8]) -> Option<(&[u8], &[u8])> {
 }
 
 fn crc32(data: &[u8]) -> u32 {
-    // CRC-32 (IEEE), bitwise with a small table built once.
-    static TABLE: std::sync::OnceLock<[u32; 256]> = std::sync::OnceLock::new();
-    let table = TABLE.get_or_init(|| {
-        let mut t = [0u32; 256];
-        for (i, e) in t.iter_mut().enumerate() {
-            let mut c = i as u32;
-            for _ in 0..8 {
-                c = if c & 1 != 0 {
-                    0xEDB8_8320 ^ (c >> 1)
-                } else {
-                    c >> 1
-                };
-            }
-            *e = c;
-        }
-        t
-    });
-    let mut c = !0u32;
-    for &b in data {
-        c = table[((c ^ b as u32) & 0xff) as usize] ^ (c >> 8);
-    }
-    !c
+    crc32fast::hash(data)
 }
 
 #[async_trait]
@@ -265,6 +252,9 @@ impl StateStore for EmbeddedStore {
             key: EPOCH_KEY.into(),
             value: epoch.to_string().into_bytes(),
         };
+        if let (Some(m), Op::Put { key, value }) = (inner.snapshot.as_mut(), &op) {
+            m.insert(key.clone(), value.clone());
+        }
         self.write_batch(&mut inner, &[op])?;
         if self.sync == SyncMode::None {
             inner.log.sync_data()?;
@@ -275,8 +265,17 @@ impl StateStore for EmbeddedStore {
 
     async fn load(&self, prefix: &str) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
         let inner = self.inner.lock().map_err(|_| poisoned())?;
-        Ok(inner
-            .map
+        let replayed;
+        let map = match &inner.snapshot {
+            Some(m) => m,
+            None => {
+                let mut m = BTreeMap::new();
+                replay(&self.dir.join("state.log"), &mut m)?;
+                replayed = m;
+                &replayed
+            }
+        };
+        Ok(map
             .range(prefix.to_string()..)
             .take_while(|(k, _)| k.starts_with(prefix))
             .map(|(k, v)| (k.clone(), v.clone()))
@@ -296,11 +295,12 @@ impl StateStore for EmbeddedStore {
         }
         for op in &ops {
             if let Op::Create { key, .. } = op {
-                if inner.map.contains_key(key) {
+                if inner.sizes.contains_key(key) {
                     return Err(StoreError::Conflict(key.clone()));
                 }
             }
         }
+        inner.snapshot = None;
         self.write_batch(&mut inner, &ops)
     }
 }
