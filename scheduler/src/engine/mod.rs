@@ -22,7 +22,7 @@ use baton_common::ids::{RunId, WorkerId};
 use baton_common::result_store::ResultRef;
 use baton_common::state::RunState;
 use dispatch::{Class, WorkerSlot};
-use model::{CompiledFlow, Node, NodeState, Run};
+use model::{CompiledFlow, NodeState, Run};
 use serde_json::Value;
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap, HashMap};
@@ -228,18 +228,7 @@ impl Engine {
             .map_err(|e| EngineError::InvalidArgument(e.to_string()))?;
         let id = RunId::generate();
         let slot = self.runs.len() as u32;
-        let nodes = (0..flow.spec.tasks.len())
-            .map(|i| Node {
-                state: NodeState::Waiting,
-                mapped: flow.task(i).is_mapped(),
-                runs: Vec::new(),
-                done: 0,
-                waiting_on: flow.upstream[i].len(),
-                value: None,
-                error: String::new(),
-                class: 0,
-            })
-            .collect();
+        let nodes = flow.fresh_nodes();
         let run = Run {
             id: id.clone(),
             params,

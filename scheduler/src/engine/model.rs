@@ -73,6 +73,22 @@ impl CompiledFlow {
     pub fn task(&self, i: usize) -> &TaskSpec {
         &self.spec.tasks[i]
     }
+
+    /// The nodes of a new run: every task waiting on its upstream tasks.
+    pub fn fresh_nodes(&self) -> Vec<Node> {
+        (0..self.spec.tasks.len())
+            .map(|i| Node {
+                state: NodeState::Waiting,
+                mapped: self.task(i).is_mapped(),
+                runs: Vec::new(),
+                done: 0,
+                waiting_on: self.upstream[i].len(),
+                value: None,
+                error: String::new(),
+                class: 0,
+            })
+            .collect()
+    }
 }
 
 /// One attempt's history entry.

@@ -2,7 +2,7 @@
 //! attempts that were running wait for their workers to report them.
 
 use super::dispatch::WorkerSlot;
-use super::model::{CompiledFlow, Node, NodeState, Run, RunRecord, TaskRun, TaskRunRecord, TrRef};
+use super::model::{CompiledFlow, NodeState, Run, RunRecord, TaskRun, TaskRunRecord, TrRef};
 use super::{Engine, Timer};
 use baton_common::flow::{FlowSpec, ResourceSpec};
 use baton_common::ids::{RunId, WorkerId};
@@ -52,18 +52,7 @@ impl Engine {
             };
             let slot = self.runs.len() as u32;
             let terminal = r.state.is_terminal();
-            let nodes = (0..flow.spec.tasks.len())
-                .map(|i| Node {
-                    state: NodeState::Waiting,
-                    mapped: flow.task(i).is_mapped(),
-                    runs: Vec::new(),
-                    done: 0,
-                    waiting_on: flow.upstream[i].len(),
-                    value: None,
-                    error: String::new(),
-                    class: 0,
-                })
-                .collect();
+            let nodes = flow.fresh_nodes();
             self.run_index.insert(r.id.clone(), slot);
             if !r.idempotency_key.is_empty() {
                 self.idempotency.insert(r.idempotency_key.clone(), slot);

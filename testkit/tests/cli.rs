@@ -1,0 +1,80 @@
+//! The `baton` command line against a real scheduler: run with --json, show, runs, workers,
+//! result get, and the exit codes.
+
+use baton_testkit::{bin_path, eventually, Cluster};
+use std::process::Command;
+use std::time::Duration;
+
+fn baton(cluster: &Cluster, args: &[&str]) -> anyhow::Result<(i32, String, String)> {
+    let out = Command::new(bin_path("baton")?)
+        .arg("--scheduler")
+        .arg(cluster.url())
+        .args(args)
+        .output()?;
+    Ok((
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    ))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_runs_shows_and_reads_results() -> anyhow::Result<()> {
+    let mut cluster = Cluster::start(&[]).await?;
+    cluster.add_worker("cli-w", "local", 2)?;
+    let flow = cluster.dir.path().join("sum.yaml");
+    std::fs::write(
+        &flow,
+        "name: sums\nparameters:\n  xs: {default: [1, 2]}\ntasks:\n  - {name: double, builtin: echo, inputs: {value: {param: xs}}, map: [value]}\n  - {name: total, builtin: sum, inputs: {values: {result: double}}}\n",
+    )?;
+    let flow = flow.display().to_string();
+    eventually(Duration::from_secs(20), "the worker", || async {
+        let (code, out, _) = baton(&cluster, &["workers"]).ok()?;
+        (code == 0 && out.contains("cli-w")).then_some(())
+    })
+    .await?;
+
+    let (code, out, err) = baton(&cluster, &["run", &flow, "--param", "xs=[3,4,5]", "--json"])?;
+    assert_eq!(code, 0, "{err}");
+    let v: serde_json::Value = serde_json::from_str(&out)?;
+    assert_eq!(v["state"], "COMPLETED");
+    assert_eq!(v["parameters"]["xs"], serde_json::json!([3, 4, 5]));
+    let trs = v["task_runs"].as_array().expect("task runs");
+    assert_eq!(trs.len(), 4);
+    let total = trs.iter().find(|t| t["task"] == "total").expect("total");
+    assert_eq!(total["value"], serde_json::json!(12.0));
+    let run_id = v["id"].as_str().expect("id").to_string();
+    let location = total["result"]["uri"].as_str().expect("uri").to_string();
+
+    let (code, out, _) = baton(&cluster, &["result", "get", &location])?;
+    assert_eq!(code, 0);
+    assert_eq!(out.trim(), "12.0");
+
+    let (code, out, _) = baton(&cluster, &["show", &run_id])?;
+    assert_eq!(code, 0);
+    assert!(
+        out.contains("COMPLETED") && out.contains("total") && out.contains("cli-w"),
+        "{out}"
+    );
+
+    let (code, out, _) = baton(&cluster, &["runs"])?;
+    assert_eq!(code, 0);
+    assert!(out.contains(&run_id), "{out}");
+
+    // The table names every task run; a failing run exits 1 with the error shown.
+    let bad = cluster.dir.path().join("bad.yaml");
+    std::fs::write(
+        &bad,
+        "name: bad\ntasks:\n  - {name: boom, builtin: fail, inputs: {message: kaboom, retryable: false}}\n",
+    )?;
+    let (code, out, _) = baton(&cluster, &["run", &bad.display().to_string()])?;
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("FAILED") && out.contains("kaboom"), "{out}");
+
+    // A parse error exits 2 with the problem named.
+    std::fs::write(&bad, "name: [unclosed\n")?;
+    let (code, _, err) = baton(&cluster, &["run", &bad.display().to_string()])?;
+    assert_eq!(code, 2);
+    assert!(err.contains("invalid flow"), "{err}");
+    Ok(())
+}
