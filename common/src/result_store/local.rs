@@ -242,8 +242,8 @@ mod tests {
         assert!(store.exists(&b.uri).await.unwrap());
         let beyond = a.uri.replace("+5", "+500000");
         assert!(store.get(&beyond).await.is_err());
-        let outside = format!("file:///etc/passwd#0+4");
-        assert!(store.get(&outside).await.is_err());
+        let outside = "file:///etc/passwd#0+4";
+        assert!(store.get(outside).await.is_err());
         assert!(matches!(store.get(&r.uri).await, Err(Error::NotFound(_))));
     }
 }
