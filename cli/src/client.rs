@@ -112,21 +112,31 @@ impl Client {
             .runs)
     }
 
+    /// All of a run's task runs, fetched page by page.
     pub async fn task_runs(
         &self,
         run_id: &str,
         with_values: bool,
     ) -> Result<Vec<pb::TaskRun>, ClientError> {
-        Ok(self
-            .inner
-            .clone()
-            .list_task_runs(pb::ListTaskRunsRequest {
-                run_id: run_id.to_string(),
-                with_values,
-            })
-            .await?
-            .into_inner()
-            .task_runs)
+        let mut out = Vec::new();
+        loop {
+            let page = self
+                .inner
+                .clone()
+                .list_task_runs(pb::ListTaskRunsRequest {
+                    run_id: run_id.to_string(),
+                    with_values,
+                    offset: out.len() as u32,
+                    limit: 0,
+                })
+                .await?
+                .into_inner();
+            let got = page.task_runs.len();
+            out.extend(page.task_runs);
+            if got == 0 || out.len() >= page.total as usize {
+                return Ok(out);
+            }
+        }
     }
 
     /// A stream of the run's events (with the task runs that changed when `with_task_runs`),

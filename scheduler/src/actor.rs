@@ -36,7 +36,8 @@ pub enum Command {
     CreateRun(NewRun, Reply<(pb::FlowRun, bool)>),
     GetRun(String, Reply<pb::FlowRun>),
     ListRuns(usize, Reply<Vec<pb::FlowRun>>),
-    TaskRuns(String, bool, Reply<Vec<pb::TaskRun>>),
+    /// A page of a run's task runs: (run, with values, offset, limit) → (rows, total).
+    TaskRuns(String, bool, usize, usize, Reply<(Vec<pb::TaskRun>, usize)>),
     CancelRun(String, Reply<pb::FlowRun>),
     ListWorkers(Reply<Vec<pb::WorkerInfo>>),
     /// Watch a run; `true` to receive changed task runs too.
@@ -172,8 +173,8 @@ impl Actor {
             Command::ListRuns(limit, reply) => {
                 let _ = reply.send(Ok(self.engine.list_runs(limit)));
             }
-            Command::TaskRuns(id, values, reply) => {
-                let _ = reply.send(self.engine.task_runs(&id, values));
+            Command::TaskRuns(id, values, offset, limit, reply) => {
+                let _ = reply.send(self.engine.task_runs_page(&id, values, offset, limit));
             }
             Command::CancelRun(id, reply) => match self.engine.cancel_run(&id, now) {
                 Ok(()) => self.after_commit.push(Box::new(move |e: &Engine| {

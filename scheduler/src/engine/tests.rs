@@ -1696,3 +1696,31 @@ fn views_list_every_task_and_count_progress() {
     assert!(r.started_ms >= T0 && r.ended_ms >= r.started_ms);
     assert_eq!(c.engine.list_runs(0)[0].id, run);
 }
+
+#[test]
+fn task_runs_are_listed_page_by_page() {
+    let mut c = VirtualCluster::new();
+    c.register(SQUARES);
+    c.connect("w", &[], 8, 0);
+    c.behave("gen", |_| json!([1, 2, 3, 4]));
+    let run = c.start("squares", json!({}));
+    let gen = c.step();
+    c.succeed(&gen[0]);
+    c.step();
+    let all = c.engine.task_runs(&run, false).unwrap();
+    assert_eq!(all.len(), 6);
+    let key = |t: &pb::TaskRun| (t.task.clone(), t.map_index);
+    let mut paged = Vec::new();
+    for offset in (0..8).step_by(2) {
+        let (rows, total) = c.engine.task_runs_page(&run, false, offset, 2).unwrap();
+        assert_eq!(total, 6);
+        assert!(rows.len() <= 2);
+        paged.extend(rows.iter().map(key));
+    }
+    assert_eq!(paged, all.iter().map(key).collect::<Vec<_>>());
+    let (rows, _) = c.engine.task_runs_page(&run, false, 3, 100).unwrap();
+    assert_eq!(
+        rows.iter().map(key).collect::<Vec<_>>(),
+        all[3..].iter().map(key).collect::<Vec<_>>()
+    );
+}

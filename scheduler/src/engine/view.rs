@@ -101,10 +101,33 @@ impl Engine {
 
     /// A run's task runs in task order; a task not yet expanded shows as one pending row.
     pub fn task_runs(&self, id: &str, with_values: bool) -> Result<Vec<pb::TaskRun>, EngineError> {
+        self.task_runs_page(id, with_values, 0, usize::MAX)
+            .map(|(rows, _)| rows)
+    }
+
+    /// Rows `offset..offset + limit` of [`Self::task_runs`], with the total number of rows.
+    pub fn task_runs_page(
+        &self,
+        id: &str,
+        with_values: bool,
+        offset: usize,
+        limit: usize,
+    ) -> Result<(Vec<pb::TaskRun>, usize), EngineError> {
         let slot = self.slot_of(id)?;
         let run = &self.runs[slot as usize];
+        let total: usize = run.nodes.iter().map(|n| n.runs.len().max(1)).sum();
         let mut out = Vec::new();
+        let mut row = 0usize;
+        let end = offset.saturating_add(limit);
         for (i, n) in run.nodes.iter().enumerate() {
+            let rows = n.runs.len().max(1);
+            if row + rows <= offset {
+                row += rows;
+                continue;
+            }
+            if row >= end {
+                break;
+            }
             if n.runs.is_empty() {
                 let state = match n.state {
                     NodeState::Waiting | NodeState::Expanded => TaskState::Pending,
@@ -121,13 +144,17 @@ impl Engine {
                     error: n.error.clone(),
                     ..Default::default()
                 });
+                row += 1;
                 continue;
             }
-            for (j, tr) in n.runs.iter().enumerate() {
+            let skip = offset.saturating_sub(row);
+            let take = end.saturating_sub(row.max(offset));
+            for (j, tr) in n.runs.iter().enumerate().skip(skip).take(take) {
                 out.push(self.tr_view(run, i, j, tr, with_values));
             }
+            row += rows;
         }
-        Ok(out)
+        Ok((out, total))
     }
 
     /// Views of some task runs (those a step changed).

@@ -46,6 +46,9 @@ fn require(field: &str, value: &str) -> Result<(), Status> {
     }
 }
 
+/// Most task runs in one `ListTaskRuns` answer (keeps it well under the message limit).
+const MAX_TASK_RUNS_PAGE: usize = 10_000;
+
 type EventStream = Pin<Box<dyn Stream<Item = Result<pb::RunEvent, Status>> + Send>>;
 
 #[tonic::async_trait]
@@ -142,11 +145,19 @@ impl FlowService for FlowApi {
     ) -> Result<Response<pb::ListTaskRunsResponse>, Status> {
         let req = req.into_inner();
         require("run_id", &req.run_id)?;
-        let task_runs = self
+        let limit = match req.limit {
+            0 => MAX_TASK_RUNS_PAGE,
+            n => (n as usize).min(MAX_TASK_RUNS_PAGE),
+        };
+        let offset = req.offset as usize;
+        let (task_runs, total) = self
             .actor
-            .ask(|r| Command::TaskRuns(req.run_id, req.with_values, r))
+            .ask(|r| Command::TaskRuns(req.run_id, req.with_values, offset, limit, r))
             .await?;
-        Ok(Response::new(pb::ListTaskRunsResponse { task_runs }))
+        Ok(Response::new(pb::ListTaskRunsResponse {
+            task_runs,
+            total: total as u32,
+        }))
     }
 
     async fn cancel_run(
