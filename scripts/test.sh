@@ -3,6 +3,7 @@
 # processes, and the benchmark in its short mode (so it cannot rot; it asserts no speed).
 # Installs what the tests need first. Usage: scripts/test.sh
 set -euo pipefail
+export CARGO_TERM_COLOR=never
 cd "$(dirname "$0")/.."
 
 log() { printf '\n==> %s\n' "$*"; }
@@ -27,7 +28,16 @@ log "build"
 cargo build --workspace --bins
 
 log "tests"
-cargo test --workspace
+results=$(mktemp)
+trap 'rm -f "$results"' EXIT
+cargo test --workspace 2>&1 | tee "$results"
 
 log "benchmark (short mode)"
 ./target/debug/baton-bench --quick
+
+# One closing line for the whole suite (cargo prints one per test binary).
+read -r passed failed < <(awk '/^test result:/ {
+  for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i }
+} END { print p + 0, f + 0 }' "$results")
+echo
+echo "tests: ${passed} passed, ${failed} failed"
