@@ -4,9 +4,9 @@ use baton_common::state::{run_state_name, task_state_name};
 use baton_proto as pb;
 use serde_json::{json, Value};
 
-/// A duration in milliseconds as `1.23s` / `2m03s`.
+/// A duration in milliseconds as `1.23s` / `2m03s`; `-` when unknown (negative).
 pub fn duration(ms: i64) -> String {
-    if ms <= 0 {
+    if ms < 0 {
         return "-".into();
     }
     if ms < 60_000 {
@@ -16,11 +16,12 @@ pub fn duration(ms: i64) -> String {
     }
 }
 
+/// The task run's duration in ms, or -1 when it has not both started and ended.
 fn task_duration(t: &pb::TaskRun) -> i64 {
     if t.started_ms > 0 && t.ended_ms >= t.started_ms {
         t.ended_ms - t.started_ms
     } else {
-        0
+        -1
     }
 }
 
@@ -114,6 +115,15 @@ pub fn task_table(trs: &[pb::TaskRun]) -> String {
     )
 }
 
+/// The run's duration in ms, or -1 while it has not ended.
+fn run_duration(r: &pb::FlowRun) -> i64 {
+    if r.ended_ms > 0 && r.started_ms > 0 {
+        r.ended_ms - r.started_ms
+    } else {
+        -1
+    }
+}
+
 /// A one-line summary of a run.
 pub fn run_line(r: &pb::FlowRun) -> String {
     let mut s = format!(
@@ -125,11 +135,7 @@ pub fn run_line(r: &pb::FlowRun) -> String {
         run_state_name(r.state),
         r.tasks_done,
         r.tasks_total,
-        duration(if r.ended_ms > 0 && r.started_ms > 0 {
-            r.ended_ms - r.started_ms
-        } else {
-            0
-        })
+        duration(run_duration(r))
     );
     if !r.error.is_empty() {
         s.push_str(&format!("\n  error: {}", r.error));
@@ -151,11 +157,7 @@ pub fn runs_table(runs: &[pb::FlowRun]) -> String {
                 r.version.to_string(),
                 run_state_name(r.state).to_string(),
                 format!("{}/{}", r.tasks_done, r.tasks_total),
-                duration(if r.ended_ms > 0 {
-                    r.ended_ms - r.started_ms
-                } else {
-                    0
-                }),
+                duration(run_duration(r)),
             ]
         })
         .collect();
@@ -201,7 +203,7 @@ fn task_json(t: &pb::TaskRun) -> Value {
         "worker": t.worker,
         "started_ms": t.started_ms,
         "ended_ms": t.ended_ms,
-        "duration_ms": task_duration(t),
+        "duration_ms": task_duration(t).max(0),
         "result": t.result.as_ref().map(|r| json!({
             "uri": r.uri, "size": r.size, "checksum": r.checksum, "content_type": r.content_type,
         })),
