@@ -87,6 +87,8 @@ impl Engine {
     pub(super) fn finish_tr(&mut self, t: TrRef, now: i64) {
         self.mark_tr(t);
         let node = &mut self.runs[t.run as usize].nodes[t.node as usize];
+        // A finished task run is never dispatched again: its inputs are not needed.
+        node.runs[t.index as usize].inputs = self.no_inputs.clone();
         node.done += 1;
         if node.done == node.runs.len() && node.state == NodeState::Expanded {
             self.finish_node(t.run, t.node as usize, now);

@@ -134,6 +134,8 @@ pub struct Engine {
     touched_trs: Vec<TrRef>,
     pending_records: HashMap<(String, String, i64), TaskRunRecord>,
     assignments: u64,
+    /// The shared empty inputs of finished task runs.
+    no_inputs: Arc<str>,
 }
 
 impl Engine {
@@ -156,6 +158,7 @@ impl Engine {
             touched_trs: Vec::new(),
             pending_records: HashMap::new(),
             assignments: 0,
+            no_inputs: Arc::from("{}"),
         }
     }
 
