@@ -47,7 +47,7 @@ pub enum Command {
         u64,
         mpsc::UnboundedSender<pb::SchedulerMessage>,
     ),
-    WorkerMessages(WorkerId, u64, Vec<Up>),
+    WorkerMessage(WorkerId, u64, Up),
     WorkerDisconnected(WorkerId, u64),
     /// A large result was read back from the store.
     ResultLoaded(WorkerId, u64, AttemptKey, Outcome),
@@ -200,11 +200,9 @@ impl Actor {
                 }
                 self.engine.worker_disconnected(&id, session, now);
             }
-            Command::WorkerMessages(id, session, msgs) => {
+            Command::WorkerMessage(id, session, msg) => {
                 self.engine.worker_seen(&id, session, now);
-                for m in msgs {
-                    self.worker_message(&id, session, m, now);
-                }
+                self.worker_message(&id, session, msg, now);
             }
             Command::ResultLoaded(id, session, key, outcome) => {
                 self.engine.task_finished(&id, session, &key, outcome, now);

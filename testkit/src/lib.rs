@@ -125,11 +125,16 @@ impl Cluster {
         self.wait_scheduler().await
     }
 
-    /// Keeps the logs folder (prints its path) so a failed test can be examined.
-    pub fn keep_logs(self) -> PathBuf {
-        let path = self.dir.keep();
-        eprintln!("logs kept in {}", path.display());
-        path
+    /// Asserts that a finished run completed; otherwise fails with its error and the logs.
+    pub fn assert_completed(&self, run: &baton_proto::FlowRun) {
+        assert_eq!(
+            run.state,
+            baton_proto::RunState::Completed as i32,
+            "run {} did not complete: {}\n{}",
+            run.id,
+            run.error,
+            self.logs()
+        );
     }
 
     /// All logs, for failure messages.

@@ -45,13 +45,7 @@ async fn bad_input_is_refused_clearly() -> anyhow::Result<()> {
         .run
         .expect("run");
     let good = c.wait(&good.id).await?;
-    assert_eq!(
-        good.state,
-        pb::RunState::Completed as i32,
-        "{}\n{}",
-        good.error,
-        cluster.logs()
-    );
+    cluster.assert_completed(&good);
     let good_trs = c.task_runs(&good.id, true).await?;
 
     expect_invalid(

@@ -71,13 +71,7 @@ async fn killed_trainer_worker_tasks_rerun_on_the_other() -> anyhow::Result<()> 
     assert!(!on_a.is_empty(), "no task went to trainer-a");
     cluster.workers[0].kill9();
     let done = tokio::time::timeout(Duration::from_secs(60), c.wait(&run.id)).await??;
-    assert_eq!(
-        done.state,
-        pb::RunState::Completed as i32,
-        "{}\n{}",
-        done.error,
-        cluster.logs()
-    );
+    cluster.assert_completed(&done);
     let trs = c.task_runs(&run.id, true).await?;
     assert_eq!(trs.len(), 4);
     for t in &trs {
@@ -170,13 +164,7 @@ async fn killed_scheduler_restarts_without_rerunning_completed_tasks() -> anyhow
     cluster.restart_scheduler().await?;
     let c = Client::connect(&cluster.url()).await?;
     let done = tokio::time::timeout(Duration::from_secs(60), c.wait(&run.id)).await??;
-    assert_eq!(
-        done.state,
-        pb::RunState::Completed as i32,
-        "{}\n{}",
-        done.error,
-        cluster.logs()
-    );
+    cluster.assert_completed(&done);
     let trs = c.task_runs(&run.id, true).await?;
     for t in &trs {
         if let Some((attempt, uri)) = before.get(&(t.task.clone(), t.map_index)) {

@@ -66,13 +66,7 @@ async fn ridge_sweep_matches_closed_form() -> anyhow::Result<()> {
     }
     assert!(seen > 0, "no completed task runs were observed");
     let done = client.get_run(&run.id).await?;
-    assert_eq!(
-        done.state,
-        pb::RunState::Completed as i32,
-        "{}\n{}",
-        done.error,
-        cluster.logs()
-    );
+    cluster.assert_completed(&done);
     let trs = client.task_runs(&run.id, true).await?;
 
     let rows = generate_points(seed, 100, 1);

@@ -193,7 +193,6 @@ impl Engine {
             session,
             msg,
         });
-        self.assignments += 1;
         self.mark_tr(t);
     }
 

@@ -133,7 +133,6 @@ pub struct Engine {
     /// Task runs whose change is shown to watchers but not persisted.
     touched_trs: Vec<TrRef>,
     pending_records: HashMap<(String, String, i64), TaskRunRecord>,
-    assignments: u64,
     /// The shared empty inputs of finished task runs.
     no_inputs: Arc<str>,
 }
@@ -157,22 +156,12 @@ impl Engine {
             dirty_trs: Vec::new(),
             touched_trs: Vec::new(),
             pending_records: HashMap::new(),
-            assignments: 0,
             no_inputs: Arc::from("{}"),
         }
     }
 
     pub fn epoch(&self) -> u64 {
         self.epoch
-    }
-
-    pub fn config(&self) -> &EngineConfig {
-        &self.cfg
-    }
-
-    /// Assignments sent since start (for tests and metrics).
-    pub fn assignments(&self) -> u64 {
-        self.assignments
     }
 
     /// Registers a flow definition; returns its version and whether it is new.

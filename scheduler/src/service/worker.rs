@@ -91,7 +91,7 @@ impl WorkerService for WorkerApi {
                 match tokio::time::timeout(lease, inbound.message()).await {
                     Ok(Ok(Some(m))) => {
                         let Some(msg) = m.msg else { continue };
-                        let cmd = Command::WorkerMessages(id.clone(), session, vec![msg]);
+                        let cmd = Command::WorkerMessage(id.clone(), session, msg);
                         if actor.tell(cmd).await.is_err() {
                             break;
                         }

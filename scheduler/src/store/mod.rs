@@ -22,13 +22,6 @@ pub enum Op {
 }
 
 impl Op {
-    /// The key the operation touches.
-    pub fn key(&self) -> &str {
-        match self {
-            Op::Put { key, .. } | Op::Create { key, .. } | Op::Delete { key } => key,
-        }
-    }
-
     /// Bytes the operation carries (for batch limits).
     pub fn size(&self) -> usize {
         match self {
