@@ -197,4 +197,11 @@ impl FlowService for FlowApi {
             content_type: content_type.to_string(),
         }))
     }
+
+    async fn get_leader(
+        &self,
+        _req: Request<pb::GetLeaderRequest>,
+    ) -> Result<Response<pb::GetLeaderResponse>, Status> {
+        Ok(Response::new(pb::GetLeaderResponse::default()))
+    }
 }
