@@ -18,6 +18,17 @@ pub struct SchedulerConfig {
     pub unrunnable_timeout_ms: u64,
     /// fsync the state log after each batch.
     pub fsync: bool,
+    /// etcd client URLs; empty for single-node mode (embedded state).
+    pub etcd: Vec<String>,
+    /// The cluster's namespace in etcd (several clusters can share one etcd).
+    pub cluster: String,
+    /// The address clients and workers dial to reach this replica (default: from the
+    /// listen address).
+    pub advertise: Option<String>,
+    /// This replica's id (default: its advertised address).
+    pub replica_id: Option<String>,
+    /// The leadership lease in etcd.
+    pub leader_lease_ms: u64,
 }
 
 impl Default for SchedulerConfig {
@@ -30,6 +41,11 @@ impl Default for SchedulerConfig {
             adopt_grace_ms: 5_000,
             unrunnable_timeout_ms: 300_000,
             fsync: false,
+            etcd: Vec::new(),
+            cluster: "baton".into(),
+            advertise: None,
+            replica_id: None,
+            leader_lease_ms: 10_000,
         }
     }
 }
@@ -44,6 +60,21 @@ impl SchedulerConfig {
             return Err(Error::Config(
                 "worker_lease_ms must be at least twice heartbeat_interval_ms".into(),
             ));
+        }
+        if !self.etcd.is_empty() {
+            if self.result_store.is_none() {
+                return Err(Error::Config(
+                    "result_store is required with etcd (every replica and worker must reach it, e.g. s3://bucket/prefix)".into(),
+                ));
+            }
+            if self.leader_lease_ms < 2_000 {
+                return Err(Error::Config(
+                    "leader_lease_ms must be at least 2000".into(),
+                ));
+            }
+            if self.cluster.trim_matches('/').is_empty() {
+                return Err(Error::Config("cluster must not be empty".into()));
+            }
         }
         if self.data_dir.as_os_str().is_empty() {
             return Err(Error::Config("data_dir must not be empty".into()));

@@ -40,7 +40,8 @@ impl From<Error> for tonic::Status {
             }
             Error::Common(C::NotFound(_)) => tonic::Status::not_found(msg),
             Error::Common(C::AlreadyExists(_)) => tonic::Status::already_exists(msg),
-            Error::ShuttingDown | Error::Store(StoreError::Fenced { .. }) => {
+            Error::ShuttingDown
+            | Error::Store(StoreError::Fenced { .. } | StoreError::Unavailable(_)) => {
                 tonic::Status::unavailable(msg)
             }
             Error::Config(_) => tonic::Status::invalid_argument(msg),

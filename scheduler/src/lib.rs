@@ -5,6 +5,7 @@ pub mod actor;
 pub mod config;
 pub mod engine;
 pub mod error;
+pub mod leadership;
 pub mod server;
 pub mod service;
 pub mod store;

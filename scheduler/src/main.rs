@@ -4,7 +4,8 @@ use clap::Parser;
 use std::path::PathBuf;
 use tokio_util::sync::CancellationToken;
 
-/// baton's scheduler (single node, embedded state).
+/// baton's scheduler: single node with embedded state, or one replica of a cluster with
+/// state in etcd (`--etcd`).
 #[derive(Parser, Debug)]
 #[command(name = "baton-scheduler", version)]
 struct Args {
@@ -28,6 +29,21 @@ struct Args {
     /// fsync the state log after every batch.
     #[arg(long, env = "BATON_FSYNC")]
     fsync: bool,
+    /// etcd endpoints (comma-separated); enables cluster mode with leader election.
+    #[arg(long, env = "BATON_ETCD", value_delimiter = ',')]
+    etcd: Vec<String>,
+    /// The cluster's namespace in etcd.
+    #[arg(long, env = "BATON_CLUSTER", default_value = "baton")]
+    cluster: String,
+    /// The address clients and workers dial to reach this replica (default: http://LISTEN).
+    #[arg(long, env = "BATON_ADVERTISE")]
+    advertise: Option<String>,
+    /// This replica's id (default: its advertised address).
+    #[arg(long, env = "BATON_REPLICA_ID")]
+    replica_id: Option<String>,
+    /// The leadership lease in etcd, in milliseconds.
+    #[arg(long, env = "BATON_LEADER_LEASE_MS", default_value_t = 10_000)]
+    leader_lease_ms: u64,
 }
 
 #[tokio::main]
@@ -42,6 +58,11 @@ async fn main() -> anyhow::Result<()> {
         adopt_grace_ms: a.adopt_grace_ms,
         unrunnable_timeout_ms: a.unrunnable_timeout_ms,
         fsync: a.fsync,
+        etcd: a.etcd,
+        cluster: a.cluster,
+        advertise: a.advertise,
+        replica_id: a.replica_id,
+        leader_lease_ms: a.leader_lease_ms,
     };
     let listener = tokio::net::TcpListener::bind(&a.listen).await?;
     let shutdown = CancellationToken::new();

@@ -1,11 +1,13 @@
-//! Start-up: open the stores, become the writer, recover state, start the engine's actor and
-//! serve the gRPC services until shutdown.
+//! Start-up: open the stores, serve the gRPC services at once (a follower answers with the
+//! leader's address), and run the leadership loop: campaign, load the state, run the
+//! engine's actor while leading, and on losing leadership drop everything and campaign again.
 
 use crate::actor;
 use crate::config::SchedulerConfig;
 use crate::engine::{keys, Engine, Recovered, RunRecord, TaskRunRecord};
+use crate::leadership::{Role, Roles};
 use crate::service::{FlowApi, WorkerApi, MAX_MESSAGE_BYTES};
-use crate::store::{EmbeddedStore, StateStore};
+use crate::store::{EmbeddedStore, EtcdConfig, EtcdStore, Leadership, StateStore};
 use crate::{Error, Result};
 use baton_common::flow::FlowSpec;
 use baton_common::result_store::{open_store, ResultStore};
@@ -16,53 +18,139 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-/// Runs a single-node scheduler on `listener` until `shutdown` is cancelled.
+/// Runs a scheduler replica on `listener` until `shutdown` is cancelled: single-node with
+/// embedded state, or one of several replicas with state in etcd.
 pub async fn serve(
     config: SchedulerConfig,
     listener: TcpListener,
     shutdown: CancellationToken,
 ) -> Result<()> {
     config.validate()?;
-    let state_dir = config.data_dir.join("state");
-    let sync = config.sync_mode();
-    let state: Arc<dyn StateStore> = Arc::new(
-        tokio::task::spawn_blocking(move || EmbeddedStore::open(&state_dir, sync))
-            .await
-            .map_err(|e| Error::Transport(e.to_string()))??,
-    );
+    let addr = listener.local_addr()?;
+    let advertise = config
+        .advertise
+        .clone()
+        .unwrap_or_else(|| format!("http://{addr}"));
+    let replica_id = config
+        .replica_id
+        .clone()
+        .unwrap_or_else(|| advertise.clone());
+    let state = open_state(&config, &replica_id, &advertise).await?;
     let store_uri = config.result_store_uri();
-    let results = open_store(&store_uri)?;
-    let epoch = state.acquire().await?;
-    let recovered = load(state.as_ref(), results.as_ref()).await?;
-    let mut engine = Engine::new(config.engine(results.root_uri()), epoch);
-    engine.recover(recovered, baton_common::time::now_ms());
-    tracing::info!(epoch, store = %results.root_uri(), "scheduler is leader");
+    let results = open_store(&store_uri).await?;
+    let roles = Arc::new(Roles::new(state.clone(), replica_id, advertise));
 
-    let (handle, actor_task) = actor::spawn(engine, state, results.clone(), shutdown.clone());
-    let flow = FlowServiceServer::new(FlowApi::new(handle.clone(), results))
+    let flow = FlowServiceServer::new(FlowApi::new(roles.clone(), results.clone()))
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_MESSAGE_BYTES);
     let worker = WorkerServiceServer::new(WorkerApi::new(
-        handle,
+        roles.clone(),
         Duration::from_millis(config.worker_lease_ms),
     ))
     .max_decoding_message_size(MAX_MESSAGE_BYTES)
     .max_encoding_message_size(MAX_MESSAGE_BYTES);
-    let addr = listener.local_addr()?;
     tracing::info!(%addr, "serving");
     let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
     let stop = shutdown.clone();
-    tonic::transport::Server::builder()
-        .tcp_nodelay(true)
-        .http2_keepalive_interval(Some(Duration::from_secs(5)))
-        .add_service(flow)
-        .add_service(worker)
-        .serve_with_incoming_shutdown(incoming, stop.cancelled_owned())
-        .await
-        .map_err(|e| Error::Transport(e.to_string()))?;
+    let server = tokio::spawn(
+        tonic::transport::Server::builder()
+            .tcp_nodelay(true)
+            .http2_keepalive_interval(Some(Duration::from_secs(5)))
+            .add_service(flow)
+            .add_service(worker)
+            .serve_with_incoming_shutdown(incoming, stop.cancelled_owned()),
+    );
+
+    let led = lead(&config, state, results, &roles, &shutdown).await;
     shutdown.cancel();
-    let _ = actor_task.await;
-    Ok(())
+    let served = server.await.map_err(|e| Error::Transport(e.to_string()))?;
+    led?;
+    served.map_err(|e| Error::Transport(e.to_string()))
+}
+
+async fn open_state(
+    config: &SchedulerConfig,
+    replica_id: &str,
+    advertise: &str,
+) -> Result<Arc<dyn StateStore>> {
+    if !config.etcd.is_empty() {
+        let store = EtcdStore::connect(EtcdConfig {
+            endpoints: config.etcd.clone(),
+            namespace: config.cluster.clone(),
+            replica_id: replica_id.to_string(),
+            advertise: advertise.to_string(),
+            lease_ttl: Duration::from_millis(config.leader_lease_ms),
+        })
+        .await?;
+        return Ok(Arc::new(store));
+    }
+    let state_dir = config.data_dir.join("state");
+    let sync = config.sync_mode();
+    let store = tokio::task::spawn_blocking(move || EmbeddedStore::open(&state_dir, sync))
+        .await
+        .map_err(|e| Error::Transport(e.to_string()))??;
+    Ok(Arc::new(store))
+}
+
+/// The leadership loop; returns when `shutdown` is cancelled.
+async fn lead(
+    config: &SchedulerConfig,
+    state: Arc<dyn StateStore>,
+    results: Arc<dyn ResultStore>,
+    roles: &Roles,
+    shutdown: &CancellationToken,
+) -> Result<()> {
+    loop {
+        roles.set(Role::Follower);
+        let won: Leadership = tokio::select! {
+            r = state.acquire() => match r {
+                Ok(l) => l,
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot become leader; retrying");
+                    tokio::select! {
+                        _ = tokio::time::sleep(Duration::from_secs(1)) => continue,
+                        _ = shutdown.cancelled() => return Ok(()),
+                    }
+                }
+            },
+            _ = shutdown.cancelled() => return Ok(()),
+        };
+        let epoch = won.epoch;
+        roles.set(Role::Starting { epoch });
+        tracing::info!(epoch, "elected; loading state");
+        let recovered = tokio::select! {
+            r = load(state.as_ref(), results.as_ref()) => r,
+            _ = won.lost.cancelled() => Err(Error::Transport("leadership lost while loading".into())),
+            _ = shutdown.cancelled() => return Ok(()),
+        };
+        let recovered = match recovered {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::error!(epoch, error = %e, "cannot load state; stepping down");
+                state.resign(epoch).await;
+                continue;
+            }
+        };
+        let mut engine = Engine::new(config.engine(results.root_uri()), epoch);
+        engine.recover(recovered, baton_common::time::now_ms());
+        let stop = shutdown.child_token();
+        let (handle, mut actor_task) =
+            actor::spawn(engine, state.clone(), results.clone(), stop.clone());
+        roles.set(Role::Leader { epoch, handle });
+        tracing::info!(epoch, store = %results.root_uri(), "scheduler is leader");
+        tokio::select! {
+            _ = won.lost.cancelled() => tracing::warn!(epoch, "leadership lost; stepping down"),
+            _ = &mut actor_task => tracing::warn!(epoch, "engine stopped; stepping down"),
+            _ = shutdown.cancelled() => {}
+        }
+        roles.set(Role::Follower);
+        stop.cancel();
+        let _ = actor_task.await;
+        state.resign(epoch).await;
+        if shutdown.is_cancelled() {
+            return Ok(());
+        }
+    }
 }
 
 /// Reads flows, runs and task runs back; large values are read from the result store.

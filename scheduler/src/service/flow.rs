@@ -1,7 +1,8 @@
 //! `FlowService`: flows, runs, task runs, workers and results for clients.
 
-use crate::actor::{Command, Handle};
+use crate::actor::Command;
 use crate::engine::NewRun;
+use crate::leadership::Roles;
 use crate::Error;
 use baton_common::flow::parse_flow;
 use baton_common::result_store::ResultStore;
@@ -15,13 +16,13 @@ use tonic::{Request, Response, Status};
 
 /// The client-facing service.
 pub struct FlowApi {
-    actor: Handle,
+    roles: Arc<Roles>,
     results: Arc<dyn ResultStore>,
 }
 
 impl FlowApi {
-    pub fn new(actor: Handle, results: Arc<dyn ResultStore>) -> Self {
-        FlowApi { actor, results }
+    pub fn new(roles: Arc<Roles>, results: Arc<dyn ResultStore>) -> Self {
+        FlowApi { roles, results }
     }
 }
 
@@ -59,7 +60,11 @@ impl FlowService for FlowApi {
     ) -> Result<Response<pb::RegisterFlowResponse>, Status> {
         let spec = parse_flow(&req.into_inner().source).map_err(Error::from)?;
         let (project, flow) = (spec.project.clone(), spec.name.clone());
-        let (version, created) = self.actor.ask(|r| Command::RegisterFlow(spec, r)).await?;
+        let (version, created) = self
+            .roles
+            .leader()?
+            .ask(|r| Command::RegisterFlow(spec, r))
+            .await?;
         Ok(Response::new(pb::RegisterFlowResponse {
             project,
             flow,
@@ -85,7 +90,11 @@ impl FlowService for FlowApi {
         } else {
             let spec = parse_flow(&req.source).map_err(Error::from)?;
             let (project, flow) = (spec.project.clone(), spec.name.clone());
-            let (version, _) = self.actor.ask(|r| Command::RegisterFlow(spec, r)).await?;
+            let (version, _) = self
+                .roles
+                .leader()?
+                .ask(|r| Command::RegisterFlow(spec, r))
+                .await?;
             (project, flow, version)
         };
         let new = NewRun {
@@ -96,7 +105,11 @@ impl FlowService for FlowApi {
             idempotency_key: req.idempotency_key,
             scheduled_start_ms: 0,
         };
-        let (run, created) = self.actor.ask(|r| Command::CreateRun(new, r)).await?;
+        let (run, created) = self
+            .roles
+            .leader()?
+            .ask(|r| Command::CreateRun(new, r))
+            .await?;
         Ok(Response::new(pb::CreateRunResponse {
             run: Some(run),
             created,
@@ -109,7 +122,7 @@ impl FlowService for FlowApi {
     ) -> Result<Response<pb::GetRunResponse>, Status> {
         let id = req.into_inner().run_id;
         require("run_id", &id)?;
-        let run = self.actor.ask(|r| Command::GetRun(id, r)).await?;
+        let run = self.roles.leader()?.ask(|r| Command::GetRun(id, r)).await?;
         Ok(Response::new(pb::GetRunResponse { run: Some(run) }))
     }
 
@@ -118,7 +131,11 @@ impl FlowService for FlowApi {
         req: Request<pb::ListRunsRequest>,
     ) -> Result<Response<pb::ListRunsResponse>, Status> {
         let limit = req.into_inner().limit as usize;
-        let runs = self.actor.ask(|r| Command::ListRuns(limit, r)).await?;
+        let runs = self
+            .roles
+            .leader()?
+            .ask(|r| Command::ListRuns(limit, r))
+            .await?;
         Ok(Response::new(pb::ListRunsResponse { runs }))
     }
 
@@ -131,7 +148,8 @@ impl FlowService for FlowApi {
         let req = req.into_inner();
         require("run_id", &req.run_id)?;
         let (tx, rx) = tokio::sync::mpsc::channel(256);
-        self.actor
+        self.roles
+            .leader()?
             .ask(|r| Command::Watch(req.run_id, req.with_task_runs, tx, r))
             .await?;
         Ok(Response::new(Box::pin(
@@ -151,7 +169,8 @@ impl FlowService for FlowApi {
         };
         let offset = req.offset as usize;
         let (task_runs, total) = self
-            .actor
+            .roles
+            .leader()?
             .ask(|r| Command::TaskRuns(req.run_id, req.with_values, offset, limit, r))
             .await?;
         Ok(Response::new(pb::ListTaskRunsResponse {
@@ -166,7 +185,11 @@ impl FlowService for FlowApi {
     ) -> Result<Response<pb::CancelRunResponse>, Status> {
         let id = req.into_inner().run_id;
         require("run_id", &id)?;
-        let run = self.actor.ask(|r| Command::CancelRun(id, r)).await?;
+        let run = self
+            .roles
+            .leader()?
+            .ask(|r| Command::CancelRun(id, r))
+            .await?;
         Ok(Response::new(pb::CancelRunResponse { run: Some(run) }))
     }
 
@@ -174,7 +197,7 @@ impl FlowService for FlowApi {
         &self,
         _req: Request<pb::ListWorkersRequest>,
     ) -> Result<Response<pb::ListWorkersResponse>, Status> {
-        let workers = self.actor.ask(Command::ListWorkers).await?;
+        let workers = self.roles.leader()?.ask(Command::ListWorkers).await?;
         Ok(Response::new(pb::ListWorkersResponse { workers }))
     }
 
@@ -202,6 +225,6 @@ impl FlowService for FlowApi {
         &self,
         _req: Request<pb::GetLeaderRequest>,
     ) -> Result<Response<pb::GetLeaderResponse>, Status> {
-        Ok(Response::new(pb::GetLeaderResponse::default()))
+        Ok(Response::new(self.roles.leader_info()))
     }
 }

@@ -2,8 +2,9 @@
 //! forwards the worker's messages to the engine; the engine's messages flow back through an
 //! unbounded channel, bounded in practice by the credit each worker grants.
 
-use crate::actor::{Command, Handle};
+use crate::actor::Command;
 use crate::engine::WorkerRegistration;
+use crate::leadership::Roles;
 use baton_common::flow::ResourceSpec;
 use baton_common::ids::{AttemptKey, WorkerId};
 use baton_proto as pb;
@@ -11,21 +12,22 @@ use pb::worker_message::Msg as Up;
 use pb::worker_service_server::WorkerService;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 use tokio_stream::{Stream, StreamExt};
 use tonic::{Request, Response, Status, Streaming};
 
 /// The worker-facing service.
 pub struct WorkerApi {
-    actor: Handle,
+    roles: Arc<Roles>,
     next_session: AtomicU64,
     lease: Duration,
 }
 
 impl WorkerApi {
-    pub fn new(actor: Handle, lease: Duration) -> Self {
+    pub fn new(roles: Arc<Roles>, lease: Duration) -> Self {
         WorkerApi {
-            actor,
+            roles,
             next_session: AtomicU64::new(1),
             lease,
         }
@@ -65,6 +67,7 @@ impl WorkerService for WorkerApi {
         &self,
         req: Request<Streaming<pb::WorkerMessage>>,
     ) -> Result<Response<Self::ConnectStream>, Status> {
+        let actor = self.roles.leader()?;
         let address = req.remote_addr().map(|a| a.to_string()).unwrap_or_default();
         let mut inbound = req.into_inner();
         let first = tokio::time::timeout(Duration::from_secs(10), inbound.message())
@@ -81,10 +84,9 @@ impl WorkerService for WorkerApi {
         let session = self.next_session.fetch_add(1, Ordering::Relaxed);
         let id = reg.id.clone();
         let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-        self.actor
+        actor
             .tell(Command::WorkerConnected(reg, session, tx))
             .await?;
-        let actor = self.actor.clone();
         let lease = self.lease;
         tokio::spawn(async move {
             loop {

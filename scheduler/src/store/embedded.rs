@@ -7,13 +7,14 @@
 //! ops (`tag u8, key len u32, key, value len u32, value`). A torn or damaged last frame (a crash
 //! mid-write) is cut off at open.
 
-use super::{Epoch, Op, StateStore, StoreError};
+use super::{Epoch, Leadership, Op, StateStore, StoreError};
 use async_trait::async_trait;
 use std::collections::{BTreeMap, HashMap};
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
+use tokio_util::sync::CancellationToken;
 
 const EPOCH_KEY: &str = "meta/epoch";
 const TAG_PUT: u8 = 1;
@@ -245,7 +246,7 @@ fn crc32(data: &[u8]) -> u32 {
 
 #[async_trait]
 impl StateStore for EmbeddedStore {
-    async fn acquire(&self) -> Result<Epoch, StoreError> {
+    async fn acquire(&self) -> Result<Leadership, StoreError> {
         let mut inner = self.inner.lock().map_err(|_| poisoned())?;
         let epoch = inner.epoch + 1;
         let op = Op::Put {
@@ -260,7 +261,10 @@ impl StateStore for EmbeddedStore {
             inner.log.sync_data()?;
         }
         inner.epoch = epoch;
-        Ok(epoch)
+        Ok(Leadership {
+            epoch,
+            lost: CancellationToken::new(),
+        })
     }
 
     async fn load(&self, prefix: &str) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
@@ -325,7 +329,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         {
             let s = EmbeddedStore::open(dir.path(), SyncMode::None).unwrap();
-            let e = s.acquire().await.unwrap();
+            let e = s.acquire().await.unwrap().epoch;
             assert_eq!(e, 1);
             s.commit(e, vec![put("a/1", "x"), put("a/2", "y")])
                 .await
@@ -355,7 +359,7 @@ mod tests {
         f.write_all(&[200, 0, 0, 0, 1, 2, 3]).unwrap();
         drop(f);
         let s = EmbeddedStore::open(dir.path(), SyncMode::None).unwrap();
-        assert_eq!(s.acquire().await.unwrap(), 2);
+        assert_eq!(s.acquire().await.unwrap().epoch, 2);
         let all = s.load("a/").await.unwrap();
         assert_eq!(all, vec![("a/2".to_string(), b"y".to_vec())]);
     }
@@ -364,7 +368,7 @@ mod tests {
     async fn compaction_keeps_live_keys() {
         let dir = tempfile::tempdir().unwrap();
         let s = EmbeddedStore::open(dir.path(), SyncMode::None).unwrap();
-        let e = s.acquire().await.unwrap();
+        let e = s.acquire().await.unwrap().epoch;
         {
             let mut inner = s.inner.lock().unwrap();
             s.write_batch(&mut inner, &[put("k", "1")]).unwrap();

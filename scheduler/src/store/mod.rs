@@ -1,11 +1,14 @@
 //! The [`StateStore`] trait: fenced, batched key-value transactions holding the scheduler's
-//! durable state, with the embedded (local disk) implementation.
+//! durable state, with the embedded (local disk) and etcd implementations.
 
 pub mod embedded;
+pub mod etcd;
 
 pub use embedded::EmbeddedStore;
+pub use etcd::{EtcdConfig, EtcdStore};
 
 use async_trait::async_trait;
+use tokio_util::sync::CancellationToken;
 
 /// The leader's epoch: writes stamped with an older epoch are refused.
 pub type Epoch = u64;
@@ -48,13 +51,47 @@ pub enum StoreError {
     Corrupt(String),
     #[error("state store i/o error: {0}")]
     Io(#[from] std::io::Error),
+    /// The store could not be reached in time; the writer may no longer lead.
+    #[error("state store unavailable: {0}")]
+    Unavailable(String),
+}
+
+impl StoreError {
+    /// Whether the writer must stop acting as leader.
+    pub fn deposes(&self) -> bool {
+        !matches!(self, StoreError::Conflict(_))
+    }
+}
+
+/// Leadership won by [`StateStore::acquire`].
+#[derive(Clone, Debug)]
+pub struct Leadership {
+    pub epoch: Epoch,
+    /// Cancelled when leadership is lost (lease expired, fenced); the holder must step down.
+    pub lost: CancellationToken,
+}
+
+/// Who leads, as a replica sees it.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct ClusterView {
+    /// The leader's address, if one is known.
+    pub leader: Option<String>,
+    pub epoch: Epoch,
+    /// (replica id, address) of every live replica.
+    pub replicas: Vec<(String, String)>,
 }
 
 /// Durable state with fenced, batched writes.
 #[async_trait]
 pub trait StateStore: Send + Sync + 'static {
-    /// Becomes the writer; returns an epoch higher than any before.
-    async fn acquire(&self) -> Result<Epoch, StoreError>;
+    /// Becomes the writer (waiting while another leads); its epoch is higher than any before.
+    async fn acquire(&self) -> Result<Leadership, StoreError>;
+    /// Gives leadership up (best effort), so that another replica takes over at once.
+    async fn resign(&self, _epoch: Epoch) {}
+    /// The cluster as this replica sees it; `None` for a single-node store.
+    fn view(&self) -> Option<ClusterView> {
+        None
+    }
     /// All keys and values under `prefix`, in key order.
     async fn load(&self, prefix: &str) -> Result<Vec<(String, Vec<u8>)>, StoreError>;
     /// Applies `ops` atomically if `epoch` is still current.

@@ -1,0 +1,287 @@
+//! The [`StateStore`] on etcd: leadership through etcd's election API on a lease that our
+//! own loop keeps alive, every write a transaction fenced by the election key's create
+//! revision (the epoch), and a view of the leader and replicas for `GetLeader`.
+
+mod election;
+mod keys;
+mod lease;
+mod txn;
+
+use super::{ClusterView, Epoch, Leadership, Op, StateStore, StoreError};
+use async_trait::async_trait;
+use election::{CampaignError, Won};
+use etcd_client::{Client, ConnectOptions, GetOptions};
+use keys::Keys;
+use lease::Lease;
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+
+/// Settings of the etcd store.
+#[derive(Clone, Debug)]
+pub struct EtcdConfig {
+    /// etcd client URLs (`http://host:2379`).
+    pub endpoints: Vec<String>,
+    /// Everything of this cluster lives under `/<namespace>/`.
+    pub namespace: String,
+    /// This replica's id (listed by `baton leader`).
+    pub replica_id: String,
+    /// The address clients and workers dial to reach this replica.
+    pub advertise: String,
+    /// The leadership lease; about 10 s survives an etcd leader change.
+    pub lease_ttl: Duration,
+}
+
+/// Transactions of one batch in flight at once.
+const PARALLEL_TXNS: usize = 8;
+/// Keys read per page when loading.
+const LOAD_PAGE: i64 = 5_000;
+
+struct Held {
+    won: Won,
+    lease: Arc<Lease>,
+}
+
+/// State in etcd. See the module docs.
+pub struct EtcdStore {
+    client: Client,
+    keys: Keys,
+    cfg: EtcdConfig,
+    held: Mutex<Option<Held>>,
+    view: Arc<RwLock<ClusterView>>,
+    stop: CancellationToken,
+}
+
+fn unavailable(e: impl std::fmt::Display) -> StoreError {
+    StoreError::Unavailable(e.to_string())
+}
+
+impl EtcdStore {
+    /// Connects to etcd and starts following who leads.
+    pub async fn connect(cfg: EtcdConfig) -> Result<Self, StoreError> {
+        if cfg.endpoints.is_empty() {
+            return Err(unavailable("no etcd endpoints configured"));
+        }
+        let opts = ConnectOptions::new()
+            .with_connect_timeout(Duration::from_secs(2))
+            .with_keep_alive(Duration::from_secs(2), Duration::from_secs(2))
+            .with_keep_alive_while_idle(true)
+            .with_require_leader(true);
+        let client = Client::connect(&cfg.endpoints, Some(opts))
+            .await
+            .map_err(|e| unavailable(format!("cannot connect to etcd {:?}: {e}", cfg.endpoints)))?;
+        let keys = Keys::new(&cfg.namespace);
+        let view = Arc::new(RwLock::new(ClusterView::default()));
+        let stop = CancellationToken::new();
+        tokio::spawn(election::poll_view(
+            client.clone(),
+            keys.clone(),
+            view.clone(),
+            Duration::from_millis(500),
+            stop.clone(),
+        ));
+        Ok(EtcdStore {
+            client,
+            keys,
+            cfg,
+            held: Mutex::new(None),
+            view,
+            stop,
+        })
+    }
+
+    fn held(&self) -> Option<(Won, Arc<Lease>)> {
+        let h = self.held.lock().unwrap_or_else(|e| e.into_inner());
+        h.as_ref().map(|h| (h.won.clone(), h.lease.clone()))
+    }
+
+    /// One campaign on a fresh lease; `Ok(None)` when it must be tried again.
+    async fn try_campaign(&self) -> Result<Option<Leadership>, StoreError> {
+        let lease = match Lease::grant(&self.client, self.cfg.lease_ttl).await {
+            Ok(l) => Arc::new(l),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot grant an etcd lease");
+                return Ok(None);
+            }
+        };
+        if let Err(e) = election::register_replica(
+            &self.client,
+            &self.keys,
+            &self.cfg.replica_id,
+            &self.cfg.advertise,
+            lease.id,
+        )
+        .await
+        {
+            tracing::warn!(error = %e, "cannot register the replica");
+        }
+        tracing::info!(lease = lease.id, "campaigning for leadership");
+        let outcome = tokio::select! {
+            r = election::campaign(&self.client, &self.keys, &self.cfg.advertise, lease.id) => r,
+            _ = lease.lost.cancelled() => Err(CampaignError::NotLeader),
+            _ = self.stop.cancelled() => return Err(unavailable("store closed")),
+        };
+        match outcome {
+            Ok(won) if lease.alive() => {
+                let lost = lease.lost.clone();
+                let epoch = won.epoch;
+                *self.held.lock().unwrap_or_else(|e| e.into_inner()) = Some(Held { won, lease });
+                Ok(Some(Leadership { epoch, lost }))
+            }
+            Ok(_) | Err(CampaignError::NotLeader) => {
+                tracing::warn!("campaign ended without leadership; campaigning again");
+                lease.revoke().await;
+                Ok(None)
+            }
+            Err(CampaignError::Etcd(e)) => {
+                tracing::warn!(error = %e, "campaign failed; campaigning again");
+                lease.revoke().await;
+                tokio::time::sleep(Duration::from_millis(300)).await;
+                Ok(None)
+            }
+        }
+    }
+}
+
+impl Drop for EtcdStore {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
+#[async_trait]
+impl StateStore for EtcdStore {
+    async fn acquire(&self) -> Result<Leadership, StoreError> {
+        loop {
+            if let Some(l) = self.try_campaign().await? {
+                return Ok(l);
+            }
+        }
+    }
+
+    async fn resign(&self, epoch: Epoch) {
+        let held = {
+            let mut h = self.held.lock().unwrap_or_else(|e| e.into_inner());
+            match h.as_ref() {
+                Some(x) if x.won.epoch == epoch => h.take(),
+                _ => None,
+            }
+        };
+        if let Some(h) = held {
+            tracing::info!(epoch, "resigning leadership");
+            h.lease.revoke().await;
+        }
+    }
+
+    fn view(&self) -> Option<ClusterView> {
+        Some(self.view.read().unwrap_or_else(|e| e.into_inner()).clone())
+    }
+
+    async fn load(&self, prefix: &str) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+        let mut out = Vec::new();
+        let start = self.keys.state(prefix);
+        let end = prefix_end(start.as_bytes());
+        let mut from = start.into_bytes();
+        loop {
+            let opts = GetOptions::new()
+                .with_range(end.clone())
+                .with_limit(LOAD_PAGE);
+            let resp = tokio::time::timeout(
+                Duration::from_secs(10),
+                self.client.kv_client().get(from.clone(), Some(opts)),
+            )
+            .await
+            .map_err(|_| unavailable("loading state from etcd timed out"))?
+            .map_err(unavailable)?;
+            let kvs = resp.kvs();
+            for kv in kvs {
+                let key = String::from_utf8_lossy(kv.key());
+                if let Some(k) = self.keys.strip(&key) {
+                    out.push((k.to_string(), kv.value().to_vec()));
+                }
+            }
+            match kvs.last() {
+                Some(last) if resp.more() => {
+                    from = last.key().to_vec();
+                    from.push(0);
+                }
+                _ => break,
+            }
+        }
+        Ok(out)
+    }
+
+    async fn commit(&self, epoch: Epoch, ops: Vec<Op>) -> Result<(), StoreError> {
+        let Some((won, lease)) = self.held() else {
+            return Err(StoreError::Fenced {
+                ours: epoch,
+                current: 0,
+            });
+        };
+        if won.epoch != epoch || !lease.alive() {
+            return Err(StoreError::Fenced {
+                ours: epoch,
+                current: won.epoch,
+            });
+        }
+        let alive = || lease.alive();
+        let fence = txn::Fence {
+            client: &self.client,
+            keys: &self.keys,
+            election_key: &won.key,
+            epoch,
+            alive: &alive,
+        };
+        let distinct = {
+            let mut seen = HashSet::with_capacity(ops.len());
+            ops.iter().all(|op| {
+                seen.insert(match op {
+                    Op::Put { key, .. } | Op::Create { key, .. } | Op::Delete { key } => {
+                        key.as_str()
+                    }
+                })
+            })
+        };
+        let chunks = txn::chunks(ops);
+        let result = if distinct {
+            // Chunks touch distinct keys, so their order does not matter.
+            commit_parallel(&fence, &chunks).await
+        } else {
+            let mut r = Ok(());
+            for c in &chunks {
+                r = fence.commit(c).await;
+                if r.is_err() {
+                    break;
+                }
+            }
+            r
+        };
+        if let Err(e) = &result {
+            if e.deposes() {
+                lease.lost.cancel();
+            }
+        }
+        result
+    }
+}
+
+/// Commits chunks with up to [`PARALLEL_TXNS`] transactions in flight.
+async fn commit_parallel(fence: &txn::Fence<'_>, chunks: &[Vec<Op>]) -> Result<(), StoreError> {
+    for group in chunks.chunks(PARALLEL_TXNS) {
+        futures::future::try_join_all(group.iter().map(|c| fence.commit(c))).await?;
+    }
+    Ok(())
+}
+
+/// The smallest key greater than every key starting with `prefix`.
+fn prefix_end(prefix: &[u8]) -> Vec<u8> {
+    let mut end = prefix.to_vec();
+    while let Some(last) = end.pop() {
+        if last < 0xff {
+            end.push(last + 1);
+            return end;
+        }
+    }
+    vec![0]
+}

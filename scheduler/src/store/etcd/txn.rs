@@ -1,0 +1,227 @@
+//! Fenced group commit: a batch of operations becomes etcd transactions of at most 128
+//! operations and 1.5 MiB, each guarded by `create_revision(election key) == epoch` (and,
+//! for a create, by the key not existing yet). A timeout or an unavailable etcd means
+//! "maybe committed": the keys are read back before retrying. Keys are deterministic and
+//! this leader is their only writer, so a retry is idempotent.
+
+use super::keys::Keys;
+use crate::store::{Epoch, Op, StoreError};
+use etcd_client::{Client, Compare, CompareOp, Txn, TxnOp, TxnOpResponse};
+use std::time::Duration;
+use tokio::time::timeout;
+
+/// Most operations in one transaction (etcd's default `--max-txn-ops`).
+pub const MAX_TXN_OPS: usize = 128;
+/// Most bytes in one transaction (etcd's default request limit is 1.5 MiB; keep headroom).
+pub const MAX_TXN_BYTES: usize = 1_400_000;
+/// Longest wait for one transaction.
+const TXN_LIMIT: Duration = Duration::from_secs(4);
+
+/// Splits `ops` into transaction-sized chunks, keeping order.
+pub fn chunks(ops: Vec<Op>) -> Vec<Vec<Op>> {
+    let mut out = Vec::new();
+    let mut cur = Vec::new();
+    let mut bytes = 0;
+    for op in ops {
+        let size = op.size() + 16;
+        if !cur.is_empty() && (cur.len() == MAX_TXN_OPS || bytes + size > MAX_TXN_BYTES) {
+            out.push(std::mem::take(&mut cur));
+            bytes = 0;
+        }
+        bytes += size;
+        cur.push(op);
+    }
+    if !cur.is_empty() {
+        out.push(cur);
+    }
+    out
+}
+
+/// The writer's identity for fencing.
+pub struct Fence<'a> {
+    pub client: &'a Client,
+    pub keys: &'a Keys,
+    pub election_key: &'a [u8],
+    pub epoch: Epoch,
+    /// Whether the writer's lease is still held on the local clock.
+    pub alive: &'a (dyn Fn() -> bool + Sync),
+}
+
+impl Fence<'_> {
+    /// Commits one chunk, retrying until it is known to be applied, refused, or the lease
+    /// is gone.
+    pub async fn commit(&self, ops: &[Op]) -> Result<(), StoreError> {
+        let mut backoff = Duration::from_millis(50);
+        loop {
+            if !(self.alive)() {
+                return Err(self.fenced(0));
+            }
+            let txn = self.txn(ops);
+            match timeout(TXN_LIMIT, self.client.kv_client().txn(txn)).await {
+                Ok(Ok(r)) if r.succeeded() => return Ok(()),
+                Ok(Ok(_)) => return self.explain_refusal(ops).await,
+                Ok(Err(e)) if !retryable(&e) => return Err(StoreError::Unavailable(e.to_string())),
+                Ok(Err(e)) => tracing::warn!(error = %e, "etcd transaction failed; checking"),
+                Err(_) => tracing::warn!("etcd transaction timed out; checking"),
+            }
+            // Maybe committed: read back before retrying.
+            match timeout(TXN_LIMIT, self.applied(ops)).await {
+                Ok(Ok(true)) => return Ok(()),
+                Ok(Ok(false)) => {}
+                Ok(Err(e)) => tracing::warn!(error = %e, "cannot read back a transaction"),
+                Err(_) => tracing::warn!("reading back a transaction timed out"),
+            }
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(Duration::from_secs(1));
+        }
+    }
+
+    fn txn(&self, ops: &[Op]) -> Txn {
+        let mut when = vec![Compare::create_revision(
+            self.election_key.to_vec(),
+            CompareOp::Equal,
+            self.epoch as i64,
+        )];
+        let mut then = Vec::with_capacity(ops.len());
+        for op in ops {
+            match op {
+                Op::Put { key, value } => {
+                    then.push(TxnOp::put(self.keys.state(key), value.clone(), None))
+                }
+                Op::Create { key, value } => {
+                    let k = self.keys.state(key);
+                    when.push(Compare::version(k.clone(), CompareOp::Equal, 0));
+                    then.push(TxnOp::put(k, value.clone(), None));
+                }
+                Op::Delete { key } => then.push(TxnOp::delete(self.keys.state(key), None)),
+            }
+        }
+        Txn::new().when(when).and_then(then)
+    }
+
+    /// Whether every operation's effect is in place (our writes are the only writes).
+    async fn applied(&self, ops: &[Op]) -> Result<bool, etcd_client::Error> {
+        let gets: Vec<TxnOp> = ops
+            .iter()
+            .map(|op| {
+                let key = match op {
+                    Op::Put { key, .. } | Op::Create { key, .. } | Op::Delete { key } => key,
+                };
+                TxnOp::get(self.keys.state(key), None)
+            })
+            .collect();
+        let resp = self
+            .client
+            .kv_client()
+            .txn(Txn::new().and_then(gets))
+            .await?;
+        for (op, r) in ops.iter().zip(resp.op_responses()) {
+            let TxnOpResponse::Get(g) = r else {
+                return Ok(false);
+            };
+            let found = g.kvs().first().map(|kv| kv.value());
+            let ok = match op {
+                Op::Put { value, .. } | Op::Create { value, .. } => found == Some(value.as_slice()),
+                Op::Delete { .. } => found.is_none(),
+            };
+            if !ok {
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    }
+
+    /// A refused transaction: fenced, or a create found its key taken.
+    async fn explain_refusal(&self, ops: &[Op]) -> Result<(), StoreError> {
+        let current = self.current_epoch().await;
+        if current != Some(self.epoch) {
+            return Err(self.fenced(current.unwrap_or(0)));
+        }
+        // Still leader: a create conflicted. If every value is ours, an earlier try of this
+        // very transaction committed (after a timeout), so it is done.
+        if let Ok(Ok(true)) = timeout(TXN_LIMIT, self.applied(ops)).await {
+            return Ok(());
+        }
+        let key = ops
+            .iter()
+            .find_map(|op| match op {
+                Op::Create { key, .. } => Some(key.clone()),
+                _ => None,
+            })
+            .unwrap_or_default();
+        Err(StoreError::Conflict(key))
+    }
+
+    /// The election key's create revision, if it still exists (`None` if unknown).
+    async fn current_epoch(&self) -> Option<Epoch> {
+        let r = timeout(
+            TXN_LIMIT,
+            self.client
+                .kv_client()
+                .get(self.election_key.to_vec(), None),
+        )
+        .await
+        .ok()?
+        .ok()?;
+        Some(
+            r.kvs()
+                .first()
+                .map(|kv| kv.create_revision() as u64)
+                .unwrap_or(0),
+        )
+    }
+
+    fn fenced(&self, current: Epoch) -> StoreError {
+        StoreError::Fenced {
+            ours: self.epoch,
+            current,
+        }
+    }
+}
+
+/// Errors after which the transaction may or may not have been applied.
+fn retryable(e: &etcd_client::Error) -> bool {
+    use etcd_client::Error as E;
+    match e {
+        E::GRpcStatus(s) => matches!(
+            s.code(),
+            tonic::Code::Unavailable
+                | tonic::Code::DeadlineExceeded
+                | tonic::Code::Unknown
+                | tonic::Code::Aborted
+                | tonic::Code::Cancelled
+                | tonic::Code::Internal
+                | tonic::Code::ResourceExhausted
+        ),
+        E::TransportError(_) | E::IoError(_) => true,
+        _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn put(i: usize, len: usize) -> Op {
+        Op::Put {
+            key: format!("k{i}"),
+            value: vec![0; len],
+        }
+    }
+
+    #[test]
+    fn chunks_respect_op_and_byte_limits_in_order() {
+        let c = chunks((0..300).map(|i| put(i, 10)).collect());
+        assert_eq!(
+            c.iter().map(Vec::len).collect::<Vec<_>>(),
+            vec![128, 128, 44]
+        );
+        assert_eq!(c[1][0], put(128, 10));
+        let c = chunks((0..4).map(|i| put(i, 600_000)).collect());
+        assert_eq!(c.iter().map(Vec::len).collect::<Vec<_>>(), vec![2, 2]);
+        // One op larger than the limit still goes alone (etcd will refuse it by size).
+        let c = chunks(vec![put(0, 2_000_000), put(1, 1)]);
+        assert_eq!(c.len(), 2);
+        assert!(chunks(Vec::new()).is_empty());
+    }
+}
