@@ -18,6 +18,9 @@ if ! cargo fmt --version >/dev/null 2>&1 || ! cargo clippy --version >/dev/null 
   rustup component add rustfmt clippy
 fi
 
+log "test servers"
+scripts/install-test-servers.sh
+
 log "format"
 cargo fmt --all -- --check
 

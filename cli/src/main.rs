@@ -5,6 +5,7 @@ mod run;
 use anyhow::Context;
 use baton_cli::embedded::{default_workers, EmbeddedCluster, WorkerSpec};
 use baton_cli::{format, Client};
+use baton_common::result_store::open_store;
 use clap::{Parser, Subcommand};
 use std::io::Write;
 use std::path::PathBuf;
@@ -67,7 +68,17 @@ enum Cmd {
 #[derive(Subcommand, Debug)]
 enum ResultCmd {
     /// Print the object at a result location (file://... or s3://...).
-    Get { location: String },
+    ///
+    /// The scheduler reads it: its own store's locations, and any s3:// location. An s3://
+    /// location is read directly from the bucket, with this machine's AWS configuration
+    /// (AWS_* variables or profile, BATON_S3_ENDPOINT, BATON_S3_PATH_STYLE), when --direct
+    /// is given or when no scheduler answers.
+    Get {
+        location: String,
+        /// Read an s3:// location straight from the bucket, not through the scheduler.
+        #[arg(long)]
+        direct: bool,
+    },
 }
 
 #[tokio::main]
@@ -152,15 +163,35 @@ async fn execute(cli: Cli) -> anyhow::Result<i32> {
             Ok(0)
         }
         Cmd::Result {
-            cmd: ResultCmd::Get { location },
+            cmd: ResultCmd::Get { location, direct },
         } => {
-            let r = connect(&cli.scheduler).await?.get_result(&location).await?;
+            let data = get_result(&cli.scheduler, &location, direct).await?;
             let mut out = std::io::stdout().lock();
-            out.write_all(&r.data)?;
-            if !r.data.ends_with(b"\n") {
+            out.write_all(&data)?;
+            if !data.ends_with(b"\n") {
                 out.write_all(b"\n")?;
             }
             Ok(0)
         }
     }
+}
+
+/// Reads a result through the scheduler, or an s3:// location straight from its bucket with
+/// `--direct` or when no scheduler answers.
+async fn get_result(scheduler: &str, location: &str, direct: bool) -> anyhow::Result<Vec<u8>> {
+    let s3 = location.starts_with("s3://");
+    if direct && !s3 {
+        anyhow::bail!(
+            "--direct reads s3:// locations only; read `{location}` through the scheduler"
+        );
+    }
+    if !direct {
+        match connect(scheduler).await {
+            Ok(c) => return Ok(c.get_result(location).await?.data),
+            Err(e) if !s3 => return Err(e),
+            Err(_) => eprintln!("no scheduler answers at {scheduler}: reading {location} directly"),
+        }
+    }
+    let store = open_store(location).await?;
+    Ok(store.get(location).await?)
 }

@@ -2,7 +2,11 @@
 //! loopback ports with per-node logs, kills (-9), pauses, resumes and restarts them, and
 //! waits for conditions with [`eventually`].
 
+pub mod etcd;
+pub mod ha;
 mod process;
+pub mod proxy;
+pub mod s3;
 
 pub use process::{bin_path, free_port, Node};
 

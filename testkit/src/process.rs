@@ -38,23 +38,57 @@ pub struct Node {
 impl Node {
     /// Starts binary `bin` with `args`, stdout and stderr appended to `log`.
     pub fn spawn(bin: &str, args: &[String], log: PathBuf) -> anyhow::Result<Node> {
+        Self::spawn_program(&bin_path(bin)?, bin, args, log)
+    }
+
+    /// Starts any `program` (e.g. `/usr/bin/etcd`) as node `name`, stdout and stderr
+    /// appended to `log`.
+    pub fn spawn_program(
+        program: &Path,
+        name: &str,
+        args: &[String],
+        log: PathBuf,
+    ) -> anyhow::Result<Node> {
+        Self::spawn_program_env(program, name, args, &[], log)
+    }
+
+    /// Starts binary `bin` with `args` and extra environment variables.
+    pub fn spawn_env(
+        bin: &str,
+        args: &[String],
+        env: &[(String, String)],
+        log: PathBuf,
+    ) -> anyhow::Result<Node> {
+        Self::spawn_program_env(&bin_path(bin)?, bin, args, env, log)
+    }
+
+    /// Starts `program` as node `name` with extra environment variables.
+    pub fn spawn_program_env(
+        program: &Path,
+        name: &str,
+        args: &[String],
+        env: &[(String, String)],
+        log: PathBuf,
+    ) -> anyhow::Result<Node> {
         let out = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(&log)?;
         let err = out.try_clone()?;
-        let child = Command::new(bin_path(bin)?)
+        let child = Command::new(program)
             .args(args)
             .env(
                 "RUST_LOG",
                 std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
             )
+            .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .stdin(Stdio::null())
             .stdout(out)
             .stderr(err)
-            .spawn()?;
+            .spawn()
+            .map_err(|e| anyhow::anyhow!("starting {}: {e}", program.display()))?;
         Ok(Node {
-            name: bin.to_string(),
+            name: name.to_string(),
             child,
             log,
             generation: 0,

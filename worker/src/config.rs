@@ -4,6 +4,8 @@ use crate::error::{Error, Result};
 
 /// Where a worker connects by default.
 pub const DEFAULT_SCHEDULER: &str = "http://127.0.0.1:7070";
+/// How long a worker keeps running its tasks without hearing from a leader, by default.
+pub const DEFAULT_LEADER_LEASE_MS: u64 = 15_000;
 
 /// Everything a worker daemon needs to know at start.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -18,8 +20,9 @@ pub struct WorkerConfig {
     pub slots: u32,
     pub gpus: u32,
     pub memory_mb: u64,
-    /// When no leader has been reachable for longer than this, running tasks are cancelled.
-    pub lease_ms: u64,
+    /// When no leader has been heard from for longer than this (measured from the last
+    /// message received from a leader), running tasks are cancelled.
+    pub leader_lease_ms: u64,
     /// How long a draining worker waits for its running tasks before cancelling them.
     pub drain_timeout_ms: u64,
 }
@@ -33,7 +36,7 @@ impl Default for WorkerConfig {
             slots: default_slots(),
             gpus: 0,
             memory_mb: default_memory_mb(),
-            lease_ms: 10_000,
+            leader_lease_ms: DEFAULT_LEADER_LEASE_MS,
             drain_timeout_ms: 30_000,
         }
     }
@@ -71,10 +74,10 @@ impl WorkerConfig {
         if self.slots == 0 {
             return Err(Error::config("slots", "must be at least 1"));
         }
-        if self.lease_ms < 100 {
+        if self.leader_lease_ms < 100 {
             return Err(Error::config(
-                "lease-ms",
-                format!("must be at least 100, got {}", self.lease_ms),
+                "leader-lease-ms",
+                format!("must be at least 100, got {}", self.leader_lease_ms),
             ));
         }
         Ok(())
@@ -192,10 +195,10 @@ mod tests {
             ),
             (
                 WorkerConfig {
-                    lease_ms: 5,
+                    leader_lease_ms: 5,
                     ..ok.clone()
                 },
-                "lease-ms",
+                "leader-lease-ms",
             ),
         ];
         for (config, key) in cases {

@@ -1,7 +1,9 @@
 //! The `baton-worker` binary: parses the configuration, installs tracing and the signal
 //! handling, and runs [`baton_worker::run`].
 
-use baton_worker::config::{default_id, default_memory_mb, default_slots, DEFAULT_SCHEDULER};
+use baton_worker::config::{
+    default_id, default_memory_mb, default_slots, DEFAULT_LEADER_LEASE_MS, DEFAULT_SCHEDULER,
+};
 use baton_worker::WorkerConfig;
 use clap::Parser;
 use std::process::ExitCode;
@@ -15,7 +17,8 @@ struct Args {
     /// The worker's id, unique in the cluster [default: <hostname>-<pid>].
     #[arg(long, env = "BATON_WORKER_ID")]
     id: Option<String>,
-    /// Scheduler addresses (http://host:port), comma-separated, tried in turn.
+    /// Scheduler replica addresses (http://host:port), comma-separated: tried in turn, and
+    /// the leader they name is dialled first.
     #[arg(long, env = "BATON_WORKER_SCHEDULER", value_delimiter = ',', default_value = DEFAULT_SCHEDULER)]
     scheduler: Vec<String>,
     /// Labels tasks may require, comma-separated.
@@ -35,9 +38,14 @@ struct Args {
     /// Memory offered to tasks, in MiB [default: the host's memory].
     #[arg(long, env = "BATON_WORKER_MEMORY_MB")]
     memory_mb: Option<u64>,
-    /// Running tasks are stopped when no leader was reachable for this long.
-    #[arg(long, env = "BATON_WORKER_LEASE_MS", default_value_t = 10_000)]
-    lease_ms: u64,
+    /// Running tasks are stopped when no leader has been heard from for this long.
+    #[arg(
+        long,
+        alias = "lease-ms",
+        env = "BATON_WORKER_LEADER_LEASE_MS",
+        default_value_t = DEFAULT_LEADER_LEASE_MS
+    )]
+    leader_lease_ms: u64,
     /// On shutdown, how long running tasks may take before they are cancelled.
     #[arg(long, env = "BATON_WORKER_DRAIN_TIMEOUT_MS", default_value_t = 30_000)]
     drain_timeout_ms: u64,
@@ -58,7 +66,7 @@ impl Args {
             slots: self.slots.unwrap_or_else(default_slots),
             gpus: self.gpus,
             memory_mb: self.memory_mb.unwrap_or_else(default_memory_mb),
-            lease_ms: self.lease_ms,
+            leader_lease_ms: self.leader_lease_ms,
             drain_timeout_ms: self.drain_timeout_ms,
         }
     }

@@ -1,10 +1,13 @@
-//! Result references and the [`ResultStore`] trait, with the local-folder implementation.
-//! Objects are written once under keys that include the attempt, and never overwritten.
+//! Result references and the [`ResultStore`] trait, with its local-folder and S3
+//! implementations. Objects are written once under keys that include the attempt, and
+//! never overwritten.
 
 mod local;
+mod s3;
 mod segment;
 
 pub use local::LocalStore;
+pub use s3::{S3Options, S3Store, StaticCredentials, PART_BYTES};
 
 use crate::{Error, Result};
 use async_trait::async_trait;
@@ -69,15 +72,29 @@ pub trait ResultStore: Send + Sync + 'static {
     async fn delete(&self, uri: &str) -> Result<()>;
 }
 
-/// Opens the store named by a URI: `file:///dir` (or a plain path).
-pub fn open_store(uri: &str) -> Result<Arc<dyn ResultStore>> {
+/// Opens the store named by a URI: `s3://bucket/prefix` (configured from the environment,
+/// see [`S3Store`]), `file:///dir` or a plain path.
+pub async fn open_store(uri: &str) -> Result<Arc<dyn ResultStore>> {
+    if uri.starts_with("s3://") {
+        return Ok(Arc::new(S3Store::open(uri).await?));
+    }
     if let Some(rest) = uri.strip_prefix("file://") {
         return Ok(Arc::new(LocalStore::new(rest)?));
     }
     if uri.contains("://") {
         return Err(Error::InvalidArgument(format!(
-            "unsupported result store `{uri}`: use file:///DIR"
+            "unsupported result store `{uri}`: use s3://BUCKET/PREFIX or file:///DIR"
         )));
     }
     Ok(Arc::new(LocalStore::new(uri)?))
+}
+
+/// Reads any result location: through `store`, or, for an `s3://` location when `store` is
+/// not itself an S3 store, through an S3 client configured from the environment (so a
+/// single-node scheduler can still serve results that were written to S3).
+pub async fn read_any(store: &dyn ResultStore, uri: &str) -> Result<Vec<u8>> {
+    if uri.starts_with("s3://") && !store.root_uri().starts_with("s3://") {
+        return S3Store::open(uri).await?.get(uri).await;
+    }
+    store.get(uri).await
 }

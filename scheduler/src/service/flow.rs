@@ -5,7 +5,7 @@ use crate::engine::NewRun;
 use crate::leadership::Roles;
 use crate::Error;
 use baton_common::flow::parse_flow;
-use baton_common::result_store::ResultStore;
+use baton_common::result_store::{read_any, ResultStore};
 use baton_proto as pb;
 use pb::flow_service_server::FlowService;
 use std::collections::BTreeMap;
@@ -207,7 +207,9 @@ impl FlowService for FlowApi {
     ) -> Result<Response<pb::GetResultResponse>, Status> {
         let uri = req.into_inner().uri;
         require("uri", &uri)?;
-        let data = self.results.get(&uri).await.map_err(Error::from)?;
+        let data = read_any(self.results.as_ref(), &uri)
+            .await
+            .map_err(Error::from)?;
         let content_type = if uri.ends_with(".json") {
             "application/json"
         } else if uri.ends_with(".csv") {

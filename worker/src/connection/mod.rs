@@ -1,8 +1,15 @@
 //! The worker's side of `WorkerService.Connect`: one long-lived stream to the leader,
 //! reconnected with backoff, and the attempts that outlive any one stream. This module owns
 //! the worker state (running attempts, finished-but-unacknowledged results, the highest epoch
-//! seen, the lease and the drain); `session` runs one stream and `writer` batches its frames.
+//! seen, the leader lease and the drain); `dial` picks the replica to dial, `session` runs
+//! one stream and `writer` batches its frames.
+//!
+//! In a cluster the worker is given several replicas: it dials them in turn, goes straight to
+//! the leader a refusing follower names (`baton-leader` metadata), refuses any leader older
+//! than the newest it has seen, and stops its attempts when no leader has been heard from
+//! for longer than its lease.
 
+mod dial;
 mod outbound;
 mod session;
 mod writer;
@@ -15,8 +22,8 @@ use crate::task::{TaskError, TaskLog};
 use baton_common::ids::AttemptKey;
 use baton_common::result_store::ResultStore;
 use baton_proto as proto;
+use dial::{Backoff, Dialer};
 use proto::finished::Outcome;
-use rand::Rng;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
@@ -24,10 +31,6 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-/// First reconnection delay (before jitter).
-const MIN_BACKOFF: Duration = Duration::from_millis(100);
-/// Longest reconnection delay (before jitter).
-const MAX_BACKOFF: Duration = Duration::from_secs(5);
 /// How long a drained worker waits for the acknowledgement of its last results.
 const SETTLE: Duration = Duration::from_secs(2);
 
@@ -42,37 +45,35 @@ pub async fn run(config: WorkerConfig, shutdown: CancellationToken) -> Result<()
         slots = config.slots,
         "worker starting"
     );
+    let mut dialer = Dialer::new(config.schedulers.clone());
     let (mut worker, mut inbox) = Worker::new(config);
     let mut backoff = Backoff::default();
-    let mut turn = 0usize;
-    let mut leader_hint: Option<String> = None;
     loop {
-        let address = leader_hint.take().unwrap_or_else(|| {
-            let n = worker.config.schedulers.len().max(1);
-            let a = worker.config.schedulers[turn % n].clone();
-            turn = turn.wrapping_add(1);
-            a
-        });
-        match worker
+        let address = dialer.next();
+        let delay = match worker
             .session(&address, &mut inbox, &shutdown, &mut backoff)
             .await
         {
             session::End::Drained => break,
             session::End::Lost(lost) => {
                 if worker.connected {
-                    worker.connected = false;
-                    worker.disconnected_since = Instant::now();
+                    dialer.welcomed();
+                    worker.leader_lost(Instant::now());
                 }
                 if lost.fatal {
                     tracing::error!(scheduler = %address, reason = %lost.reason, "scheduler refused this worker");
                     backoff.saturate();
                 } else {
-                    tracing::warn!(scheduler = %address, reason = %lost.reason, "no connection to scheduler");
+                    tracing::warn!(scheduler = %address, reason = %lost.reason, leader = ?lost.leader, "no connection to the leader");
                 }
-                leader_hint = lost.leader;
+                if dialer.lost(&address, lost.leader) && !lost.fatal {
+                    backoff.quick()
+                } else {
+                    backoff.next()
+                }
             }
-        }
-        if worker.idle(backoff.next(), &mut inbox, &shutdown).await {
+        };
+        if worker.idle(delay, &mut inbox, &shutdown).await {
             break;
         }
     }
@@ -118,7 +119,9 @@ struct Worker {
     drain: Option<Drain>,
     /// Whether a leader has welcomed the current stream.
     connected: bool,
-    disconnected_since: Instant,
+    /// The last time a leader was heard from (see [`Worker::leader_lost`]); the leader
+    /// lease runs from here while no leader is connected.
+    leader_seen: Instant,
 }
 
 impl Worker {
@@ -136,13 +139,49 @@ impl Worker {
             root: CancellationToken::new(),
             drain: None,
             connected: false,
-            disconnected_since: Instant::now(),
+            leader_seen: Instant::now(),
         };
         (worker, Inbox { finished, logs })
     }
 
     fn lease(&self) -> Duration {
-        Duration::from_millis(self.config.lease_ms)
+        Duration::from_millis(self.config.leader_lease_ms)
+    }
+
+    /// The HTTP/2 keep-alive interval (and timeout) of the stream to the leader.
+    fn keep_alive(&self) -> Duration {
+        (self.lease() / 4).clamp(Duration::from_millis(500), Duration::from_secs(5))
+    }
+
+    /// A message (any frame) came from the leader.
+    fn heard_from_leader(&mut self, now: Instant) {
+        self.leader_seen = now;
+    }
+
+    /// The welcomed stream ended at `now`. The lease runs from the last message received from
+    /// the leader; on a quiet stream, from the last moment the transport vouched for the
+    /// leader (keep-alive pings are answered within interval + timeout, or the stream
+    /// fails), so that a long task under a quiet leader is not stopped by a short blip.
+    fn leader_lost(&mut self, now: Instant) {
+        if !self.connected {
+            return;
+        }
+        self.connected = false;
+        if let Some(vouched) = now.checked_sub(self.keep_alive() * 2) {
+            self.leader_seen = self.leader_seen.max(vouched);
+        }
+        tracing::info!(
+            running = self.running.len(),
+            unacknowledged = self.unacked.len(),
+            lease_ms = self.config.leader_lease_ms,
+            silent_ms = now.saturating_duration_since(self.leader_seen).as_millis() as u64,
+            "lost the leader"
+        );
+    }
+
+    /// When the leader lease lapses, if it runs.
+    fn lease_deadline(&self) -> Option<Instant> {
+        (!self.connected && !self.running.is_empty()).then(|| self.leader_seen + self.lease())
     }
 
     /// Records a finished attempt; returns the message to send now, if connected. Results of
@@ -202,14 +241,11 @@ impl Worker {
 
     /// Applies the lease and the drain at `now`; true when the drain is complete.
     fn tick(&mut self, now: Instant) -> bool {
-        if !self.connected
-            && !self.running.is_empty()
-            && now >= self.disconnected_since + self.lease()
-        {
+        if self.lease_deadline().is_some_and(|d| now >= d) {
             tracing::warn!(
                 attempts = self.running.len(),
-                lease_ms = self.config.lease_ms,
-                "no leader reachable within the lease, stopping running attempts"
+                lease_ms = self.config.leader_lease_ms,
+                "no leader heard from within the lease, stopping running attempts"
             );
             for (_, r) in self.running.drain() {
                 r.cancel.cancel();
@@ -251,8 +287,7 @@ impl Worker {
 
     /// The next instant [`Worker::tick`] has something to do.
     fn next_wakeup(&self) -> Option<Instant> {
-        let lease = (!self.connected && !self.running.is_empty())
-            .then(|| self.disconnected_since + self.lease());
+        let lease = self.lease_deadline();
         let (deadline, settle) = match &self.drain {
             Some(d) => (
                 (!d.cancelled && !self.running.is_empty()).then_some(d.deadline),
@@ -295,32 +330,6 @@ impl Worker {
             tracing::debug!(lines = dropped_logs, "dropped log lines while disconnected");
         }
         drained
-    }
-}
-
-/// Exponential backoff with full jitter.
-#[derive(Default)]
-struct Backoff {
-    step: u32,
-}
-
-impl Backoff {
-    /// A random delay in `[0, min(MAX, MIN * 2^step)]`.
-    fn next(&mut self) -> Duration {
-        let cap = MIN_BACKOFF
-            .saturating_mul(1u32 << self.step.min(16))
-            .min(MAX_BACKOFF);
-        self.step = self.step.saturating_add(1);
-        let cap_ms = u64::try_from(cap.as_millis()).unwrap_or(u64::MAX);
-        Duration::from_millis(rand::rng().random_range(0..=cap_ms))
-    }
-
-    fn reset(&mut self) {
-        self.step = 0;
-    }
-
-    fn saturate(&mut self) {
-        self.step = 16;
     }
 }
 

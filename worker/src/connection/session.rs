@@ -188,8 +188,7 @@ impl Worker {
 
     /// Dials, registers and awaits the welcome.
     async fn open(&mut self, address: &str, stop: &CancellationToken) -> Result<Opened, Lost> {
-        let keep_alive =
-            (self.lease() / 4).clamp(Duration::from_millis(500), Duration::from_secs(5));
+        let keep_alive = self.keep_alive();
         let endpoint = Endpoint::from_shared(address.to_string())
             .map_err(|e| Lost {
                 fatal: true,
@@ -228,7 +227,7 @@ impl Worker {
         let Some(Down::Welcome(welcome)) = first.msg else {
             return Err(Lost::new("the scheduler's first message was not a welcome"));
         };
-        let heartbeat = self.welcome(first.epoch, welcome)?;
+        let heartbeat = self.welcome(first.epoch, welcome).await?;
         if self.drain.is_some() {
             out.send(Up::Draining(proto::Draining {})).await?;
         }
@@ -260,9 +259,15 @@ impl Worker {
         }
     }
 
-    /// Applies a welcome; returns the heartbeat interval.
-    fn welcome(&mut self, epoch: u64, welcome: proto::Welcome) -> Result<Duration, Lost> {
+    /// Applies a welcome; returns the heartbeat interval. A welcome from a leader older than
+    /// the newest seen is refused (the stream is dropped and the worker dials on).
+    async fn welcome(&mut self, epoch: u64, welcome: proto::Welcome) -> Result<Duration, Lost> {
         if epoch < self.max_epoch {
+            tracing::warn!(
+                epoch,
+                max_epoch = self.max_epoch,
+                "refusing the welcome of an older leader"
+            );
             return Err(Lost::new(format!(
                 "the scheduler's epoch {epoch} is older than epoch {} already seen",
                 self.max_epoch
@@ -274,7 +279,7 @@ impl Worker {
             .as_ref()
             .is_none_or(|(uri, _)| *uri != welcome.result_store)
         {
-            let store = open_store(&welcome.result_store).map_err(|e| Lost {
+            let store = open_store(&welcome.result_store).await.map_err(|e| Lost {
                 fatal: true,
                 ..Lost::new(format!(
                     "cannot open the result store `{}`: {e}",
@@ -289,6 +294,7 @@ impl Worker {
             self.forget(&key);
         }
         self.connected = true;
+        self.heard_from_leader(Instant::now());
         Ok(match welcome.heartbeat_interval_ms {
             0 => DEFAULT_HEARTBEAT,
             ms => Duration::from_millis(ms).max(MIN_HEARTBEAT),
@@ -324,7 +330,10 @@ impl Worker {
                     self.begin_drain();
                     out.send(Up::Draining(proto::Draining {})).await?;
                 }
-                Event::Down(Ok(Some(msg))) => self.on_message(msg, out).await?,
+                Event::Down(Ok(Some(msg))) => {
+                    self.heard_from_leader(Instant::now());
+                    self.on_message(msg, out).await?
+                }
                 Event::Down(Ok(None)) => return Err(Lost::new("the scheduler closed the stream")),
                 Event::Down(Err(status)) => return Err(status.into()),
                 Event::Finished(key, fin) => {

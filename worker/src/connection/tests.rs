@@ -133,6 +133,15 @@ struct Harness {
 
 impl Harness {
     async fn start(lease_ms: u64, drain_timeout_ms: u64) -> Harness {
+        Harness::start_with(lease_ms, drain_timeout_ms, |leader| vec![leader]).await
+    }
+
+    /// Starts the fake leader and a worker given the replicas `schedulers(leader address)`.
+    async fn start_with(
+        lease_ms: u64,
+        drain_timeout_ms: u64,
+        schedulers: impl FnOnce(String) -> Vec<String>,
+    ) -> Harness {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let address = format!("http://{}", listener.local_addr().unwrap());
         let (tx, conns) = mpsc::unbounded_channel();
@@ -150,12 +159,12 @@ impl Harness {
         let store = format!("file://{}", dir.path().display());
         let config = WorkerConfig {
             id: "w1".into(),
-            schedulers: vec![address],
+            schedulers: schedulers(address),
             labels: vec!["local".into()],
             slots: 4,
             gpus: 0,
             memory_mb: 1024,
-            lease_ms,
+            leader_lease_ms: lease_ms,
             drain_timeout_ms,
         };
         let shutdown = CancellationToken::new();
@@ -393,12 +402,193 @@ async fn drain_timeout_cancels_running_attempts_as_retryable() {
     h.stopped().await;
 }
 
-#[test]
-fn backoff_grows_with_full_jitter_up_to_the_cap() {
-    let mut b = Backoff::default();
-    for _ in 0..50 {
-        assert!(b.next() <= MAX_BACKOFF);
+/// A replica that is not the leader: refuses every stream, naming `leader` in metadata.
+struct Follower {
+    leader: String,
+    refused: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+#[tonic::async_trait]
+impl WorkerService for Follower {
+    type ConnectStream = UnboundedReceiverStream<Result<proto::SchedulerMessage, Status>>;
+
+    async fn connect(
+        &self,
+        _request: Request<tonic::Streaming<proto::WorkerMessage>>,
+    ) -> Result<Response<Self::ConnectStream>, Status> {
+        self.refused.fetch_add(1, Ordering::SeqCst);
+        let mut status = Status::unavailable(format!(
+            "not the leader; the leader is at {}",
+            self.leader
+        ));
+        status
+            .metadata_mut()
+            .insert(LEADER_METADATA, self.leader.parse().unwrap());
+        Err(status)
     }
-    b.reset();
-    assert!(b.next() <= MIN_BACKOFF);
+}
+
+/// An address nothing listens on.
+async fn dead_address() -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = format!("http://{}", listener.local_addr().unwrap());
+    drop(listener);
+    address
+}
+
+#[tokio::test]
+async fn a_follower_sends_the_worker_to_the_leader() {
+    let dead = dead_address().await;
+    let follower_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let follower = format!("http://{}", follower_listener.local_addr().unwrap());
+    let refused = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let (leader_tx, leader_rx) = tokio::sync::oneshot::channel();
+    let spawn_follower = {
+        let refused = refused.clone();
+        move |leader: String| {
+            tokio::spawn(
+                tonic::transport::Server::builder()
+                    .add_service(WorkerServiceServer::new(Follower { leader, refused }))
+                    .serve_with_incoming(TcpListenerStream::new(follower_listener)),
+            );
+        }
+    };
+    // The worker knows a dead replica and a follower, not the leader.
+    let replicas = vec![dead, follower];
+    let mut h = Harness::start_with(10_000, 1_000, |leader| {
+        let _ = leader_tx.send(leader);
+        replicas
+    })
+    .await;
+    spawn_follower(leader_rx.await.unwrap());
+    let mut c = h.conn().await;
+    assert_eq!(c.register().await.worker_id, "w1");
+    assert!(refused.load(Ordering::SeqCst) >= 1, "the follower was asked first");
+    c.welcome(2, &h.store, vec![]);
+    c.send(2, assign("a", builtin("echo"), json!({"value": 1})));
+    assert_eq!(started_key(&c.next().await), Some("a"));
+    assert!(matches!(expect_finished(c.next().await, "a"), Outcome::Success(_)));
+    c.send(2, ack("a"));
+    h.shutdown.cancel();
+    assert!(matches!(c.next().await, Up::Draining(_)));
+    h.stopped().await;
+}
+
+#[tokio::test]
+async fn a_leader_older_than_the_newest_seen_is_refused_across_reconnects() {
+    let mut h = Harness::start(10_000, 1_000).await;
+    let mut c = h.conn().await;
+    assert_eq!(c.register().await.max_epoch, 0);
+    c.welcome(5, &h.store, vec![]);
+    c.send(5, assign("b", builtin("sleep"), json!({"ms": 60_000})));
+    assert_eq!(started_key(&c.next().await), Some("b"));
+    drop(c);
+
+    // A new session stamped with epoch 3: the worker reports epoch 5 and drops the stream.
+    let mut c = h.conn().await;
+    let r = c.register().await;
+    assert_eq!(r.max_epoch, 5);
+    assert_eq!(r.running.len(), 1);
+    c.welcome(3, &h.store, vec![]);
+    let ended = tokio::time::timeout(WAIT, async {
+        loop {
+            match c.up.message().await {
+                Ok(Some(_)) => {}
+                Ok(None) | Err(_) => break,
+            }
+        }
+    })
+    .await;
+    assert!(ended.is_ok(), "the worker keeps no stream to an older leader");
+
+    // It still remembers epoch 5; the leader of epoch 5 is obeyed, epoch 3 messages are not.
+    let mut c = h.conn().await;
+    let r = c.register().await;
+    assert_eq!(r.max_epoch, 5);
+    assert_eq!(r.running.len(), 1, "{r:?}");
+    c.welcome(5, &h.store, vec![]);
+    c.send(3, assign("stale", builtin("noop"), json!({})));
+    c.send(
+        3,
+        Down::Cancel(proto::Cancel {
+            key: Some(key("b")),
+            reason: "from the old leader".into(),
+        }),
+    );
+    c.send(5, assign("a", builtin("echo"), json!({"value": 1})));
+    assert_eq!(started_key(&c.next().await), Some("a"));
+    assert!(matches!(expect_finished(c.next().await, "a"), Outcome::Success(_)));
+    c.send(5, ack("a"));
+    // "b" still runs: the stale cancel was ignored. The new leader's cancel stops it.
+    c.send(
+        5,
+        Down::Cancel(proto::Cancel {
+            key: Some(key("b")),
+            reason: "done".into(),
+        }),
+    );
+    match expect_finished(c.next().await, "b") {
+        Outcome::Failure(f) => assert_eq!(f.error, "cancelled: done"),
+        other => panic!("{other:?}"),
+    }
+    c.send(5, ack("b"));
+    h.shutdown.cancel();
+    assert!(matches!(c.next().await, Up::Draining(_)));
+    h.stopped().await;
+}
+
+/// A worker whose lease is `lease_ms`, welcomed by a leader, running one attempt.
+fn leased_worker(lease_ms: u64) -> (Worker, CancellationToken) {
+    let (mut w, _inbox) = Worker::new(WorkerConfig {
+        leader_lease_ms: lease_ms,
+        ..WorkerConfig::default()
+    });
+    let cancel = CancellationToken::new();
+    w.running.insert(
+        AttemptKey::from(&key("b")),
+        Running {
+            cancel: cancel.clone(),
+            reason: None,
+        },
+    );
+    w.connected = true;
+    w.heard_from_leader(Instant::now());
+    (w, cancel)
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_lease_runs_from_the_last_message_of_the_leader() {
+    // Lease 15 s: the keep-alive vouches for a quiet stream up to 7.5 s back.
+    let (mut w, cancel) = leased_worker(15_000);
+    tokio::time::advance(Duration::from_secs(8)).await;
+    let last = Instant::now();
+    w.heard_from_leader(last);
+    tokio::time::advance(Duration::from_secs(2)).await;
+    w.leader_lost(Instant::now());
+    assert_eq!(w.next_wakeup(), Some(last + Duration::from_secs(15)));
+    assert!(!w.tick(last + Duration::from_millis(14_999)));
+    assert!(!cancel.is_cancelled());
+    assert!(!w.tick(last + Duration::from_secs(15)));
+    assert!(cancel.is_cancelled(), "stopped once the lease lapsed");
+    assert!(w.running.is_empty());
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_quiet_leader_is_vouched_for_by_the_keep_alive_until_the_stream_fails() {
+    let (mut w, cancel) = leased_worker(15_000);
+    // No message for a minute (a long task), then the stream fails.
+    tokio::time::advance(Duration::from_secs(60)).await;
+    let lost = Instant::now();
+    w.leader_lost(lost);
+    let deadline = lost - Duration::from_millis(7_500) + Duration::from_secs(15);
+    assert_eq!(w.next_wakeup(), Some(deadline));
+    assert!(!w.tick(lost));
+    assert!(!w.tick(deadline - Duration::from_millis(1)));
+    assert!(!cancel.is_cancelled());
+    // A new leader welcomes the worker in time: the lease no longer runs.
+    w.connected = true;
+    w.heard_from_leader(Instant::now());
+    assert!(!w.tick(deadline + Duration::from_secs(60)));
+    assert!(!cancel.is_cancelled());
+    assert_eq!(w.next_wakeup(), None);
 }

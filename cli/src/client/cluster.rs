@@ -1,0 +1,310 @@
+//! The replica set behind a [`super::Client`]: the configured addresses, one lazily
+//! connected channel per address, and which replica is believed to lead. Also what decides
+//! whether a failed call may be retried, and the backoff between tries.
+
+use super::ClientError;
+use baton_proto as pb;
+use futures::stream::{FuturesUnordered, StreamExt};
+use pb::flow_service_client::FlowServiceClient;
+use rand::Rng;
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::Duration;
+use tonic::transport::{Channel, Endpoint};
+use tonic::{Code, Status};
+
+/// Metadata key of a refusal that names the leader's address.
+pub const LEADER_METADATA: &str = "baton-leader";
+
+/// The largest message either side may send.
+const MAX_MESSAGE: usize = 64 * 1024 * 1024;
+/// How long dialling one replica may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+/// How long one replica may take to say who leads.
+const ASK_TIMEOUT: Duration = Duration::from_secs(3);
+/// HTTP/2 keep-alive of open streams, so that a watch notices a leader that went silent.
+const KEEP_ALIVE: Duration = Duration::from_secs(5);
+/// First and longest delay between tries (before jitter).
+pub(super) const MIN_BACKOFF: Duration = Duration::from_millis(100);
+pub(super) const MAX_BACKOFF: Duration = Duration::from_secs(2);
+/// Leader hints followed at once in a row, before hints wait for the backoff too.
+const QUICK_HOPS: u32 = 2;
+
+/// `addr` as a URL: `host:port` gets `http://`; a trailing `/` goes.
+pub(super) fn normalize(addr: &str) -> Result<String, ClientError> {
+    let addr = addr.trim().trim_end_matches('/');
+    if addr.is_empty() {
+        return Err(ClientError::Address(addr.to_string()));
+    }
+    let url = if addr.contains("://") {
+        addr.to_string()
+    } else {
+        format!("http://{addr}")
+    };
+    Endpoint::from_shared(url.clone()).map_err(|_| ClientError::Address(url.clone()))?;
+    Ok(url)
+}
+
+/// The leader's address named by a refusal's metadata.
+pub(super) fn leader_hint(status: &Status) -> Option<String> {
+    let value = status.metadata().get(LEADER_METADATA)?.to_str().ok()?;
+    normalize(value).ok()
+}
+
+/// Whether a failed call may be tried again: the replica was unavailable (not the leader,
+/// an election, a leader stepping down or loading), or the connection failed under the call
+/// (a locally made status that carries the transport's error).
+pub(super) fn retryable(status: &Status) -> bool {
+    match status.code() {
+        Code::Unavailable => true,
+        Code::Unknown | Code::Internal | Code::Cancelled => {
+            std::error::Error::source(status).is_some()
+        }
+        _ => false,
+    }
+}
+
+/// Whether a failure proves that the request was not carried out: no replica took it, or a
+/// replica refused it up front because it is not the leader (and named the leader).
+pub(super) fn refused_up_front(sent: bool, status: &Status) -> bool {
+    !sent || (status.code() == Code::Unavailable && leader_hint(status).is_some())
+}
+
+/// Exponential backoff (100 ms doubling to 2 s) with jitter: each delay is drawn from the
+/// upper half of its cap, so tries neither align across clients nor spin.
+#[derive(Default)]
+pub(super) struct Backoff {
+    step: u32,
+    hops: u32,
+}
+
+impl Backoff {
+    pub(super) fn next(&mut self) -> Duration {
+        let cap = MIN_BACKOFF
+            .saturating_mul(1u32 << self.step.min(16))
+            .min(MAX_BACKOFF);
+        self.step = self.step.saturating_add(1);
+        let cap_ms = u64::try_from(cap.as_millis()).unwrap_or(u64::MAX);
+        Duration::from_millis(rand::rng().random_range(cap_ms / 2..=cap_ms))
+    }
+
+    /// The delay after a refusal that named the leader at `hint` (dialled at `dialled`): none
+    /// for the first few hops to another replica, else the backoff.
+    pub(super) fn after_hint(&mut self, dialled: Option<&str>, hint: &str) -> Duration {
+        if dialled != Some(hint) && self.hops < QUICK_HOPS {
+            self.hops += 1;
+            Duration::ZERO
+        } else {
+            self.next()
+        }
+    }
+
+    pub(super) fn reset(&mut self) {
+        *self = Backoff::default();
+    }
+}
+
+/// The replicas and what is known of their leader.
+pub(super) struct Cluster {
+    replicas: Vec<String>,
+    state: Mutex<State>,
+}
+
+#[derive(Default)]
+struct State {
+    channels: HashMap<String, Channel>,
+    /// The replica calls go to: the leader as far as is known.
+    target: Option<String>,
+    /// The highest epoch a replica reported; older reports are ignored.
+    epoch: u64,
+    /// Where the next search for the leader starts in `replicas`.
+    turn: usize,
+}
+
+impl Cluster {
+    pub(super) fn new(replicas: Vec<String>) -> Self {
+        Cluster {
+            replicas,
+            state: Mutex::new(State::default()),
+        }
+    }
+
+    pub(super) fn replicas(&self) -> &[String] {
+        &self.replicas
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// A client for `addr` over its (lazily connected, shared) channel.
+    pub(super) fn client(&self, addr: &str) -> Result<FlowServiceClient<Channel>, ClientError> {
+        let mut state = self.lock();
+        let channel = match state.channels.get(addr) {
+            Some(c) => c.clone(),
+            None => {
+                let channel = Endpoint::from_shared(addr.to_string())
+                    .map_err(|_| ClientError::Address(addr.to_string()))?
+                    .connect_timeout(CONNECT_TIMEOUT)
+                    .tcp_nodelay(true)
+                    .http2_keep_alive_interval(KEEP_ALIVE)
+                    .keep_alive_timeout(KEEP_ALIVE)
+                    .connect_lazy();
+                state.channels.insert(addr.to_string(), channel.clone());
+                channel
+            }
+        };
+        Ok(FlowServiceClient::new(channel)
+            .max_decoding_message_size(MAX_MESSAGE)
+            .max_encoding_message_size(MAX_MESSAGE))
+    }
+
+    /// The replica believed to lead, if any.
+    pub(super) fn target(&self) -> Option<String> {
+        self.lock().target.clone()
+    }
+
+    /// Calls go to `addr` from now on (a refusal named it).
+    pub(super) fn redirect(&self, addr: String) {
+        self.lock().target = Some(addr);
+    }
+
+    /// `addr` failed: the leader is looked up again before the next call.
+    pub(super) fn forget(&self, addr: &str) {
+        let mut state = self.lock();
+        if state.target.as_deref() == Some(addr) {
+            state.target = None;
+        }
+    }
+
+    /// Takes in a replica's report of the leader; true when it named a leader at least as
+    /// new as any reported before (which then becomes the target).
+    pub(super) fn learn(&self, report: &pb::GetLeaderResponse) -> bool {
+        let Ok(leader) = normalize(&report.leader_address) else {
+            return false;
+        };
+        let mut state = self.lock();
+        if report.epoch < state.epoch {
+            return false;
+        }
+        state.epoch = report.epoch;
+        state.target = Some(leader);
+        true
+    }
+
+    /// The address calls should go to: the known leader, else the one the replicas name
+    /// (asked all at once; the first that names a leader wins), else the first replica that
+    /// answered at all (no leader is known: it will refuse and the caller backs off).
+    pub(super) async fn leader(&self) -> Result<String, Status> {
+        if let Some(target) = self.target() {
+            return Ok(target);
+        }
+        let order: Vec<String> = {
+            let mut state = self.lock();
+            let n = self.replicas.len().max(1);
+            let start = state.turn % n;
+            state.turn = state.turn.wrapping_add(1);
+            self.replicas
+                .iter()
+                .cycle()
+                .skip(start)
+                .take(self.replicas.len())
+                .cloned()
+                .collect()
+        };
+        let mut asks: FuturesUnordered<_> = order
+            .into_iter()
+            .map(|addr| async move {
+                let answer = match self.client(&addr) {
+                    Ok(mut c) => {
+                        match tokio::time::timeout(ASK_TIMEOUT, c.get_leader(pb::GetLeaderRequest {}))
+                            .await
+                        {
+                            Ok(r) => r.map(tonic::Response::into_inner),
+                            Err(_) => Err(Status::unavailable("no answer in time")),
+                        }
+                    }
+                    Err(e) => Err(Status::invalid_argument(e.to_string())),
+                };
+                (addr, answer)
+            })
+            .collect();
+        let mut answered: Option<String> = None;
+        let mut errors = Vec::new();
+        while let Some((addr, answer)) = asks.next().await {
+            match answer {
+                Ok(report) => {
+                    if self.learn(&report) {
+                        if let Some(t) = self.target() {
+                            return Ok(t);
+                        }
+                    }
+                    answered.get_or_insert(addr);
+                }
+                Err(status) => {
+                    if let Some(hint) = leader_hint(&status) {
+                        self.redirect(hint.clone());
+                        return Ok(hint);
+                    }
+                    errors.push(format!("{addr}: {}", status.message()));
+                }
+            }
+        }
+        match answered {
+            Some(addr) => Ok(addr),
+            None => Err(Status::unavailable(format!(
+                "no scheduler replica answered ({})",
+                errors.join("; ")
+            ))),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn addresses_are_normalized() {
+        assert_eq!(normalize("127.0.0.1:7070").unwrap(), "http://127.0.0.1:7070");
+        assert_eq!(normalize(" http://h:1/ ").unwrap(), "http://h:1");
+        assert!(normalize("").is_err());
+        assert!(normalize("http://bad host").is_err());
+    }
+
+    #[test]
+    fn only_unavailable_and_transport_failures_are_retried() {
+        assert!(retryable(&Status::unavailable("not the leader")));
+        assert!(!retryable(&Status::not_found("no such run")));
+        assert!(!retryable(&Status::unknown("from the server")));
+        let local = Status::from_error(Box::new(std::io::Error::other("connection reset")));
+        assert_eq!(local.code(), Code::Unknown);
+        assert!(retryable(&local));
+    }
+
+    #[test]
+    fn a_refusal_naming_the_leader_proves_nothing_was_done() {
+        let mut refusal = Status::unavailable("not the leader; the leader is at http://l:1");
+        refusal
+            .metadata_mut()
+            .insert(LEADER_METADATA, "http://l:1".parse().unwrap());
+        assert_eq!(leader_hint(&refusal).as_deref(), Some("http://l:1"));
+        assert!(refused_up_front(true, &refusal));
+        assert!(!refused_up_front(true, &Status::unavailable("stepping down")));
+        assert!(refused_up_front(false, &Status::unavailable("no replica")));
+    }
+
+    #[test]
+    fn backoff_doubles_with_jitter_up_to_two_seconds() {
+        let mut b = Backoff::default();
+        let first = b.next();
+        assert!(first >= MIN_BACKOFF / 2 && first <= MIN_BACKOFF, "{first:?}");
+        for _ in 0..20 {
+            assert!(b.next() <= MAX_BACKOFF);
+        }
+        assert!(b.next() >= MAX_BACKOFF / 2);
+        b.reset();
+        assert_eq!(b.after_hint(Some("http://a:1"), "http://b:1"), Duration::ZERO);
+        assert!(b.after_hint(Some("http://b:1"), "http://b:1") > Duration::ZERO);
+    }
+}

@@ -1,0 +1,360 @@
+//! The Rust client SDK: a typed wrapper over `FlowService` that talks to whichever scheduler
+//! replica leads.
+//!
+//! A [`Client`] is given one replica or several. It finds the leader (any replica answers
+//! `GetLeader`; a follower's refusal names the leader in `baton-leader` metadata), and every
+//! call that fails because the replica is not (or no longer) the leader, or because the
+//! connection broke, is tried again on the leader of the moment, with backoff and jitter,
+//! for up to [`Client::retry_for`] in all. `CreateRun` is retried only when it carries an
+//! idempotency key (otherwise a retry could start a second run), except after a refusal
+//! that proves it was not carried out. [`Client::watch`] streams survive a change of leader.
+
+mod cluster;
+mod watch;
+
+pub use cluster::LEADER_METADATA;
+pub use watch::RunWatch;
+
+use baton_proto as pb;
+use cluster::{leader_hint, refused_up_front, retryable, Backoff, Cluster};
+use pb::flow_service_client::FlowServiceClient;
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::time::Instant;
+use tonic::transport::Channel;
+
+/// How long calls are retried by default while the leader cannot be reached.
+pub const DEFAULT_RETRY_FOR: Duration = Duration::from_secs(30);
+
+/// Client errors.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("cannot connect to the scheduler at {addr}: {reason}")]
+    Connect { addr: String, reason: String },
+    #[error("{}: {}", .0.code(), .0.message())]
+    Status(#[from] tonic::Status),
+    #[error("invalid address `{0}`")]
+    Address(String),
+}
+
+/// A connection to a baton cluster; cheap to clone (clones share the connections and what
+/// is known of the leader).
+#[derive(Clone)]
+pub struct Client {
+    cluster: Arc<Cluster>,
+    retry_for: Duration,
+}
+
+/// Whether a call may be sent again after a failure that leaves it unknown whether it was
+/// carried out.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Retry {
+    /// The call is idempotent.
+    Always,
+    /// Only when the failure proves the call was not carried out.
+    IfRefused,
+}
+
+impl Client {
+    /// Connects to a cluster given one replica address or a comma-separated list
+    /// (`http://host:port`; a bare `host:port` gets `http://`). Fails when no replica
+    /// answers; succeeds while an election is still going on.
+    pub async fn connect(addrs: &str) -> Result<Self, ClientError> {
+        let list: Vec<String> = addrs.split(',').map(str::to_string).collect();
+        Client::connect_any(&list).await
+    }
+
+    /// Connects to a cluster given its replica addresses (each may also be a
+    /// comma-separated list; empty entries are skipped).
+    pub async fn connect_any(addrs: &[String]) -> Result<Self, ClientError> {
+        let mut replicas = Vec::new();
+        for a in addrs.iter().flat_map(|a| a.split(',')) {
+            if a.trim().is_empty() {
+                continue;
+            }
+            let url = cluster::normalize(a)?;
+            if !replicas.contains(&url) {
+                replicas.push(url);
+            }
+        }
+        if replicas.is_empty() {
+            return Err(ClientError::Address(addrs.join(",")));
+        }
+        let cluster = Arc::new(Cluster::new(replicas));
+        if let Err(status) = cluster.leader().await {
+            return Err(ClientError::Connect {
+                addr: cluster.replicas().join(","),
+                reason: status.message().to_string(),
+            });
+        }
+        Ok(Client {
+            cluster,
+            retry_for: DEFAULT_RETRY_FOR,
+        })
+    }
+
+    /// The same client, retrying calls for up to `d` in all (zero: never).
+    pub fn with_retry_for(mut self, d: Duration) -> Self {
+        self.retry_for = d;
+        self
+    }
+
+    /// How long calls are retried while the leader cannot be reached.
+    pub fn retry_for(&self) -> Duration {
+        self.retry_for
+    }
+
+    /// The replica addresses this client was given.
+    pub fn replicas(&self) -> &[String] {
+        self.cluster.replicas()
+    }
+
+    /// The replica calls go to now (the leader as far as is known), if one is chosen.
+    pub fn current_leader(&self) -> Option<String> {
+        self.cluster.target()
+    }
+
+    /// Sends a call to the leader; tries again as the retry policy allows.
+    async fn call<T, F, Fut>(&self, retry: Retry, mut f: F) -> Result<T, ClientError>
+    where
+        F: FnMut(FlowServiceClient<Channel>) -> Fut,
+        Fut: Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+    {
+        let started = Instant::now();
+        let mut backoff = Backoff::default();
+        loop {
+            let (dialled, status) = match self.cluster.leader().await {
+                Ok(addr) => match self.cluster.client(&addr) {
+                    Ok(client) => match f(client).await {
+                        Ok(response) => return Ok(response.into_inner()),
+                        Err(status) => (Some(addr), status),
+                    },
+                    Err(e) => return Err(e),
+                },
+                Err(status) => (None, status),
+            };
+            if !retryable(&status)
+                || (retry == Retry::IfRefused && !refused_up_front(dialled.is_some(), &status))
+            {
+                return Err(status.into());
+            }
+            let hint = leader_hint(&status);
+            let delay = match &hint {
+                Some(h) => backoff.after_hint(dialled.as_deref(), h),
+                None => backoff.next(),
+            };
+            if started.elapsed() + delay > self.retry_for {
+                return Err(status.into());
+            }
+            tracing::debug!(
+                replica = dialled.as_deref().unwrap_or("-"),
+                leader = hint.as_deref().unwrap_or("-"),
+                code = ?status.code(),
+                message = status.message(),
+                delay_ms = delay.as_millis() as u64,
+                "retrying on the leader"
+            );
+            match (hint, &dialled) {
+                (Some(h), _) => self.cluster.redirect(h),
+                (None, Some(addr)) => self.cluster.forget(addr),
+                (None, None) => {}
+            }
+            tokio::time::sleep(delay).await;
+        }
+    }
+
+    /// Who leads the cluster, its epoch and the replicas, as a replica reports it (any
+    /// replica answers; the leader's own view is asked first).
+    pub async fn leader(&self) -> Result<pb::GetLeaderResponse, ClientError> {
+        let report = self
+            .call(Retry::Always, |mut c| async move {
+                c.get_leader(pb::GetLeaderRequest {}).await
+            })
+            .await?;
+        self.cluster.learn(&report);
+        Ok(report)
+    }
+
+    pub async fn register_flow(
+        &self,
+        source: String,
+    ) -> Result<pb::RegisterFlowResponse, ClientError> {
+        let req = pb::RegisterFlowRequest { source };
+        self.call(Retry::Always, |mut c| {
+            let req = req.clone();
+            async move { c.register_flow(req).await }
+        })
+        .await
+    }
+
+    /// Starts a run of a flow definition given as text; parameters are JSON texts. Give an
+    /// idempotency key (the CLI always does) so that the call can be retried safely.
+    pub async fn run_source(
+        &self,
+        source: String,
+        parameters: BTreeMap<String, String>,
+        idempotency_key: String,
+    ) -> Result<pb::CreateRunResponse, ClientError> {
+        self.create_run(pb::CreateRunRequest {
+            source,
+            parameters: parameters.into_iter().collect(),
+            idempotency_key,
+            ..Default::default()
+        })
+        .await
+    }
+
+    /// Starts a run. Retried across a change of leader only when `req` carries an
+    /// idempotency key (a retry then returns the same run, with `created` false when the
+    /// first try had created it).
+    pub async fn create_run(
+        &self,
+        req: pb::CreateRunRequest,
+    ) -> Result<pb::CreateRunResponse, ClientError> {
+        let retry = if req.idempotency_key.is_empty() {
+            Retry::IfRefused
+        } else {
+            Retry::Always
+        };
+        self.call(retry, |mut c| {
+            let req = req.clone();
+            async move { c.create_run(req).await }
+        })
+        .await
+    }
+
+    pub async fn get_run(&self, run_id: &str) -> Result<pb::FlowRun, ClientError> {
+        let req = pb::GetRunRequest {
+            run_id: run_id.to_string(),
+        };
+        let r = self
+            .call(Retry::Always, |mut c| {
+                let req = req.clone();
+                async move { c.get_run(req).await }
+            })
+            .await?;
+        r.run
+            .ok_or_else(|| tonic::Status::internal("response without a run").into())
+    }
+
+    pub async fn list_runs(&self, limit: u32) -> Result<Vec<pb::FlowRun>, ClientError> {
+        Ok(self
+            .call(Retry::Always, |mut c| async move {
+                c.list_runs(pb::ListRunsRequest { limit }).await
+            })
+            .await?
+            .runs)
+    }
+
+    /// All of a run's task runs, fetched page by page.
+    pub async fn task_runs(
+        &self,
+        run_id: &str,
+        with_values: bool,
+    ) -> Result<Vec<pb::TaskRun>, ClientError> {
+        let mut out = Vec::new();
+        loop {
+            let req = pb::ListTaskRunsRequest {
+                run_id: run_id.to_string(),
+                with_values,
+                offset: out.len() as u32,
+                limit: 0,
+            };
+            let page = self
+                .call(Retry::Always, |mut c| {
+                    let req = req.clone();
+                    async move { c.list_task_runs(req).await }
+                })
+                .await?;
+            let got = page.task_runs.len();
+            out.extend(page.task_runs);
+            if got == 0 || out.len() >= page.total as usize {
+                return Ok(out);
+            }
+        }
+    }
+
+    /// The run's events (with the task runs that changed when `with_task_runs`), ending
+    /// with the event of the finished run. The watch is re-opened on the new leader when
+    /// the leader changes; repeated events are dropped.
+    pub async fn watch(&self, run_id: &str, with_task_runs: bool) -> Result<RunWatch, ClientError> {
+        RunWatch::open(self.clone(), run_id.to_string(), with_task_runs).await
+    }
+
+    /// Opens one `WatchRun` stream on the leader (retried until it opens).
+    async fn open_watch(
+        &self,
+        run_id: &str,
+        with_task_runs: bool,
+    ) -> Result<tonic::Streaming<pb::RunEvent>, ClientError> {
+        let req = pb::WatchRunRequest {
+            run_id: run_id.to_string(),
+            with_task_runs,
+        };
+        self.call(Retry::Always, |mut c| {
+            let req = req.clone();
+            async move { c.watch_run(req).await }
+        })
+        .await
+    }
+
+    /// Waits until the run is over and returns its final state.
+    pub async fn wait(&self, run_id: &str) -> Result<pb::FlowRun, ClientError> {
+        let mut stream = self.watch(run_id, false).await?;
+        while let Some(ev) = stream.message().await? {
+            if let Some(run) = ev.run {
+                if is_finished(&run) {
+                    return Ok(run);
+                }
+            }
+        }
+        self.get_run(run_id).await
+    }
+
+    pub async fn cancel_run(&self, run_id: &str) -> Result<pb::FlowRun, ClientError> {
+        let req = pb::CancelRunRequest {
+            run_id: run_id.to_string(),
+        };
+        let r = self
+            .call(Retry::Always, |mut c| {
+                let req = req.clone();
+                async move { c.cancel_run(req).await }
+            })
+            .await?;
+        r.run
+            .ok_or_else(|| tonic::Status::internal("response without a run").into())
+    }
+
+    pub async fn workers(&self) -> Result<Vec<pb::WorkerInfo>, ClientError> {
+        Ok(self
+            .call(Retry::Always, |mut c| async move {
+                c.list_workers(pb::ListWorkersRequest {}).await
+            })
+            .await?
+            .workers)
+    }
+
+    pub async fn get_result(&self, uri: &str) -> Result<pb::GetResultResponse, ClientError> {
+        let req = pb::GetResultRequest {
+            uri: uri.to_string(),
+        };
+        self.call(Retry::Always, |mut c| {
+            let req = req.clone();
+            async move { c.get_result(req).await }
+        })
+        .await
+    }
+}
+
+/// Whether a run is over.
+pub fn is_finished(run: &pb::FlowRun) -> bool {
+    matches!(
+        pb::RunState::try_from(run.state),
+        Ok(pb::RunState::Completed | pb::RunState::Failed | pb::RunState::Cancelled)
+    )
+}
+
+#[cfg(test)]
+mod tests;

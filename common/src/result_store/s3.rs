@@ -1,0 +1,619 @@
+//! The S3 result store: objects in a bucket under a prefix, through `aws-sdk-s3`, on AWS or
+//! on any S3-compatible server.
+//!
+//! A store is named `s3://BUCKET/PREFIX`; `put(key)` writes `PREFIX/KEY` and answers the
+//! location `s3://BUCKET/PREFIX/KEY`. `get`, `exists` and `delete` accept any
+//! `s3://BUCKET/KEY`, also outside this store's prefix or bucket.
+//!
+//! Configuration, as [`open_store`](super::open_store) reads it ([`S3Options::from_env`]):
+//! - Credentials come from the standard AWS chain: `AWS_ACCESS_KEY_ID` /
+//!   `AWS_SECRET_ACCESS_KEY` (/ `AWS_SESSION_TOKEN`), the shared profile files
+//!   (`AWS_PROFILE`), web identity, the ECS container endpoint, EC2 instance metadata. They
+//!   are never logged nor stored by baton.
+//! - Region: `AWS_REGION` / `AWS_DEFAULT_REGION`, the profile, instance metadata; `us-east-1`
+//!   when none is configured.
+//! - `BATON_S3_ENDPOINT`: the URL of an S3-compatible server (`http://127.0.0.1:9000`). The
+//!   standard `AWS_ENDPOINT_URL_S3` / `AWS_ENDPOINT_URL` are honoured too (aws-config reads
+//!   them); `BATON_S3_ENDPOINT` wins over them.
+//! - `BATON_S3_PATH_STYLE`: `true` for path-style addressing (`http://host/bucket/key`),
+//!   `false` for virtual-hosted style (`http://bucket.host/key`). Default: `true` when an
+//!   endpoint is overridden by any of the variables above, else `false`.
+//!
+//! Writes never overwrite: `put` first asks for the object (HEAD) and fails with
+//! [`Error::AlreadyExists`] when it is there, and also sends `If-None-Match: *`, which the
+//! servers that support conditional writes honour (the HEAD covers those that do not, bar a
+//! race). Objects over [`PART_BYTES`] go up as multipart uploads of parts of that size; a
+//! failed upload is aborted. Every object carries its `sha256:` checksum as the metadata
+//! `x-amz-meta-baton-checksum`.
+//!
+//! Transient failures (timeouts, connections refused or cut, HTTP 5xx, throttling) are
+//! retried by the SDK and then by this module, with backoff, for up to
+//! [`S3Options::retry_for`] (30 s by default). A `put` retried after a failure whose outcome
+//! is unknown accepts an object already at its key when it holds the same bytes. Other
+//! failures are [`Error::Io`] naming `s3://bucket/key`.
+
+use super::{checksum, ResultRef, ResultStore};
+use crate::{Error, Result};
+use async_trait::async_trait;
+use aws_config::retry::RetryConfig;
+use aws_config::timeout::TimeoutConfig;
+use aws_config::BehaviorVersion;
+use aws_sdk_s3::config::http::HttpResponse;
+use aws_sdk_s3::config::{
+    Credentials, Region, RequestChecksumCalculation, ResponseChecksumValidation,
+};
+use aws_sdk_s3::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
+use aws_sdk_s3::primitives::ByteStream;
+use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart};
+use aws_sdk_s3::Client;
+use aws_smithy_http_client::tls;
+use bytes::Bytes;
+use std::future::Future;
+use std::io::ErrorKind;
+use std::time::Duration;
+use tokio::time::Instant;
+
+/// Objects larger than this are uploaded in parts of this size.
+pub const PART_BYTES: usize = 8 << 20;
+/// The metadata entry holding an object's checksum.
+const CHECKSUM_META: &str = "baton-checksum";
+const DEFAULT_REGION: &str = "us-east-1";
+const FIRST_BACKOFF: Duration = Duration::from_millis(200);
+const MAX_BACKOFF: Duration = Duration::from_secs(2);
+
+/// A fixed access key, for tests and tools; otherwise the standard AWS chain is used.
+#[derive(Clone)]
+pub struct StaticCredentials {
+    pub access_key_id: String,
+    pub secret_access_key: String,
+}
+
+impl std::fmt::Debug for StaticCredentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StaticCredentials")
+            .field("access_key_id", &self.access_key_id)
+            .field("secret_access_key", &"** redacted **")
+            .finish()
+    }
+}
+
+/// How to reach S3; see the module documentation for the environment variables.
+#[derive(Clone, Debug)]
+pub struct S3Options {
+    /// The URL of an S3-compatible server; `None`: AWS, or `AWS_ENDPOINT_URL`.
+    pub endpoint: Option<String>,
+    /// Path-style addressing; `None`: when an endpoint is overridden.
+    pub path_style: Option<bool>,
+    /// The region; `None`: the standard chain, else `us-east-1`.
+    pub region: Option<String>,
+    /// A fixed key; `None`: the standard credential chain.
+    pub credentials: Option<StaticCredentials>,
+    /// How long transient failures of one operation are retried.
+    pub retry_for: Duration,
+}
+
+impl Default for S3Options {
+    fn default() -> Self {
+        S3Options {
+            endpoint: None,
+            path_style: None,
+            region: None,
+            credentials: None,
+            retry_for: Duration::from_secs(30),
+        }
+    }
+}
+
+impl S3Options {
+    /// Options from `BATON_S3_ENDPOINT` and `BATON_S3_PATH_STYLE`; the rest is left to the
+    /// standard AWS chain.
+    pub fn from_env() -> Result<Self> {
+        let var = |name: &str| std::env::var(name).ok().filter(|v| !v.trim().is_empty());
+        let path_style = match var("BATON_S3_PATH_STYLE") {
+            None => None,
+            Some(v) => Some(parse_bool(&v).ok_or_else(|| {
+                Error::InvalidArgument(format!(
+                    "BATON_S3_PATH_STYLE must be true or false, not `{v}`"
+                ))
+            })?),
+        };
+        let overridden = var("AWS_ENDPOINT_URL_S3").is_some() || var("AWS_ENDPOINT_URL").is_some();
+        let endpoint = var("BATON_S3_ENDPOINT");
+        Ok(S3Options {
+            path_style: path_style.or((endpoint.is_some() || overridden).then_some(true)),
+            endpoint,
+            ..S3Options::default()
+        })
+    }
+}
+
+fn parse_bool(v: &str) -> Option<bool> {
+    match v.trim().to_ascii_lowercase().as_str() {
+        "1" | "true" | "yes" | "on" => Some(true),
+        "0" | "false" | "no" | "off" => Some(false),
+        _ => None,
+    }
+}
+
+/// Splits `s3://bucket/rest` into the bucket and the rest (without leading or trailing `/`).
+fn split_uri(uri: &str) -> Result<(&str, &str)> {
+    let rest = uri
+        .strip_prefix("s3://")
+        .ok_or_else(|| Error::InvalidArgument(format!("`{uri}` is not an s3:// location")))?;
+    let (bucket, path) = rest.split_once('/').unwrap_or((rest, ""));
+    if bucket.is_empty() {
+        return Err(Error::InvalidArgument(format!("`{uri}` names no bucket")));
+    }
+    Ok((bucket, path.trim_matches('/')))
+}
+
+/// Checks a key or prefix: no empty, `.` or `..` segments.
+fn check_key(key: &str, what: &str) -> Result<()> {
+    if key
+        .split('/')
+        .any(|s| s.is_empty() || s == "." || s == "..")
+    {
+        return Err(Error::InvalidArgument(format!(
+            "invalid object {what} `{key}`"
+        )));
+    }
+    Ok(())
+}
+
+/// A result store in an S3 bucket.
+#[derive(Clone, Debug)]
+pub struct S3Store {
+    client: Client,
+    bucket: String,
+    prefix: String,
+    retry_for: Duration,
+}
+
+/// Why one try of an operation failed.
+#[derive(Debug)]
+enum Failure {
+    NotFound,
+    /// The object exists (HEAD found it, or a conditional write was refused).
+    Exists,
+    /// Worth trying again: the server may be restarting or overloaded.
+    Transient(String),
+    Fatal(ErrorKind, String),
+}
+
+impl Failure {
+    fn from_sdk<E>(e: SdkError<E, HttpResponse>) -> Failure
+    where
+        E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+    {
+        let message = DisplayErrorContext(&e).to_string();
+        match &e {
+            SdkError::ServiceError(s) => {
+                let status = s.raw().status().as_u16();
+                let code = s.err().code().unwrap_or_default();
+                match (status, code) {
+                    (404, _) | (_, "NoSuchKey" | "NotFound") => Failure::NotFound,
+                    (412, _) | (_, "PreconditionFailed") => Failure::Exists,
+                    (403, _) => Failure::Fatal(ErrorKind::PermissionDenied, message),
+                    (408 | 429 | 500..=599, _)
+                    | (_, "RequestTimeout" | "SlowDown" | "InternalError") => {
+                        Failure::Transient(message)
+                    }
+                    _ => Failure::Fatal(ErrorKind::Other, message),
+                }
+            }
+            SdkError::DispatchFailure(d) if d.is_user() => {
+                Failure::Fatal(ErrorKind::InvalidInput, message)
+            }
+            SdkError::DispatchFailure(_)
+            | SdkError::TimeoutError(_)
+            | SdkError::ResponseError(_) => Failure::Transient(message),
+            _ => Failure::Fatal(ErrorKind::InvalidInput, message),
+        }
+    }
+
+    fn into_error(self, location: String) -> Error {
+        match self {
+            Failure::NotFound => Error::NotFound(location),
+            Failure::Exists => Error::AlreadyExists(location),
+            Failure::Transient(m) => Error::Io {
+                location,
+                source: std::io::Error::new(ErrorKind::TimedOut, m),
+            },
+            Failure::Fatal(kind, m) => Error::Io {
+                location,
+                source: std::io::Error::new(kind, m),
+            },
+        }
+    }
+}
+
+type Try<T> = std::result::Result<T, Failure>;
+
+impl S3Store {
+    /// A store at `uri` (`s3://bucket/prefix`) with options from the environment.
+    pub async fn open(uri: &str) -> Result<Self> {
+        Self::connect(uri, S3Options::from_env()?).await
+    }
+
+    /// A store at `uri` (`s3://bucket/prefix`) with explicit options.
+    pub async fn connect(uri: &str, options: S3Options) -> Result<Self> {
+        let (bucket, prefix) = split_uri(uri)?;
+        if !prefix.is_empty() {
+            check_key(prefix, "prefix")?;
+        }
+        let http = aws_smithy_http_client::Builder::new()
+            .tls_provider(tls::Provider::Rustls(
+                tls::rustls_provider::CryptoMode::Ring,
+            ))
+            .build_https();
+        let retry = RetryConfig::standard()
+            .with_max_attempts(4)
+            .with_initial_backoff(Duration::from_millis(100))
+            .with_max_backoff(Duration::from_secs(2));
+        let timeouts = TimeoutConfig::builder()
+            .connect_timeout(Duration::from_secs(3))
+            .operation_attempt_timeout(Duration::from_secs(60))
+            .build();
+        let mut loader = aws_config::defaults(BehaviorVersion::latest())
+            .http_client(http)
+            .retry_config(retry)
+            .timeout_config(timeouts);
+        if let Some(region) = &options.region {
+            loader = loader.region(Region::new(region.clone()));
+        }
+        if let Some(c) = &options.credentials {
+            loader = loader.credentials_provider(Credentials::new(
+                c.access_key_id.clone(),
+                c.secret_access_key.clone(),
+                None,
+                None,
+                "baton",
+            ));
+        }
+        let overridden = options.endpoint.is_some();
+        if let Some(endpoint) = &options.endpoint {
+            loader = loader.endpoint_url(endpoint.clone());
+        }
+        let shared = loader.load().await;
+        let overridden = overridden || shared.endpoint_url().is_some();
+        let mut config = aws_sdk_s3::config::Builder::from(&shared)
+            .force_path_style(options.path_style.unwrap_or(overridden));
+        if shared.region().is_none() {
+            config = config.region(Region::from_static(DEFAULT_REGION));
+        }
+        if overridden {
+            // S3-compatible servers vary in their support of the newer default checksums
+            // (trailers in aws-chunked bodies); baton checks its own sha256 anyway.
+            config = config
+                .request_checksum_calculation(RequestChecksumCalculation::WhenRequired)
+                .response_checksum_validation(ResponseChecksumValidation::WhenRequired);
+        }
+        Ok(S3Store {
+            client: Client::from_conf(config.build()),
+            bucket: bucket.to_string(),
+            prefix: prefix.to_string(),
+            retry_for: options.retry_for,
+        })
+    }
+
+    /// The bucket.
+    pub fn bucket(&self) -> &str {
+        &self.bucket
+    }
+
+    /// The SDK client, configured as above, for tools and tests.
+    pub fn client(&self) -> &Client {
+        &self.client
+    }
+
+    fn full_key(&self, key: &str) -> Result<String> {
+        check_key(key, "key")?;
+        Ok(if self.prefix.is_empty() {
+            key.to_string()
+        } else {
+            format!("{}/{key}", self.prefix)
+        })
+    }
+
+    /// Runs `op` until it succeeds, fails for good, or `retry_for` has passed; `op` is given
+    /// whether an earlier try failed in a way that may have taken effect.
+    async fn retrying<T, F, Fut>(&self, location: &str, mut op: F) -> Result<T>
+    where
+        F: FnMut(bool) -> Fut,
+        Fut: Future<Output = Try<T>>,
+    {
+        let deadline = Instant::now() + self.retry_for;
+        let mut delay = FIRST_BACKOFF;
+        let mut retried = false;
+        loop {
+            match op(retried).await {
+                Ok(v) => return Ok(v),
+                Err(Failure::Transient(message)) if Instant::now() + delay < deadline => {
+                    tracing::warn!(%location, error = %message, "s3 request failed, retrying");
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(MAX_BACKOFF);
+                    retried = true;
+                }
+                Err(f) => return Err(f.into_error(location.to_string())),
+            }
+        }
+    }
+
+    async fn head(&self, bucket: &str, key: &str) -> Try<Option<(u64, Option<String>)>> {
+        match self
+            .client
+            .head_object()
+            .bucket(bucket)
+            .key(key)
+            .send()
+            .await
+        {
+            Ok(h) => Ok(Some((
+                h.content_length().unwrap_or_default().max(0) as u64,
+                h.metadata().and_then(|m| m.get(CHECKSUM_META)).cloned(),
+            ))),
+            Err(e) => match Failure::from_sdk(e) {
+                Failure::NotFound => Ok(None),
+                f => Err(f),
+            },
+        }
+    }
+
+    async fn read(&self, bucket: &str, key: &str) -> Try<Vec<u8>> {
+        let out = self
+            .client
+            .get_object()
+            .bucket(bucket)
+            .key(key)
+            .send()
+            .await
+            .map_err(Failure::from_sdk)?;
+        let body = out
+            .body
+            .collect()
+            .await
+            .map_err(|e| Failure::Transient(format!("reading the body: {e}")))?;
+        Ok(body.into_bytes().to_vec())
+    }
+
+    /// Whether the object at `key` holds exactly `data` (checksum `sum`).
+    async fn holds(&self, key: &str, data: &Bytes, sum: &str) -> Try<bool> {
+        match self.head(&self.bucket, key).await? {
+            None => Ok(false),
+            Some((size, _)) if size != data.len() as u64 => Ok(false),
+            Some((_, Some(stored))) => Ok(stored == sum),
+            Some((_, None)) => Ok(checksum(&self.read(&self.bucket, key).await?) == sum),
+        }
+    }
+
+    async fn put_once(
+        &self,
+        key: &str,
+        data: &Bytes,
+        content_type: &str,
+        sum: &str,
+        retried: bool,
+    ) -> Try<()> {
+        let written = match self.head(&self.bucket, key).await? {
+            Some(_) => Err(Failure::Exists),
+            None if data.len() > PART_BYTES => {
+                self.put_multipart(key, data, content_type, sum).await
+            }
+            None => self
+                .client
+                .put_object()
+                .bucket(&self.bucket)
+                .key(key)
+                .content_type(content_type)
+                .metadata(CHECKSUM_META, sum)
+                .if_none_match("*")
+                .body(ByteStream::from(data.clone()))
+                .send()
+                .await
+                .map(drop)
+                .map_err(Failure::from_sdk),
+        };
+        match written {
+            // An earlier try whose answer was lost may have written it.
+            Err(Failure::Exists) if retried => match self.holds(key, data, sum).await? {
+                true => Ok(()),
+                false => Err(Failure::Exists),
+            },
+            other => other,
+        }
+    }
+
+    async fn put_multipart(
+        &self,
+        key: &str,
+        data: &Bytes,
+        content_type: &str,
+        sum: &str,
+    ) -> Try<()> {
+        let created = self
+            .client
+            .create_multipart_upload()
+            .bucket(&self.bucket)
+            .key(key)
+            .content_type(content_type)
+            .metadata(CHECKSUM_META, sum)
+            .send()
+            .await
+            .map_err(Failure::from_sdk)?;
+        let upload_id = created.upload_id().ok_or_else(|| {
+            Failure::Fatal(ErrorKind::InvalidData, "no upload id in the answer".into())
+        })?;
+        let result = self.upload_parts(key, upload_id, data).await;
+        if result.is_err() {
+            let aborted = self
+                .client
+                .abort_multipart_upload()
+                .bucket(&self.bucket)
+                .key(key)
+                .upload_id(upload_id)
+                .send()
+                .await;
+            if let Err(e) = aborted {
+                tracing::warn!(
+                    location = %format!("s3://{}/{key}", self.bucket),
+                    error = %DisplayErrorContext(&e),
+                    "cannot abort a failed multipart upload"
+                );
+            }
+        }
+        result
+    }
+
+    async fn upload_parts(&self, key: &str, upload_id: &str, data: &Bytes) -> Try<()> {
+        let mut parts = Vec::with_capacity(data.len().div_ceil(PART_BYTES));
+        for (i, start) in (0..data.len()).step_by(PART_BYTES).enumerate() {
+            let number = i as i32 + 1;
+            let end = (start + PART_BYTES).min(data.len());
+            let out = self
+                .client
+                .upload_part()
+                .bucket(&self.bucket)
+                .key(key)
+                .upload_id(upload_id)
+                .part_number(number)
+                .body(ByteStream::from(data.slice(start..end)))
+                .send()
+                .await
+                .map_err(Failure::from_sdk)?;
+            parts.push(
+                CompletedPart::builder()
+                    .part_number(number)
+                    .set_e_tag(out.e_tag().map(str::to_string))
+                    .build(),
+            );
+        }
+        self.client
+            .complete_multipart_upload()
+            .bucket(&self.bucket)
+            .key(key)
+            .upload_id(upload_id)
+            .multipart_upload(
+                CompletedMultipartUpload::builder()
+                    .set_parts(Some(parts))
+                    .build(),
+            )
+            .if_none_match("*")
+            .send()
+            .await
+            .map(drop)
+            .map_err(Failure::from_sdk)
+    }
+}
+
+#[async_trait]
+impl ResultStore for S3Store {
+    fn root_uri(&self) -> String {
+        if self.prefix.is_empty() {
+            format!("s3://{}", self.bucket)
+        } else {
+            format!("s3://{}/{}", self.bucket, self.prefix)
+        }
+    }
+
+    async fn put(&self, key: &str, data: Vec<u8>, content_type: &str) -> Result<ResultRef> {
+        let key = self.full_key(key)?;
+        let uri = format!("s3://{}/{key}", self.bucket);
+        let sum = checksum(&data);
+        let size = data.len() as u64;
+        let data = Bytes::from(data);
+        self.retrying(&uri, |retried| {
+            self.put_once(&key, &data, content_type, &sum, retried)
+        })
+        .await?;
+        Ok(ResultRef {
+            uri,
+            size,
+            checksum: sum,
+            content_type: content_type.to_string(),
+        })
+    }
+
+    async fn get(&self, uri: &str) -> Result<Vec<u8>> {
+        let (bucket, key) = split_uri(uri)?;
+        check_key(key, "key")?;
+        self.retrying(uri, |_| self.read(bucket, key)).await
+    }
+
+    async fn exists(&self, uri: &str) -> Result<bool> {
+        let (bucket, key) = split_uri(uri)?;
+        check_key(key, "key")?;
+        self.retrying(uri, move |_| async move {
+            Ok(self.head(bucket, key).await?.is_some())
+        })
+        .await
+    }
+
+    async fn delete(&self, uri: &str) -> Result<()> {
+        let (bucket, key) = split_uri(uri)?;
+        check_key(key, "key")?;
+        self.retrying(uri, move |_| async move {
+            match self
+                .client
+                .delete_object()
+                .bucket(bucket)
+                .key(key)
+                .send()
+                .await
+                .map_err(Failure::from_sdk)
+            {
+                Ok(_) | Err(Failure::NotFound) => Ok(()),
+                Err(f) => Err(f),
+            }
+        })
+        .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn uris_and_keys() {
+        assert_eq!(split_uri("s3://b/p/q/").unwrap(), ("b", "p/q"));
+        assert_eq!(split_uri("s3://b").unwrap(), ("b", ""));
+        assert!(split_uri("s3:///k").is_err());
+        assert!(split_uri("file:///k").is_err());
+        assert!(check_key("a/../b", "key").is_err());
+        assert!(check_key("a//b", "key").is_err());
+        assert!(check_key("", "key").is_err());
+        assert!(check_key("results/r/t/attempt-1.json", "key").is_ok());
+        assert_eq!(parse_bool(" TRUE "), Some(true));
+        assert_eq!(parse_bool("0"), Some(false));
+        assert_eq!(parse_bool("maybe"), None);
+        let secret = StaticCredentials {
+            access_key_id: "AK".into(),
+            secret_access_key: "SECRET".into(),
+        };
+        assert!(!format!("{secret:?}").contains("SECRET"));
+    }
+
+    #[tokio::test]
+    async fn layout_of_keys() {
+        let options = S3Options {
+            endpoint: Some("http://127.0.0.1:1".into()),
+            region: Some("us-east-1".into()),
+            credentials: Some(StaticCredentials {
+                access_key_id: "AK".into(),
+                secret_access_key: "SK".into(),
+            }),
+            retry_for: Duration::from_millis(300),
+            ..S3Options::default()
+        };
+        let store = S3Store::connect("s3://bkt/base/", options).await.unwrap();
+        assert_eq!(store.root_uri(), "s3://bkt/base");
+        assert_eq!(store.full_key("a/b.json").unwrap(), "base/a/b.json");
+        assert!(store.full_key("../x").is_err());
+        // Nothing listens on port 1: a transient failure, retried, then an i/o error.
+        let err = store.get("s3://other/k").await.unwrap_err();
+        assert!(
+            matches!(&err, Error::Io { location, .. } if location == "s3://other/k"),
+            "{err}"
+        );
+    }
+}

@@ -1,0 +1,365 @@
+//! A whole cluster of real processes for fault tests: an etcd cluster, an S3 server, N
+//! scheduler replicas and M workers. Every replica reaches each etcd member through a
+//! proxy of its own, and workers reach each replica through that replica's "front" proxy
+//! (the address it advertises), so a replica can be cut off from etcd only or from the
+//! workers only. A background poller records every epoch any replica reports, to check
+//! that epochs never decrease.
+
+use crate::etcd::EtcdCluster;
+use crate::proxy::Proxy;
+use crate::s3::S3Server;
+use crate::{eventually, free_port, Node};
+use baton_proto as pb;
+use pb::flow_service_client::FlowServiceClient;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tonic::transport::Endpoint;
+
+/// Settings of an [`HaCluster`].
+#[derive(Clone, Debug)]
+pub struct HaConfig {
+    pub schedulers: usize,
+    pub etcd_members: usize,
+    /// The leadership lease (etcd lease TTL), ms.
+    pub leader_lease_ms: u64,
+    /// A silent worker's attempts are re-dispatched after this long, ms.
+    pub worker_lease_ms: u64,
+    /// How long a new leader waits for workers to report their attempts, ms.
+    pub adopt_grace_ms: u64,
+    /// How long a worker keeps running tasks without a reachable leader, ms.
+    pub worker_leader_lease_ms: u64,
+    /// More scheduler flags.
+    pub scheduler_args: Vec<String>,
+}
+
+impl Default for HaConfig {
+    fn default() -> Self {
+        HaConfig {
+            schedulers: 3,
+            etcd_members: 3,
+            leader_lease_ms: 4_000,
+            worker_lease_ms: 3_000,
+            adopt_grace_ms: 2_000,
+            worker_leader_lease_ms: 15_000,
+            scheduler_args: Vec::new(),
+        }
+    }
+}
+
+/// One scheduler replica and its proxies.
+pub struct Replica {
+    pub node: Option<Node>,
+    /// Its own port (clients in tests may dial it directly).
+    pub port: u16,
+    /// Its paths to each etcd member.
+    pub etcd_proxies: Vec<Proxy>,
+    /// The path workers (and redirected clients) take to it; its advertised address.
+    pub front: Proxy,
+    generation: usize,
+}
+
+impl Replica {
+    /// Its direct URL.
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+}
+
+/// (replica index, epoch) seen by the poller, in order.
+pub type EpochLog = Arc<Mutex<Vec<(usize, u64)>>>;
+
+/// See the module docs.
+pub struct HaCluster {
+    pub cfg: HaConfig,
+    pub replicas: Vec<Replica>,
+    pub workers: Vec<Node>,
+    pub etcd: EtcdCluster,
+    pub s3: S3Server,
+    pub epochs: EpochLog,
+    stop_poll: Arc<std::sync::atomic::AtomicBool>,
+    // Last, so that processes die before their folder goes.
+    pub dir: tempfile::TempDir,
+}
+
+impl HaCluster {
+    /// Starts etcd, S3 and the replicas, and waits until one leads.
+    pub async fn start(cfg: HaConfig) -> anyhow::Result<HaCluster> {
+        let dir = tempfile::Builder::new().prefix("baton-ha-").tempdir()?;
+        let etcd = EtcdCluster::start(cfg.etcd_members).await?;
+        let s3 = S3Server::start().await?;
+        let mut replicas = Vec::new();
+        for _ in 0..cfg.schedulers {
+            let port = free_port()?;
+            let target: SocketAddr = format!("127.0.0.1:{port}").parse()?;
+            let front = Proxy::start(target)?;
+            let mut etcd_proxies = Vec::new();
+            for i in 0..etcd.len() {
+                etcd_proxies.push(Proxy::start(etcd.member(i).client_addr())?);
+            }
+            replicas.push(Replica {
+                node: None,
+                port,
+                etcd_proxies,
+                front,
+                generation: 0,
+            });
+        }
+        let epochs: EpochLog = Arc::default();
+        let stop_poll = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let mut c = HaCluster {
+            cfg,
+            replicas,
+            workers: Vec::new(),
+            etcd,
+            s3,
+            epochs,
+            stop_poll,
+            dir,
+        };
+        for i in 0..c.replicas.len() {
+            c.spawn_scheduler(i)?;
+        }
+        c.start_epoch_poller();
+        c.wait_leader(Duration::from_secs(30), None).await?;
+        Ok(c)
+    }
+
+    /// The result store all nodes use.
+    pub fn result_store(&self) -> String {
+        self.s3.uri("results")
+    }
+
+    fn spawn_scheduler(&mut self, i: usize) -> anyhow::Result<()> {
+        let r = &self.replicas[i];
+        let etcd: Vec<String> = r.etcd_proxies.iter().map(|p| p.url()).collect();
+        let mut args = vec![
+            "--listen".to_string(),
+            format!("127.0.0.1:{}", r.port),
+            "--data-dir".to_string(),
+            self.dir.path().join(format!("sched-{i}")).display().to_string(),
+            "--etcd".to_string(),
+            etcd.join(","),
+            "--advertise".to_string(),
+            r.front.url(),
+            "--replica-id".to_string(),
+            format!("s{i}"),
+            "--result-store".to_string(),
+            self.result_store(),
+            "--leader-lease-ms".to_string(),
+            self.cfg.leader_lease_ms.to_string(),
+            "--worker-lease-ms".to_string(),
+            self.cfg.worker_lease_ms.to_string(),
+            "--heartbeat-ms".to_string(),
+            (self.cfg.worker_lease_ms / 4).max(100).to_string(),
+            "--adopt-grace-ms".to_string(),
+            self.cfg.adopt_grace_ms.to_string(),
+        ];
+        args.extend(self.cfg.scheduler_args.iter().cloned());
+        let generation = r.generation;
+        let log = self
+            .dir
+            .path()
+            .join(format!("scheduler-{i}.{generation}.log"));
+        let node = Node::spawn_env("baton-scheduler", &args, &self.s3.env(), log)?;
+        self.replicas[i].node = Some(node);
+        Ok(())
+    }
+
+    /// Direct URLs of all replicas.
+    pub fn urls(&self) -> Vec<String> {
+        self.replicas.iter().map(Replica::url).collect()
+    }
+
+    /// Addresses a client should be given (all replicas, direct).
+    pub fn scheduler_list(&self) -> String {
+        self.urls().join(",")
+    }
+
+    fn start_epoch_poller(&self) {
+        let urls = self.urls();
+        let log = self.epochs.clone();
+        let stop = self.stop_poll.clone();
+        tokio::spawn(async move {
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                for (i, url) in urls.iter().enumerate() {
+                    if let Some(info) = leader_info(url).await {
+                        if info.epoch > 0 && !info.leader_address.is_empty() {
+                            let mut l = log.lock().unwrap_or_else(|e| e.into_inner());
+                            if l.last().map(|(_, e)| *e) != Some(info.epoch) {
+                                l.push((i, info.epoch));
+                            }
+                        }
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        });
+    }
+
+    /// Asserts that the epochs reported over time never decreased.
+    pub fn assert_epochs_monotonic(&self) {
+        let log = self.epochs.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        // Replicas can lag in what they report, so check per replica and overall maxima.
+        let mut max_per: Vec<u64> = vec![0; self.replicas.len()];
+        for (i, e) in &log {
+            assert!(
+                *e >= max_per[*i],
+                "replica {i} reported epoch {e} after {}: {log:?}",
+                max_per[*i]
+            );
+            max_per[*i] = *e;
+        }
+    }
+
+    /// The index of the replica that says it leads, with its epoch.
+    pub async fn leader(&self) -> Option<(usize, u64)> {
+        for (i, r) in self.replicas.iter().enumerate() {
+            if r.node.is_none() {
+                continue;
+            }
+            if let Some(info) = leader_info(&r.url()).await {
+                if info.leader_address == r.front.url() && info.answered_by == format!("s{i}") {
+                    return Some((i, info.epoch));
+                }
+            }
+        }
+        None
+    }
+
+    /// Waits for a leader (other than `not`, if given) and returns it with its epoch.
+    pub async fn wait_leader(
+        &self,
+        limit: Duration,
+        not: Option<usize>,
+    ) -> anyhow::Result<(usize, u64)> {
+        eventually(limit, "a scheduler to lead", || async move {
+            self.leader().await.filter(|(i, _)| Some(*i) != not)
+        })
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}\n{}", self.logs()))
+    }
+
+    /// Starts a worker with an id, labels and slots, pointed at every replica's front.
+    pub fn add_worker(&mut self, id: &str, labels: &str, slots: u32) -> anyhow::Result<usize> {
+        let fronts: Vec<String> = self.replicas.iter().map(|r| r.front.url()).collect();
+        let args = vec![
+            "--id".to_string(),
+            id.to_string(),
+            "--scheduler".to_string(),
+            fronts.join(","),
+            "--labels".to_string(),
+            labels.to_string(),
+            "--slots".to_string(),
+            slots.to_string(),
+            "--leader-lease-ms".to_string(),
+            self.cfg.worker_leader_lease_ms.to_string(),
+        ];
+        let node = Node::spawn_env(
+            "baton-worker",
+            &args,
+            &self.s3.env(),
+            self.dir.path().join(format!("worker-{id}.log")),
+        )?;
+        self.workers.push(node);
+        Ok(self.workers.len() - 1)
+    }
+
+    /// SIGKILL a replica.
+    pub fn kill9_scheduler(&mut self, i: usize) {
+        if let Some(mut n) = self.replicas[i].node.take() {
+            n.kill9();
+        }
+    }
+
+    /// Starts a killed replica again (same port, proxies and flags).
+    pub fn restart_scheduler(&mut self, i: usize) -> anyhow::Result<()> {
+        self.kill9_scheduler(i);
+        self.replicas[i].generation += 1;
+        self.spawn_scheduler(i)
+    }
+
+    /// SIGSTOP a replica.
+    pub fn pause_scheduler(&self, i: usize) {
+        if let Some(n) = &self.replicas[i].node {
+            n.pause();
+        }
+    }
+
+    /// SIGCONT a replica.
+    pub fn resume_scheduler(&self, i: usize) {
+        if let Some(n) = &self.replicas[i].node {
+            n.resume();
+        }
+    }
+
+    /// Cuts replica `i` off from every etcd member (nothing else).
+    pub fn cut_from_etcd(&self, i: usize) {
+        for p in &self.replicas[i].etcd_proxies {
+            p.cut();
+        }
+    }
+
+    pub fn heal_from_etcd(&self, i: usize) {
+        for p in &self.replicas[i].etcd_proxies {
+            p.heal();
+        }
+    }
+
+    /// Cuts replica `i` off from the workers (and from redirected clients).
+    pub fn cut_from_workers(&self, i: usize) {
+        self.replicas[i].front.cut();
+    }
+
+    pub fn heal_from_workers(&self, i: usize) {
+        self.replicas[i].front.heal();
+    }
+
+    /// Every node's log tail, for failure messages.
+    pub fn logs(&self) -> String {
+        let mut out = String::new();
+        let mut paths: Vec<PathBuf> = std::fs::read_dir(self.dir.path())
+            .map(|d| d.filter_map(|e| e.ok().map(|e| e.path())).collect())
+            .unwrap_or_default();
+        paths.sort();
+        for p in paths
+            .into_iter()
+            .filter(|p| p.extension().is_some_and(|e| e == "log"))
+        {
+            let text = std::fs::read_to_string(&p).unwrap_or_default();
+            let tail: Vec<&str> = text.lines().rev().take(40).collect();
+            out.push_str(&format!("==== {} (last lines)\n", p.display()));
+            for l in tail.into_iter().rev() {
+                out.push_str(l);
+                out.push('\n');
+            }
+        }
+        out.push_str(&self.etcd.logs());
+        out
+    }
+}
+
+impl Drop for HaCluster {
+    fn drop(&mut self) {
+        self.stop_poll
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+        if std::thread::panicking() {
+            eprintln!("{}", self.logs());
+        }
+    }
+}
+
+/// `GetLeader` from one replica, with a short deadline.
+pub async fn leader_info(url: &str) -> Option<pb::GetLeaderResponse> {
+    let endpoint = Endpoint::from_shared(url.to_string())
+        .ok()?
+        .connect_timeout(Duration::from_millis(300))
+        .timeout(Duration::from_millis(500));
+    let channel = endpoint.connect().await.ok()?;
+    FlowServiceClient::new(channel)
+        .get_leader(pb::GetLeaderRequest {})
+        .await
+        .ok()
+        .map(|r| r.into_inner())
+}

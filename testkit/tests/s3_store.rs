@@ -1,0 +1,221 @@
+//! The S3 result store against a real S3-compatible server (s3s-fs): round trips with
+//! checksums, no overwrites, multipart uploads, deletes, missing objects, retries across a
+//! server restart, and `baton result get s3://…` reading straight from the bucket.
+
+use baton_common::result_store::{ResultStore, S3Store, PART_BYTES};
+use baton_common::Error;
+use baton_testkit::bin_path;
+use baton_testkit::s3::S3Server;
+use rand::RngCore;
+use rand_chacha::rand_core::SeedableRng;
+use sha2::{Digest, Sha256};
+use std::sync::Arc;
+use std::time::Duration;
+
+fn sha256(data: &[u8]) -> String {
+    let hex: String = Sha256::digest(data)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    format!("sha256:{hex}")
+}
+
+fn random_bytes(len: usize, seed: u64) -> Vec<u8> {
+    let mut data = vec![0u8; len];
+    rand_chacha::ChaCha8Rng::seed_from_u64(seed).fill_bytes(&mut data);
+    data
+}
+
+#[tokio::test]
+async fn round_trip_with_checksum() -> anyhow::Result<()> {
+    let s3 = S3Server::start().await?;
+    let store = s3.store("runs/a").await?;
+    assert_eq!(store.root_uri(), "s3://baton/runs/a");
+    let data = br#"{"rmse": 0.25}"#.to_vec();
+    let r = store
+        .put(
+            "results/r1/fit/attempt-1.json",
+            data.clone(),
+            "application/json",
+        )
+        .await?;
+    assert_eq!(r.uri, "s3://baton/runs/a/results/r1/fit/attempt-1.json");
+    assert_eq!(r.size, data.len() as u64);
+    assert_eq!(r.checksum, sha256(&data));
+    assert_eq!(r.content_type, "application/json");
+    let back = store.get(&r.uri).await?;
+    assert_eq!(back, data);
+    assert_eq!(sha256(&back), r.checksum);
+    // It really is in the server's bucket, under the prefix.
+    let on_disk = s3
+        .data_dir()
+        .join("baton/runs/a/results/r1/fit/attempt-1.json");
+    assert_eq!(std::fs::read(on_disk)?, data);
+    Ok(())
+}
+
+#[tokio::test]
+async fn put_never_overwrites() -> anyhow::Result<()> {
+    let s3 = S3Server::start().await?;
+    let store = s3.store("p").await?;
+    let first = store.put("k/attempt-1.json", b"1".to_vec(), "x").await?;
+    let again = store.put("k/attempt-1.json", b"2".to_vec(), "x").await;
+    assert!(
+        matches!(&again, Err(Error::AlreadyExists(uri)) if *uri == first.uri),
+        "{again:?}"
+    );
+    // The same bytes again are refused as well: a key is written once.
+    let same = store.put("k/attempt-1.json", b"1".to_vec(), "x").await;
+    assert!(matches!(same, Err(Error::AlreadyExists(_))), "{same:?}");
+    assert_eq!(store.get(&first.uri).await?, b"1");
+    // A large object is not overwritten either (the multipart path).
+    let big = random_bytes(PART_BYTES + 1, 1);
+    let err = store.put("k/attempt-1.json", big, "x").await;
+    assert!(matches!(err, Err(Error::AlreadyExists(_))), "{err:?}");
+    assert_eq!(store.get(&first.uri).await?, b"1");
+    Ok(())
+}
+
+#[tokio::test]
+async fn large_objects_go_up_in_parts() -> anyhow::Result<()> {
+    let s3 = S3Server::start().await?;
+    let store = s3.store("big").await?;
+    let data = random_bytes(20 << 20, 7);
+    let r = store
+        .put(
+            "artifacts/model.bin",
+            data.clone(),
+            "application/octet-stream",
+        )
+        .await?;
+    assert_eq!(r.size, 20 << 20);
+    assert_eq!(r.checksum, sha256(&data));
+    let back = store.get(&r.uri).await?;
+    assert!(back == data, "the object read back differs");
+    // A multipart object's ETag ends with its number of parts: 8 + 8 + 4 MiB.
+    let head = store
+        .client()
+        .head_object()
+        .bucket("baton")
+        .key("big/artifacts/model.bin")
+        .send()
+        .await?;
+    let etag = head
+        .e_tag()
+        .unwrap_or_default()
+        .trim_matches('"')
+        .to_string();
+    assert!(etag.ends_with("-3"), "not a multipart object: etag {etag}");
+    Ok(())
+}
+
+#[tokio::test]
+async fn exists_delete_and_missing_objects() -> anyhow::Result<()> {
+    let s3 = S3Server::start().await?;
+    let store = s3.store("x").await?;
+    let r = store
+        .put("a.json", b"[1]".to_vec(), "application/json")
+        .await?;
+    assert!(store.exists(&r.uri).await?);
+    store.delete(&r.uri).await?;
+    assert!(!store.exists(&r.uri).await?);
+    store.delete(&r.uri).await?; // deleting a missing object is not an error
+    let missing = store.get(&r.uri).await;
+    assert!(
+        matches!(&missing, Err(Error::NotFound(uri)) if *uri == r.uri),
+        "{missing:?}"
+    );
+    let never = store.get("s3://baton/x/never/written.json").await;
+    assert!(matches!(never, Err(Error::NotFound(_))), "{never:?}");
+    assert!(!store.exists("s3://baton/elsewhere/none").await?);
+    // Any s3:// location can be read, also in another bucket.
+    s3.create_bucket("other")?;
+    let other = S3Store::connect("s3://other/deep/prefix", s3.options()).await?;
+    let o = other
+        .put("o.txt", b"elsewhere".to_vec(), "text/plain")
+        .await?;
+    assert_eq!(o.uri, "s3://other/deep/prefix/o.txt");
+    assert_eq!(store.get(&o.uri).await?, b"elsewhere");
+    assert!(store.exists(&o.uri).await?);
+    // Bad locations are refused before any request.
+    for bad in ["s3://baton", "s3://baton/a/../b", "file:///etc/passwd"] {
+        assert!(
+            matches!(store.get(bad).await, Err(Error::InvalidArgument(_))),
+            "{bad}"
+        );
+    }
+    assert!(matches!(
+        store.put("../escape", b"1".to_vec(), "x").await,
+        Err(Error::InvalidArgument(_))
+    ));
+    Ok(())
+}
+
+#[tokio::test]
+async fn puts_survive_a_server_restart() -> anyhow::Result<()> {
+    let mut s3 = S3Server::start().await?;
+    let store = Arc::new(s3.store("restart").await?);
+    // The client holds pooled connections to the old process.
+    store.put("warm.json", b"0".to_vec(), "x").await?;
+    s3.kill9();
+    let puts: Vec<_> = (0..4)
+        .map(|i| {
+            let store = store.clone();
+            tokio::spawn(async move {
+                let data = format!("{{\"i\": {i}}}").into_bytes();
+                let r = store
+                    .put(&format!("r/{i}/attempt-1.json"), data.clone(), "x")
+                    .await;
+                (data, r)
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    s3.restart().await?;
+    for p in puts {
+        let (data, r) = p.await?;
+        let r = r.map_err(|e| anyhow::anyhow!("{e}\n{}", s3.logs()))?;
+        assert_eq!(store.get(&r.uri).await?, data);
+    }
+    Ok(())
+}
+
+/// Runs the `baton` binary with the server's environment.
+fn baton(s3: &S3Server, args: &[&str]) -> anyhow::Result<(i32, Vec<u8>, String)> {
+    let out = std::process::Command::new(bin_path("baton")?)
+        .args(args)
+        .envs(s3.env())
+        .output()?;
+    Ok((
+        out.status.code().unwrap_or(-1),
+        out.stdout,
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    ))
+}
+
+#[tokio::test]
+async fn cli_reads_results_straight_from_s3() -> anyhow::Result<()> {
+    let s3 = S3Server::start().await?;
+    let store = s3.store("cli").await?;
+    let r = store
+        .put(
+            "results/r/t/attempt-1.json",
+            b"[1, 2]".to_vec(),
+            "application/json",
+        )
+        .await?;
+    // --direct: no scheduler involved.
+    let (code, out, err) = baton(&s3, &["result", "get", "--direct", &r.uri])?;
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(out, b"[1, 2]\n");
+    // No scheduler answers: an s3:// location is read directly.
+    let nobody = format!("http://127.0.0.1:{}", baton_testkit::free_port()?);
+    let (code, out, err) = baton(&s3, &["--scheduler", &nobody, "result", "get", &r.uri])?;
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(out, b"[1, 2]\n");
+    let missing = format!("{}.missing", r.uri);
+    let (code, _, err) = baton(&s3, &["result", "get", "--direct", &missing])?;
+    assert_ne!(code, 0);
+    assert!(err.contains("not found"), "{err}");
+    Ok(())
+}

@@ -1,0 +1,252 @@
+//! Shared by the cluster fault tests: flows, a client that finds the leader, and the
+//! invariants checked after every fault (terminal runs with correct results, one committed
+//! result per task run whose object exists, a committed pointer never changing).
+
+#![allow(dead_code)]
+
+use baton_cli::Client;
+use baton_common::result_store::ResultStore;
+use baton_proto as pb;
+use baton_testkit::ha::HaCluster;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// A fan-out of `n` sleeping tasks of `ms` each, then their sum (n(n-1)/2).
+pub fn fan_out(name: &str, n: usize, ms: u64) -> String {
+    format!(
+        r#"
+name: {name}
+labels: [local]
+tasks:
+  - name: items
+    builtin: range
+    inputs: {{n: {n}}}
+  - name: work
+    builtin: sleep
+    inputs: {{ms: {ms}, value: {{result: items}}}}
+    map: [value]
+  - name: total
+    builtin: sum
+    inputs: {{values: {{result: work}}}}
+"#
+    )
+}
+
+/// The sum the fan-out's `total` task must yield.
+pub fn fan_out_total(n: usize) -> f64 {
+    (n * n.saturating_sub(1) / 2) as f64
+}
+
+/// A client of whichever replica leads now (dialled directly).
+pub async fn leader_client(c: &HaCluster, limit: Duration) -> anyhow::Result<Client> {
+    let (i, _) = c.wait_leader(limit, None).await?;
+    Ok(Client::connect(&c.replicas[i].url()).await?)
+}
+
+/// Runs `f` against the leader, re-resolving the leader after errors, until `limit`.
+pub async fn with_leader<T, F, Fut>(c: &HaCluster, limit: Duration, mut f: F) -> anyhow::Result<T>
+where
+    F: FnMut(Client) -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<T>>,
+{
+    let deadline = Instant::now() + limit;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let err = match leader_client(c, left.max(Duration::from_millis(100))).await {
+            Ok(client) => match f(client).await {
+                Ok(v) => return Ok(v),
+                Err(e) => e,
+            },
+            Err(e) => e,
+        };
+        if Instant::now() >= deadline {
+            return Err(err.context("no leader answered in time"));
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Starts a run of an inline flow on the leader, with an idempotency key so that a retry
+/// after a failover cannot start it twice.
+pub async fn start_run(c: &HaCluster, source: &str, key: &str) -> anyhow::Result<String> {
+    with_leader(c, Duration::from_secs(60), |client| {
+        let source = source.to_string();
+        let key = key.to_string();
+        async move {
+            let r = client.run_source(source, BTreeMap::new(), key).await?;
+            Ok(r.run.map(|r| r.id).unwrap_or_default())
+        }
+    })
+    .await
+}
+
+fn finished(run: &pb::FlowRun) -> bool {
+    matches!(
+        pb::RunState::try_from(run.state),
+        Ok(pb::RunState::Completed | pb::RunState::Failed | pb::RunState::Cancelled)
+    )
+}
+
+/// Polls the run (through failovers) until it is over.
+pub async fn wait_run(c: &HaCluster, run: &str, limit: Duration) -> anyhow::Result<pb::FlowRun> {
+    let deadline = Instant::now() + limit;
+    loop {
+        let got = with_leader(c, Duration::from_secs(30), |client| {
+            let run = run.to_string();
+            async move { Ok(client.get_run(&run).await?) }
+        })
+        .await;
+        if let Ok(r) = &got {
+            if finished(r) {
+                return got;
+            }
+        }
+        if Instant::now() >= deadline {
+            anyhow::bail!("run {run} not finished in {limit:?}: {got:?}\n{}", c.logs());
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+/// Every committed result pointer seen, per task run; a pointer that changes is a task run
+/// committed twice.
+#[derive(Default, Clone)]
+pub struct Ledger {
+    seen: Arc<Mutex<HashMap<(String, String, i64), String>>>,
+    violations: Arc<Mutex<Vec<String>>>,
+}
+
+impl Ledger {
+    /// Records the pointers of `trs`.
+    pub fn record(&self, trs: &[pb::TaskRun]) {
+        let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
+        for t in trs {
+            let Some(r) = &t.result else { continue };
+            if r.uri.is_empty() {
+                continue;
+            }
+            let key = (t.run_id.clone(), t.task.clone(), t.map_index);
+            match seen.get(&key) {
+                Some(prev) if *prev != r.uri => {
+                    self.violations
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .push(format!(
+                            "task run {key:?} committed twice: {prev} then {}",
+                            r.uri
+                        ));
+                }
+                Some(_) => {}
+                None => {
+                    seen.insert(key, r.uri.clone());
+                }
+            }
+        }
+    }
+
+    /// Polls the runs' task runs in the background until the returned guard is dropped.
+    pub fn watch(&self, c: &HaCluster, runs: Vec<String>) -> tokio::task::JoinHandle<()> {
+        let urls = c.urls();
+        let ledger = self.clone();
+        tokio::spawn(async move {
+            loop {
+                for url in &urls {
+                    let Ok(client) = Client::connect(url).await else {
+                        continue;
+                    };
+                    for run in &runs {
+                        if let Ok(trs) = client.task_runs(run, false).await {
+                            ledger.record(&trs);
+                        }
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(300)).await;
+            }
+        })
+    }
+
+    pub fn violations(&self) -> Vec<String> {
+        self.violations
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+}
+
+/// The checks after every fault: the run completed, the total is right, every task run
+/// has one committed result whose object exists, no pointer changed, epochs never fell.
+pub async fn check_fan_out(
+    c: &HaCluster,
+    ledger: &Ledger,
+    run: &str,
+    n: usize,
+) -> anyhow::Result<Vec<pb::TaskRun>> {
+    let done = wait_run(c, run, Duration::from_secs(180)).await?;
+    assert_eq!(
+        done.state,
+        pb::RunState::Completed as i32,
+        "run {run} did not complete: {}\n{}",
+        done.error,
+        c.logs()
+    );
+    let trs = with_leader(c, Duration::from_secs(30), |client| {
+        let run = run.to_string();
+        async move { Ok(client.task_runs(&run, true).await?) }
+    })
+    .await?;
+    ledger.record(&trs);
+    assert_eq!(trs.len(), n + 2, "task runs of {run}");
+    let store = c.s3.store("results").await?;
+    for t in &trs {
+        assert_eq!(
+            t.state,
+            pb::TaskState::Completed as i32,
+            "task run {}[{}] is not completed: {}",
+            t.task,
+            t.map_index,
+            t.error
+        );
+        let r = t.result.as_ref().expect("a completed task run has a result");
+        assert!(r.uri.starts_with("s3://"), "result not in S3: {}", r.uri);
+        assert!(
+            store.exists(&r.uri).await?,
+            "committed result object {} is missing",
+            r.uri
+        );
+    }
+    let total = trs
+        .iter()
+        .find(|t| t.task == "total")
+        .map(|t| t.value.clone())
+        .unwrap_or_default();
+    let total: f64 = serde_json::from_str(&total)?;
+    assert_eq!(total, fan_out_total(n), "the sum of the fan-out");
+    let v = ledger.violations();
+    assert!(v.is_empty(), "{v:#?}");
+    c.assert_epochs_monotonic();
+    Ok(trs)
+}
+
+/// Waits until at least `k` task runs of `run` completed (seen through any leader).
+pub async fn wait_completed(c: &HaCluster, run: &str, k: usize) -> anyhow::Result<()> {
+    baton_testkit::eventually(Duration::from_secs(60), "task runs to complete", || async {
+        let client = leader_client(c, Duration::from_secs(5)).await.ok()?;
+        let trs = client.task_runs(run, false).await.ok()?;
+        let done = trs
+            .iter()
+            .filter(|t| t.state == pb::TaskState::Completed as i32)
+            .count();
+        (done >= k).then_some(())
+    })
+    .await
+}
+
+/// Waits until `n` workers are connected to the leader.
+pub async fn wait_workers(c: &HaCluster, n: usize) -> anyhow::Result<()> {
+    baton_testkit::eventually(Duration::from_secs(30), "workers to connect", || async {
+        let client = leader_client(c, Duration::from_secs(5)).await.ok()?;
+        (client.workers().await.ok()?.len() >= n).then_some(())
+    })
+    .await
+}
