@@ -29,8 +29,43 @@ install_s3s_fs() {
 }
 
 # ---------------------------------------------------------------------------------------
+# etcd: Debian's etcd-server (3.4.x, /usr/bin/etcd), from apt (root, or sudo otherwise).
+# testkit/src/etcd.rs runs it as plain processes on free ports; the package's own service
+# must not run, or it would hold port 2379.
+
+install_etcd() {
+  if command -v etcd >/dev/null 2>&1; then
+    say "etcd: $(etcd --version | head -n 1) (already installed)"
+    return 0
+  fi
+  local sudo=""
+  if [ "$(id -u)" -ne 0 ]; then sudo="sudo"; fi
+  say "etcd: installing Debian's etcd-server"
+  # Keep the package's postinst from starting its service (Docker images usually ship
+  # such a policy already; add one just for the install if there is none).
+  local policy=/usr/sbin/policy-rc.d added_policy=0
+  if [ ! -e "$policy" ]; then
+    printf '#!/bin/sh\nexit 101\n' | $sudo tee "$policy" >/dev/null
+    $sudo chmod 755 "$policy"
+    added_policy=1
+  fi
+  $sudo apt-get update -q
+  $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends \
+    etcd-server
+  if [ "$added_policy" -eq 1 ]; then $sudo rm -f "$policy"; fi
+  # Should it have started anyway (a systemd host), stop and disable it.
+  if command -v systemctl >/dev/null 2>&1 && [ -d /run/systemd/system ]; then
+    $sudo systemctl disable --now etcd >/dev/null 2>&1 || true
+  elif [ -x /etc/init.d/etcd ]; then
+    $sudo /etc/init.d/etcd stop >/dev/null 2>&1 || true
+  fi
+  say "etcd: $(etcd --version | head -n 1)"
+}
+
+# ---------------------------------------------------------------------------------------
 
 main() {
+  install_etcd
   install_s3s_fs
 }
 

@@ -1,4 +1,5 @@
-//! Output formatting: tables of task runs and runs, durations, JSON views.
+//! Output formatting: tables of task runs, runs, workers and replicas, durations, JSON
+//! views.
 
 use baton_common::state::{run_state_name, task_state_name};
 use baton_proto as pb;
@@ -246,4 +247,86 @@ pub fn workers_table(ws: &[pb::WorkerInfo]) -> String {
         ],
         &rows,
     )
+}
+
+/// What `baton leader` prints: the leader, its epoch, who answered, then the replicas.
+pub fn leader_report(r: &pb::GetLeaderResponse) -> String {
+    let leader = if r.leader_address.is_empty() {
+        "none known (an election may be under way)".to_string()
+    } else {
+        r.leader_address.clone()
+    };
+    let mut out = format!("leader: {leader}\nepoch: {}\n", r.epoch);
+    if !r.answered_by.is_empty() {
+        out.push_str(&format!("answered by: {}\n", r.answered_by));
+    }
+    if !r.replicas.is_empty() {
+        let rows: Vec<Vec<String>> = r
+            .replicas
+            .iter()
+            .map(|x| {
+                vec![
+                    x.id.clone(),
+                    x.address.clone(),
+                    if x.leader { "leader" } else { "follower" }.to_string(),
+                ]
+            })
+            .collect();
+        out.push('\n');
+        out.push_str(&table(&["REPLICA", "ADDRESS", "ROLE"], &rows));
+    }
+    out
+}
+
+/// `baton leader --json`.
+pub fn leader_json(r: &pb::GetLeaderResponse) -> Value {
+    json!({
+        "leader": if r.leader_address.is_empty() { Value::Null } else { json!(r.leader_address) },
+        "epoch": r.epoch,
+        "answered_by": r.answered_by,
+        "replicas": r.replicas.iter().map(|x| json!({
+            "id": x.id, "address": x.address, "leader": x.leader,
+        })).collect::<Vec<_>>(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_leader_report_lists_the_replicas() {
+        let r = pb::GetLeaderResponse {
+            leader_address: "http://10.0.0.2:7070".into(),
+            epoch: 42,
+            answered_by: "s1".into(),
+            replicas: vec![
+                pb::Replica {
+                    id: "s1".into(),
+                    address: "http://10.0.0.1:7070".into(),
+                    leader: false,
+                },
+                pb::Replica {
+                    id: "s2".into(),
+                    address: "http://10.0.0.2:7070".into(),
+                    leader: true,
+                },
+            ],
+        };
+        let text = leader_report(&r);
+        assert!(
+            text.starts_with("leader: http://10.0.0.2:7070\nepoch: 42\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("s2       http://10.0.0.2:7070  leader"),
+            "{text}"
+        );
+        let j = leader_json(&r);
+        assert_eq!(j["epoch"], 42);
+        assert_eq!(j["replicas"][1]["leader"], true);
+        let none = leader_json(&pb::GetLeaderResponse::default());
+        assert!(none["leader"].is_null());
+        assert!(leader_report(&pb::GetLeaderResponse::default()).contains("none known"));
+    }
 }

@@ -14,7 +14,8 @@ use std::path::PathBuf;
 #[derive(Parser, Debug)]
 #[command(name = "baton", version)]
 struct Cli {
-    /// The scheduler to talk to.
+    /// The scheduler to talk to: one replica's address, or a comma-separated list of the
+    /// cluster's replicas (calls go to whichever leads).
     #[arg(
         long,
         global = true,
@@ -58,6 +59,11 @@ enum Cmd {
     Cancel { run: String },
     /// List connected workers.
     Workers,
+    /// Show which scheduler replica leads, its epoch and the replicas.
+    Leader {
+        #[arg(long)]
+        json: bool,
+    },
     /// Read results.
     Result {
         #[command(subcommand)]
@@ -161,6 +167,22 @@ async fn execute(cli: Cli) -> anyhow::Result<i32> {
             let ws = connect(&cli.scheduler).await?.workers().await?;
             print!("{}", format::workers_table(&ws));
             Ok(0)
+        }
+        Cmd::Leader { json } => {
+            let report = connect(&cli.scheduler).await?.leader().await?;
+            if json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&format::leader_json(&report))?
+                );
+            } else {
+                print!("{}", format::leader_report(&report));
+            }
+            Ok(if report.leader_address.is_empty() {
+                1
+            } else {
+                0
+            })
         }
         Cmd::Result {
             cmd: ResultCmd::Get { location, direct },

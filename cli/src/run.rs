@@ -25,7 +25,8 @@ pub struct RunArgs {
     /// Return once the run is created, printing its id.
     #[arg(long)]
     detach: bool,
-    /// The same key returns the same run.
+    /// The same key returns the same run [default: a fresh random key, so that the
+    /// submission can be retried safely when the leader changes].
     #[arg(long, default_value = "")]
     idempotency_key: String,
     /// Start a single-node cluster in this process for this run (no scheduler needed).
@@ -94,9 +95,12 @@ async fn submit(
     let client = Client::connect(addr)
         .await
         .with_context(|| format!("is a scheduler running at {addr}? (or pass --embedded)"))?;
-    let created = client
-        .run_source(source, params, args.idempotency_key.clone())
-        .await?;
+    let key = if args.idempotency_key.is_empty() {
+        uuid::Uuid::new_v4().to_string()
+    } else {
+        args.idempotency_key.clone()
+    };
+    let created = client.run_source(source, params, key).await?;
     let run = created.run.context("the scheduler returned no run")?;
     if args.detach {
         println!("{}", run.id);

@@ -51,6 +51,8 @@ pub enum Command {
     WorkerDisconnected(WorkerId, u64),
     /// A large result was read back from the store.
     ResultLoaded(WorkerId, u64, AttemptKey, Outcome),
+    /// A finished run's archive is in the result store.
+    Archived(String),
 }
 
 /// A handle to send commands to the actor.
@@ -207,6 +209,7 @@ impl Actor {
             Command::ResultLoaded(id, session, key, outcome) => {
                 self.engine.task_finished(&id, session, &key, outcome, now);
             }
+            Command::Archived(run) => self.engine.archived(&run),
         }
     }
 
@@ -235,6 +238,7 @@ impl Actor {
         };
         let outcome = match f.outcome {
             Some(pb::finished::Outcome::Success(s)) => {
+                self.fault_crash_before_commit(&key);
                 let Some(result) = s.result.map(ResultRef::from) else {
                     let outcome = Outcome::Failure {
                         error: "worker reported success without a result location".into(),
@@ -265,6 +269,17 @@ impl Actor {
             },
         };
         self.engine.task_finished(id, session, &key, outcome, now);
+    }
+
+    /// Fault injection: abort between a result's upload and its commit (once).
+    fn fault_crash_before_commit(&self, key: &AttemptKey) {
+        if let Some((task, marker)) = &self.engine.config().fault_crash_before_commit {
+            if *task == key.task && !marker.exists() {
+                let _ = std::fs::write(marker, key.to_string());
+                tracing::warn!(attempt = %key, "fault injection: aborting before the commit");
+                std::process::abort();
+            }
+        }
     }
 
     /// Reads a large result back from the store, then feeds it to the engine.
@@ -379,7 +394,50 @@ impl Actor {
         if !self.watchers.is_empty() {
             self.notify(&fx.changed_runs, &fx.changed_task_runs);
         }
+        for run in &fx.finished_runs {
+            self.archive(run);
+        }
         Ok(())
+    }
+
+    /// Writes a finished run's archive to the result store, then has the engine drop the
+    /// run from the live state.
+    fn archive(&self, run: &baton_common::ids::RunId) {
+        let archive = match (
+            self.engine.get_run(&run.0),
+            self.engine.task_runs(&run.0, true),
+        ) {
+            (Ok(r), Ok(trs)) => pb::RunArchive {
+                run: Some(r),
+                task_runs: trs,
+            },
+            _ => return,
+        };
+        let store = self.results.clone();
+        let tx = self.self_tx.clone();
+        let id = run.0.clone();
+        tokio::spawn(async move {
+            let bytes = prost::Message::encode_to_vec(&archive);
+            let key = crate::engine::keys::archive(&id);
+            let mut delay = std::time::Duration::from_millis(200);
+            for _ in 0..10 {
+                match store
+                    .put(&key, bytes.clone(), "application/x-protobuf")
+                    .await
+                {
+                    Ok(_) | Err(baton_common::Error::AlreadyExists(_)) => {
+                        let _ = tx.send(Command::Archived(id)).await;
+                        return;
+                    }
+                    Err(e) => {
+                        tracing::warn!(run = %id, error = %e, "cannot archive a finished run; retrying");
+                        tokio::time::sleep(delay).await;
+                        delay = (delay * 2).min(std::time::Duration::from_secs(5));
+                    }
+                }
+            }
+            tracing::error!(run = %id, "giving up archiving a finished run; it stays in the live state");
+        });
     }
 
     fn notify(&mut self, runs: &[baton_common::ids::RunId], trs: &[TrRef]) {

@@ -29,6 +29,32 @@ pub struct SchedulerConfig {
     pub replica_id: Option<String>,
     /// The leadership lease in etcd.
     pub leader_lease_ms: u64,
+    /// Fault injection for tests (from `BATON_FAULT_*` variables; never set in production).
+    pub faults: Faults,
+}
+
+/// Faults a test can inject into a scheduler.
+#[derive(Clone, Debug, Default)]
+pub struct Faults {
+    /// `BATON_FAULT_DUPLICATE_DISPATCH=TASK`: dispatch that task's first attempt twice.
+    pub duplicate_dispatch: Option<String>,
+    /// `BATON_FAULT_CRASH_BEFORE_COMMIT=TASK@MARKER`: abort on that task's first success,
+    /// before committing it, unless MARKER exists (it is created first).
+    pub crash_before_commit: Option<(String, PathBuf)>,
+}
+
+impl Faults {
+    /// Reads the `BATON_FAULT_*` variables.
+    pub fn from_env() -> Self {
+        let var = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
+        Faults {
+            duplicate_dispatch: var("BATON_FAULT_DUPLICATE_DISPATCH"),
+            crash_before_commit: var("BATON_FAULT_CRASH_BEFORE_COMMIT").and_then(|v| {
+                v.split_once('@')
+                    .map(|(t, m)| (t.to_string(), PathBuf::from(m)))
+            }),
+        }
+    }
 }
 
 impl Default for SchedulerConfig {
@@ -46,6 +72,7 @@ impl Default for SchedulerConfig {
             advertise: None,
             replica_id: None,
             leader_lease_ms: 10_000,
+            faults: Faults::default(),
         }
     }
 }
@@ -107,6 +134,8 @@ impl SchedulerConfig {
             adopt_grace_ms: self.adopt_grace_ms,
             unrunnable_timeout_ms: self.unrunnable_timeout_ms,
             max_lost_attempts: 5,
+            fault_duplicate_dispatch: self.faults.duplicate_dispatch.clone(),
+            fault_crash_before_commit: self.faults.crash_before_commit.clone(),
         }
     }
 }

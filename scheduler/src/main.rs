@@ -63,6 +63,7 @@ async fn main() -> anyhow::Result<()> {
         advertise: a.advertise,
         replica_id: a.replica_id,
         leader_lease_ms: a.leader_lease_ms,
+        faults: baton_scheduler::config::Faults::from_env(),
     };
     let listener = tokio::net::TcpListener::bind(&a.listen).await?;
     let shutdown = CancellationToken::new();

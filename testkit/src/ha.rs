@@ -138,7 +138,11 @@ impl HaCluster {
             "--listen".to_string(),
             format!("127.0.0.1:{}", r.port),
             "--data-dir".to_string(),
-            self.dir.path().join(format!("sched-{i}")).display().to_string(),
+            self.dir
+                .path()
+                .join(format!("sched-{i}"))
+                .display()
+                .to_string(),
             "--etcd".to_string(),
             etcd.join(","),
             "--advertise".to_string(),
@@ -200,7 +204,11 @@ impl HaCluster {
 
     /// Asserts that the epochs reported over time never decreased.
     pub fn assert_epochs_monotonic(&self) {
-        let log = self.epochs.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let log = self
+            .epochs
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
         // Replicas can lag in what they report, so check per replica and overall maxima.
         let mut max_per: Vec<u64> = vec![0; self.replicas.len()];
         for (i, e) in &log {

@@ -1,6 +1,7 @@
 //! baton's test harness: starts the project's real scheduler and worker binaries on free
 //! loopback ports with per-node logs, kills (-9), pauses, resumes and restarts them, and
-//! waits for conditions with [`eventually`].
+//! waits for conditions with [`eventually`]. For cluster fault tests: a real etcd cluster
+//! ([`etcd::EtcdCluster`]) and a TCP proxy that cuts traffic like a partition ([`proxy::Proxy`]).
 
 pub mod etcd;
 pub mod ha;

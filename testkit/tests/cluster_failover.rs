@@ -43,7 +43,10 @@ async fn ridge_sweep_runs_on_the_cluster_with_results_in_s3() -> anyhow::Result<
         let printed: serde_json::Value = serde_json::from_slice(&out.stdout)?;
         let value: serde_json::Value = serde_json::from_str(&t.value)?;
         assert_eq!(printed, value);
-        assert!(printed["r2"].as_f64().is_some_and(|r2| r2 > 0.5), "{printed}");
+        assert!(
+            printed["r2"].as_f64().is_some_and(|r2| r2 > 0.5),
+            "{printed}"
+        );
     }
     Ok(())
 }

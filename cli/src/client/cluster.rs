@@ -192,6 +192,18 @@ impl Cluster {
         true
     }
 
+    /// Asks the replica at `addr` who leads.
+    async fn ask(&self, addr: &str) -> Result<pb::GetLeaderResponse, Status> {
+        let mut client = self
+            .client(addr)
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let asked = client.get_leader(pb::GetLeaderRequest {});
+        match tokio::time::timeout(ASK_TIMEOUT, asked).await {
+            Ok(answer) => answer.map(tonic::Response::into_inner),
+            Err(_) => Err(Status::unavailable("no answer in time")),
+        }
+    }
+
     /// The address calls should go to: the known leader, else the one the replicas name
     /// (asked all at once; the first that names a leader wins), else the first replica that
     /// answered at all (no leader is known: it will refuse and the caller backs off).
@@ -215,17 +227,7 @@ impl Cluster {
         let mut asks: FuturesUnordered<_> = order
             .into_iter()
             .map(|addr| async move {
-                let answer = match self.client(&addr) {
-                    Ok(mut c) => {
-                        match tokio::time::timeout(ASK_TIMEOUT, c.get_leader(pb::GetLeaderRequest {}))
-                            .await
-                        {
-                            Ok(r) => r.map(tonic::Response::into_inner),
-                            Err(_) => Err(Status::unavailable("no answer in time")),
-                        }
-                    }
-                    Err(e) => Err(Status::invalid_argument(e.to_string())),
-                };
+                let answer = self.ask(&addr).await;
                 (addr, answer)
             })
             .collect();
@@ -251,7 +253,10 @@ impl Cluster {
             }
         }
         match answered {
-            Some(addr) => Ok(addr),
+            Some(addr) => {
+                self.lock().target.get_or_insert(addr.clone());
+                Ok(addr)
+            }
             None => Err(Status::unavailable(format!(
                 "no scheduler replica answered ({})",
                 errors.join("; ")
@@ -266,7 +271,10 @@ mod tests {
 
     #[test]
     fn addresses_are_normalized() {
-        assert_eq!(normalize("127.0.0.1:7070").unwrap(), "http://127.0.0.1:7070");
+        assert_eq!(
+            normalize("127.0.0.1:7070").unwrap(),
+            "http://127.0.0.1:7070"
+        );
         assert_eq!(normalize(" http://h:1/ ").unwrap(), "http://h:1");
         assert!(normalize("").is_err());
         assert!(normalize("http://bad host").is_err());
@@ -290,7 +298,10 @@ mod tests {
             .insert(LEADER_METADATA, "http://l:1".parse().unwrap());
         assert_eq!(leader_hint(&refusal).as_deref(), Some("http://l:1"));
         assert!(refused_up_front(true, &refusal));
-        assert!(!refused_up_front(true, &Status::unavailable("stepping down")));
+        assert!(!refused_up_front(
+            true,
+            &Status::unavailable("stepping down")
+        ));
         assert!(refused_up_front(false, &Status::unavailable("no replica")));
     }
 
@@ -298,13 +309,19 @@ mod tests {
     fn backoff_doubles_with_jitter_up_to_two_seconds() {
         let mut b = Backoff::default();
         let first = b.next();
-        assert!(first >= MIN_BACKOFF / 2 && first <= MIN_BACKOFF, "{first:?}");
+        assert!(
+            first >= MIN_BACKOFF / 2 && first <= MIN_BACKOFF,
+            "{first:?}"
+        );
         for _ in 0..20 {
             assert!(b.next() <= MAX_BACKOFF);
         }
         assert!(b.next() >= MAX_BACKOFF / 2);
         b.reset();
-        assert_eq!(b.after_hint(Some("http://a:1"), "http://b:1"), Duration::ZERO);
+        assert_eq!(
+            b.after_hint(Some("http://a:1"), "http://b:1"),
+            Duration::ZERO
+        );
         assert!(b.after_hint(Some("http://b:1"), "http://b:1") > Duration::ZERO);
     }
 }

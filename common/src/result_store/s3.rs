@@ -32,108 +32,27 @@
 //! is unknown accepts an object already at its key when it holds the same bytes. Other
 //! failures are [`Error::Io`] naming `s3://bucket/key`.
 
+mod failure;
+mod options;
+
+pub use options::{S3Options, StaticCredentials};
+
 use super::{checksum, ResultRef, ResultStore};
 use crate::{Error, Result};
 use async_trait::async_trait;
-use aws_config::retry::RetryConfig;
-use aws_config::timeout::TimeoutConfig;
-use aws_config::BehaviorVersion;
-use aws_sdk_s3::config::http::HttpResponse;
-use aws_sdk_s3::config::{
-    Credentials, Region, RequestChecksumCalculation, ResponseChecksumValidation,
-};
-use aws_sdk_s3::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
+use aws_sdk_s3::error::DisplayErrorContext;
 use aws_sdk_s3::primitives::ByteStream;
 use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart};
 use aws_sdk_s3::Client;
-use aws_smithy_http_client::tls;
 use bytes::Bytes;
-use std::future::Future;
+use failure::{retrying, Failure, Try};
 use std::io::ErrorKind;
 use std::time::Duration;
-use tokio::time::Instant;
 
 /// Objects larger than this are uploaded in parts of this size.
 pub const PART_BYTES: usize = 8 << 20;
 /// The metadata entry holding an object's checksum.
 const CHECKSUM_META: &str = "baton-checksum";
-const DEFAULT_REGION: &str = "us-east-1";
-const FIRST_BACKOFF: Duration = Duration::from_millis(200);
-const MAX_BACKOFF: Duration = Duration::from_secs(2);
-
-/// A fixed access key, for tests and tools; otherwise the standard AWS chain is used.
-#[derive(Clone)]
-pub struct StaticCredentials {
-    pub access_key_id: String,
-    pub secret_access_key: String,
-}
-
-impl std::fmt::Debug for StaticCredentials {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("StaticCredentials")
-            .field("access_key_id", &self.access_key_id)
-            .field("secret_access_key", &"** redacted **")
-            .finish()
-    }
-}
-
-/// How to reach S3; see the module documentation for the environment variables.
-#[derive(Clone, Debug)]
-pub struct S3Options {
-    /// The URL of an S3-compatible server; `None`: AWS, or `AWS_ENDPOINT_URL`.
-    pub endpoint: Option<String>,
-    /// Path-style addressing; `None`: when an endpoint is overridden.
-    pub path_style: Option<bool>,
-    /// The region; `None`: the standard chain, else `us-east-1`.
-    pub region: Option<String>,
-    /// A fixed key; `None`: the standard credential chain.
-    pub credentials: Option<StaticCredentials>,
-    /// How long transient failures of one operation are retried.
-    pub retry_for: Duration,
-}
-
-impl Default for S3Options {
-    fn default() -> Self {
-        S3Options {
-            endpoint: None,
-            path_style: None,
-            region: None,
-            credentials: None,
-            retry_for: Duration::from_secs(30),
-        }
-    }
-}
-
-impl S3Options {
-    /// Options from `BATON_S3_ENDPOINT` and `BATON_S3_PATH_STYLE`; the rest is left to the
-    /// standard AWS chain.
-    pub fn from_env() -> Result<Self> {
-        let var = |name: &str| std::env::var(name).ok().filter(|v| !v.trim().is_empty());
-        let path_style = match var("BATON_S3_PATH_STYLE") {
-            None => None,
-            Some(v) => Some(parse_bool(&v).ok_or_else(|| {
-                Error::InvalidArgument(format!(
-                    "BATON_S3_PATH_STYLE must be true or false, not `{v}`"
-                ))
-            })?),
-        };
-        let overridden = var("AWS_ENDPOINT_URL_S3").is_some() || var("AWS_ENDPOINT_URL").is_some();
-        let endpoint = var("BATON_S3_ENDPOINT");
-        Ok(S3Options {
-            path_style: path_style.or((endpoint.is_some() || overridden).then_some(true)),
-            endpoint,
-            ..S3Options::default()
-        })
-    }
-}
-
-fn parse_bool(v: &str) -> Option<bool> {
-    match v.trim().to_ascii_lowercase().as_str() {
-        "1" | "true" | "yes" | "on" => Some(true),
-        "0" | "false" | "no" | "off" => Some(false),
-        _ => None,
-    }
-}
 
 /// Splits `s3://bucket/rest` into the bucket and the rest (without leading or trailing `/`).
 fn split_uri(uri: &str) -> Result<(&str, &str)> {
@@ -169,66 +88,6 @@ pub struct S3Store {
     retry_for: Duration,
 }
 
-/// Why one try of an operation failed.
-#[derive(Debug)]
-enum Failure {
-    NotFound,
-    /// The object exists (HEAD found it, or a conditional write was refused).
-    Exists,
-    /// Worth trying again: the server may be restarting or overloaded.
-    Transient(String),
-    Fatal(ErrorKind, String),
-}
-
-impl Failure {
-    fn from_sdk<E>(e: SdkError<E, HttpResponse>) -> Failure
-    where
-        E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
-    {
-        let message = DisplayErrorContext(&e).to_string();
-        match &e {
-            SdkError::ServiceError(s) => {
-                let status = s.raw().status().as_u16();
-                let code = s.err().code().unwrap_or_default();
-                match (status, code) {
-                    (404, _) | (_, "NoSuchKey" | "NotFound") => Failure::NotFound,
-                    (412, _) | (_, "PreconditionFailed") => Failure::Exists,
-                    (403, _) => Failure::Fatal(ErrorKind::PermissionDenied, message),
-                    (408 | 429 | 500..=599, _)
-                    | (_, "RequestTimeout" | "SlowDown" | "InternalError") => {
-                        Failure::Transient(message)
-                    }
-                    _ => Failure::Fatal(ErrorKind::Other, message),
-                }
-            }
-            SdkError::DispatchFailure(d) if d.is_user() => {
-                Failure::Fatal(ErrorKind::InvalidInput, message)
-            }
-            SdkError::DispatchFailure(_)
-            | SdkError::TimeoutError(_)
-            | SdkError::ResponseError(_) => Failure::Transient(message),
-            _ => Failure::Fatal(ErrorKind::InvalidInput, message),
-        }
-    }
-
-    fn into_error(self, location: String) -> Error {
-        match self {
-            Failure::NotFound => Error::NotFound(location),
-            Failure::Exists => Error::AlreadyExists(location),
-            Failure::Transient(m) => Error::Io {
-                location,
-                source: std::io::Error::new(ErrorKind::TimedOut, m),
-            },
-            Failure::Fatal(kind, m) => Error::Io {
-                location,
-                source: std::io::Error::new(kind, m),
-            },
-        }
-    }
-}
-
-type Try<T> = std::result::Result<T, Failure>;
-
 impl S3Store {
     /// A store at `uri` (`s3://bucket/prefix`) with options from the environment.
     pub async fn open(uri: &str) -> Result<Self> {
@@ -241,55 +100,8 @@ impl S3Store {
         if !prefix.is_empty() {
             check_key(prefix, "prefix")?;
         }
-        let http = aws_smithy_http_client::Builder::new()
-            .tls_provider(tls::Provider::Rustls(
-                tls::rustls_provider::CryptoMode::Ring,
-            ))
-            .build_https();
-        let retry = RetryConfig::standard()
-            .with_max_attempts(4)
-            .with_initial_backoff(Duration::from_millis(100))
-            .with_max_backoff(Duration::from_secs(2));
-        let timeouts = TimeoutConfig::builder()
-            .connect_timeout(Duration::from_secs(3))
-            .operation_attempt_timeout(Duration::from_secs(60))
-            .build();
-        let mut loader = aws_config::defaults(BehaviorVersion::latest())
-            .http_client(http)
-            .retry_config(retry)
-            .timeout_config(timeouts);
-        if let Some(region) = &options.region {
-            loader = loader.region(Region::new(region.clone()));
-        }
-        if let Some(c) = &options.credentials {
-            loader = loader.credentials_provider(Credentials::new(
-                c.access_key_id.clone(),
-                c.secret_access_key.clone(),
-                None,
-                None,
-                "baton",
-            ));
-        }
-        let overridden = options.endpoint.is_some();
-        if let Some(endpoint) = &options.endpoint {
-            loader = loader.endpoint_url(endpoint.clone());
-        }
-        let shared = loader.load().await;
-        let overridden = overridden || shared.endpoint_url().is_some();
-        let mut config = aws_sdk_s3::config::Builder::from(&shared)
-            .force_path_style(options.path_style.unwrap_or(overridden));
-        if shared.region().is_none() {
-            config = config.region(Region::from_static(DEFAULT_REGION));
-        }
-        if overridden {
-            // S3-compatible servers vary in their support of the newer default checksums
-            // (trailers in aws-chunked bodies); baton checks its own sha256 anyway.
-            config = config
-                .request_checksum_calculation(RequestChecksumCalculation::WhenRequired)
-                .response_checksum_validation(ResponseChecksumValidation::WhenRequired);
-        }
         Ok(S3Store {
-            client: Client::from_conf(config.build()),
+            client: options::sdk_client(&options).await,
             bucket: bucket.to_string(),
             prefix: prefix.to_string(),
             retry_for: options.retry_for,
@@ -313,30 +125,6 @@ impl S3Store {
         } else {
             format!("{}/{key}", self.prefix)
         })
-    }
-
-    /// Runs `op` until it succeeds, fails for good, or `retry_for` has passed; `op` is given
-    /// whether an earlier try failed in a way that may have taken effect.
-    async fn retrying<T, F, Fut>(&self, location: &str, mut op: F) -> Result<T>
-    where
-        F: FnMut(bool) -> Fut,
-        Fut: Future<Output = Try<T>>,
-    {
-        let deadline = Instant::now() + self.retry_for;
-        let mut delay = FIRST_BACKOFF;
-        let mut retried = false;
-        loop {
-            match op(retried).await {
-                Ok(v) => return Ok(v),
-                Err(Failure::Transient(message)) if Instant::now() + delay < deadline => {
-                    tracing::warn!(%location, error = %message, "s3 request failed, retrying");
-                    tokio::time::sleep(delay).await;
-                    delay = (delay * 2).min(MAX_BACKOFF);
-                    retried = true;
-                }
-                Err(f) => return Err(f.into_error(location.to_string())),
-            }
-        }
     }
 
     async fn head(&self, bucket: &str, key: &str) -> Try<Option<(u64, Option<String>)>> {
@@ -521,7 +309,7 @@ impl ResultStore for S3Store {
         let sum = checksum(&data);
         let size = data.len() as u64;
         let data = Bytes::from(data);
-        self.retrying(&uri, |retried| {
+        retrying(self.retry_for, &uri, |retried| {
             self.put_once(&key, &data, content_type, &sum, retried)
         })
         .await?;
@@ -536,13 +324,13 @@ impl ResultStore for S3Store {
     async fn get(&self, uri: &str) -> Result<Vec<u8>> {
         let (bucket, key) = split_uri(uri)?;
         check_key(key, "key")?;
-        self.retrying(uri, |_| self.read(bucket, key)).await
+        retrying(self.retry_for, uri, |_| self.read(bucket, key)).await
     }
 
     async fn exists(&self, uri: &str) -> Result<bool> {
         let (bucket, key) = split_uri(uri)?;
         check_key(key, "key")?;
-        self.retrying(uri, move |_| async move {
+        retrying(self.retry_for, uri, move |_| async move {
             Ok(self.head(bucket, key).await?.is_some())
         })
         .await
@@ -551,7 +339,7 @@ impl ResultStore for S3Store {
     async fn delete(&self, uri: &str) -> Result<()> {
         let (bucket, key) = split_uri(uri)?;
         check_key(key, "key")?;
-        self.retrying(uri, move |_| async move {
+        retrying(self.retry_for, uri, move |_| async move {
             match self
                 .client
                 .delete_object()
@@ -583,9 +371,9 @@ mod tests {
         assert!(check_key("a//b", "key").is_err());
         assert!(check_key("", "key").is_err());
         assert!(check_key("results/r/t/attempt-1.json", "key").is_ok());
-        assert_eq!(parse_bool(" TRUE "), Some(true));
-        assert_eq!(parse_bool("0"), Some(false));
-        assert_eq!(parse_bool("maybe"), None);
+        assert_eq!(options::parse_bool(" TRUE "), Some(true));
+        assert_eq!(options::parse_bool("0"), Some(false));
+        assert_eq!(options::parse_bool("maybe"), None);
         let secret = StaticCredentials {
             access_key_id: "AK".into(),
             secret_access_key: "SECRET".into(),

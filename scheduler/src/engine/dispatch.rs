@@ -124,8 +124,39 @@ impl Engine {
                     .is_some_and(|tr| tr.state == TaskState::Ready);
                 if ok {
                     self.assign(t, &worker, now);
+                    self.fault_duplicate(c, t, &worker, now);
                 }
             }
+        }
+    }
+
+    /// Fault injection for tests: dispatches a named task's first attempt a second time,
+    /// to another worker, as a new attempt while the first still runs.
+    fn fault_duplicate(&mut self, c: usize, t: TrRef, first: &WorkerId, now: i64) {
+        let Some(name) = self.cfg.fault_duplicate_dispatch.as_deref() else {
+            return;
+        };
+        let run = &self.runs[t.run as usize];
+        if run.flow.spec.tasks[t.node as usize].name != name
+            || run.tr(t.node, t.index).is_none_or(|tr| tr.attempt != 1)
+        {
+            return;
+        }
+        let class = &self.classes[c];
+        let other = self
+            .workers
+            .values()
+            .find(|w| {
+                w.id != *first
+                    && w.connected
+                    && !w.draining
+                    && w.has_labels(&class.labels)
+                    && w.fits(&class.resources)
+            })
+            .map(|w| w.id.clone());
+        if let Some(other) = other {
+            tracing::warn!(task = name, worker = %other, "fault injection: duplicate dispatch");
+            self.assign(t, &other, now);
         }
     }
 

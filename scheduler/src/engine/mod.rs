@@ -42,6 +42,11 @@ pub struct EngineConfig {
     pub unrunnable_timeout_ms: u64,
     /// Attempts lost with their worker before the task run fails.
     pub max_lost_attempts: u32,
+    /// Fault injection (tests only): tasks of this name are dispatched twice.
+    pub fault_duplicate_dispatch: Option<String>,
+    /// Fault injection (tests only): the host aborts on a success of this task before
+    /// committing it, once (while the marker file does not exist yet).
+    pub fault_crash_before_commit: Option<(String, std::path::PathBuf)>,
 }
 
 impl Default for EngineConfig {
@@ -53,6 +58,8 @@ impl Default for EngineConfig {
             adopt_grace_ms: 10_000,
             unrunnable_timeout_ms: 300_000,
             max_lost_attempts: 5,
+            fault_duplicate_dispatch: None,
+            fault_crash_before_commit: None,
         }
     }
 }
@@ -105,6 +112,8 @@ pub struct Effects {
     pub changed_runs: Vec<RunId>,
     /// Task runs that changed.
     pub changed_task_runs: Vec<TrRef>,
+    /// Runs that finished: the host archives them, then calls [`Engine::archived`].
+    pub finished_runs: Vec<RunId>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -162,6 +171,10 @@ impl Engine {
 
     pub fn epoch(&self) -> u64 {
         self.epoch
+    }
+
+    pub fn config(&self) -> &EngineConfig {
+        &self.cfg
     }
 
     /// Registers a flow definition; returns its version and whether it is new.
@@ -239,6 +252,7 @@ impl Engine {
             nodes,
             waiting_reason: String::new(),
             dirty: false,
+            archiving: false,
             flow,
         };
         self.run_index.insert(id.0.clone(), slot);
@@ -292,9 +306,14 @@ impl Engine {
     pub fn take_effects(&mut self) -> Effects {
         let mut ops = std::mem::take(&mut self.ops);
         let mut changed_runs = Vec::with_capacity(self.dirty_runs.len());
+        let mut finished_runs = Vec::new();
         for slot in std::mem::take(&mut self.dirty_runs) {
             let run = &mut self.runs[slot as usize];
             run.dirty = false;
+            if run.state.is_terminal() && !run.archiving {
+                run.archiving = true;
+                finished_runs.push(run.id.clone());
+            }
             let rec = RunRecord {
                 id: run.id.0.clone(),
                 project: run.flow.spec.project.clone(),
@@ -351,6 +370,26 @@ impl Engine {
             outgoing: std::mem::take(&mut self.outgoing),
             changed_runs,
             changed_task_runs,
+            finished_runs,
+        }
+    }
+
+    /// A finished run is archived in the result store: remove it from the live state (it
+    /// stays in this leader's memory for queries; a later leader reads the archive).
+    pub fn archived(&mut self, id: &str) {
+        let Some(&slot) = self.run_index.get(id) else {
+            return;
+        };
+        let run = &self.runs[slot as usize];
+        self.ops.push(Op::Delete { key: keys::run(id) });
+        for (i, node) in run.nodes.iter().enumerate() {
+            let task = &run.flow.spec.tasks[i].name;
+            for (index, _) in node.runs.iter().enumerate() {
+                let map_index = if node.mapped { index as i64 } else { -1 };
+                self.ops.push(Op::Delete {
+                    key: keys::task_run(id, task, map_index),
+                });
+            }
         }
     }
 

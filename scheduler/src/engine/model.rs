@@ -203,6 +203,8 @@ pub struct Run {
     pub open_nodes: usize,
     pub waiting_reason: String,
     pub dirty: bool,
+    /// Finished and handed to the host for archiving.
+    pub archiving: bool,
 }
 
 impl Run {
@@ -319,5 +321,9 @@ pub mod keys {
     pub const FLOW_PREFIX: &str = "flow/";
     pub fn idempotency(key: &str) -> String {
         format!("idem/{key}")
+    }
+    /// The result-store key of a finished run's archive.
+    pub fn archive(run: &str) -> String {
+        format!("archive/runs/{run}.pb")
     }
 }

@@ -72,9 +72,12 @@ impl Engine {
                 nodes,
                 waiting_reason: String::new(),
                 dirty: false,
+                archiving: false,
             });
             if terminal {
                 self.rebuild_finished(slot, trs);
+                // Finished but still in the live state: archive it (again; idempotent).
+                self.mark_run(slot);
             } else {
                 live += 1;
                 for (task, index, rec) in trs {

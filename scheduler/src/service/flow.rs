@@ -39,6 +39,31 @@ fn parse_params(
         .collect()
 }
 
+fn is_not_found(e: &Error) -> bool {
+    matches!(e, Error::Engine(crate::engine::EngineError::NotFound(_)))
+}
+
+impl FlowApi {
+    /// A finished run that has left the live state, from its archive; `missing` is the
+    /// error to return when there is none.
+    async fn archived(&self, run: &str, missing: Error) -> Result<pb::RunArchive, Status> {
+        if run.contains('/') || run.contains("..") {
+            return Err(missing.into());
+        }
+        let uri = format!(
+            "{}/{}",
+            self.results.root_uri(),
+            crate::engine::keys::archive(run)
+        );
+        match self.results.get(&uri).await {
+            Ok(bytes) => <pb::RunArchive as prost::Message>::decode(bytes.as_slice())
+                .map_err(|e| Status::internal(format!("archive of run `{run}` is damaged: {e}"))),
+            Err(baton_common::Error::NotFound(_)) => Err(missing.into()),
+            Err(e) => Err(Error::from(e).into()),
+        }
+    }
+}
+
 fn require(field: &str, value: &str) -> Result<(), Status> {
     if value.is_empty() {
         Err(Status::invalid_argument(format!("missing field `{field}`")))
@@ -122,8 +147,16 @@ impl FlowService for FlowApi {
     ) -> Result<Response<pb::GetRunResponse>, Status> {
         let id = req.into_inner().run_id;
         require("run_id", &id)?;
-        let run = self.roles.leader()?.ask(|r| Command::GetRun(id, r)).await?;
-        Ok(Response::new(pb::GetRunResponse { run: Some(run) }))
+        let asked = self
+            .roles
+            .leader()?
+            .ask(|r| Command::GetRun(id.clone(), r))
+            .await;
+        let run = match asked {
+            Err(e) if is_not_found(&e) => self.archived(&id, e).await?.run,
+            other => Some(other?),
+        };
+        Ok(Response::new(pb::GetRunResponse { run }))
     }
 
     async fn list_runs(
@@ -148,10 +181,28 @@ impl FlowService for FlowApi {
         let req = req.into_inner();
         require("run_id", &req.run_id)?;
         let (tx, rx) = tokio::sync::mpsc::channel(256);
-        self.roles
+        let asked = self
+            .roles
             .leader()?
-            .ask(|r| Command::Watch(req.run_id, req.with_task_runs, tx, r))
-            .await?;
+            .ask(|r| Command::Watch(req.run_id.clone(), req.with_task_runs, tx.clone(), r))
+            .await;
+        match asked {
+            Err(e) if is_not_found(&e) => {
+                // A finished, archived run: one final event.
+                let a = self.archived(&req.run_id, e).await?;
+                let task_runs = if req.with_task_runs {
+                    a.task_runs
+                } else {
+                    Vec::new()
+                };
+                let _ = tx.try_send(Ok(pb::RunEvent {
+                    run: a.run,
+                    task_runs,
+                }));
+            }
+            other => other?,
+        }
+        drop(tx);
         Ok(Response::new(Box::pin(
             tokio_stream::wrappers::ReceiverStream::new(rx),
         )))
@@ -168,11 +219,30 @@ impl FlowService for FlowApi {
             n => (n as usize).min(MAX_TASK_RUNS_PAGE),
         };
         let offset = req.offset as usize;
-        let (task_runs, total) = self
+        let asked = self
             .roles
             .leader()?
-            .ask(|r| Command::TaskRuns(req.run_id, req.with_values, offset, limit, r))
-            .await?;
+            .ask(|r| Command::TaskRuns(req.run_id.clone(), req.with_values, offset, limit, r))
+            .await;
+        let (task_runs, total) = match asked {
+            Err(e) if is_not_found(&e) => {
+                let all = self.archived(&req.run_id, e).await?.task_runs;
+                let total = all.len();
+                let page = all
+                    .into_iter()
+                    .skip(offset)
+                    .take(limit)
+                    .map(|mut t| {
+                        if !req.with_values {
+                            t.value.clear();
+                        }
+                        t
+                    })
+                    .collect();
+                (page, total)
+            }
+            other => other?,
+        };
         Ok(Response::new(pb::ListTaskRunsResponse {
             task_runs,
             total: total as u32,

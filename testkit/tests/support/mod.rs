@@ -109,11 +109,14 @@ pub async fn wait_run(c: &HaCluster, run: &str, limit: Duration) -> anyhow::Resu
     }
 }
 
+/// (run, task, map index) of a task run.
+type TaskRunKey = (String, String, i64);
+
 /// Every committed result pointer seen, per task run; a pointer that changes is a task run
 /// committed twice.
 #[derive(Default, Clone)]
 pub struct Ledger {
-    seen: Arc<Mutex<HashMap<(String, String, i64), String>>>,
+    seen: Arc<Mutex<HashMap<TaskRunKey, String>>>,
     violations: Arc<Mutex<Vec<String>>>,
 }
 
@@ -207,7 +210,10 @@ pub async fn check_fan_out(
             t.map_index,
             t.error
         );
-        let r = t.result.as_ref().expect("a completed task run has a result");
+        let r = t
+            .result
+            .as_ref()
+            .expect("a completed task run has a result");
         assert!(r.uri.starts_with("s3://"), "result not in S3: {}", r.uri);
         assert!(
             store.exists(&r.uri).await?,

@@ -40,7 +40,11 @@ impl Dialer {
             return hint;
         }
         let n = self.replicas.len().max(1);
-        let address = self.replicas.get(self.turn % n).cloned().unwrap_or_default();
+        let address = self
+            .replicas
+            .get(self.turn % n)
+            .cloned()
+            .unwrap_or_default();
         self.turn = self.turn.wrapping_add(1);
         address
     }
@@ -107,7 +111,11 @@ mod tests {
     use super::*;
 
     fn dialer() -> Dialer {
-        Dialer::new(vec!["http://a:1".into(), "http://b:1".into(), "http://c:1".into()])
+        Dialer::new(vec![
+            "http://a:1".into(),
+            "http://b:1".into(),
+            "http://c:1".into(),
+        ])
     }
 
     #[test]
@@ -120,7 +128,10 @@ mod tests {
                 a
             })
             .collect();
-        assert_eq!(order, ["http://a:1", "http://b:1", "http://c:1", "http://a:1"]);
+        assert_eq!(
+            order,
+            ["http://a:1", "http://b:1", "http://c:1", "http://a:1"]
+        );
     }
 
     #[test]

@@ -417,10 +417,8 @@ impl WorkerService for Follower {
         _request: Request<tonic::Streaming<proto::WorkerMessage>>,
     ) -> Result<Response<Self::ConnectStream>, Status> {
         self.refused.fetch_add(1, Ordering::SeqCst);
-        let mut status = Status::unavailable(format!(
-            "not the leader; the leader is at {}",
-            self.leader
-        ));
+        let mut status =
+            Status::unavailable(format!("not the leader; the leader is at {}", self.leader));
         status
             .metadata_mut()
             .insert(LEADER_METADATA, self.leader.parse().unwrap());
@@ -463,11 +461,17 @@ async fn a_follower_sends_the_worker_to_the_leader() {
     spawn_follower(leader_rx.await.unwrap());
     let mut c = h.conn().await;
     assert_eq!(c.register().await.worker_id, "w1");
-    assert!(refused.load(Ordering::SeqCst) >= 1, "the follower was asked first");
+    assert!(
+        refused.load(Ordering::SeqCst) >= 1,
+        "the follower was asked first"
+    );
     c.welcome(2, &h.store, vec![]);
     c.send(2, assign("a", builtin("echo"), json!({"value": 1})));
     assert_eq!(started_key(&c.next().await), Some("a"));
-    assert!(matches!(expect_finished(c.next().await, "a"), Outcome::Success(_)));
+    assert!(matches!(
+        expect_finished(c.next().await, "a"),
+        Outcome::Success(_)
+    ));
     c.send(2, ack("a"));
     h.shutdown.cancel();
     assert!(matches!(c.next().await, Up::Draining(_)));
@@ -491,15 +495,13 @@ async fn a_leader_older_than_the_newest_seen_is_refused_across_reconnects() {
     assert_eq!(r.running.len(), 1);
     c.welcome(3, &h.store, vec![]);
     let ended = tokio::time::timeout(WAIT, async {
-        loop {
-            match c.up.message().await {
-                Ok(Some(_)) => {}
-                Ok(None) | Err(_) => break,
-            }
-        }
+        while let Ok(Some(_)) = c.up.message().await {}
     })
     .await;
-    assert!(ended.is_ok(), "the worker keeps no stream to an older leader");
+    assert!(
+        ended.is_ok(),
+        "the worker keeps no stream to an older leader"
+    );
 
     // It still remembers epoch 5; the leader of epoch 5 is obeyed, epoch 3 messages are not.
     let mut c = h.conn().await;
@@ -517,7 +519,10 @@ async fn a_leader_older_than_the_newest_seen_is_refused_across_reconnects() {
     );
     c.send(5, assign("a", builtin("echo"), json!({"value": 1})));
     assert_eq!(started_key(&c.next().await), Some("a"));
-    assert!(matches!(expect_finished(c.next().await, "a"), Outcome::Success(_)));
+    assert!(matches!(
+        expect_finished(c.next().await, "a"),
+        Outcome::Success(_)
+    ));
     c.send(5, ack("a"));
     // "b" still runs: the stale cancel was ignored. The new leader's cancel stops it.
     c.send(

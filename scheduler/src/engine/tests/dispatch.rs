@@ -135,3 +135,45 @@ tasks:
     );
     assert_eq!(run_state(&c.run(&run)), pb::RunState::Completed);
 }
+
+#[test]
+fn a_duplicated_dispatch_commits_once_and_downstream_sees_one_value() {
+    let mut c = VirtualCluster::with_config(EngineConfig {
+        fault_duplicate_dispatch: Some("dup".into()),
+        ..config()
+    });
+    c.register(
+        r#"
+name: twice
+tasks:
+  - name: dup
+    builtin: echo
+    inputs: {value: 7}
+  - name: after
+    builtin: echo
+    inputs: {value: {result: dup}}
+"#,
+    );
+    c.connect("a", &[], 1, 0);
+    c.connect("b", &[], 1, 0);
+    let run = c.start("twice", json!({}));
+    let first = c.step();
+    assert_eq!(attempts(&first), ["dup#1", "dup#2"], "two attempts at once");
+    assert_ne!(first[0].worker, first[1].worker, "on two workers");
+    // The older attempt's result is acknowledged but not committed.
+    assert!(!c.succeed_with(&first[0], json!(1)));
+    assert_ne!(
+        task_state(&c.task(&run, "dup", -1)),
+        pb::TaskState::Completed
+    );
+    assert!(c.succeed_with(&first[1], json!(2)));
+    let dup = c.task(&run, "dup", -1);
+    assert_eq!(dup.attempt, 2);
+    assert!(dup
+        .result
+        .expect("committed")
+        .uri
+        .ends_with("attempt-2.json"));
+    let next = c.step();
+    assert_eq!(one(&next, "after").inputs, json!({"value": 2}));
+}

@@ -34,6 +34,7 @@ fn config() -> EngineConfig {
         adopt_grace_ms: GRACE_MS as u64,
         unrunnable_timeout_ms: UNRUNNABLE_MS as u64,
         max_lost_attempts: 3,
+        ..EngineConfig::default()
     }
 }
 
@@ -110,8 +111,12 @@ struct VirtualCluster {
 
 impl VirtualCluster {
     fn new() -> Self {
+        Self::with_config(config())
+    }
+
+    fn with_config(cfg: EngineConfig) -> Self {
         VirtualCluster {
-            engine: Engine::new(config(), 1),
+            engine: Engine::new(cfg, 1),
             epoch: 1,
             now: T0,
             next_session: 1,

@@ -9,8 +9,11 @@ use std::time::Duration;
 use tokio::time::{timeout, Instant};
 use tokio_util::sync::CancellationToken;
 
-/// Taken off the TTL so that we give up before etcd expires the lease.
-const MARGIN: Duration = Duration::from_millis(1500);
+/// Taken off the TTL so that we give up before etcd expires the lease: a tenth of it,
+/// between 200 ms and 1.5 s.
+fn margin(ttl: Duration) -> Duration {
+    (ttl / 10).clamp(Duration::from_millis(200), Duration::from_millis(1500))
+}
 /// Longest wait for one lease request or keep-alive answer.
 const CALL_LIMIT: Duration = Duration::from_secs(3);
 
@@ -34,7 +37,7 @@ impl Lease {
                 etcd_client::Error::LeaseKeepAliveError("lease grant timed out".into())
             })??;
         let ttl = Duration::from_secs(resp.ttl().max(1) as u64);
-        let deadline = Arc::new(Mutex::new(sent + ttl.saturating_sub(MARGIN)));
+        let deadline = Arc::new(Mutex::new(sent + ttl.saturating_sub(margin(ttl))));
         let lost = CancellationToken::new();
         let lease = Lease {
             id: resp.id(),
@@ -114,7 +117,7 @@ async fn keep_alive(
                 Ok(Some(r)) if r.ttl() > 0 => {
                     let ttl = Duration::from_secs(r.ttl() as u64);
                     *deadline.lock().unwrap_or_else(|e| e.into_inner()) =
-                        sent + ttl.saturating_sub(MARGIN);
+                        sent + ttl.saturating_sub(margin(ttl));
                 }
                 Ok(Some(_)) => {
                     tracing::warn!(lease = id, "etcd says the lease has expired");
