@@ -3,6 +3,7 @@
 
 mod support;
 
+use baton_common::result_store::ResultStore;
 use baton_proto as pb;
 use baton_testkit::ha::{HaCluster, HaConfig};
 use std::time::Duration;
@@ -10,6 +11,7 @@ use support::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ridge_sweep_runs_on_the_cluster_with_results_in_s3() -> anyhow::Result<()> {
+    let _one = serial().await;
     let mut c = HaCluster::start(HaConfig::default()).await?;
     c.add_worker("local-1", "local", 4)?;
     c.add_worker("trainer-1", "local,trainer", 4)?;
@@ -53,6 +55,7 @@ async fn ridge_sweep_runs_on_the_cluster_with_results_in_s3() -> anyhow::Result<
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn leader_killed_mid_dispatch_a_follower_takes_over() -> anyhow::Result<()> {
+    let _one = serial().await;
     let mut c = HaCluster::start(HaConfig::default()).await?;
     c.add_worker("w1", "local", 8)?;
     c.add_worker("w2", "local", 8)?;
@@ -69,5 +72,171 @@ async fn leader_killed_mid_dispatch_a_follower_takes_over() -> anyhow::Result<()
     assert!(new_epoch > epoch, "epoch {new_epoch} after {epoch}");
     check_fan_out(&c, &ledger, &run, n).await?;
     poller.abort();
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leader_paused_past_its_lease_is_fenced_and_steps_down() -> anyhow::Result<()> {
+    let _one = serial().await;
+    let mut c = HaCluster::start(HaConfig::default()).await?;
+    c.add_worker("w1", "local", 8)?;
+    c.add_worker("w2", "local", 8)?;
+    wait_workers(&c, 2).await?;
+    let (old, epoch) = c.wait_leader(Duration::from_secs(10), None).await?;
+    let n = 300;
+    let run = start_run(&c, &fan_out("pause_leader", n, 40), "pause-leader-1").await?;
+    let ledger = Ledger::default();
+    let poller = ledger.watch(&c, vec![run.clone()]);
+    wait_completed(&c, &run, 30).await?;
+    c.pause_scheduler(old);
+    tokio::time::sleep(Duration::from_millis(2 * c.cfg.leader_lease_ms)).await;
+    let (new, new_epoch) = c.wait_leader(Duration::from_secs(30), Some(old)).await?;
+    assert!(new_epoch > epoch, "epoch {new_epoch} after {epoch}");
+    c.resume_scheduler(old);
+    // The old leader's next write is refused (or its own deadline passed): it steps down
+    // and points at the new leader.
+    let new_front = c.replicas[new].front.url();
+    let old_url = c.replicas[old].url();
+    baton_testkit::eventually(
+        Duration::from_secs(20),
+        "the old leader to step down",
+        || {
+            let (old_url, new_front) = (old_url.clone(), new_front.clone());
+            async move {
+                let info = baton_testkit::ha::leader_info(&old_url).await?;
+                (info.leader_address == new_front).then_some(())
+            }
+        },
+    )
+    .await?;
+    let log = std::fs::read_to_string(c.dir.path().join(format!("scheduler-{old}.0.log")))?;
+    assert!(
+        log.contains("leadership lost") || log.contains("stepping down"),
+        "the old leader did not log stepping down:\n{log}"
+    );
+    check_fan_out(&c, &ledger, &run, n).await?;
+    poller.abort();
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leader_paused_for_half_its_lease_keeps_leading_without_duplicates() -> anyhow::Result<()> {
+    let _one = serial().await;
+    let mut c = HaCluster::start(HaConfig {
+        leader_lease_ms: 10_000,
+        worker_lease_ms: 9_000,
+        ..HaConfig::default()
+    })
+    .await?;
+    c.add_worker("w1", "local", 8)?;
+    c.add_worker("w2", "local", 8)?;
+    wait_workers(&c, 2).await?;
+    let (leader, epoch) = c.wait_leader(Duration::from_secs(10), None).await?;
+    let n = 200;
+    let run = start_run(&c, &fan_out("short_pause", n, 100), "short-pause-1").await?;
+    let ledger = Ledger::default();
+    let poller = ledger.watch(&c, vec![run.clone()]);
+    wait_completed(&c, &run, 20).await?;
+    c.pause_scheduler(leader);
+    tokio::time::sleep(Duration::from_millis(c.cfg.leader_lease_ms / 2)).await;
+    c.resume_scheduler(leader);
+    let trs = check_fan_out(&c, &ledger, &run, n).await?;
+    assert_eq!(
+        c.leader().await,
+        Some((leader, epoch)),
+        "no failover:\n{}",
+        c.logs()
+    );
+    let epochs: Vec<u64> = c.epochs.lock().unwrap().iter().map(|(_, e)| *e).collect();
+    assert!(
+        epochs.iter().all(|e| *e == epoch),
+        "epochs seen: {epochs:?}"
+    );
+    let redone: Vec<String> = trs
+        .iter()
+        .filter(|t| t.attempt != 1)
+        .map(|t| format!("{}[{}]#{}", t.task, t.map_index, t.attempt))
+        .collect();
+    assert!(redone.is_empty(), "work was duplicated: {redone:?}");
+    poller.abort();
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rolling_restart_of_every_replica_during_10k_tasks_commits_each_once() -> anyhow::Result<()>
+{
+    let _one = serial().await;
+    let mut c = HaCluster::start(HaConfig::default()).await?;
+    c.add_worker("w1", "local", 16)?;
+    c.add_worker("w2", "local", 16)?;
+    wait_workers(&c, 2).await?;
+    let n = 10_000;
+    let run = start_run(&c, &fan_out("rolling", n, 5), "rolling-1").await?;
+    let ledger = Ledger::default();
+    let poller = ledger.watch(&c, vec![run.clone()]);
+    for i in 0..c.replicas.len() {
+        // A graceful stop (SIGTERM: the leader resigns), then the same replica again.
+        if let Some(mut node) = c.replicas[i].node.take() {
+            node.terminate();
+        }
+        c.restart_scheduler(i)?;
+        let url = c.replicas[i].url();
+        baton_testkit::eventually(Duration::from_secs(30), "the replica to be back", || {
+            let url = url.clone();
+            async move { baton_testkit::ha::leader_info(&url).await.map(|_| ()) }
+        })
+        .await?;
+        c.wait_leader(Duration::from_secs(30), None).await?;
+    }
+    let trs = check_fan_out(&c, &ledger, &run, n).await?;
+    let committed = trs
+        .iter()
+        .filter(|t| t.task == "work" && t.result.is_some())
+        .count();
+    assert_eq!(committed, n, "exactly one committed result per task");
+    poller.abort();
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn finished_runs_leave_etcd_and_are_read_back_from_the_archive() -> anyhow::Result<()> {
+    let _one = serial().await;
+    let mut c = HaCluster::start(HaConfig::default()).await?;
+    c.add_worker("w1", "local", 4)?;
+    wait_workers(&c, 1).await?;
+    let n = 20;
+    let run = start_run(&c, &fan_out("archived", n, 1), "archive-1").await?;
+    let ledger = Ledger::default();
+    check_fan_out(&c, &ledger, &run, n).await?;
+    // etcd keeps only live state: the run's keys go once its archive is written.
+    let etcd = c.etcd.client().await?;
+    baton_testkit::eventually(Duration::from_secs(20), "the run to leave etcd", || {
+        let mut kv = etcd.kv_client();
+        let run = run.clone();
+        async move {
+            let opts = etcd_client::GetOptions::new()
+                .with_prefix()
+                .with_count_only();
+            let runs = kv
+                .get(format!("/baton/state/run/{run}"), Some(opts.clone()))
+                .await
+                .ok()?;
+            let trs = kv
+                .get(format!("/baton/state/tr/{run}/"), Some(opts))
+                .await
+                .ok()?;
+            (runs.count() == 0 && trs.count() == 0).then_some(())
+        }
+    })
+    .await?;
+    let store = c.s3.store("results").await?;
+    let archive = format!("{}/archive/runs/{run}.pb", c.result_store());
+    assert!(store.exists(&archive).await?, "{archive} is missing");
+    // A new leader, which never saw the run, serves it from the archive.
+    let (old, _) = c.wait_leader(Duration::from_secs(10), None).await?;
+    c.kill9_scheduler(old);
+    c.wait_leader(Duration::from_secs(30), Some(old)).await?;
+    let trs = check_fan_out(&c, &ledger, &run, n).await?;
+    assert!(trs.iter().all(|t| t.attempt == 1));
     Ok(())
 }

@@ -12,6 +12,14 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+/// Cluster tests are heavy: one at a time per test binary.
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// Holds the binary's cluster-test lock.
+pub async fn serial() -> tokio::sync::MutexGuard<'static, ()> {
+    SERIAL.lock().await
+}
+
 /// A fan-out of `n` sleeping tasks of `ms` each, then their sum (n(n-1)/2).
 pub fn fan_out(name: &str, n: usize, ms: u64) -> String {
     format!(
@@ -246,6 +254,78 @@ pub async fn wait_completed(c: &HaCluster, run: &str, k: usize) -> anyhow::Resul
         (done >= k).then_some(())
     })
     .await
+}
+
+/// A run's task runs (with values) as the leader reports them, through failovers.
+pub async fn task_runs(c: &HaCluster, run: &str) -> anyhow::Result<Vec<pb::TaskRun>> {
+    with_leader(c, Duration::from_secs(30), |client| {
+        let run = run.to_string();
+        async move { Ok(client.task_runs(&run, true).await?) }
+    })
+    .await
+}
+
+/// The checks after a fault for any flow (what `check_fan_out` checks, less the fan-out's
+/// shape and sum): the run completed within `limit`, it has `expect` task runs, each
+/// completed with a committed result whose object exists in S3, no pointer changed, epochs
+/// never fell.
+pub async fn check_run(
+    c: &HaCluster,
+    ledger: &Ledger,
+    run: &str,
+    expect: usize,
+    limit: Duration,
+) -> anyhow::Result<Vec<pb::TaskRun>> {
+    let done = wait_run(c, run, limit).await?;
+    assert_eq!(
+        done.state,
+        pb::RunState::Completed as i32,
+        "run {run} did not complete: {}\n{}",
+        done.error,
+        c.logs()
+    );
+    let trs = task_runs(c, run).await?;
+    ledger.record(&trs);
+    assert_eq!(trs.len(), expect, "task runs of {run}");
+    let store = c.s3.store("results").await?;
+    for t in &trs {
+        assert_eq!(
+            t.state,
+            pb::TaskState::Completed as i32,
+            "task run {}[{}] is not completed: {}",
+            t.task,
+            t.map_index,
+            t.error
+        );
+        let r = t
+            .result
+            .as_ref()
+            .expect("a completed task run has a result");
+        assert!(r.uri.starts_with("s3://"), "result not in S3: {}", r.uri);
+        assert!(
+            store.exists(&r.uri).await?,
+            "committed result object {} is missing",
+            r.uri
+        );
+    }
+    let v = ledger.violations();
+    assert!(v.is_empty(), "{v:#?}");
+    c.assert_epochs_monotonic();
+    Ok(trs)
+}
+
+/// Task runs of `run` in state Running or Assigned, as the leader reports them now.
+pub async fn busy_task_runs(c: &HaCluster, run: &str) -> Option<Vec<pb::TaskRun>> {
+    let client = leader_client(c, Duration::from_secs(5)).await.ok()?;
+    let trs = client.task_runs(run, false).await.ok()?;
+    Some(
+        trs.into_iter()
+            .filter(|t| {
+                t.state == pb::TaskState::Running as i32
+                    || t.state == pb::TaskState::Assigned as i32
+            })
+            .collect(),
+    )
 }
 
 /// Waits until `n` workers are connected to the leader.
