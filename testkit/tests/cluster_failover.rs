@@ -240,3 +240,54 @@ async fn finished_runs_leave_etcd_and_are_read_back_from_the_archive() -> anyhow
     assert!(trs.iter().all(|t| t.attempt == 1));
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leader_killed_between_upload_and_commit_commits_after_takeover() -> anyhow::Result<()> {
+    let _one = serial().await;
+    let marker_dir = tempfile::tempdir()?;
+    let marker = marker_dir.path().join("crashed");
+    let mut c = HaCluster::start(HaConfig {
+        extra_env: vec![(
+            "BATON_FAULT_CRASH_BEFORE_COMMIT".into(),
+            format!("total@{}", marker.display()),
+        )],
+        ..HaConfig::default()
+    })
+    .await?;
+    c.add_worker("w1", "local", 4)?;
+    wait_workers(&c, 1).await?;
+    let (old, epoch) = c.wait_leader(Duration::from_secs(10), None).await?;
+    let n = 20;
+    let run = start_run(&c, &fan_out("crash_commit", n, 10), "crash-commit-1").await?;
+    let ledger = Ledger::default();
+    let poller = ledger.watch(&c, vec![run.clone()]);
+    // The leader aborts when `total`'s result arrives, after the worker uploaded it.
+    baton_testkit::eventually(Duration::from_secs(60), "the leader to crash", || {
+        let marker = marker.clone();
+        async move { marker.exists().then_some(()) }
+    })
+    .await?;
+    let (_, new_epoch) = c.wait_leader(Duration::from_secs(30), Some(old)).await?;
+    assert!(new_epoch > epoch);
+    let trs = check_fan_out(&c, &ledger, &run, n).await?;
+    let total = trs.iter().find(|t| t.task == "total").expect("total");
+    let committed = total.result.as_ref().expect("committed").uri.clone();
+    // The crashed attempt's object was written; it is either the one committed after the
+    // takeover (the worker resent it) or a stray that nothing references.
+    let store = c.s3.store("results").await?;
+    let first = committed.replace(&format!("attempt-{}", total.attempt), "attempt-1");
+    assert!(
+        store.exists(&first).await?,
+        "the uploaded object {first} is missing"
+    );
+    let referenced = trs
+        .iter()
+        .filter(|t| t.result.as_ref().is_some_and(|r| r.uri == first))
+        .count();
+    assert!(referenced <= 1);
+    if total.attempt > 1 {
+        assert_eq!(referenced, 0, "the stray object is referenced");
+    }
+    poller.abort();
+    Ok(())
+}
