@@ -29,6 +29,9 @@ pub(super) const MIN_BACKOFF: Duration = Duration::from_millis(100);
 pub(super) const MAX_BACKOFF: Duration = Duration::from_secs(2);
 /// Leader hints followed at once in a row, before hints wait for the backoff too.
 const QUICK_HOPS: u32 = 2;
+/// After a follower named the leader, how long the leader's own answer is awaited (it
+/// tells where the leader answers, which may differ from the address it advertises).
+const LEADER_GRACE: Duration = Duration::from_millis(200);
 
 /// `addr` as a URL: `host:port` gets `http://`; a trailing `/` goes.
 pub(super) fn normalize(addr: &str) -> Result<String, ClientError> {
@@ -119,6 +122,18 @@ struct State {
     epoch: u64,
     /// Where the next search for the leader starts in `replicas`.
     turn: usize,
+    /// A replica's advertised address → the address this client reached it at (they
+    /// differ behind a proxy or NAT, or when a replica advertises a name the client does
+    /// not use): a leader named by its advertised address is dialled where it answered.
+    reached_at: HashMap<String, String>,
+}
+
+/// Whether the replica that wrote `report` says it leads.
+fn names_itself(report: &pb::GetLeaderResponse) -> bool {
+    report
+        .replicas
+        .iter()
+        .any(|r| r.leader && !r.id.is_empty() && r.id == report.answered_by)
 }
 
 impl Cluster {
@@ -164,9 +179,11 @@ impl Cluster {
         self.lock().target.clone()
     }
 
-    /// Calls go to `addr` from now on (a refusal named it).
+    /// Calls go to the leader advertised at `addr` from now on (a refusal named it).
     pub(super) fn redirect(&self, addr: String) {
-        self.lock().target = Some(addr);
+        let mut state = self.lock();
+        let addr = state.reached_at.get(&addr).cloned().unwrap_or(addr);
+        state.target = Some(addr);
     }
 
     /// `addr` failed: the leader is looked up again before the next call.
@@ -177,16 +194,29 @@ impl Cluster {
         }
     }
 
-    /// Takes in a replica's report of the leader; true when it named a leader at least as
-    /// new as any reported before (which then becomes the target).
-    pub(super) fn learn(&self, report: &pb::GetLeaderResponse) -> bool {
+    /// Takes in a replica's report of the leader (`dialled`: where that replica was
+    /// reached, when known); true when it named a leader at least as new as any reported
+    /// before, which then becomes the target.
+    pub(super) fn learn(&self, report: &pb::GetLeaderResponse, dialled: Option<&str>) -> bool {
+        let mut state = self.lock();
+        if let Some(dialled) = dialled {
+            let own = report.replicas.iter().find(|r| r.id == report.answered_by);
+            if let Some(advertised) = own.and_then(|r| normalize(&r.address).ok()) {
+                if advertised != dialled {
+                    state.reached_at.insert(advertised, dialled.to_string());
+                }
+            }
+        }
         let Ok(leader) = normalize(&report.leader_address) else {
             return false;
         };
-        let mut state = self.lock();
         if report.epoch < state.epoch {
             return false;
         }
+        let leader = match dialled {
+            Some(dialled) if names_itself(report) => dialled.to_string(),
+            _ => state.reached_at.get(&leader).cloned().unwrap_or(leader),
+        };
         state.epoch = report.epoch;
         state.target = Some(leader);
         true
@@ -205,8 +235,9 @@ impl Cluster {
     }
 
     /// The address calls should go to: the known leader, else the one the replicas name
-    /// (asked all at once; the first that names a leader wins), else the first replica that
-    /// answered at all (no leader is known: it will refuse and the caller backs off).
+    /// (asked all at once: the leader's own answer wins; a follower's is taken when the
+    /// leader has not answered shortly after), else the first replica that answered at all
+    /// (no leader is known: it will refuse, and the caller backs off).
     pub(super) async fn leader(&self) -> Result<String, Status> {
         if let Some(target) = self.target() {
             return Ok(target);
@@ -232,29 +263,44 @@ impl Cluster {
             })
             .collect();
         let mut answered: Option<String> = None;
+        let mut named: Option<tokio::time::Instant> = None;
         let mut errors = Vec::new();
-        while let Some((addr, answer)) = asks.next().await {
+        loop {
+            let grace = named.map(tokio::time::sleep_until);
+            let next = tokio::select! {
+                next = asks.next() => next,
+                _ = async { grace.unwrap().await }, if named.is_some() => None,
+            };
+            let Some((addr, answer)) = next else { break };
             match answer {
                 Ok(report) => {
-                    if self.learn(&report) {
-                        if let Some(t) = self.target() {
-                            return Ok(t);
+                    if self.learn(&report, Some(&addr)) {
+                        if names_itself(&report) {
+                            break;
                         }
+                        named.get_or_insert_with(|| tokio::time::Instant::now() + LEADER_GRACE);
                     }
                     answered.get_or_insert(addr);
                 }
                 Err(status) => {
                     if let Some(hint) = leader_hint(&status) {
-                        self.redirect(hint.clone());
-                        return Ok(hint);
+                        if named.is_none() {
+                            self.redirect(hint);
+                            named = Some(tokio::time::Instant::now() + LEADER_GRACE);
+                        }
+                        continue;
                     }
                     errors.push(format!("{addr}: {}", status.message()));
                 }
             }
         }
+        let mut state = self.lock();
+        if let Some(target) = &state.target {
+            return Ok(target.clone());
+        }
         match answered {
             Some(addr) => {
-                self.lock().target.get_or_insert(addr.clone());
+                state.target = Some(addr.clone());
                 Ok(addr)
             }
             None => Err(Status::unavailable(format!(

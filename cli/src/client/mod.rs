@@ -145,9 +145,14 @@ impl Client {
                 Some(h) => backoff.after_hint(dialled.as_deref(), h),
                 None => backoff.next(),
             };
-            if started.elapsed() + delay > self.retry_for {
+            let Some(left) = self
+                .retry_for
+                .checked_sub(started.elapsed())
+                .filter(|l| !l.is_zero())
+            else {
                 return Err(status.into());
-            }
+            };
+            let delay = delay.min(left);
             tracing::debug!(
                 replica = dialled.as_deref().unwrap_or("-"),
                 leader = hint.as_deref().unwrap_or("-"),
@@ -173,7 +178,7 @@ impl Client {
                 c.get_leader(pb::GetLeaderRequest {}).await
             })
             .await?;
-        self.cluster.learn(&report);
+        self.cluster.learn(&report, None);
         Ok(report)
     }
 

@@ -88,15 +88,26 @@ impl RunWatch {
             };
             let since = *broken_since.get_or_insert_with(Instant::now);
             let delay = backoff.next();
-            if since.elapsed() + delay > self.client.retry_for() {
+            let Some(left) = self
+                .client
+                .retry_for()
+                .checked_sub(since.elapsed())
+                .filter(|l| !l.is_zero())
+            else {
                 return Err(status.into());
-            }
+            };
+            let delay = delay.min(left);
             match (leader_hint(&status), &self.on) {
                 (Some(leader), _) => self.client.cluster.redirect(leader),
                 (None, Some(on)) => self.client.cluster.forget(on),
                 (None, None) => {}
             }
-            tracing::debug!(run = %self.run_id, code = ?status.code(), message = status.message(), "watch broke, re-opening it on the leader");
+            tracing::debug!(
+                run = %self.run_id,
+                code = ?status.code(),
+                message = status.message(),
+                "watch broke, re-opening it on the leader"
+            );
             tokio::time::sleep(delay).await;
         }
         Ok(None)

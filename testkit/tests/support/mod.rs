@@ -166,6 +166,7 @@ impl Ledger {
                     let Ok(client) = Client::connect(url).await else {
                         continue;
                     };
+                    let client = client.with_retry_for(Duration::from_secs(1));
                     for run in &runs {
                         if let Ok(trs) = client.task_runs(run, false).await {
                             ledger.record(&trs);

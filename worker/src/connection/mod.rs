@@ -63,8 +63,10 @@ pub async fn run(config: WorkerConfig, shutdown: CancellationToken) -> Result<()
                 if lost.fatal {
                     tracing::error!(scheduler = %address, reason = %lost.reason, "scheduler refused this worker");
                     backoff.saturate();
+                } else if let Some(leader) = &lost.leader {
+                    tracing::info!(scheduler = %address, %leader, reason = %lost.reason, "sent to the leader");
                 } else {
-                    tracing::warn!(scheduler = %address, reason = %lost.reason, leader = ?lost.leader, "no connection to the leader");
+                    tracing::warn!(scheduler = %address, reason = %lost.reason, "no connection to the leader");
                 }
                 if dialer.lost(&address, lost.leader) && !lost.fatal {
                     backoff.quick()
