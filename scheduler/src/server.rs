@@ -169,6 +169,20 @@ async fn load(state: &dyn StateStore, results: &dyn ResultStore) -> Result<Recov
             Err(e) => tracing::error!(%key, error = %e, "skipping an unreadable run record"),
         }
     }
+    // Committed result pointers are the truth about completion: a pointer whose task run
+    // record does not show it (written in another transaction that did not land) wins.
+    let mut pointers = std::collections::HashMap::new();
+    for (key, value) in state.load(keys::RESULT_PREFIX).await? {
+        let Some(rest) = key.strip_prefix(keys::RESULT_PREFIX) else {
+            continue;
+        };
+        match serde_json::from_slice::<baton_common::result_store::ResultRef>(&value) {
+            Ok(r) => {
+                pointers.insert(rest.to_string(), r);
+            }
+            Err(e) => tracing::error!(%key, error = %e, "skipping an unreadable result pointer"),
+        }
+    }
     for (key, value) in state.load("tr/").await? {
         let mut parts = key.splitn(4, '/').skip(1);
         let (Some(run), Some(task), Some(index)) = (parts.next(), parts.next(), parts.next())
@@ -185,6 +199,15 @@ async fn load(state: &dyn StateStore, results: &dyn ResultStore) -> Result<Recov
                 continue;
             }
         };
+        if let Some(p) = pointers.get(&format!("{run}/{task}/{index}")) {
+            if r.result.as_ref() != Some(p) {
+                tracing::warn!(%key, uri = %p.uri, "task run record behind its committed pointer");
+                r.result = Some(p.clone());
+                r.value = None;
+                r.state = baton_common::state::TaskState::Completed;
+                r.error.clear();
+            }
+        }
         if r.value.is_none() {
             if let Some(res) = &r.result {
                 match results.get(&res.uri).await {

@@ -1,8 +1,9 @@
 //! Attempt lifecycle: started, finished, failed with retries, timed out, lost with its
 //! worker, cancelled; and the timers that drive retries, timeouts and worker leases.
 
-use super::model::{NodeState, TrRef};
+use super::model::{keys, NodeState, TrRef};
 use super::{Engine, EngineError, Outcome, Outgoing, Timer};
+use crate::store::Op;
 use baton_common::ids::{AttemptKey, WorkerId};
 use baton_common::state::{RunState, TaskState};
 use baton_proto::{scheduler_message::Msg, SchedulerMessage};
@@ -101,6 +102,19 @@ impl Engine {
     fn settle_attempt(&mut self, t: TrRef, outcome: Outcome, now: i64) {
         match outcome {
             Outcome::Success { result, value } => {
+                // The commit proper: the result pointer, created once (first wins).
+                let run = &self.runs[t.run as usize];
+                let node = &run.nodes[t.node as usize];
+                let map_index = if node.mapped { t.index as i64 } else { -1 };
+                let key = keys::result(
+                    &run.id.0,
+                    &run.flow.spec.tasks[t.node as usize].name,
+                    map_index,
+                );
+                self.ops.push(Op::Create {
+                    key,
+                    value: serde_json::to_vec(&result).unwrap_or_default(),
+                });
                 let tr = self.tr_mut(t);
                 tr.state = TaskState::Completed;
                 tr.result = Some(result);

@@ -389,6 +389,9 @@ impl Engine {
                 self.ops.push(Op::Delete {
                     key: keys::task_run(id, task, map_index),
                 });
+                self.ops.push(Op::Delete {
+                    key: keys::result(id, task, map_index),
+                });
             }
         }
     }

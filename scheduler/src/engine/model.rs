@@ -322,6 +322,11 @@ pub mod keys {
     pub fn idempotency(key: &str) -> String {
         format!("idem/{key}")
     }
+    /// A task run's committed result pointer: created once, never overwritten.
+    pub fn result(run: &str, task: &str, index: i64) -> String {
+        format!("res/{run}/{task}/{index}")
+    }
+    pub const RESULT_PREFIX: &str = "res/";
     /// The result-store key of a finished run's archive.
     pub fn archive(run: &str) -> String {
         format!("archive/runs/{run}.pb")

@@ -4,7 +4,9 @@
 //! delivers its messages) and the workers (each holds the attempts assigned to it until the
 //! test finishes them, computing results from the assignment's inputs).
 
-use super::{Engine, EngineConfig, EngineError, NewRun, Outcome, Outgoing, Recovered};
+use super::{
+    Engine, EngineConfig, EngineError, NewRun, Outcome, Outgoing, Recovered, TaskRunRecord,
+};
 use crate::store::Op;
 use baton_common::flow::{parse_flow, ResourceSpec};
 use baton_common::ids::{AttemptKey, WorkerId};
@@ -454,6 +456,14 @@ impl VirtualCluster {
                     serde_json::from_slice(value).expect("a task run record"),
                 )),
                 ["idem", _key] => {}
+                ["res", run, task, index] => {
+                    // A committed pointer matches its task run's record.
+                    let tr: TaskRunRecord =
+                        serde_json::from_slice(&self.store[&format!("tr/{run}/{task}/{index}")])
+                            .expect("a task run record");
+                    let pointer: ResultRef = serde_json::from_slice(value).expect("a pointer");
+                    assert_eq!(tr.result.as_ref(), Some(&pointer), "pointer of {key}");
+                }
                 _ => panic!("unexpected key `{key}` in the state store"),
             }
         }

@@ -81,25 +81,50 @@ pub async fn register_replica(
     Ok(())
 }
 
-/// Keeps `view` up to date (every `every`) until `stop`.
+/// Keeps `view` up to date (every `every`) until `stop`. A view that could not be read back
+/// for `stale_after` (a leadership lease) forgets its leader: that leader may have lost its
+/// lease since, so naming it would send clients and workers to a deposed replica (or make a
+/// deposed leader cut off from etcd go on naming itself).
 pub async fn poll_view(
     client: Client,
     keys: Keys,
     view: Arc<RwLock<ClusterView>>,
     every: Duration,
+    stale_after: Duration,
     stop: CancellationToken,
 ) {
+    let mut read_at = tokio::time::Instant::now();
     loop {
-        match timeout(Duration::from_secs(3), read_view(&client, &keys)).await {
+        let started = tokio::time::Instant::now();
+        let failed = match timeout(Duration::from_secs(3), read_view(&client, &keys)).await {
             Ok(Ok(v)) => {
+                read_at = started;
                 let mut cur = view.write().unwrap_or_else(|e| e.into_inner());
                 if *cur != v {
                     tracing::debug!(leader = ?v.leader, epoch = v.epoch, "cluster view changed");
                     *cur = v;
                 }
+                false
             }
-            Ok(Err(e)) => tracing::debug!(error = %e, "cannot read the cluster view"),
-            Err(_) => tracing::debug!("reading the cluster view timed out"),
+            Ok(Err(e)) => {
+                tracing::debug!(error = %e, "cannot read the cluster view");
+                true
+            }
+            Err(_) => {
+                tracing::debug!("reading the cluster view timed out");
+                true
+            }
+        };
+        if failed && read_at.elapsed() >= stale_after {
+            let mut cur = view.write().unwrap_or_else(|e| e.into_inner());
+            if let Some(leader) = cur.leader.take() {
+                tracing::warn!(
+                    %leader,
+                    epoch = cur.epoch,
+                    stale_ms = read_at.elapsed().as_millis() as u64,
+                    "cannot read who leads from etcd; forgetting the leader"
+                );
+            }
         }
         tokio::select! {
             _ = tokio::time::sleep(every) => {}

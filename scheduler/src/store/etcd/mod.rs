@@ -79,6 +79,7 @@ impl EtcdStore {
             keys.clone(),
             view.clone(),
             Duration::from_millis(500),
+            cfg.lease_ttl,
             stop.clone(),
         ));
         Ok(EtcdStore {
@@ -126,6 +127,17 @@ impl EtcdStore {
             Ok(won) if lease.alive() => {
                 let lost = lease.lost.clone();
                 let epoch = won.epoch;
+                // Once the lease is lost this replica must stop naming itself leader at
+                // once, even while etcd cannot be read to learn who leads now.
+                let (view, me, gone) =
+                    (self.view.clone(), self.cfg.advertise.clone(), lost.clone());
+                tokio::spawn(async move {
+                    gone.cancelled().await;
+                    let mut v = view.write().unwrap_or_else(|e| e.into_inner());
+                    if v.leader.as_deref() == Some(me.as_str()) && v.epoch == epoch {
+                        v.leader = None;
+                    }
+                });
                 *self.held.lock().unwrap_or_else(|e| e.into_inner()) = Some(Held { won, lease });
                 Ok(Some(Leadership { epoch, lost }))
             }

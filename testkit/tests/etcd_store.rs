@@ -1,0 +1,141 @@
+//! The etcd state store against a real etcd cluster: one leader at a time, a deposed
+//! leader's writes fenced, first-wins creates, leases lost when etcd is out of reach, and
+//! batches beyond one transaction's limits.
+
+use baton_scheduler::store::{EtcdConfig, EtcdStore, Op, StateStore, StoreError};
+use baton_testkit::etcd::EtcdCluster;
+use baton_testkit::proxy::Proxy;
+use std::time::Duration;
+
+fn config(endpoints: Vec<String>, id: &str, ns: &str) -> EtcdConfig {
+    EtcdConfig {
+        endpoints,
+        namespace: ns.to_string(),
+        replica_id: id.to_string(),
+        advertise: format!("http://{id}:7070"),
+        lease_ttl: Duration::from_secs(3),
+    }
+}
+
+fn put(key: &str, value: &str) -> Op {
+    Op::Put {
+        key: key.into(),
+        value: value.as_bytes().to_vec(),
+    }
+}
+
+async fn value(store: &EtcdStore, key: &str) -> Option<String> {
+    store
+        .load(key)
+        .await
+        .ok()?
+        .into_iter()
+        .find(|(k, _)| k == key)
+        .map(|(_, v)| String::from_utf8_lossy(&v).into_owned())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_leader_at_a_time_and_a_deposed_leader_is_fenced() -> anyhow::Result<()> {
+    let etcd = EtcdCluster::start(3).await?;
+    let a = EtcdStore::connect(config(etcd.endpoints(), "a", "fence")).await?;
+    let b = std::sync::Arc::new(EtcdStore::connect(config(etcd.endpoints(), "b", "fence")).await?);
+    let la = a.acquire().await?;
+    let waiting = {
+        let b = b.clone();
+        tokio::spawn(async move { b.acquire().await })
+    };
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(!waiting.is_finished(), "b must wait while a leads");
+    a.commit(la.epoch, vec![put("k", "from-a")]).await?;
+    // An operator revokes a's lease behind its back: its election key goes, b is elected,
+    // and a still believes it leads until its keep-alive hears of it; its writes must fail
+    // on etcd's side, by the epoch compare.
+    let mut raw = etcd.client().await?;
+    let keys = raw
+        .get(
+            "/fence/election/",
+            Some(etcd_client::GetOptions::new().with_prefix()),
+        )
+        .await?;
+    let lease = keys
+        .kvs()
+        .iter()
+        .find(|kv| kv.create_revision() as u64 == la.epoch)
+        .map(|kv| kv.lease())
+        .expect("a's election key");
+    raw.lease_revoke(lease).await?;
+    let lb = tokio::time::timeout(Duration::from_secs(10), waiting).await???;
+    assert!(lb.epoch > la.epoch, "epoch {} after {}", lb.epoch, la.epoch);
+    b.commit(lb.epoch, vec![put("k", "from-b")]).await?;
+    match a.commit(la.epoch, vec![put("k", "stale")]).await {
+        Err(StoreError::Fenced { ours, .. }) => assert_eq!(ours, la.epoch),
+        other => panic!("a deposed leader's write must be fenced, got {other:?}"),
+    }
+    assert_eq!(value(&b, "k").await.as_deref(), Some("from-b"));
+    // The view names b as leader with its epoch.
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    let view = a.view().expect("a cluster view");
+    assert_eq!(view.leader.as_deref(), Some("http://b:7070"));
+    assert_eq!(view.epoch, lb.epoch);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn creates_are_first_wins_and_batches_span_transactions() -> anyhow::Result<()> {
+    let etcd = EtcdCluster::start(1).await?;
+    let s = EtcdStore::connect(config(etcd.endpoints(), "a", "first")).await?;
+    let l = s.acquire().await?;
+    let create = |v: &str| Op::Create {
+        key: "res/r/t/-1".into(),
+        value: v.as_bytes().to_vec(),
+    };
+    s.commit(l.epoch, vec![put("tr/r/t/-1", "done"), create("one")])
+        .await?;
+    match s.commit(l.epoch, vec![create("two")]).await {
+        Err(StoreError::Conflict(k)) => assert_eq!(k, "res/r/t/-1"),
+        other => panic!("a second pointer must conflict, got {other:?}"),
+    }
+    assert_eq!(value(&s, "res/r/t/-1").await.as_deref(), Some("one"));
+    // Retrying the very batch that committed (after a lost answer) is not an error.
+    s.commit(l.epoch, vec![put("tr/r/t/-1", "done"), create("one")])
+        .await?;
+    // 1,000 operations and 3 MiB: several transactions, all applied.
+    let big = "x".repeat(3_000);
+    let ops: Vec<Op> = (0..1000)
+        .map(|i| put(&format!("bulk/{i:04}"), &big))
+        .collect();
+    s.commit(l.epoch, ops).await?;
+    let loaded = s.load("bulk/").await?;
+    assert_eq!(loaded.len(), 1000);
+    assert_eq!(loaded[0].0, "bulk/0000");
+    assert_eq!(loaded[999].0, "bulk/0999");
+    assert!(loaded.iter().all(|(_, v)| v.len() == 3_000));
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_cut_off_from_etcd_loses_its_lease_and_another_leads() -> anyhow::Result<()> {
+    let etcd = EtcdCluster::start(1).await?;
+    let proxy = Proxy::start(etcd.member(0).client_addr())?;
+    let a = EtcdStore::connect(config(vec![proxy.url()], "a", "cut")).await?;
+    let b = EtcdStore::connect(config(etcd.endpoints(), "b", "cut")).await?;
+    let la = a.acquire().await?;
+    proxy.cut();
+    let cut_at = std::time::Instant::now();
+    tokio::time::timeout(Duration::from_secs(6), la.lost.cancelled()).await?;
+    let lost_after = cut_at.elapsed();
+    assert!(
+        lost_after <= Duration::from_secs(3),
+        "the lease deadline (TTL 3 s less a margin) passed late: {lost_after:?}"
+    );
+    match a.commit(la.epoch, vec![put("k", "late")]).await {
+        Err(StoreError::Fenced { .. }) => {}
+        other => panic!("a leader without its lease must not write, got {other:?}"),
+    }
+    let lb = tokio::time::timeout(Duration::from_secs(10), b.acquire()).await??;
+    assert!(lb.epoch > la.epoch);
+    b.commit(lb.epoch, vec![put("k", "b")]).await?;
+    proxy.heal();
+    assert_eq!(value(&b, "k").await.as_deref(), Some("b"));
+    Ok(())
+}
