@@ -156,9 +156,27 @@ impl Actor {
         let now = now_ms();
         match cmd {
             Command::RegisterFlow(spec, reply) => {
+                let key = format!("flows/{}/{}", spec.project, spec.name);
+                let json = serde_json::to_vec_pretty(&spec).unwrap_or_default();
                 let r = self.engine.register_flow(spec);
+                let store = self.results.clone();
                 self.after_commit.push(Box::new(move |_| {
-                    let _ = reply.send(Ok(r));
+                    if !r.1 {
+                        let _ = reply.send(Ok(r));
+                        return;
+                    }
+                    // A new version is also kept in the object store, versioned, as flow
+                    // storage; the client hears back once it is there.
+                    tokio::spawn(async move {
+                        let key = format!("{key}/{}.json", r.0);
+                        match store.put(&key, json, "application/json").await {
+                            Ok(_) | Err(baton_common::Error::AlreadyExists(_)) => {}
+                            Err(e) => {
+                                tracing::warn!(%key, error = %e, "cannot store the flow definition")
+                            }
+                        }
+                        let _ = reply.send(Ok(r));
+                    });
                 }));
             }
             Command::CreateRun(req, reply) => match self.engine.create_run(req, now) {

@@ -25,6 +25,16 @@ async fn ridge_sweep_runs_on_the_cluster_with_results_in_s3() -> anyhow::Result<
     assert_eq!(done.state, pb::RunState::Completed as i32, "{}", done.error);
     let client = leader_client(&c, Duration::from_secs(10)).await?;
     let trs = client.task_runs(&run, true).await?;
+    // The flow definition is kept in the bucket, versioned, as flow storage.
+    let store = c.s3.store("results").await?;
+    let flow = store
+        .get(&format!(
+            "{}/flows/examples/ridge_sweep/1.json",
+            c.result_store()
+        ))
+        .await?;
+    let flow: serde_json::Value = serde_json::from_slice(&flow)?;
+    assert_eq!(flow["name"], "ridge_sweep");
     let scores: Vec<&pb::TaskRun> = trs.iter().filter(|t| t.task == "evaluate").collect();
     assert_eq!(scores.len(), 6);
     for t in &scores {
