@@ -8,8 +8,8 @@ cd "$(dirname "$0")/.."
 
 log() { printf '\n==> %s\n' "$*"; }
 
-# What the tests need. Single-node tests need only the Rust toolchain; the cluster tests
-# (etcd, S3) will extend this list.
+# What the tests need: the Rust toolchain here; etcd and an S3 server are installed by
+# scripts/install-test-servers.sh below.
 if ! command -v cargo >/dev/null 2>&1; then
   echo "cargo is required: install Rust from your distribution or rustup" >&2
   exit 1
@@ -37,6 +37,9 @@ cargo test --workspace 2>&1 | tee "$results"
 
 log "benchmark (short mode)"
 ./target/debug/baton-bench --quick
+
+log "benchmark (short mode, cluster: 3 replicas, 3-member etcd, results in S3, failover)"
+./target/debug/baton-bench --cluster --quick
 
 # One closing line for the whole suite (cargo prints one per test binary).
 read -r passed failed < <(awk '/^test result:/ {

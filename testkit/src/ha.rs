@@ -32,6 +32,8 @@ pub struct HaConfig {
     pub worker_leader_lease_ms: u64,
     /// More scheduler flags.
     pub scheduler_args: Vec<String>,
+    /// More scheduler environment variables (e.g. `BATON_FAULT_*` fault injection).
+    pub extra_env: Vec<(String, String)>,
 }
 
 impl Default for HaConfig {
@@ -44,6 +46,7 @@ impl Default for HaConfig {
             adopt_grace_ms: 2_000,
             worker_leader_lease_ms: 15_000,
             scheduler_args: Vec::new(),
+            extra_env: Vec::new(),
         }
     }
 }
@@ -166,7 +169,9 @@ impl HaCluster {
             .dir
             .path()
             .join(format!("scheduler-{i}.{generation}.log"));
-        let node = Node::spawn_env("baton-scheduler", &args, &self.s3.env(), log)?;
+        let mut env = self.s3.env();
+        env.extend(self.cfg.extra_env.iter().cloned());
+        let node = Node::spawn_env("baton-scheduler", &args, &env, log)?;
         self.replicas[i].node = Some(node);
         Ok(())
     }
@@ -353,7 +358,13 @@ impl Drop for HaCluster {
         self.stop_poll
             .store(true, std::sync::atomic::Ordering::Relaxed);
         if std::thread::panicking() {
-            eprintln!("{}", self.logs());
+            // Keep every node's log (and data) for a post-mortem.
+            self.dir.disable_cleanup(true);
+            eprintln!(
+                "{}\ncluster logs kept in {}",
+                self.logs(),
+                self.dir.path().display()
+            );
         }
     }
 }
