@@ -131,7 +131,7 @@ impl HaCluster {
 
     /// The result store all nodes use.
     pub fn result_store(&self) -> String {
-        self.s3.uri("results")
+        self.s3.uri("cluster")
     }
 
     fn spawn_scheduler(&mut self, i: usize) -> anyhow::Result<()> {

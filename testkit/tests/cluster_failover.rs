@@ -26,7 +26,7 @@ async fn ridge_sweep_runs_on_the_cluster_with_results_in_s3() -> anyhow::Result<
     let client = leader_client(&c, Duration::from_secs(10)).await?;
     let trs = client.task_runs(&run, true).await?;
     // The flow definition is kept in the bucket, versioned, as flow storage.
-    let store = c.s3.store("results").await?;
+    let store = c.s3.store("cluster").await?;
     let flow = store
         .get(&format!(
             "{}/flows/examples/ridge_sweep/1.json",
@@ -39,7 +39,7 @@ async fn ridge_sweep_runs_on_the_cluster_with_results_in_s3() -> anyhow::Result<
     assert_eq!(scores.len(), 6);
     for t in &scores {
         let uri = &t.result.as_ref().expect("result").uri;
-        assert!(uri.starts_with("s3://baton/results/"), "{uri}");
+        assert!(uri.starts_with("s3://baton/cluster/results/"), "{uri}");
         // `baton result get s3://…` reads it back (straight from S3, with the local AWS
         // settings, as a user with credentials would).
         let out = std::process::Command::new(baton_testkit::bin_path("baton")?)
@@ -239,7 +239,7 @@ async fn finished_runs_leave_etcd_and_are_read_back_from_the_archive() -> anyhow
         }
     })
     .await?;
-    let store = c.s3.store("results").await?;
+    let store = c.s3.store("cluster").await?;
     let archive = format!("{}/archive/runs/{run}.pb", c.result_store());
     assert!(store.exists(&archive).await?, "{archive} is missing");
     // A new leader, which never saw the run, serves it from the archive.
@@ -284,7 +284,7 @@ async fn leader_killed_between_upload_and_commit_commits_after_takeover() -> any
     let committed = total.result.as_ref().expect("committed").uri.clone();
     // The crashed attempt's object was written; it is either the one committed after the
     // takeover (the worker resent it) or a stray that nothing references.
-    let store = c.s3.store("results").await?;
+    let store = c.s3.store("cluster").await?;
     let first = committed.replace(&format!("attempt-{}", total.attempt), "attempt-1");
     assert!(
         store.exists(&first).await?,

@@ -209,7 +209,7 @@ pub async fn check_fan_out(
     .await?;
     ledger.record(&trs);
     assert_eq!(trs.len(), n + 2, "task runs of {run}");
-    let store = c.s3.store("results").await?;
+    let store = c.s3.store("cluster").await?;
     for t in &trs {
         assert_eq!(
             t.state,
@@ -288,7 +288,7 @@ pub async fn check_run(
     let trs = task_runs(c, run).await?;
     ledger.record(&trs);
     assert_eq!(trs.len(), expect, "task runs of {run}");
-    let store = c.s3.store("results").await?;
+    let store = c.s3.store("cluster").await?;
     for t in &trs {
         assert_eq!(
             t.state,

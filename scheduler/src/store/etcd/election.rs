@@ -3,6 +3,7 @@
 //! keeps every replica's view of who leads.
 
 use super::keys::Keys;
+use super::pool::Pool;
 use crate::store::ClusterView;
 use etcd_client::{Client, Compare, CompareOp, GetOptions, Txn, TxnOp};
 use std::sync::{Arc, RwLock};
@@ -86,7 +87,7 @@ pub async fn register_replica(
 /// lease since, so naming it would send clients and workers to a deposed replica (or make a
 /// deposed leader cut off from etcd go on naming itself).
 pub async fn poll_view(
-    client: Client,
+    pool: Arc<Pool>,
     keys: Keys,
     view: Arc<RwLock<ClusterView>>,
     every: Duration,
@@ -96,7 +97,8 @@ pub async fn poll_view(
     let mut read_at = tokio::time::Instant::now();
     loop {
         let started = tokio::time::Instant::now();
-        let failed = match timeout(Duration::from_secs(3), read_view(&client, &keys)).await {
+        let picked = pool.pick();
+        let failed = match timeout(Duration::from_secs(2), read_view(&picked.client, &keys)).await {
             Ok(Ok(v)) => {
                 read_at = started;
                 let mut cur = view.write().unwrap_or_else(|e| e.into_inner());
@@ -115,6 +117,9 @@ pub async fn poll_view(
                 true
             }
         };
+        if failed {
+            pool.failed(&picked);
+        }
         if failed && read_at.elapsed() >= stale_after {
             let mut cur = view.write().unwrap_or_else(|e| e.into_inner());
             if let Some(leader) = cur.leader.take() {

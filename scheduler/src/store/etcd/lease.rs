@@ -3,7 +3,7 @@
 //! margin), the stream reopened after errors until that deadline. The lease is lost when
 //! etcd answers TTL 0 or the deadline passes; `lost` is then cancelled.
 
-use etcd_client::Client;
+use super::pool::Pool;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::time::{timeout, Instant};
@@ -23,19 +23,20 @@ pub struct Lease {
     /// Cancelled once the lease is lost (or dropped).
     pub lost: CancellationToken,
     deadline: Arc<Mutex<Instant>>,
-    client: Client,
+    pool: Arc<Pool>,
 }
 
 impl Lease {
     /// Grants a lease of `ttl` and starts keeping it alive.
-    pub async fn grant(client: &Client, ttl: Duration) -> Result<Lease, etcd_client::Error> {
+    pub async fn grant(pool: &Arc<Pool>, ttl: Duration) -> Result<Lease, etcd_client::Error> {
         let sent = Instant::now();
         let ttl_s = ttl.as_secs().max(2) as i64;
-        let resp = timeout(CALL_LIMIT, client.lease_client().grant(ttl_s, None))
+        let picked = pool.pick();
+        let granted = timeout(CALL_LIMIT, picked.client.lease_client().grant(ttl_s, None))
             .await
-            .map_err(|_| {
-                etcd_client::Error::LeaseKeepAliveError("lease grant timed out".into())
-            })??;
+            .map_err(|_| etcd_client::Error::LeaseKeepAliveError("lease grant timed out".into()))
+            .and_then(|r| r);
+        let resp = granted.inspect_err(|_| pool.failed(&picked))?;
         let ttl = Duration::from_secs(resp.ttl().max(1) as u64);
         let deadline = Arc::new(Mutex::new(sent + ttl.saturating_sub(margin(ttl))));
         let lost = CancellationToken::new();
@@ -43,9 +44,9 @@ impl Lease {
             id: resp.id(),
             lost: lost.clone(),
             deadline: deadline.clone(),
-            client: client.clone(),
+            pool: pool.clone(),
         };
-        tokio::spawn(keep_alive(client.clone(), resp.id(), ttl, deadline, lost));
+        tokio::spawn(keep_alive(pool.clone(), resp.id(), ttl, deadline, lost));
         Ok(lease)
     }
 
@@ -61,7 +62,8 @@ impl Lease {
     /// Revokes the lease (best effort) and stops its keep-alive.
     pub async fn revoke(&self) {
         self.lost.cancel();
-        let _ = timeout(CALL_LIMIT, self.client.lease_client().revoke(self.id)).await;
+        let picked = self.pool.pick();
+        let _ = timeout(CALL_LIMIT, picked.client.lease_client().revoke(self.id)).await;
     }
 }
 
@@ -72,21 +74,24 @@ impl Drop for Lease {
 }
 
 async fn keep_alive(
-    client: Client,
+    pool: Arc<Pool>,
     id: i64,
     ttl: Duration,
     deadline: Arc<Mutex<Instant>>,
     lost: CancellationToken,
 ) {
     let every = ttl / 3;
+    // A keep-alive not answered within this goes to another endpoint.
+    let limit = (ttl / 4).clamp(Duration::from_millis(500), CALL_LIMIT);
     let get = |d: &Arc<Mutex<Instant>>| *d.lock().unwrap_or_else(|e| e.into_inner());
     'reopen: loop {
         if lost.is_cancelled() || Instant::now() >= get(&deadline) {
             break;
         }
-        let mut leases = client.lease_client();
+        let picked = pool.pick();
+        let mut leases = picked.client.lease_client();
         let opened = tokio::select! {
-            r = timeout(CALL_LIMIT, leases.keep_alive(id)) => r,
+            r = timeout(limit, leases.keep_alive(id)) => r,
             _ = tokio::time::sleep_until(get(&deadline)) => break,
             _ = lost.cancelled() => break,
         };
@@ -94,10 +99,14 @@ async fn keep_alive(
             Ok(Ok(pair)) => pair,
             Ok(Err(e)) => {
                 tracing::warn!(lease = id, error = %e, "cannot open the lease keep-alive stream");
-                tokio::time::sleep(Duration::from_millis(300)).await;
+                pool.failed(&picked);
+                tokio::time::sleep(Duration::from_millis(100)).await;
                 continue;
             }
-            Err(_) => continue,
+            Err(_) => {
+                pool.failed(&picked);
+                continue;
+            }
         };
         loop {
             let sent = Instant::now();
@@ -106,8 +115,9 @@ async fn keep_alive(
                     keeper.keep_alive().await?;
                     stream.message().await
                 } => r,
-                _ = tokio::time::sleep(CALL_LIMIT) => {
+                _ = tokio::time::sleep(limit) => {
                     tracing::warn!(lease = id, "lease keep-alive timed out; reopening");
+                    pool.failed(&picked);
                     continue 'reopen;
                 }
                 _ = tokio::time::sleep_until(get(&deadline)) => break 'reopen,
@@ -125,6 +135,7 @@ async fn keep_alive(
                 }
                 Ok(None) | Err(_) => {
                     tracing::warn!(lease = id, "lease keep-alive stream ended; reopening");
+                    pool.failed(&picked);
                     tokio::time::sleep(Duration::from_millis(100)).await;
                     continue 'reopen;
                 }

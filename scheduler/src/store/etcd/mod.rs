@@ -5,14 +5,16 @@
 mod election;
 mod keys;
 mod lease;
+mod pool;
 mod txn;
 
 use super::{ClusterView, Epoch, Leadership, Op, StateStore, StoreError};
 use async_trait::async_trait;
 use election::{CampaignError, Won};
-use etcd_client::{Client, ConnectOptions, GetOptions};
+use etcd_client::{ConnectOptions, GetOptions};
 use keys::Keys;
 use lease::Lease;
+use pool::Pool;
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
@@ -45,7 +47,7 @@ struct Held {
 
 /// State in etcd. See the module docs.
 pub struct EtcdStore {
-    client: Client,
+    pool: Arc<Pool>,
     keys: Keys,
     cfg: EtcdConfig,
     held: Mutex<Option<Held>>,
@@ -68,14 +70,16 @@ impl EtcdStore {
             .with_keep_alive(Duration::from_secs(2), Duration::from_secs(2))
             .with_keep_alive_while_idle(true)
             .with_require_leader(true);
-        let client = Client::connect(&cfg.endpoints, Some(opts))
-            .await
-            .map_err(|e| unavailable(format!("cannot connect to etcd {:?}: {e}", cfg.endpoints)))?;
+        let pool = Arc::new(
+            Pool::connect(&cfg.endpoints, opts)
+                .await
+                .map_err(|e| unavailable(format!("etcd endpoints {:?}: {e}", cfg.endpoints)))?,
+        );
         let keys = Keys::new(&cfg.namespace);
         let view = Arc::new(RwLock::new(ClusterView::default()));
         let stop = CancellationToken::new();
         tokio::spawn(election::poll_view(
-            client.clone(),
+            pool.clone(),
             keys.clone(),
             view.clone(),
             Duration::from_millis(500),
@@ -83,7 +87,7 @@ impl EtcdStore {
             stop.clone(),
         ));
         Ok(EtcdStore {
-            client,
+            pool,
             keys,
             cfg,
             held: Mutex::new(None),
@@ -99,15 +103,16 @@ impl EtcdStore {
 
     /// One campaign on a fresh lease; `Ok(None)` when it must be tried again.
     async fn try_campaign(&self) -> Result<Option<Leadership>, StoreError> {
-        let lease = match Lease::grant(&self.client, self.cfg.lease_ttl).await {
+        let lease = match Lease::grant(&self.pool, self.cfg.lease_ttl).await {
             Ok(l) => Arc::new(l),
             Err(e) => {
                 tracing::warn!(error = %e, "cannot grant an etcd lease");
                 return Ok(None);
             }
         };
+        let picked = self.pool.pick();
         if let Err(e) = election::register_replica(
-            &self.client,
+            &picked.client,
             &self.keys,
             &self.cfg.replica_id,
             &self.cfg.advertise,
@@ -116,10 +121,11 @@ impl EtcdStore {
         .await
         {
             tracing::warn!(error = %e, "cannot register the replica");
+            self.pool.failed(&picked);
         }
         tracing::info!(lease = lease.id, "campaigning for leadership");
         let outcome = tokio::select! {
-            r = election::campaign(&self.client, &self.keys, &self.cfg.advertise, lease.id) => r,
+            r = election::campaign(&picked.client, &self.keys, &self.cfg.advertise, lease.id) => r,
             _ = lease.lost.cancelled() => Err(CampaignError::NotLeader),
             _ = self.stop.cancelled() => return Err(unavailable("store closed")),
         };
@@ -148,6 +154,7 @@ impl EtcdStore {
             }
             Err(CampaignError::Etcd(e)) => {
                 tracing::warn!(error = %e, "campaign failed; campaigning again");
+                self.pool.failed(&picked);
                 lease.revoke().await;
                 tokio::time::sleep(Duration::from_millis(300)).await;
                 Ok(None)
@@ -199,13 +206,29 @@ impl StateStore for EtcdStore {
             let opts = GetOptions::new()
                 .with_range(end.clone())
                 .with_limit(LOAD_PAGE);
-            let resp = tokio::time::timeout(
-                Duration::from_secs(10),
-                self.client.kv_client().get(from.clone(), Some(opts)),
-            )
-            .await
-            .map_err(|_| unavailable("loading state from etcd timed out"))?
-            .map_err(unavailable)?;
+            let mut tries = 0;
+            let resp = loop {
+                let picked = self.pool.pick();
+                let got = tokio::time::timeout(
+                    Duration::from_secs(10),
+                    picked
+                        .client
+                        .kv_client()
+                        .get(from.clone(), Some(opts.clone())),
+                )
+                .await
+                .map_err(|_| unavailable("loading state from etcd timed out"))
+                .and_then(|r| r.map_err(unavailable));
+                match got {
+                    Ok(r) => break r,
+                    Err(e) if tries + 1 >= self.cfg.endpoints.len().max(2) => return Err(e),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "loading state failed; trying another endpoint");
+                        self.pool.failed(&picked);
+                        tries += 1;
+                    }
+                }
+            };
             let kvs = resp.kvs();
             for kv in kvs {
                 let key = String::from_utf8_lossy(kv.key());
@@ -239,11 +262,12 @@ impl StateStore for EtcdStore {
         }
         let alive = || lease.alive();
         let fence = txn::Fence {
-            client: &self.client,
+            pool: &self.pool,
             keys: &self.keys,
             election_key: &won.key,
             epoch,
             alive: &alive,
+            lost: &lease.lost,
         };
         let distinct = {
             let mut seen = HashSet::with_capacity(ops.len());

@@ -5,8 +5,9 @@
 //! this leader is their only writer, so a retry is idempotent.
 
 use super::keys::Keys;
+use super::pool::Pool;
 use crate::store::{Epoch, Op, StoreError};
-use etcd_client::{Client, Compare, CompareOp, Txn, TxnOp, TxnOpResponse};
+use etcd_client::{Compare, CompareOp, Txn, TxnOp, TxnOpResponse};
 use std::time::Duration;
 use tokio::time::timeout;
 
@@ -14,21 +15,31 @@ use tokio::time::timeout;
 pub const MAX_TXN_OPS: usize = 128;
 /// Most bytes in one transaction (etcd's default request limit is 1.5 MiB; keep headroom).
 pub const MAX_TXN_BYTES: usize = 1_400_000;
-/// Longest wait for one transaction.
-const TXN_LIMIT: Duration = Duration::from_secs(4);
+/// Longest wait for one transaction; then it is "maybe committed" and read back through
+/// the next endpoint.
+const TXN_LIMIT: Duration = Duration::from_secs(2);
 
-/// Splits `ops` into transaction-sized chunks, keeping order.
+/// Splits `ops` into transaction-sized chunks, keeping order. etcd counts compares against
+/// `--max-txn-ops` too: a chunk's compares are the epoch's plus one per create.
 pub fn chunks(ops: Vec<Op>) -> Vec<Vec<Op>> {
     let mut out = Vec::new();
     let mut cur = Vec::new();
     let mut bytes = 0;
+    let mut creates = 0;
     for op in ops {
         let size = op.size() + 16;
-        if !cur.is_empty() && (cur.len() == MAX_TXN_OPS || bytes + size > MAX_TXN_BYTES) {
+        let create = matches!(op, Op::Create { .. });
+        if !cur.is_empty()
+            && (cur.len() == MAX_TXN_OPS
+                || (create && 1 + creates == MAX_TXN_OPS)
+                || bytes + size > MAX_TXN_BYTES)
+        {
             out.push(std::mem::take(&mut cur));
             bytes = 0;
+            creates = 0;
         }
         bytes += size;
+        creates += usize::from(create);
         cur.push(op);
     }
     if !cur.is_empty() {
@@ -39,37 +50,60 @@ pub fn chunks(ops: Vec<Op>) -> Vec<Vec<Op>> {
 
 /// The writer's identity for fencing.
 pub struct Fence<'a> {
-    pub client: &'a Client,
+    pub pool: &'a Pool,
     pub keys: &'a Keys,
     pub election_key: &'a [u8],
     pub epoch: Epoch,
     /// Whether the writer's lease is still held on the local clock.
     pub alive: &'a (dyn Fn() -> bool + Sync),
+    /// Cancelled when the lease is lost: a commit in flight gives up at once.
+    pub lost: &'a tokio_util::sync::CancellationToken,
 }
 
 impl Fence<'_> {
     /// Commits one chunk, retrying until it is known to be applied, refused, or the lease
     /// is gone.
     pub async fn commit(&self, ops: &[Op]) -> Result<(), StoreError> {
+        tokio::select! {
+            r = self.commit_until_known(ops) => r,
+            _ = self.lost.cancelled() => Err(self.fenced(0)),
+        }
+    }
+
+    async fn commit_until_known(&self, ops: &[Op]) -> Result<(), StoreError> {
         let mut backoff = Duration::from_millis(50);
         loop {
             if !(self.alive)() {
                 return Err(self.fenced(0));
             }
             let txn = self.txn(ops);
-            match timeout(TXN_LIMIT, self.client.kv_client().txn(txn)).await {
+            let picked = self.pool.pick();
+            match timeout(TXN_LIMIT, picked.client.kv_client().txn(txn)).await {
                 Ok(Ok(r)) if r.succeeded() => return Ok(()),
                 Ok(Ok(_)) => return self.explain_refusal(ops).await,
                 Ok(Err(e)) if !retryable(&e) => return Err(StoreError::Unavailable(e.to_string())),
-                Ok(Err(e)) => tracing::warn!(error = %e, "etcd transaction failed; checking"),
-                Err(_) => tracing::warn!("etcd transaction timed out; checking"),
+                Ok(Err(e)) => {
+                    tracing::warn!(error = %e, "etcd transaction failed; checking");
+                    self.pool.failed(&picked);
+                }
+                Err(_) => {
+                    tracing::warn!("etcd transaction timed out; checking");
+                    self.pool.failed(&picked);
+                }
             }
-            // Maybe committed: read back before retrying.
-            match timeout(TXN_LIMIT, self.applied(ops)).await {
+            // Maybe committed: read back (through the next endpoint) before retrying.
+            let picked = self.pool.pick();
+            match timeout(TXN_LIMIT, self.applied(&picked.client, ops)).await {
                 Ok(Ok(true)) => return Ok(()),
                 Ok(Ok(false)) => {}
-                Ok(Err(e)) => tracing::warn!(error = %e, "cannot read back a transaction"),
-                Err(_) => tracing::warn!("reading back a transaction timed out"),
+                Ok(Err(e)) => {
+                    tracing::warn!(error = %e, "cannot read back a transaction");
+                    self.pool.failed(&picked);
+                }
+                Err(_) => {
+                    tracing::warn!("reading back a transaction timed out");
+                    self.pool.failed(&picked);
+                }
             }
             tokio::time::sleep(backoff).await;
             backoff = (backoff * 2).min(Duration::from_secs(1));
@@ -100,7 +134,11 @@ impl Fence<'_> {
     }
 
     /// Whether every operation's effect is in place (our writes are the only writes).
-    async fn applied(&self, ops: &[Op]) -> Result<bool, etcd_client::Error> {
+    async fn applied(
+        &self,
+        client: &etcd_client::Client,
+        ops: &[Op],
+    ) -> Result<bool, etcd_client::Error> {
         let gets: Vec<TxnOp> = ops
             .iter()
             .map(|op| {
@@ -110,11 +148,7 @@ impl Fence<'_> {
                 TxnOp::get(self.keys.state(key), None)
             })
             .collect();
-        let resp = self
-            .client
-            .kv_client()
-            .txn(Txn::new().and_then(gets))
-            .await?;
+        let resp = client.kv_client().txn(Txn::new().and_then(gets)).await?;
         for (op, r) in ops.iter().zip(resp.op_responses()) {
             let TxnOpResponse::Get(g) = r else {
                 return Ok(false);
@@ -139,7 +173,8 @@ impl Fence<'_> {
         }
         // Still leader: a create conflicted. If every value is ours, an earlier try of this
         // very transaction committed (after a timeout), so it is done.
-        if let Ok(Ok(true)) = timeout(TXN_LIMIT, self.applied(ops)).await {
+        let picked = self.pool.pick();
+        if let Ok(Ok(true)) = timeout(TXN_LIMIT, self.applied(&picked.client, ops)).await {
             return Ok(());
         }
         let key = ops
@@ -154,14 +189,17 @@ impl Fence<'_> {
 
     /// The election key's create revision, if it still exists (`None` if unknown).
     async fn current_epoch(&self) -> Option<Epoch> {
+        let picked = self.pool.pick();
         let r = timeout(
             TXN_LIMIT,
-            self.client
+            picked
+                .client
                 .kv_client()
                 .get(self.election_key.to_vec(), None),
         )
         .await
         .ok()?
+        .inspect_err(|_| self.pool.failed(&picked))
         .ok()?;
         Some(
             r.kvs()
@@ -223,5 +261,23 @@ mod tests {
         let c = chunks(vec![put(0, 2_000_000), put(1, 1)]);
         assert_eq!(c.len(), 2);
         assert!(chunks(Vec::new()).is_empty());
+    }
+
+    #[test]
+    fn chunks_keep_compares_within_the_op_limit() {
+        let create = |i: usize| Op::Create {
+            key: format!("c{i}"),
+            value: vec![0; 10],
+        };
+        // The epoch's compare plus one per create: at most 127 creates a chunk.
+        let c = chunks((0..300).map(create).collect());
+        assert_eq!(
+            c.iter().map(Vec::len).collect::<Vec<_>>(),
+            vec![127, 127, 46]
+        );
+        assert_eq!(c[1][0], create(127));
+        // Puts add no compare.
+        let mixed: Vec<Op> = (0..127).map(create).chain([put(0, 10)]).collect();
+        assert_eq!(chunks(mixed).len(), 1);
     }
 }
