@@ -3,7 +3,7 @@
 
 mod support;
 
-use baton_testkit::ha::{HaCluster, HaConfig};
+use baton_testkit::ha::HaConfig;
 use std::time::{Duration, Instant};
 use support::*;
 
@@ -14,14 +14,14 @@ use support::*;
 async fn etcd_leader_killed_no_scheduler_failover_and_no_hang() -> anyhow::Result<()> {
     let _one = serial().await;
     let began = Instant::now();
-    let mut c = HaCluster::start(HaConfig {
-        leader_lease_ms: 10_000,
-        ..HaConfig::default()
-    })
+    let mut c = cluster(
+        HaConfig {
+            leader_lease_ms: 10_000,
+            ..HaConfig::default()
+        },
+        &[("w1", "local", 4), ("w2", "local", 4)],
+    )
     .await?;
-    c.add_worker("w1", "local", 4)?;
-    c.add_worker("w2", "local", 4)?;
-    wait_workers(&c, 2).await?;
     let (leader, epoch) = c.wait_leader(Duration::from_secs(10), None).await?;
     let n = 80;
     let run = start_run(&c, &fan_out("etcd_leader", n, 300), "etcd-leader-1").await?;
@@ -79,10 +79,11 @@ async fn etcd_leader_killed_no_scheduler_failover_and_no_hang() -> anyhow::Resul
 async fn rolling_restart_of_every_etcd_member_loses_nothing() -> anyhow::Result<()> {
     let _one = serial().await;
     let began = Instant::now();
-    let mut c = HaCluster::start(HaConfig::default()).await?;
-    c.add_worker("w1", "local", 4)?;
-    c.add_worker("w2", "local", 4)?;
-    wait_workers(&c, 2).await?;
+    let mut c = cluster(
+        HaConfig::default(),
+        &[("w1", "local", 4), ("w2", "local", 4)],
+    )
+    .await?;
     let n = 240;
     let run = start_run(&c, &fan_out("etcd_rolling", n, 400), "etcd-rolling-1").await?;
     let ledger = Ledger::default();
@@ -128,10 +129,11 @@ async fn rolling_restart_of_every_etcd_member_loses_nothing() -> anyhow::Result<
 async fn s3_restarted_mid_run_uploads_retry_and_the_run_completes() -> anyhow::Result<()> {
     let _one = serial().await;
     let began = Instant::now();
-    let mut c = HaCluster::start(HaConfig::default()).await?;
-    c.add_worker("w1", "local", 4)?;
-    c.add_worker("w2", "local", 4)?;
-    wait_workers(&c, 2).await?;
+    let mut c = cluster(
+        HaConfig::default(),
+        &[("w1", "local", 4), ("w2", "local", 4)],
+    )
+    .await?;
     let n = 120;
     let run = start_run(&c, &fan_out("s3_restart", n, 300), "s3-restart-1").await?;
     let ledger = Ledger::default();

@@ -5,17 +5,18 @@ mod support;
 
 use baton_common::result_store::ResultStore;
 use baton_proto as pb;
-use baton_testkit::ha::{HaCluster, HaConfig};
+use baton_testkit::ha::HaConfig;
 use std::time::Duration;
 use support::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ridge_sweep_runs_on_the_cluster_with_results_in_s3() -> anyhow::Result<()> {
     let _one = serial().await;
-    let mut c = HaCluster::start(HaConfig::default()).await?;
-    c.add_worker("local-1", "local", 4)?;
-    c.add_worker("trainer-1", "local,trainer", 4)?;
-    wait_workers(&c, 2).await?;
+    let c = cluster(
+        HaConfig::default(),
+        &[("local-1", "local", 4), ("trainer-1", "local,trainer", 4)],
+    )
+    .await?;
     let source = std::fs::read_to_string(concat!(
         env!("CARGO_MANIFEST_DIR"),
         "/../examples/ridge_sweep.yaml"
@@ -66,10 +67,11 @@ async fn ridge_sweep_runs_on_the_cluster_with_results_in_s3() -> anyhow::Result<
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn leader_killed_mid_dispatch_a_follower_takes_over() -> anyhow::Result<()> {
     let _one = serial().await;
-    let mut c = HaCluster::start(HaConfig::default()).await?;
-    c.add_worker("w1", "local", 8)?;
-    c.add_worker("w2", "local", 8)?;
-    wait_workers(&c, 2).await?;
+    let mut c = cluster(
+        HaConfig::default(),
+        &[("w1", "local", 8), ("w2", "local", 8)],
+    )
+    .await?;
     let (old, epoch) = c.wait_leader(Duration::from_secs(10), None).await?;
     let n = 300;
     let run = start_run(&c, &fan_out("kill_leader", n, 40), "kill-leader-1").await?;
@@ -88,10 +90,11 @@ async fn leader_killed_mid_dispatch_a_follower_takes_over() -> anyhow::Result<()
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn leader_paused_past_its_lease_is_fenced_and_steps_down() -> anyhow::Result<()> {
     let _one = serial().await;
-    let mut c = HaCluster::start(HaConfig::default()).await?;
-    c.add_worker("w1", "local", 8)?;
-    c.add_worker("w2", "local", 8)?;
-    wait_workers(&c, 2).await?;
+    let c = cluster(
+        HaConfig::default(),
+        &[("w1", "local", 8), ("w2", "local", 8)],
+    )
+    .await?;
     let (old, epoch) = c.wait_leader(Duration::from_secs(10), None).await?;
     let n = 300;
     let run = start_run(&c, &fan_out("pause_leader", n, 40), "pause-leader-1").await?;
@@ -132,15 +135,15 @@ async fn leader_paused_past_its_lease_is_fenced_and_steps_down() -> anyhow::Resu
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn leader_paused_for_half_its_lease_keeps_leading_without_duplicates() -> anyhow::Result<()> {
     let _one = serial().await;
-    let mut c = HaCluster::start(HaConfig {
-        leader_lease_ms: 10_000,
-        worker_lease_ms: 9_000,
-        ..HaConfig::default()
-    })
+    let c = cluster(
+        HaConfig {
+            leader_lease_ms: 10_000,
+            worker_lease_ms: 9_000,
+            ..HaConfig::default()
+        },
+        &[("w1", "local", 8), ("w2", "local", 8)],
+    )
     .await?;
-    c.add_worker("w1", "local", 8)?;
-    c.add_worker("w2", "local", 8)?;
-    wait_workers(&c, 2).await?;
     let (leader, epoch) = c.wait_leader(Duration::from_secs(10), None).await?;
     let n = 200;
     let run = start_run(&c, &fan_out("short_pause", n, 100), "short-pause-1").await?;
@@ -176,10 +179,11 @@ async fn leader_paused_for_half_its_lease_keeps_leading_without_duplicates() -> 
 async fn rolling_restart_of_every_replica_during_10k_tasks_commits_each_once() -> anyhow::Result<()>
 {
     let _one = serial().await;
-    let mut c = HaCluster::start(HaConfig::default()).await?;
-    c.add_worker("w1", "local", 16)?;
-    c.add_worker("w2", "local", 16)?;
-    wait_workers(&c, 2).await?;
+    let mut c = cluster(
+        HaConfig::default(),
+        &[("w1", "local", 16), ("w2", "local", 16)],
+    )
+    .await?;
     let n = 10_000;
     let run = start_run(&c, &fan_out("rolling", n, 5), "rolling-1").await?;
     let ledger = Ledger::default();
@@ -211,9 +215,7 @@ async fn rolling_restart_of_every_replica_during_10k_tasks_commits_each_once() -
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn finished_runs_leave_etcd_and_are_read_back_from_the_archive() -> anyhow::Result<()> {
     let _one = serial().await;
-    let mut c = HaCluster::start(HaConfig::default()).await?;
-    c.add_worker("w1", "local", 4)?;
-    wait_workers(&c, 1).await?;
+    let mut c = cluster(HaConfig::default(), &[("w1", "local", 4)]).await?;
     let n = 20;
     let run = start_run(&c, &fan_out("archived", n, 1), "archive-1").await?;
     let ledger = Ledger::default();
@@ -256,16 +258,17 @@ async fn leader_killed_between_upload_and_commit_commits_after_takeover() -> any
     let _one = serial().await;
     let marker_dir = tempfile::tempdir()?;
     let marker = marker_dir.path().join("crashed");
-    let mut c = HaCluster::start(HaConfig {
-        extra_env: vec![(
-            "BATON_FAULT_CRASH_BEFORE_COMMIT".into(),
-            format!("total@{}", marker.display()),
-        )],
-        ..HaConfig::default()
-    })
+    let c = cluster(
+        HaConfig {
+            extra_env: vec![(
+                "BATON_FAULT_CRASH_BEFORE_COMMIT".into(),
+                format!("total@{}", marker.display()),
+            )],
+            ..HaConfig::default()
+        },
+        &[("w1", "local", 4)],
+    )
     .await?;
-    c.add_worker("w1", "local", 4)?;
-    wait_workers(&c, 1).await?;
     let (old, epoch) = c.wait_leader(Duration::from_secs(10), None).await?;
     let n = 20;
     let run = start_run(&c, &fan_out("crash_commit", n, 10), "crash-commit-1").await?;

@@ -6,7 +6,7 @@ mod support;
 
 use baton_proto as pb;
 use baton_testkit::eventually;
-use baton_testkit::ha::{leader_info, HaCluster, HaConfig};
+use baton_testkit::ha::{leader_info, HaConfig};
 use pb::flow_service_client::FlowServiceClient;
 use std::time::{Duration, Instant};
 use support::*;
@@ -36,10 +36,11 @@ async fn serves_as_leader(url: &str) -> Option<bool> {
 async fn leader_cut_from_etcd_steps_down_at_its_lease_deadline() -> anyhow::Result<()> {
     let _one = serial().await;
     let began = Instant::now();
-    let mut c = HaCluster::start(HaConfig::default()).await?;
-    c.add_worker("w1", "local", 4)?;
-    c.add_worker("w2", "local", 4)?;
-    wait_workers(&c, 2).await?;
+    let c = cluster(
+        HaConfig::default(),
+        &[("w1", "local", 4), ("w2", "local", 4)],
+    )
+    .await?;
     let (old, epoch) = c.wait_leader(Duration::from_secs(10), None).await?;
     let n = 60;
     let run = start_run(&c, &fan_out("cut_etcd", n, 400), "cut-etcd-1").await?;
@@ -122,10 +123,11 @@ async fn leader_cut_from_workers_keeps_leading_and_redispatches_after_the_worker
 ) -> anyhow::Result<()> {
     let _one = serial().await;
     let began = Instant::now();
-    let mut c = HaCluster::start(HaConfig::default()).await?;
-    c.add_worker("w1", "local", 2)?;
-    c.add_worker("w2", "local", 2)?;
-    wait_workers(&c, 2).await?;
+    let c = cluster(
+        HaConfig::default(),
+        &[("w1", "local", 2), ("w2", "local", 2)],
+    )
+    .await?;
     let (leader, epoch) = c.wait_leader(Duration::from_secs(10), None).await?;
     let n = 8;
     let run = start_run(&c, &fan_out("cut_workers", n, 3_000), "cut-workers-1").await?;

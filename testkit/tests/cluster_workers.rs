@@ -123,10 +123,11 @@ async fn worker_killed_mid_task_its_tasks_rerun_elsewhere_once() -> anyhow::Resu
 async fn worker_paused_past_its_lease_its_late_result_is_refused() -> anyhow::Result<()> {
     let _one = serial().await;
     let began = Instant::now();
-    let mut c = HaCluster::start(HaConfig::default()).await?;
-    c.add_worker("w1", "local", 1)?;
-    c.add_worker("w2", "local", 1)?;
-    wait_workers(&c, 2).await?;
+    let c = cluster(
+        HaConfig::default(),
+        &[("w1", "local", 1), ("w2", "local", 1)],
+    )
+    .await?;
     let run = start_run(&c, &one_slow_task("pause_worker", 3_000), "pause-worker-1").await?;
     let ledger = Ledger::default();
     let poller = ledger.watch(&c, vec![run.clone()]);
@@ -233,17 +234,17 @@ async fn worker_paused_past_its_lease_its_late_result_is_refused() -> anyhow::Re
 async fn duplicate_dispatch_commits_one_result() -> anyhow::Result<()> {
     let _one = serial().await;
     let began = Instant::now();
-    let mut c = HaCluster::start(HaConfig {
-        extra_env: vec![(
-            "BATON_FAULT_DUPLICATE_DISPATCH".to_string(),
-            "dup".to_string(),
-        )],
-        ..HaConfig::default()
-    })
+    let c = cluster(
+        HaConfig {
+            extra_env: vec![(
+                "BATON_FAULT_DUPLICATE_DISPATCH".to_string(),
+                "dup".to_string(),
+            )],
+            ..HaConfig::default()
+        },
+        &[("w1", "local", 2), ("w2", "local", 2)],
+    )
     .await?;
-    c.add_worker("w1", "local", 2)?;
-    c.add_worker("w2", "local", 2)?;
-    wait_workers(&c, 2).await?;
     // `fail` with `succeed_from_attempt: 1` returns its attempt number, so each attempt's
     // result says who produced it.
     let source = r#"

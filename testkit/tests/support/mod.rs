@@ -7,7 +7,7 @@
 use baton_cli::Client;
 use baton_common::result_store::ResultStore;
 use baton_proto as pb;
-use baton_testkit::ha::HaCluster;
+use baton_testkit::ha::{HaCluster, HaConfig};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -327,6 +327,16 @@ pub async fn busy_task_runs(c: &HaCluster, run: &str) -> Option<Vec<pb::TaskRun>
             })
             .collect(),
     )
+}
+
+/// Starts a cluster with workers (id, labels, slots) and waits until they are connected.
+pub async fn cluster(cfg: HaConfig, workers: &[(&str, &str, u32)]) -> anyhow::Result<HaCluster> {
+    let mut c = HaCluster::start(cfg).await?;
+    for (id, labels, slots) in workers {
+        c.add_worker(id, labels, *slots)?;
+    }
+    wait_workers(&c, workers.len()).await?;
+    Ok(c)
 }
 
 /// Waits until `n` workers are connected to the leader.
