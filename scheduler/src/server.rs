@@ -13,6 +13,7 @@ use baton_common::flow::FlowSpec;
 use baton_common::result_store::{open_store, ResultStore};
 use baton_proto::flow_service_server::FlowServiceServer;
 use baton_proto::worker_service_server::WorkerServiceServer;
+use futures::StreamExt;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
@@ -208,18 +209,36 @@ async fn load(state: &dyn StateStore, results: &dyn ResultStore) -> Result<Recov
                 r.error.clear();
             }
         }
-        if r.value.is_none() {
-            if let Some(res) = &r.result {
-                match results.get(&res.uri).await {
-                    Ok(bytes) => r.value = serde_json::from_slice(&bytes).ok(),
-                    Err(e) => {
-                        tracing::error!(uri = %res.uri, error = %e, "cannot read a result back")
-                    }
-                }
-            }
-        }
         rec.task_runs
             .push((run.to_string(), task.to_string(), index, r));
+    }
+    // Values too large to sit in their record are read back from the result store, many at
+    // a time. A JSON null result is 4 bytes: a missing (or, in older records, null) value of
+    // a larger result must be read.
+    let missing: Vec<usize> = rec
+        .task_runs
+        .iter()
+        .enumerate()
+        .filter(|(_, (_, _, _, r))| {
+            r.result.as_ref().is_some_and(|res| {
+                r.value.is_none() || (r.value == Some(serde_json::Value::Null) && res.size != 4)
+            })
+        })
+        .map(|(i, _)| i)
+        .collect();
+    let reads = missing.into_iter().filter_map(|i| {
+        let uri = rec.task_runs[i].3.result.as_ref()?.uri.clone();
+        Some(async move { (i, results.get(&uri).await.map_err(|e| (uri, e))) })
+    });
+    let read: Vec<_> = futures::stream::iter(reads)
+        .buffer_unordered(32)
+        .collect()
+        .await;
+    for (i, got) in read {
+        match got {
+            Ok(bytes) => rec.task_runs[i].3.value = serde_json::from_slice(&bytes).ok(),
+            Err((uri, e)) => tracing::error!(%uri, error = %e, "cannot read a result back"),
+        }
     }
     Ok(rec)
 }

@@ -263,7 +263,11 @@ pub struct TaskRunRecord {
     #[serde(default)]
     pub result: Option<ResultRef>,
     /// The value when small; otherwise it is read back from `result`.
-    #[serde(default)]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "present_value"
+    )]
     pub value: Option<Value>,
     #[serde(default)]
     pub error: String,
@@ -303,6 +307,11 @@ impl TaskRunRecord {
     }
 }
 
+/// A value that is present, even when it is JSON null (a missing one is `None`).
+fn present_value<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Value>, D::Error> {
+    <Value as serde::Deserialize>::deserialize(d).map(Some)
+}
+
 /// State-store keys.
 pub mod keys {
     pub fn run(id: &str) -> String {
@@ -330,5 +339,37 @@ pub mod keys {
     /// The result-store key of a finished run's archive.
     pub fn archive(run: &str) -> String {
         format!("archive/runs/{run}.pb")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::TaskRunRecord;
+    use baton_common::state::TaskState;
+    use serde_json::Value;
+
+    fn record(value: Option<Value>) -> TaskRunRecord {
+        TaskRunRecord {
+            state: TaskState::Completed,
+            attempt: 1,
+            worker: String::new(),
+            started_ms: 0,
+            ended_ms: 0,
+            result: None,
+            value,
+            error: String::new(),
+            failures: 0,
+            lost: 0,
+            attempts: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn a_null_value_is_kept_apart_from_a_missing_one() {
+        for v in [None, Some(Value::Null), Some(serde_json::json!({"a": 1}))] {
+            let bytes = serde_json::to_vec(&record(v.clone())).expect("JSON");
+            let back: TaskRunRecord = serde_json::from_slice(&bytes).expect("a record");
+            assert_eq!(back.value, v);
+        }
     }
 }

@@ -69,7 +69,7 @@ fn binary(dir: &Path, name: &str) -> Result<PathBuf> {
 }
 
 /// The last `n` lines of a log file (best effort).
-fn log_tail(path: &Path, n: usize) -> String {
+pub fn log_tail(path: &Path, n: usize) -> String {
     match std::fs::read_to_string(path) {
         Ok(text) => {
             let lines: Vec<&str> = text.lines().collect();
@@ -124,7 +124,9 @@ impl Cluster {
         }
 
         let client = cluster.guarded(cluster.connect()).await?;
-        cluster.guarded(cluster.wait_for_workers(&client)).await?;
+        cluster
+            .guarded(wait_for_workers(&client, &cluster.worker_ids, &cluster.dir))
+            .await?;
         Ok((cluster, client))
     }
 
@@ -169,29 +171,6 @@ impl Cluster {
         }
     }
 
-    async fn wait_for_workers(&self, client: &Client) -> Result<()> {
-        let deadline = Instant::now() + STARTUP_TIMEOUT;
-        loop {
-            let listed = client.workers().await?;
-            let missing: Vec<&String> = self
-                .worker_ids
-                .iter()
-                .filter(|id| !listed.iter().any(|w| &w.id == *id))
-                .collect();
-            if missing.is_empty() {
-                return Ok(());
-            }
-            if Instant::now() >= deadline {
-                bail!(
-                    "workers {missing:?} did not connect within {}s (logs in {})",
-                    STARTUP_TIMEOUT.as_secs(),
-                    self.dir.display()
-                );
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-
     /// The folder of logs and scheduler state.
     pub fn dir(&self) -> &Path {
         &self.dir
@@ -223,29 +202,7 @@ impl Cluster {
 
     /// Runs `fut`, failing early if one of the processes dies meanwhile.
     pub async fn guarded<T>(&self, fut: impl Future<Output = Result<T>>) -> Result<T> {
-        let deaths = async {
-            loop {
-                if let Err(e) = self.check_alive() {
-                    return e;
-                }
-                tokio::time::sleep(Duration::from_millis(200)).await;
-            }
-        };
-        tokio::select! {
-            r = fut => {
-                if r.is_err() {
-                    // A failed call is often the first sign of a dying process: give it a
-                    // moment to exit, and name it if it did.
-                    for _ in 0..10 {
-                        self.check_alive()?;
-                        tokio::time::sleep(Duration::from_millis(200)).await;
-                    }
-                }
-                self.check_alive()?;
-                r
-            }
-            e = deaths => Err(e),
-        }
+        guarded(&|| self.check_alive(), fut).await
     }
 
     fn kill_all(&self) {
@@ -290,6 +247,59 @@ impl Drop for Cluster {
                 self.dir.display()
             );
         }
+    }
+}
+
+/// Runs `fut`, failing early if `check_alive` reports a dead process meanwhile.
+pub async fn guarded<T>(
+    check_alive: &(dyn Fn() -> Result<()> + Sync),
+    fut: impl Future<Output = Result<T>>,
+) -> Result<T> {
+    let deaths = async {
+        loop {
+            if let Err(e) = check_alive() {
+                return e;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    };
+    tokio::select! {
+        r = fut => {
+            if r.is_err() {
+                // A failed call is often the first sign of a dying process: give it a
+                // moment to exit, and name it if it did.
+                for _ in 0..10 {
+                    check_alive()?;
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+            }
+            check_alive()?;
+            r
+        }
+        e = deaths => Err(e),
+    }
+}
+
+/// Waits until every worker of `ids` is listed as connected (logs in `dir`).
+pub async fn wait_for_workers(client: &Client, ids: &[String], dir: &Path) -> Result<()> {
+    let deadline = Instant::now() + STARTUP_TIMEOUT;
+    loop {
+        let listed = client.workers().await?;
+        let missing: Vec<&String> = ids
+            .iter()
+            .filter(|id| !listed.iter().any(|w| &w.id == *id))
+            .collect();
+        if missing.is_empty() {
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
+            bail!(
+                "workers {missing:?} did not connect within {}s (logs in {})",
+                STARTUP_TIMEOUT.as_secs(),
+                dir.display()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 

@@ -1,9 +1,12 @@
 //! `baton-bench`: starts a scheduler and two workers as separate processes (the binaries
 //! next to this one) and measures fan-out throughput, chain latency, the ridge sweep's wall
-//! time and the scheduler's peak memory. It reports figures; it asserts nothing about speed,
-//! and exits non-zero only when a run fails or a process dies.
+//! time and the scheduler's peak memory. With `--cluster` the scheduler is testkit's
+//! [`baton_testkit::ha::HaCluster`] instead (3 replicas, a 3-member etcd cluster, results in
+//! S3), and the failover time is measured too. It reports figures; it asserts nothing about
+//! speed, and exits non-zero only when a run fails or a process dies.
 
 mod cluster;
+mod ha;
 mod report;
 
 use anyhow::{anyhow, bail, Context, Result};
@@ -11,21 +14,31 @@ use baton_cli::Client;
 use baton_common::state::{run_state_name, task_state_name};
 use baton_proto as pb;
 use clap::Parser;
-use cluster::Cluster;
-use report::{percentile, Figure, Report, Settings};
+use cluster::{guarded, Cluster};
+use ha::HaBench;
+use report::{percentile, ClusterSettings, Figure, Report, Settings};
 use serde_json::json;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
-/// Benchmarks a local baton cluster: one scheduler and two worker processes.
+/// Benchmarks a local baton cluster: one scheduler and two worker processes, or with
+/// --cluster three scheduler replicas on a three-member etcd cluster with results in S3.
 ///
 /// The plain-text report goes to stdout; with --json it goes to stderr and a JSON object
 /// goes to stdout instead.
 #[derive(Parser, Debug)]
 #[command(name = "baton-bench", version)]
 struct Args {
+    /// Cluster mode: 3 scheduler replicas, a 3-member etcd cluster and an S3 server for the
+    /// results (etcd and s3s-fs as installed by scripts/install-test-servers.sh); also
+    /// measures the failover after the leader is killed.
+    #[arg(long)]
+    cluster: bool,
+    /// Cluster mode: the scheduler replicas' leader lease in ms [default: the scheduler's].
+    #[arg(long, requires = "cluster")]
+    leader_lease_ms: Option<u64>,
     /// Task slots of each of the two workers.
     #[arg(long, default_value_t = 64)]
     slots: u32,
@@ -104,8 +117,38 @@ fn default_ridge_file() -> PathBuf {
     }
 }
 
+/// The processes under test.
+enum Nodes {
+    Single(Cluster),
+    Ha(Box<HaBench>),
+}
+
+impl Nodes {
+    fn check_alive(&self) -> Result<()> {
+        match self {
+            Nodes::Single(c) => c.check_alive(),
+            Nodes::Ha(h) => h.check_alive(),
+        }
+    }
+
+    /// The (leading) scheduler's pid, and whether it led through every scenario.
+    async fn scheduler_pid(&self) -> Result<(u32, bool)> {
+        match self {
+            Nodes::Single(c) => Ok((c.scheduler_pid(), true)),
+            Nodes::Ha(h) => h.leader_pid().await,
+        }
+    }
+
+    fn finish(self, keep: bool) -> Result<()> {
+        match self {
+            Nodes::Single(c) => c.finish(keep),
+            Nodes::Ha(h) => h.finish(keep),
+        }
+    }
+}
+
 struct Bench<'a> {
-    cluster: &'a Cluster,
+    alive: &'a (dyn Fn() -> Result<()> + Sync),
     client: Client,
     run_timeout: Duration,
 }
@@ -119,36 +162,35 @@ struct Finished {
 impl Bench<'_> {
     /// Starts a run of `source`, waits for it to end and fails unless it completed.
     async fn run(&self, source: &str, params: BTreeMap<String, String>) -> Result<Finished> {
-        self.cluster
-            .guarded(async {
-                let t0 = Instant::now();
-                let created = self
-                    .client
-                    .run_source(source.to_string(), params, String::new())
-                    .await
-                    .context("CreateRun failed")?;
-                let run = created
-                    .run
-                    .ok_or_else(|| anyhow!("CreateRun answered without a run"))?;
-                let run = tokio::time::timeout(self.run_timeout, self.client.wait(&run.id))
-                    .await
-                    .map_err(|_| {
-                        anyhow!(
-                            "run {} of {}/{} was not over after {}s (hang?)",
-                            run.id,
-                            run.project,
-                            run.flow,
-                            self.run_timeout.as_secs()
-                        )
-                    })?
-                    .with_context(|| format!("watching run {} failed", run.id))?;
-                let wall = t0.elapsed();
-                if run.state != pb::RunState::Completed as i32 {
-                    bail!("{}", self.failure(&run).await);
-                }
-                Ok(Finished { run, wall })
-            })
-            .await
+        guarded(self.alive, async {
+            let t0 = Instant::now();
+            let created = self
+                .client
+                .run_source(source.to_string(), params, String::new())
+                .await
+                .context("CreateRun failed")?;
+            let run = created
+                .run
+                .ok_or_else(|| anyhow!("CreateRun answered without a run"))?;
+            let run = tokio::time::timeout(self.run_timeout, self.client.wait(&run.id))
+                .await
+                .map_err(|_| {
+                    anyhow!(
+                        "run {} of {}/{} was not over after {}s (hang?)",
+                        run.id,
+                        run.project,
+                        run.flow,
+                        self.run_timeout.as_secs()
+                    )
+                })?
+                .with_context(|| format!("watching run {} failed", run.id))?;
+            let wall = t0.elapsed();
+            if run.state != pb::RunState::Completed as i32 {
+                bail!("{}", self.failure(&run).await);
+            }
+            Ok(Finished { run, wall })
+        })
+        .await
     }
 
     /// Describes a run that did not complete, with its first unsuccessful task runs.
@@ -207,10 +249,10 @@ impl Bench<'_> {
     /// The chain's wall time and the gaps between consecutive tasks' ends, in ms.
     async fn chain(&self, source: &str, n: usize) -> Result<(Duration, Vec<f64>)> {
         let done = self.run(source, BTreeMap::new()).await?;
-        let trs = self
-            .cluster
-            .guarded(async { Ok(self.client.task_runs(&done.run.id, false).await?) })
-            .await?;
+        let trs = guarded(self.alive, async {
+            Ok(self.client.task_runs(&done.run.id, false).await?)
+        })
+        .await?;
         let mut ends: Vec<Option<i64>> = vec![None; n];
         for t in &trs {
             let i: usize = t
@@ -269,16 +311,35 @@ async fn bench(args: &Args) -> Result<Report> {
         .map(|n| n.get())
         .unwrap_or(1);
 
-    progress(format!(
-        "starting a scheduler and 2 workers ({} slots each)",
-        args.slots
-    ));
-    let (cluster, client) = Cluster::start(args.slots).await?;
-    progress(format!("cluster up; logs in {}", cluster.dir().display()));
+    let leader_lease_ms = args
+        .leader_lease_ms
+        .unwrap_or(baton_scheduler::SchedulerConfig::default().leader_lease_ms);
+    let (mut nodes, client) = if args.cluster {
+        progress(format!(
+            "starting {} etcd members, s3s-fs, {} scheduler replicas (leader lease {}) and 2 workers ({} slots each)",
+            ha::ETCD_MEMBERS,
+            ha::REPLICAS,
+            ha::lease_text(leader_lease_ms),
+            args.slots
+        ));
+        let (h, client) = HaBench::start(args.slots, leader_lease_ms).await?;
+        progress(format!("cluster up; logs in {}", h.dir().display()));
+        (Nodes::Ha(Box::new(h)), client)
+    } else {
+        progress(format!(
+            "starting a scheduler and 2 workers ({} slots each)",
+            args.slots
+        ));
+        let (cluster, client) = Cluster::start(args.slots).await?;
+        progress(format!("cluster up; logs in {}", cluster.dir().display()));
+        (Nodes::Single(cluster), client)
+    };
+    let run_timeout = Duration::from_secs(args.run_timeout_s);
+    let alive = || nodes.check_alive();
     let b = Bench {
-        cluster: &cluster,
-        client,
-        run_timeout: Duration::from_secs(args.run_timeout_s),
+        alive: &alive,
+        client: client.clone(),
+        run_timeout,
     };
 
     let mut figures = Vec::new();
@@ -362,33 +423,73 @@ async fn bench(args: &Args) -> Result<Report> {
     }
     figures.push(ridge);
 
-    cluster.check_alive()?;
+    drop(b);
+    nodes.check_alive()?;
+    let which = if args.cluster {
+        "leading scheduler"
+    } else {
+        "scheduler"
+    };
     let mut peak = Figure::new(
         "scheduler_peak_rss_mib",
-        "scheduler peak memory (VmHWM)",
+        &format!("{which} peak memory (VmHWM)"),
         "MiB",
         1,
     );
     let mut rss = Figure::new(
         "scheduler_rss_mib",
-        "scheduler memory at the end (VmRSS)",
+        &format!("{which} memory at the end (VmRSS)"),
         "MiB",
         1,
     );
-    match cluster::memory_mib(cluster.scheduler_pid()) {
+    let (pid, led_throughout) = nodes.scheduler_pid().await?;
+    if !led_throughout {
+        progress(
+            "the leader changed during the scenarios: its memory covers only part of them".into(),
+        );
+    }
+    match cluster::memory_mib(pid) {
         Some((hwm, now)) => {
             peak.samples.push(hwm);
             rss.samples.push(now);
         }
         None => progress(format!(
-            "cannot read /proc/{}/status; memory not reported",
-            cluster.scheduler_pid()
+            "cannot read /proc/{pid}/status; memory not reported"
         )),
     }
     figures.extend([peak, rss]);
 
-    drop(b);
-    cluster.finish(args.keep)?;
+    if let Nodes::Ha(h) = &mut nodes {
+        let lease = ha::lease_text(leader_lease_ms);
+        let mut election = Figure::new(
+            "failover_election_s",
+            &format!("failover (leader lease {lease}): kill -9 -> new leader answers GetLeader"),
+            "s",
+            2,
+        );
+        let mut dispatch = Figure::new(
+            "failover_first_dispatch_s",
+            &format!(
+                "failover (leader lease {lease}): kill -9 -> first task started by new leader"
+            ),
+            "s",
+            2,
+        );
+        let total_slots = 2 * u64::from(args.slots);
+        for r in 1..=repeat {
+            let f = h.failover(&client, total_slots, r, run_timeout).await?;
+            progress(format!(
+                "failover #{r}: new leader after {:.2} s, first task started {:.2} s after the kill",
+                f.election.as_secs_f64(),
+                f.first_dispatch.as_secs_f64()
+            ));
+            election.samples.push(f.election.as_secs_f64());
+            dispatch.samples.push(f.first_dispatch.as_secs_f64());
+        }
+        figures.extend([election, dispatch]);
+    }
+
+    nodes.finish(args.keep)?;
     Ok(Report {
         settings: Settings {
             mode: if args.quick { "quick" } else { "full" },
@@ -404,6 +505,11 @@ async fn bench(args: &Args) -> Result<Report> {
             fanouts,
             chain: chain_len,
             ridge_file: ridge_file.display().to_string(),
+            cluster: args.cluster.then_some(ClusterSettings {
+                replicas: ha::REPLICAS,
+                etcd_members: ha::ETCD_MEMBERS,
+                leader_lease_ms,
+            }),
         },
         figures,
     })

@@ -110,6 +110,15 @@ pub struct Settings {
     pub fanouts: Vec<u64>,
     pub chain: usize,
     pub ridge_file: String,
+    /// Cluster mode's settings; `None` in single-node mode.
+    pub cluster: Option<ClusterSettings>,
+}
+
+/// The cluster of cluster mode (results in S3).
+pub struct ClusterSettings {
+    pub replicas: usize,
+    pub etcd_members: usize,
+    pub leader_lease_ms: u64,
 }
 
 /// Everything measured.
@@ -126,6 +135,12 @@ impl Report {
             "baton-bench ({} mode, {} build)\n",
             s.mode, s.build
         ));
+        if let Some(c) = &s.cluster {
+            out.push_str(&format!(
+                "cluster: {} scheduler replicas, {}-member etcd, results in S3, leader lease {} ms\n",
+                c.replicas, c.etcd_members, c.leader_lease_ms
+            ));
+        }
         out.push_str(&format!(
             "settings: {} workers x {} slots, repeat {}, {} cores, fan-outs {:?}, chain {}, ridge flow {}\n",
             s.workers, s.slots, s.repeat, s.cores, s.fanouts, s.chain, s.ridge_file
@@ -161,6 +176,12 @@ impl Report {
                 "fanouts": s.fanouts,
                 "chain": s.chain,
                 "ridge_file": s.ridge_file,
+                "cluster": s.cluster.as_ref().map(|c| json!({
+                    "scheduler_replicas": c.replicas,
+                    "etcd_members": c.etcd_members,
+                    "results": "s3",
+                    "leader_lease_ms": c.leader_lease_ms,
+                })),
             },
             "figures": figures,
         })
