@@ -299,4 +299,27 @@ impl FlowService for FlowApi {
     ) -> Result<Response<pb::GetLeaderResponse>, Status> {
         Ok(Response::new(self.roles.leader_info()))
     }
+
+    async fn list_flows(
+        &self,
+        _req: Request<pb::ListFlowsRequest>,
+    ) -> Result<Response<pb::ListFlowsResponse>, Status> {
+        Err(Status::unimplemented("ListFlows is not implemented yet"))
+    }
+
+    async fn get_flow(
+        &self,
+        _req: Request<pb::GetFlowRequest>,
+    ) -> Result<Response<pb::GetFlowResponse>, Status> {
+        Err(Status::unimplemented("GetFlow is not implemented yet"))
+    }
+
+    type GetLogsStream = Pin<Box<dyn Stream<Item = Result<pb::LogEntry, Status>> + Send>>;
+
+    async fn get_logs(
+        &self,
+        _req: Request<pb::GetLogsRequest>,
+    ) -> Result<Response<Self::GetLogsStream>, Status> {
+        Err(Status::unimplemented("GetLogs is not implemented yet"))
+    }
 }
