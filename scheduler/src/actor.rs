@@ -72,6 +72,12 @@ impl Handle {
         Ok(rx.await.map_err(|_| crate::Error::ShuttingDown)??)
     }
 
+    /// Queues a command without waiting (tests: several commands into one step).
+    #[cfg(test)]
+    pub fn try_tell(&self, cmd: Command) {
+        let _ = self.tx.try_send(cmd);
+    }
+
     /// Sends a command that has no reply.
     pub async fn tell(&self, cmd: Command) -> Result<(), crate::Error> {
         self.tx
@@ -88,6 +94,8 @@ struct Actor {
     sessions: HashMap<WorkerId, (u64, mpsc::UnboundedSender<pb::SchedulerMessage>)>,
     watchers: HashMap<String, Vec<Watcher>>,
     after_commit: Vec<AfterCommit>,
+    /// Watches to open once this step is committed.
+    new_watches: Vec<(String, bool, WatchTx, Reply<()>)>,
     self_tx: mpsc::Sender<Command>,
 }
 
@@ -106,6 +114,7 @@ pub fn spawn(
         sessions: HashMap::new(),
         watchers: HashMap::new(),
         after_commit: Vec::new(),
+        new_watches: Vec::new(),
         self_tx: tx.clone(),
     };
     let join = tokio::spawn(actor.run(rx, shutdown));
@@ -187,14 +196,18 @@ impl Actor {
                     let _ = reply.send(Err(e));
                 }
             },
-            Command::GetRun(id, reply) => {
-                let _ = reply.send(self.engine.get_run(&id));
-            }
-            Command::ListRuns(limit, reply) => {
-                let _ = reply.send(Ok(self.engine.list_runs(limit)));
-            }
+            // Reads are answered once this step's changes are committed, so that nobody
+            // sees a state that a failed commit (a deposed leader) never made durable.
+            Command::GetRun(id, reply) => self.after_commit.push(Box::new(move |e| {
+                let _ = reply.send(e.get_run(&id));
+            })),
+            Command::ListRuns(limit, reply) => self.after_commit.push(Box::new(move |e| {
+                let _ = reply.send(Ok(e.list_runs(limit)));
+            })),
             Command::TaskRuns(id, values, offset, limit, reply) => {
-                let _ = reply.send(self.engine.task_runs_page(&id, values, offset, limit));
+                self.after_commit.push(Box::new(move |e| {
+                    let _ = reply.send(e.task_runs_page(&id, values, offset, limit));
+                }))
             }
             Command::CancelRun(id, reply) => match self.engine.cancel_run(&id, now) {
                 Ok(()) => self.after_commit.push(Box::new(move |e: &Engine| {
@@ -207,7 +220,7 @@ impl Actor {
             Command::ListWorkers(reply) => {
                 let _ = reply.send(Ok(self.engine.workers()));
             }
-            Command::Watch(id, tasks, tx, reply) => self.watch(id, tasks, tx, reply),
+            Command::Watch(id, tasks, tx, reply) => self.new_watches.push((id, tasks, tx, reply)),
             Command::WorkerConnected(reg, session, tx) => {
                 tracing::info!(worker = %reg.id, session, labels = ?reg.labels, slots = reg.resources.slots, "worker connected");
                 self.sessions.insert(reg.id.clone(), (session, tx));
@@ -411,6 +424,9 @@ impl Actor {
         }
         if !self.watchers.is_empty() {
             self.notify(&fx.changed_runs, &fx.changed_task_runs);
+        }
+        for (id, tasks, tx, reply) in std::mem::take(&mut self.new_watches) {
+            self.watch(id, tasks, tx, reply);
         }
         for run in &fx.finished_runs {
             self.archive(run);

@@ -2,6 +2,8 @@
 //! client and worker gRPC services.
 
 pub mod actor;
+#[cfg(test)]
+mod actor_tests;
 pub mod config;
 pub mod engine;
 pub mod error;
