@@ -63,10 +63,34 @@ install_etcd() {
 }
 
 # ---------------------------------------------------------------------------------------
+# Python gRPC tools: a venv at $BATON_TOOLS/py with grpcio and grpcio-tools from PyPI, for
+# the Python client example (examples/python) and its test (testkit/tests/python_client.rs),
+# which generates the stubs with `$BATON_TOOLS/py/bin/python -m grpc_tools.protoc`.
+GRPCIO_VERSION="1.85.1"
+
+install_python_grpc() {
+  local venv="$BATON_TOOLS/py"
+  if "$venv/bin/python" -c "import grpc, grpc_tools, google.protobuf" >/dev/null 2>&1; then
+    say "python grpc: already installed in $venv"
+    return 0
+  fi
+  if ! python3 -c "import venv, ensurepip" >/dev/null 2>&1; then
+    say "python grpc: python3 with venv and ensurepip is needed (Debian: python3-venv)"
+    return 1
+  fi
+  say "python grpc: creating $venv with grpcio and grpcio-tools $GRPCIO_VERSION"
+  python3 -m venv "$venv"
+  "$venv/bin/python" -m pip install --quiet --disable-pip-version-check \
+    "grpcio==$GRPCIO_VERSION" "grpcio-tools==$GRPCIO_VERSION"
+  say "python grpc: $("$venv/bin/python" -c 'import grpc; print("grpcio", grpc.__version__)')"
+}
+
+# ---------------------------------------------------------------------------------------
 
 main() {
   install_etcd
   install_s3s_fs
+  install_python_grpc
 }
 
 main "$@"

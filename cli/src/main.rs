@@ -1,5 +1,7 @@
 //! The `baton` command line: an embedded cluster (`baton dev`), runs, results and workers.
 
+mod flow;
+mod logs;
 mod run;
 
 use anyhow::Context;
@@ -42,8 +44,13 @@ enum Cmd {
         #[arg(long = "worker")]
         workers: Vec<String>,
     },
-    /// Run a flow file and wait for it to finish.
+    /// Run a flow file, or a registered flow (--flow), and wait for it to finish.
     Run(run::RunArgs),
+    /// Registered flows and their versions.
+    Flow {
+        #[command(subcommand)]
+        cmd: flow::FlowCmd,
+    },
     /// List runs, most recent first.
     Runs {
         #[arg(long, default_value_t = 20)]
@@ -57,6 +64,8 @@ enum Cmd {
     },
     /// Cancel a run.
     Cancel { run: String },
+    /// Print the log lines of a run's tasks: `task[index]#attempt stream: line`.
+    Logs(logs::LogsArgs),
     /// List connected workers.
     Workers,
     /// Show which scheduler replica leads, its epoch and the replicas.
@@ -138,6 +147,7 @@ async fn execute(cli: Cli) -> anyhow::Result<i32> {
             Ok(0)
         }
         Cmd::Run(args) => run::run(&cli.scheduler, args).await,
+        Cmd::Flow { cmd } => flow::execute(&connect(&cli.scheduler).await?, cmd).await,
         Cmd::Runs { limit } => {
             let runs = connect(&cli.scheduler).await?.list_runs(limit).await?;
             print!("{}", format::runs_table(&runs));
@@ -158,6 +168,7 @@ async fn execute(cli: Cli) -> anyhow::Result<i32> {
             }
             Ok(0)
         }
+        Cmd::Logs(args) => logs::execute(&connect(&cli.scheduler).await?, args).await,
         Cmd::Cancel { run } => {
             let r = connect(&cli.scheduler).await?.cancel_run(&run).await?;
             println!("{}", format::run_line(&r));

@@ -11,8 +11,15 @@ use std::path::PathBuf;
 
 #[derive(clap::Args, Debug)]
 pub struct RunArgs {
-    /// The flow file (YAML or JSON).
-    file: PathBuf,
+    /// The flow file (YAML or JSON); or give --flow to run a registered flow.
+    #[arg(required_unless_present = "flow", conflicts_with = "flow")]
+    file: Option<PathBuf>,
+    /// Run a registered flow by name (NAME or PROJECT/NAME) instead of a file.
+    #[arg(long)]
+    flow: Option<String>,
+    /// With --flow: the version to run [default: the latest].
+    #[arg(long, default_value_t = 0, requires = "flow")]
+    version: u32,
     /// A parameter value as NAME=VALUE; VALUE is JSON, or else taken as a string.
     #[arg(long = "param", short = 'p')]
     params: Vec<String>,
@@ -52,7 +59,7 @@ fn parse_params(raw: &[String]) -> anyhow::Result<BTreeMap<String, String>> {
     Ok(out)
 }
 
-fn read_flow(path: &PathBuf) -> anyhow::Result<String> {
+pub fn read_flow(path: &PathBuf) -> anyhow::Result<String> {
     let meta =
         std::fs::metadata(path).with_context(|| format!("cannot read {}", path.display()))?;
     if meta.len() as usize > MAX_FLOW_FILE_BYTES {
@@ -68,7 +75,10 @@ fn read_flow(path: &PathBuf) -> anyhow::Result<String> {
 }
 
 pub async fn run(scheduler: &str, args: RunArgs) -> anyhow::Result<i32> {
-    let source = read_flow(&args.file)?;
+    let source = match &args.file {
+        Some(file) => read_flow(file)?,
+        None => String::new(),
+    };
     let params = parse_params(&args.params)?;
     let cluster = if args.embedded {
         Some(EmbeddedCluster::start("127.0.0.1:0", args.data.clone(), &default_workers()).await?)
@@ -100,7 +110,22 @@ async fn submit(
     } else {
         args.idempotency_key.clone()
     };
-    let created = client.run_source(source, params, key).await?;
+    let created = match &args.flow {
+        Some(name) => {
+            let (project, flow) = crate::flow::split_name(name);
+            client
+                .create_run(baton_proto::CreateRunRequest {
+                    project,
+                    flow,
+                    version: args.version,
+                    parameters: params.into_iter().collect(),
+                    idempotency_key: key,
+                    ..Default::default()
+                })
+                .await?
+        }
+        None => client.run_source(source, params, key).await?,
+    };
     let run = created.run.context("the scheduler returned no run")?;
     if args.detach {
         println!("{}", run.id);

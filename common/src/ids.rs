@@ -62,6 +62,11 @@ impl AttemptKey {
         format!("results/{}.json", self.stem())
     }
 
+    /// The key of chunk `chunk` (from 0) of this attempt's log lines; never reused.
+    pub fn log_key(&self, chunk: u32) -> String {
+        format!("logs/{}.{chunk}.log", self.stem())
+    }
+
     /// The folder under which this attempt writes its artifacts.
     pub fn artifact_prefix(&self) -> String {
         format!("artifacts/{}", self.stem())

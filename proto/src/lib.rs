@@ -8,3 +8,8 @@ pub mod v1 {
 }
 
 pub use v1::*;
+
+/// The encoded `google.protobuf.FileDescriptorSet` of `baton/v1/baton.proto` (with source
+/// info, so comments reach reflection clients), for gRPC server reflection.
+pub const FILE_DESCRIPTOR_SET: &[u8] =
+    include_bytes!(concat!(env!("OUT_DIR"), "/baton_descriptor.bin"));

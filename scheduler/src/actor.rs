@@ -39,6 +39,10 @@ pub enum Command {
     /// A page of a run's task runs: (run, with values, offset, limit) → (rows, total).
     TaskRuns(String, bool, usize, usize, Reply<(Vec<pb::TaskRun>, usize)>),
     CancelRun(String, Reply<pb::FlowRun>),
+    /// Registered flows of a project ("" for all).
+    ListFlows(String, Reply<Vec<pb::FlowSummary>>),
+    /// (project, flow, version) → that version's definition.
+    GetFlow(String, String, u32, Reply<pb::GetFlowResponse>),
     ListWorkers(Reply<Vec<pb::WorkerInfo>>),
     /// Watch a run; `true` to receive changed task runs too.
     Watch(String, bool, WatchTx, Reply<()>),
@@ -59,6 +63,8 @@ pub enum Command {
 #[derive(Clone)]
 pub struct Handle {
     tx: mpsc::Sender<Command>,
+    /// The log keeper of this leader.
+    pub logs: crate::logs::Logs,
 }
 
 impl Handle {
@@ -97,6 +103,7 @@ struct Actor {
     /// Watches to open once this step is committed.
     new_watches: Vec<(String, bool, WatchTx, Reply<()>)>,
     self_tx: mpsc::Sender<Command>,
+    logs: crate::logs::Logs,
 }
 
 /// Starts the actor; it stops when `shutdown` is cancelled or its state store fences it.
@@ -107,6 +114,7 @@ pub fn spawn(
     shutdown: CancellationToken,
 ) -> (Handle, tokio::task::JoinHandle<()>) {
     let (tx, rx) = mpsc::channel(65_536);
+    let logs = crate::logs::Logs::spawn(results.clone(), shutdown.clone());
     let actor = Actor {
         engine,
         state,
@@ -116,9 +124,10 @@ pub fn spawn(
         after_commit: Vec::new(),
         new_watches: Vec::new(),
         self_tx: tx.clone(),
+        logs: logs.clone(),
     };
     let join = tokio::spawn(actor.run(rx, shutdown));
-    (Handle { tx }, join)
+    (Handle { tx, logs }, join)
 }
 
 /// Most operations in one state-store batch.
@@ -201,6 +210,14 @@ impl Actor {
             Command::GetRun(id, reply) => self.after_commit.push(Box::new(move |e| {
                 let _ = reply.send(e.get_run(&id));
             })),
+            Command::ListFlows(project, reply) => self.after_commit.push(Box::new(move |e| {
+                let _ = reply.send(Ok(e.list_flows(&project)));
+            })),
+            Command::GetFlow(project, flow, version, reply) => {
+                self.after_commit.push(Box::new(move |e| {
+                    let _ = reply.send(e.get_flow(&project, &flow, version));
+                }))
+            }
             Command::ListRuns(limit, reply) => self.after_commit.push(Box::new(move |e| {
                 let _ = reply.send(Ok(e.list_runs(limit)));
             })),
@@ -251,14 +268,20 @@ impl Actor {
                     self.engine.task_started(&AttemptKey::from(k), s.at_ms);
                 }
             }
-            Up::Finished(f) => self.finished(id, session, f, now),
+            Up::Finished(f) => {
+                if let Some(k) = f.key.as_ref() {
+                    self.logs.ended(AttemptKey::from(k));
+                }
+                self.finished(id, session, f, now)
+            }
+            Up::Logs(l) => self.logs.lines(l),
             Up::Draining(_) => self.engine.worker_draining(id, session),
             Up::Batch(b) => {
                 for inner in b.messages.into_iter().filter_map(|m| m.msg) {
                     self.worker_message(id, session, inner, now);
                 }
             }
-            Up::Heartbeat(_) | Up::Logs(_) | Up::Register(_) => {}
+            Up::Heartbeat(_) | Up::Register(_) => {}
         }
     }
 

@@ -50,6 +50,7 @@ pub async fn serve(
     ))
     .max_decoding_message_size(MAX_MESSAGE_BYTES)
     .max_encoding_message_size(MAX_MESSAGE_BYTES);
+    let (health, reflection_v1, reflection_v1alpha) = meta_services().await?;
     tracing::info!(%addr, "serving");
     let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
     let stop = shutdown.clone();
@@ -59,6 +60,9 @@ pub async fn serve(
             .http2_keepalive_interval(Some(Duration::from_secs(5)))
             .add_service(flow)
             .add_service(worker)
+            .add_service(health)
+            .add_service(reflection_v1)
+            .add_service(reflection_v1alpha)
             .serve_with_incoming_shutdown(incoming, stop.cancelled_owned()),
     );
 
@@ -67,6 +71,40 @@ pub async fn serve(
     let served = server.await.map_err(|e| Error::Transport(e.to_string()))?;
     led?;
     served.map_err(|e| Error::Transport(e.to_string()))
+}
+
+/// The standard `grpc.health.v1.Health` service and server reflection (v1, and v1alpha for
+/// older clients), so that grpcurl and health probes work. Every replica that serves reports
+/// SERVING for `""` and both baton services, followers included: a follower answers every
+/// call (with the leader's address where it must), so it is healthy; which replica leads is
+/// `FlowService.GetLeader`'s business, not the health check's.
+async fn meta_services() -> Result<(
+    tonic_health::pb::health_server::HealthServer<impl tonic_health::pb::health_server::Health>,
+    tonic_reflection::server::v1::ServerReflectionServer<
+        impl tonic_reflection::server::v1::ServerReflection,
+    >,
+    tonic_reflection::server::v1alpha::ServerReflectionServer<
+        impl tonic_reflection::server::v1alpha::ServerReflection,
+    >,
+)> {
+    let (reporter, health) = tonic_health::server::health_reporter();
+    for name in [
+        baton_proto::flow_service_server::SERVICE_NAME,
+        baton_proto::worker_service_server::SERVICE_NAME,
+    ] {
+        reporter
+            .set_service_status(name, tonic_health::ServingStatus::Serving)
+            .await;
+    }
+    let reflection = || {
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(baton_proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    };
+    let bad = |e: tonic_reflection::server::Error| Error::Transport(format!("reflection: {e}"));
+    let v1 = reflection().build_v1().map_err(bad)?;
+    let v1alpha = reflection().build_v1alpha().map_err(bad)?;
+    Ok((health, v1, v1alpha))
 }
 
 async fn open_state(

@@ -10,9 +10,11 @@
 //! that proves it was not carried out. [`Client::watch`] streams survive a change of leader.
 
 mod cluster;
+mod logs;
 mod watch;
 
 pub use cluster::LEADER_METADATA;
+pub use logs::format_entry;
 pub use watch::RunWatch;
 
 use baton_proto as pb;
@@ -190,6 +192,39 @@ impl Client {
         self.call(Retry::Always, |mut c| {
             let req = req.clone();
             async move { c.register_flow(req).await }
+        })
+        .await
+    }
+
+    /// Registered flows of `project` (all projects when empty).
+    pub async fn list_flows(&self, project: &str) -> Result<Vec<pb::FlowSummary>, ClientError> {
+        let req = pb::ListFlowsRequest {
+            project: project.to_string(),
+        };
+        let r = self
+            .call(Retry::Always, |mut c| {
+                let req = req.clone();
+                async move { c.list_flows(req).await }
+            })
+            .await?;
+        Ok(r.flows)
+    }
+
+    /// Version `version` (0: the latest) of a registered flow.
+    pub async fn get_flow(
+        &self,
+        project: &str,
+        flow: &str,
+        version: u32,
+    ) -> Result<pb::GetFlowResponse, ClientError> {
+        let req = pb::GetFlowRequest {
+            project: project.to_string(),
+            flow: flow.to_string(),
+            version,
+        };
+        self.call(Retry::Always, |mut c| {
+            let req = req.clone();
+            async move { c.get_flow(req).await }
         })
         .await
     }

@@ -221,6 +221,31 @@ impl FlowService for Replica {
                 .collect(),
         }))
     }
+
+    // Not used by these tests.
+    async fn list_flows(
+        &self,
+        _r: Request<pb::ListFlowsRequest>,
+    ) -> Result<Response<pb::ListFlowsResponse>, Status> {
+        Err(Status::unimplemented("not in this test"))
+    }
+
+    async fn get_flow(
+        &self,
+        _r: Request<pb::GetFlowRequest>,
+    ) -> Result<Response<pb::GetFlowResponse>, Status> {
+        Err(Status::unimplemented("not in this test"))
+    }
+
+    type GetLogsStream =
+        std::pin::Pin<Box<dyn tokio_stream::Stream<Item = Result<pb::LogEntry, Status>> + Send>>;
+
+    async fn get_logs(
+        &self,
+        _r: Request<pb::GetLogsRequest>,
+    ) -> Result<Response<Self::GetLogsStream>, Status> {
+        Err(Status::unimplemented("not in this test"))
+    }
 }
 
 /// Starts a replica of `world`; returns its address.

@@ -5,6 +5,7 @@
 
 mod dag;
 mod dispatch;
+mod flows;
 mod lifecycle;
 mod model;
 mod recover;

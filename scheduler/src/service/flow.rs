@@ -302,24 +302,55 @@ impl FlowService for FlowApi {
 
     async fn list_flows(
         &self,
-        _req: Request<pb::ListFlowsRequest>,
+        req: Request<pb::ListFlowsRequest>,
     ) -> Result<Response<pb::ListFlowsResponse>, Status> {
-        Err(Status::unimplemented("ListFlows is not implemented yet"))
+        let project = req.into_inner().project;
+        let flows = self
+            .roles
+            .leader()?
+            .ask(|r| Command::ListFlows(project, r))
+            .await?;
+        Ok(Response::new(pb::ListFlowsResponse { flows }))
     }
 
     async fn get_flow(
         &self,
-        _req: Request<pb::GetFlowRequest>,
+        req: Request<pb::GetFlowRequest>,
     ) -> Result<Response<pb::GetFlowResponse>, Status> {
-        Err(Status::unimplemented("GetFlow is not implemented yet"))
+        let req = req.into_inner();
+        require("flow", &req.flow)?;
+        let project = if req.project.is_empty() {
+            "default".to_string()
+        } else {
+            req.project
+        };
+        let flow = self
+            .roles
+            .leader()?
+            .ask(|r| Command::GetFlow(project, req.flow, req.version, r))
+            .await?;
+        Ok(Response::new(flow))
     }
 
     type GetLogsStream = Pin<Box<dyn Stream<Item = Result<pb::LogEntry, Status>> + Send>>;
 
     async fn get_logs(
         &self,
-        _req: Request<pb::GetLogsRequest>,
+        req: Request<pb::GetLogsRequest>,
     ) -> Result<Response<Self::GetLogsStream>, Status> {
-        Err(Status::unimplemented("GetLogs is not implemented yet"))
+        let req = req.into_inner();
+        require("run_id", &req.run_id)?;
+        let leader = self.roles.leader()?;
+        let run = req.run_id.clone();
+        let asked = leader
+            .ask(|r| Command::TaskRuns(run, false, 0, usize::MAX, r))
+            .await;
+        let (task_runs, live) = match asked {
+            Err(e) if is_not_found(&e) => (self.archived(&req.run_id, e).await?.task_runs, false),
+            other => (other?.0, true),
+        };
+        let stream =
+            crate::logs::read::open(leader, self.results.clone(), req, task_runs, live).await?;
+        Ok(Response::new(Box::pin(stream)))
     }
 }

@@ -1,0 +1,90 @@
+//! `baton flow register|ls|show`: registered flows and their versions.
+
+use crate::run::read_flow;
+use anyhow::Context;
+use baton_cli::Client;
+use clap::Subcommand;
+use std::path::PathBuf;
+
+#[derive(Subcommand, Debug)]
+pub enum FlowCmd {
+    /// Register a flow file: a new version when the definition changed, else the same one.
+    Register { file: PathBuf },
+    /// List registered flows with their latest versions.
+    Ls {
+        /// Only this project's flows.
+        #[arg(long, default_value = "")]
+        project: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show one version of a flow (the latest by default) as JSON.
+    Show {
+        /// The flow, as NAME or PROJECT/NAME (project `default` when not given).
+        name: String,
+        #[arg(long, default_value_t = 0)]
+        version: u32,
+    },
+}
+
+/// Splits `PROJECT/NAME` (or `NAME`, in project `default`).
+pub fn split_name(name: &str) -> (String, String) {
+    match name.split_once('/') {
+        Some((p, f)) => (p.to_string(), f.to_string()),
+        None => ("default".to_string(), name.to_string()),
+    }
+}
+
+pub async fn execute(client: &Client, cmd: FlowCmd) -> anyhow::Result<i32> {
+    match cmd {
+        FlowCmd::Register { file } => {
+            let source = read_flow(&file)?;
+            let r = client
+                .register_flow(source)
+                .await
+                .with_context(|| format!("registering {}", file.display()))?;
+            let what = if r.created { "registered" } else { "unchanged" };
+            println!("{}/{} v{} ({what})", r.project, r.flow, r.version);
+            Ok(0)
+        }
+        FlowCmd::Ls { project, json } => {
+            let flows = client.list_flows(&project).await?;
+            if json {
+                let rows: Vec<serde_json::Value> = flows
+                    .iter()
+                    .map(|f| {
+                        serde_json::json!({
+                            "project": f.project,
+                            "flow": f.flow,
+                            "latest_version": f.latest_version,
+                            "description": f.description,
+                        })
+                    })
+                    .collect();
+                println!("{}", serde_json::to_string_pretty(&rows)?);
+            } else {
+                println!(
+                    "{:<20} {:<24} {:>7}  DESCRIPTION",
+                    "PROJECT", "FLOW", "VERSION"
+                );
+                for f in &flows {
+                    println!(
+                        "{:<20} {:<24} {:>7}  {}",
+                        f.project, f.flow, f.latest_version, f.description
+                    );
+                }
+            }
+            Ok(0)
+        }
+        FlowCmd::Show { name, version } => {
+            let (project, flow) = split_name(&name);
+            let f = client.get_flow(&project, &flow, version).await?;
+            eprintln!(
+                "{}/{} v{} (latest v{})",
+                f.project, f.flow, f.version, f.latest_version
+            );
+            println!("{}", f.definition_json);
+            Ok(0)
+        }
+    }
+}

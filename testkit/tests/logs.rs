@@ -1,0 +1,140 @@
+//! Task logs on real processes: a process task's stdout and stderr lines reach the
+//! scheduler, are stored per attempt in the result store, and `baton logs` prints them, in
+//! order, after the run or (`--follow`) as they come.
+
+use baton_cli::Client;
+use baton_testkit::{bin_path, eventually, Cluster};
+use std::collections::BTreeMap;
+use std::io::BufRead;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+fn baton_logs(cluster: &Cluster, args: &[&str]) -> anyhow::Result<std::process::Output> {
+    Ok(Command::new(bin_path("baton")?)
+        .args(["--scheduler", &cluster.url(), "logs"])
+        .args(args)
+        .output()?)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn baton_logs_prints_a_process_tasks_lines_in_order() -> anyhow::Result<()> {
+    let mut cluster = Cluster::start(&[]).await?;
+    cluster.add_worker("w", "local", 2)?;
+    let c = Client::connect(&cluster.url()).await?;
+    let flow = "name: talk\ntasks:\n  - name: talk\n    process:\n      command: sh\n      args: [\"-c\", \"for i in $(seq 1 200); do echo line-$i; done; echo oops >&2; echo 0\"]\n";
+    let run = c
+        .run_source(flow.into(), BTreeMap::new(), uuid_key())
+        .await?
+        .run
+        .expect("run");
+    let done = c.wait(&run.id).await?;
+    cluster.assert_completed(&done);
+
+    let out = baton_logs(&cluster, &[&run.id])?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout: Vec<&str> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("talk#1 stdout: "))
+        .collect();
+    let want: Vec<String> = (1..=200).map(|i| format!("line-{i}")).collect();
+    assert_eq!(stdout, want, "{text}");
+    assert!(text.lines().any(|l| l == "talk#1 stderr: oops"), "{text}");
+
+    // One task's lines only; an unknown run is an error.
+    let out = baton_logs(&cluster, &[&run.id, "nosuch"])?;
+    assert!(out.status.success() && out.stdout.is_empty());
+    let out = baton_logs(&cluster, &["no-such-run"])?;
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("NotFound")
+            || String::from_utf8_lossy(&out.stderr).contains("not found"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // The lines are in the result store, per attempt, as JSON lines.
+    let object = cluster
+        .store_dir()
+        .join("logs")
+        .join(&run.id)
+        .join("talk")
+        .join("attempt-1.0.log");
+    let stored = eventually(Duration::from_secs(10), "the stored log object", || {
+        let object = object.clone();
+        async move { std::fs::read_to_string(object).ok() }
+    })
+    .await?;
+    let first: serde_json::Value = serde_json::from_str(stored.lines().next().unwrap_or(""))?;
+    assert_eq!(first["stream"], "stdout");
+    assert_eq!(first["line"], "line-1");
+    assert!(first["at_ms"].as_i64().unwrap_or(0) > 0);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn baton_logs_follow_prints_lines_as_they_come_and_ends_with_the_run() -> anyhow::Result<()> {
+    let mut cluster = Cluster::start(&[]).await?;
+    cluster.add_worker("w", "local", 2)?;
+    let c = Client::connect(&cluster.url()).await?;
+    let flow = "name: ticks\ntasks:\n  - name: tick\n    process:\n      command: sh\n      args: [\"-c\", \"for i in $(seq 1 20); do echo tick-$i; sleep 0.1; done; echo 0\"]\n";
+    let run = c
+        .run_source(flow.into(), BTreeMap::new(), uuid_key())
+        .await?
+        .run
+        .expect("run");
+    let mut child = Command::new(bin_path("baton")?)
+        .args(["--scheduler", &cluster.url(), "logs", &run.id, "--follow"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    let stdout = child.stdout.take().expect("stdout");
+    let reader = std::thread::spawn(move || {
+        std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+            .map(|l| (Instant::now(), l))
+            .collect::<Vec<_>>()
+    });
+    let done = c.wait(&run.id).await?;
+    cluster.assert_completed(&done);
+    let ended = Instant::now();
+    let status = eventually(
+        Duration::from_secs(10),
+        "`baton logs --follow` to exit",
+        || {
+            let s = child.try_wait().ok().flatten();
+            async move { s }
+        },
+    )
+    .await;
+    let Ok(status) = status else {
+        let _ = child.kill();
+        anyhow::bail!("`baton logs --follow` did not exit after the run ended");
+    };
+    assert!(status.success());
+    let lines = reader.join().expect("reader");
+    let texts: Vec<&str> = lines.iter().map(|(_, l)| l.as_str()).collect();
+    let want: Vec<String> = (1..=20)
+        .map(|i| format!("tick#1 stdout: tick-{i}"))
+        .collect();
+    assert_eq!(texts, want);
+    // Printed as they came: the first well before the run ended.
+    let first = lines[0].0;
+    assert!(
+        ended.duration_since(first) >= Duration::from_millis(800),
+        "the first line came only {:?} before the run ended",
+        ended.duration_since(first)
+    );
+    Ok(())
+}
+
+/// An idempotency key, so that creating the run is retried while the scheduler is still
+/// being elected.
+fn uuid_key() -> String {
+    format!("logs-test-{}-{:?}", std::process::id(), Instant::now())
+}
