@@ -199,7 +199,15 @@ impl Actor {
             }
             Command::CreateRun(req, reply) => match self.engine.create_run(req, now) {
                 Ok((id, created)) => self.after_commit.push(Box::new(move |e: &Engine| {
-                    let _ = reply.send(e.get_run(&id.0).map(|r| (r, created)));
+                    let run = match e.get_run(&id.0) {
+                        // A finished run known only from the archive: the service reads it.
+                        Err(_) if !created => Ok(pb::FlowRun {
+                            id: id.0,
+                            ..Default::default()
+                        }),
+                        other => other,
+                    };
+                    let _ = reply.send(run.map(|r| (r, created)));
                 })),
                 Err(e) => {
                     let _ = reply.send(Err(e));

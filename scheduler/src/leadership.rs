@@ -12,6 +12,15 @@ use tonic::Status;
 
 /// Metadata key naming the leader's address in a refusal.
 pub const LEADER_METADATA: &str = "baton-leader";
+/// Metadata key present on every refusal by a replica that does not lead (yet): the
+/// request was not carried out, so any client may retry it.
+pub const REFUSED_METADATA: &str = "baton-refused";
+
+fn refused(mut s: Status) -> Status {
+    s.metadata_mut()
+        .insert(REFUSED_METADATA, MetadataValue::from_static("not-leader"));
+    s
+}
 
 /// What this replica is now.
 #[derive(Clone)]
@@ -51,10 +60,10 @@ impl Roles {
     pub fn leader(&self) -> Result<Handle, Status> {
         match self.role() {
             Role::Leader { handle, .. } => Ok(handle),
-            Role::Starting { epoch } => Err(Status::unavailable(format!(
+            Role::Starting { epoch } => Err(refused(Status::unavailable(format!(
                 "this replica was elected (epoch {epoch}) and is loading its state; retry shortly"
-            ))),
-            Role::Follower => Err(self.not_leader()),
+            )))),
+            Role::Follower => Err(refused(self.not_leader())),
         }
     }
 

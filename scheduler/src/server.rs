@@ -202,6 +202,14 @@ async fn load(state: &dyn StateStore, results: &dyn ResultStore) -> Result<Recov
             _ => tracing::error!(%key, "skipping an unreadable flow record"),
         }
     }
+    for (key, value) in state.load(keys::IDEMPOTENCY_PREFIX).await? {
+        if let (Some(k), Ok(run)) = (
+            key.strip_prefix(keys::IDEMPOTENCY_PREFIX),
+            String::from_utf8(value),
+        ) {
+            rec.idempotency.push((k.to_string(), run));
+        }
+    }
     for (key, value) in state.load(keys::RUN_PREFIX).await? {
         match serde_json::from_slice::<RunRecord>(&value) {
             Ok(r) => rec.runs.push(r),

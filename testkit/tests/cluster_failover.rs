@@ -250,6 +250,9 @@ async fn finished_runs_leave_etcd_and_are_read_back_from_the_archive() -> anyhow
     c.wait_leader(Duration::from_secs(30), Some(old)).await?;
     let trs = check_fan_out(&c, &ledger, &run, n).await?;
     assert!(trs.iter().all(|t| t.attempt == 1));
+    // The same idempotency key still names the same (archived) run on the new leader.
+    let again = start_run(&c, &fan_out("archived", n, 1), "archive-1").await?;
+    assert_eq!(again, run, "an idempotency key started a second run after the failover");
     Ok(())
 }
 

@@ -70,8 +70,14 @@ pub(super) fn retryable(status: &Status) -> bool {
 /// Whether a failure proves that the request was not carried out: no replica took it, or a
 /// replica refused it up front because it is not the leader (and named the leader).
 pub(super) fn refused_up_front(sent: bool, status: &Status) -> bool {
-    !sent || (status.code() == Code::Unavailable && leader_hint(status).is_some())
+    !sent
+        || (status.code() == Code::Unavailable
+            && (leader_hint(status).is_some() || status.metadata().get(REFUSED_METADATA).is_some()))
 }
+
+/// Metadata a replica puts on a refusal when it did not carry the request out (it does not
+/// lead, or is still loading its state).
+pub const REFUSED_METADATA: &str = "baton-refused";
 
 /// Exponential backoff (100 ms doubling to 2 s) with jitter: each delay is drawn from the
 /// upper half of its cap, so tries neither align across clients nor spin.

@@ -132,6 +132,8 @@ pub struct Engine {
     runs: Vec<Run>,
     run_index: HashMap<String, u32>,
     idempotency: HashMap<String, u32>,
+    /// Idempotency keys of finished runs that live only in the archive: key → run id.
+    archived_idempotency: HashMap<String, String>,
     workers: BTreeMap<WorkerId, WorkerSlot>,
     classes: Vec<Class>,
     class_index: HashMap<(Vec<String>, baton_common::flow::ResourceSpec), usize>,
@@ -156,6 +158,7 @@ impl Engine {
             runs: Vec::new(),
             run_index: HashMap::new(),
             idempotency: HashMap::new(),
+            archived_idempotency: HashMap::new(),
             workers: BTreeMap::new(),
             classes: Vec::new(),
             class_index: HashMap::new(),
@@ -227,6 +230,10 @@ impl Engine {
         if !req.idempotency_key.is_empty() {
             if let Some(&slot) = self.idempotency.get(&req.idempotency_key) {
                 return Ok((self.runs[slot as usize].id.clone(), false));
+            }
+            if let Some(run) = self.archived_idempotency.get(&req.idempotency_key) {
+                // A finished run a previous leader archived: the host reads it back.
+                return Ok((RunId(run.clone()), false));
             }
         }
         let flow = self.flow(&req.project, &req.flow, req.version)?;

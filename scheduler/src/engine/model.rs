@@ -331,6 +331,7 @@ pub mod keys {
     pub fn idempotency(key: &str) -> String {
         format!("idem/{key}")
     }
+    pub const IDEMPOTENCY_PREFIX: &str = "idem/";
     /// A task run's committed result pointer: created once, never overwritten.
     pub fn result(run: &str, task: &str, index: i64) -> String {
         format!("res/{run}/{task}/{index}")

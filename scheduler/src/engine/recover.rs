@@ -18,6 +18,8 @@ pub struct Recovered {
     pub runs: Vec<RunRecord>,
     /// `(run, task, map index, record)`.
     pub task_runs: Vec<(String, String, i64, TaskRunRecord)>,
+    /// `(idempotency key, run id)`, also of runs archived out of the live state.
+    pub idempotency: Vec<(String, String)>,
 }
 
 impl Engine {
@@ -88,6 +90,11 @@ impl Engine {
             }
         }
         self.pending_records.clear();
+        for (key, run) in rec.idempotency {
+            if !self.idempotency.contains_key(&key) {
+                self.archived_idempotency.insert(key, run);
+            }
+        }
         tracing::info!(runs = self.runs.len(), live, "recovered state");
     }
 

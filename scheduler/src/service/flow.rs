@@ -130,11 +130,21 @@ impl FlowService for FlowApi {
             idempotency_key: req.idempotency_key,
             scheduled_start_ms: 0,
         };
-        let (run, created) = self
+        let (mut run, created) = self
             .roles
             .leader()?
             .ask(|r| Command::CreateRun(new, r))
             .await?;
+        if !created && run.state == pb::RunState::Unspecified as i32 {
+            // The idempotency key names a finished run that was archived.
+            let missing = Error::Engine(crate::engine::EngineError::NotFound(format!(
+                "no run `{}`",
+                run.id
+            )));
+            if let Some(r) = self.archived(&run.id, missing).await?.run {
+                run = r;
+            }
+        }
         Ok(Response::new(pb::CreateRunResponse {
             run: Some(run),
             created,
