@@ -252,7 +252,10 @@ async fn finished_runs_leave_etcd_and_are_read_back_from_the_archive() -> anyhow
     assert!(trs.iter().all(|t| t.attempt == 1));
     // The same idempotency key still names the same (archived) run on the new leader.
     let again = start_run(&c, &fan_out("archived", n, 1), "archive-1").await?;
-    assert_eq!(again, run, "an idempotency key started a second run after the failover");
+    assert_eq!(
+        again, run,
+        "an idempotency key started a second run after the failover"
+    );
     Ok(())
 }
 
