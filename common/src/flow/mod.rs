@@ -179,6 +179,10 @@ pub struct RetryPolicy {
     /// Multiplier applied to the delay for each further retry (>= 1).
     #[serde(default = "one")]
     pub backoff: f64,
+    /// Up to this fraction of the delay is added at random (0 to 1), so that retries of
+    /// many task runs failing together spread out.
+    #[serde(default)]
+    pub jitter: f64,
 }
 
 fn one() -> f64 {
@@ -186,10 +190,18 @@ fn one() -> f64 {
 }
 
 impl RetryPolicy {
-    /// The delay before attempt `next` (2 for the first retry).
-    pub fn delay_before(&self, next: u32) -> u64 {
+    /// The delay before attempt `next` (2 for the first retry): `delay_ms * backoff^(next-2)`
+    /// plus a jitter drawn from `seed` and `next` (the same task run and attempt always get
+    /// the same delay, also after a restart).
+    pub fn delay_before(&self, next: u32, seed: u64) -> u64 {
         let exp = next.saturating_sub(2) as i32;
-        let d = self.delay_ms as f64 * self.backoff.max(1.0).powi(exp);
+        let base = self.delay_ms as f64 * self.backoff.max(1.0).powi(exp);
+        let mut x = seed ^ (u64::from(next)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        x ^= x >> 33;
+        x = x.wrapping_mul(0xff51_afd7_ed55_8ccd);
+        x ^= x >> 33;
+        let unit = (x >> 11) as f64 / (1u64 << 53) as f64;
+        let d = base * (1.0 + self.jitter.clamp(0.0, 1.0) * unit);
         d.min(24.0 * 3600.0 * 1000.0) as u64
     }
 }

@@ -85,6 +85,8 @@ struct RawRetries {
     delay_s: f64,
     #[serde(default)]
     backoff: Option<f64>,
+    #[serde(default)]
+    jitter: Option<f64>,
 }
 
 fn invalid(msg: impl Into<String>) -> Error {
@@ -182,6 +184,7 @@ fn convert_task(t: RawTask) -> Result<TaskSpec> {
             count: 0,
             delay_ms: 0,
             backoff: 1.0,
+            jitter: 0.0,
         },
         Some(r) => {
             if !(r.delay_s.is_finite() && r.delay_s >= 0.0) {
@@ -194,10 +197,15 @@ fn convert_task(t: RawTask) -> Result<TaskSpec> {
             if r.count > 100 {
                 return Err(at("retries.count", "must be at most 100".into()));
             }
+            let jitter = r.jitter.unwrap_or(0.0);
+            if !(jitter.is_finite() && (0.0..=1.0).contains(&jitter)) {
+                return Err(at("retries.jitter", "must be between 0 and 1".into()));
+            }
             RetryPolicy {
                 count: r.count,
                 delay_ms: (r.delay_s * 1000.0) as u64,
                 backoff,
+                jitter,
             }
         }
     };

@@ -137,6 +137,7 @@ impl Engine {
             .task(t.node as usize)
             .retries
             .clone();
+        let seed = self.jitter_seed(t);
         let tr = self.tr_mut(t);
         tr.failures += 1;
         tr.ended_ms = now;
@@ -149,7 +150,7 @@ impl Engine {
         if retryable && tr.failures <= policy.count {
             tr.state = TaskState::Retrying;
             let attempt = tr.attempt;
-            let delay = policy.delay_before(attempt + 1) as i64;
+            let delay = policy.delay_before(attempt + 1, seed) as i64;
             self.mark_tr(t);
             self.timer(now + delay, Timer::Retry(t, attempt));
         } else {
@@ -188,6 +189,16 @@ impl Engine {
     pub(super) fn enqueue(&mut self, t: TrRef) {
         let class = self.runs[t.run as usize].nodes[t.node as usize].class;
         self.classes[class].queue.push_back(t);
+    }
+
+    /// A stable seed for the retry jitter of task run `t` (its run, task and index).
+    pub(super) fn jitter_seed(&self, t: TrRef) -> u64 {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        self.runs[t.run as usize].id.0.hash(&mut h);
+        t.node.hash(&mut h);
+        t.index.hash(&mut h);
+        h.finish()
     }
 
     pub(super) fn tr_mut(&mut self, t: TrRef) -> &mut super::model::TaskRun {

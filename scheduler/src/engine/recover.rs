@@ -160,8 +160,9 @@ impl Engine {
             | TaskState::Skipped => rec.state,
             TaskState::Retrying => {
                 // Keep the backoff: the retry is due a delay after the failed attempt ended.
+                let seed = self.jitter_seed(t);
                 let policy = &self.runs[t.run as usize].flow.task(t.node as usize).retries;
-                let due = rec.ended_ms + policy.delay_before(rec.attempt + 1) as i64;
+                let due = rec.ended_ms + policy.delay_before(rec.attempt + 1, seed) as i64;
                 self.timer(due.max(now), Timer::Retry(t, rec.attempt));
                 TaskState::Retrying
             }

@@ -361,3 +361,53 @@ tasks:
     assert!(late.error.contains("gpu"), "{}", late.error);
     assert_eq!(run_state(&c.run(&run)), pb::RunState::Failed);
 }
+
+#[test]
+fn retry_jitter_spreads_delays_within_the_bound_and_is_stable() {
+    let mut c = VirtualCluster::new();
+    c.register(
+        r#"
+name: herd
+tasks:
+  - name: items
+    builtin: range
+    inputs: {n: 20}
+  - name: f
+    builtin: noop
+    inputs: {value: {result: items}}
+    map: [value]
+    retries: {count: 1, delay_s: 1, jitter: 0.5}
+"#,
+    );
+    c.connect("w", &[], 64, 0);
+    let run = c.start("herd", json!({}));
+    let items = c.step();
+    c.succeed(one(&items, "items"));
+    let first = c.step();
+    assert_eq!(first.len(), 20);
+    let failed_at = c.now;
+    for a in &first {
+        assert!(c.fail(a, "flaky", true));
+    }
+    // Every retry comes between 1 s and 1.5 s after the failure, and not all at once.
+    let mut at = Vec::new();
+    for _ in 0..1500 {
+        for a in c.advance(1) {
+            at.push(a.at - failed_at);
+        }
+    }
+    assert_eq!(at.len(), 20, "every task run retried");
+    assert!(at.iter().all(|d| (1000..=1500).contains(d)), "{at:?}");
+    let distinct: std::collections::BTreeSet<_> = at.iter().collect();
+    assert!(distinct.len() >= 10, "jitter spreads retries: {at:?}");
+    // The same task run and attempt always get the same delay.
+    let policy = baton_common::flow::RetryPolicy {
+        count: 1,
+        delay_ms: 1000,
+        backoff: 1.0,
+        jitter: 0.5,
+    };
+    assert_eq!(policy.delay_before(2, 42), policy.delay_before(2, 42));
+    assert_ne!(policy.delay_before(2, 42), policy.delay_before(2, 43));
+    let _ = run;
+}
