@@ -3,11 +3,11 @@
 //! state operations in one batch (group commit), and only then sends worker messages,
 //! answers clients and notifies watchers.
 
-use crate::engine::{Engine, EngineError, NewRun, Outcome, TrRef, WorkerRegistration};
+use crate::engine::{Engine, EngineError, NewRun, Outcome, WorkerRegistration};
 use crate::store::{Op, StateStore};
 use baton_common::flow::FlowSpec;
 use baton_common::ids::{AttemptKey, WorkerId};
-use baton_common::result_store::{ResultRef, ResultStore};
+use baton_common::result_store::ResultStore;
 use baton_common::time::now_ms;
 use baton_proto as pb;
 use pb::worker_message::Msg as Up;
@@ -92,6 +92,10 @@ impl Handle {
             .map_err(|_| crate::Error::ShuttingDown)
     }
 }
+
+mod archive;
+mod results;
+mod watch;
 
 struct Actor {
     engine: Engine,
@@ -293,111 +297,6 @@ impl Actor {
         }
     }
 
-    fn finished(&mut self, id: &WorkerId, session: u64, f: pb::Finished, now: i64) {
-        let Some(key) = f.key.as_ref().map(AttemptKey::from) else {
-            tracing::warn!(worker = %id, "finished message without a key");
-            return;
-        };
-        let outcome = match f.outcome {
-            Some(pb::finished::Outcome::Success(s)) => {
-                self.fault_crash_before_commit(&key);
-                let Some(result) = s.result.map(ResultRef::from) else {
-                    let outcome = Outcome::Failure {
-                        error: "worker reported success without a result location".into(),
-                        retryable: true,
-                    };
-                    self.engine.task_finished(id, session, &key, outcome, now);
-                    return;
-                };
-                if s.inline_value.is_empty() {
-                    self.load_result(id.clone(), session, key, result);
-                    return;
-                }
-                match serde_json::from_str(&s.inline_value) {
-                    Ok(value) => Outcome::Success { result, value },
-                    Err(e) => Outcome::Failure {
-                        error: format!("result is not valid JSON: {e}"),
-                        retryable: false,
-                    },
-                }
-            }
-            Some(pb::finished::Outcome::Failure(e)) => Outcome::Failure {
-                error: e.error,
-                retryable: e.retryable,
-            },
-            None => Outcome::Failure {
-                error: "worker reported neither success nor failure".into(),
-                retryable: true,
-            },
-        };
-        self.engine.task_finished(id, session, &key, outcome, now);
-    }
-
-    /// Fault injection: abort between a result's upload and its commit (once).
-    fn fault_crash_before_commit(&self, key: &AttemptKey) {
-        if let Some((task, marker)) = &self.engine.config().fault_crash_before_commit {
-            if *task == key.task && !marker.exists() {
-                let _ = std::fs::write(marker, key.to_string());
-                tracing::warn!(attempt = %key, "fault injection: aborting before the commit");
-                std::process::abort();
-            }
-        }
-    }
-
-    /// Reads a large result back from the store, then feeds it to the engine.
-    fn load_result(&self, id: WorkerId, session: u64, key: AttemptKey, result: ResultRef) {
-        let store = self.results.clone();
-        let tx = self.self_tx.clone();
-        tokio::spawn(async move {
-            let outcome = match store.get(&result.uri).await {
-                Ok(bytes) => match serde_json::from_slice(&bytes) {
-                    Ok(value) => Outcome::Success { result, value },
-                    Err(e) => Outcome::Failure {
-                        error: format!("result is not valid JSON: {e}"),
-                        retryable: false,
-                    },
-                },
-                Err(e) => Outcome::Failure {
-                    error: format!("cannot read result {}: {e}", result.uri),
-                    retryable: true,
-                },
-            };
-            let _ = tx
-                .send(Command::ResultLoaded(id, session, key, outcome))
-                .await;
-        });
-    }
-
-    fn watch(&mut self, id: String, with_task_runs: bool, tx: WatchTx, reply: Reply<()>) {
-        let first = self.engine.get_run(&id).and_then(|run| {
-            let task_runs = if with_task_runs {
-                self.engine.task_runs(&id, false)?
-            } else {
-                Vec::new()
-            };
-            Ok(pb::RunEvent {
-                run: Some(run),
-                task_runs,
-            })
-        });
-        match first {
-            Ok(ev) => {
-                let terminal = is_terminal(&ev);
-                let _ = tx.try_send(Ok(ev));
-                if !terminal {
-                    self.watchers
-                        .entry(id)
-                        .or_default()
-                        .push(Watcher { tx, with_task_runs });
-                }
-                let _ = reply.send(Ok(()));
-            }
-            Err(e) => {
-                let _ = reply.send(Err(e));
-            }
-        }
-    }
-
     /// Commits the engine's operations, then sends messages, replies and events.
     async fn flush(&mut self) -> Result<(), crate::Error> {
         let fx = self.engine.take_effects();
@@ -464,106 +363,4 @@ impl Actor {
         }
         Ok(())
     }
-
-    /// Writes a finished run's archive to the result store, then has the engine drop the
-    /// run from the live state.
-    fn archive(&self, run: &baton_common::ids::RunId) {
-        let archive = match (
-            self.engine.get_run(&run.0),
-            self.engine.task_runs(&run.0, true),
-        ) {
-            (Ok(r), Ok(trs)) => pb::RunArchive {
-                run: Some(r),
-                task_runs: trs,
-            },
-            _ => return,
-        };
-        let store = self.results.clone();
-        let tx = self.self_tx.clone();
-        let id = run.0.clone();
-        tokio::spawn(async move {
-            let bytes = prost::Message::encode_to_vec(&archive);
-            let key = crate::engine::keys::archive(&id);
-            let mut delay = std::time::Duration::from_millis(200);
-            for _ in 0..10 {
-                match store
-                    .put(&key, bytes.clone(), "application/x-protobuf")
-                    .await
-                {
-                    Ok(_) | Err(baton_common::Error::AlreadyExists(_)) => {
-                        let _ = tx.send(Command::Archived(id)).await;
-                        return;
-                    }
-                    Err(e) => {
-                        tracing::warn!(run = %id, error = %e, "cannot archive a finished run; retrying");
-                        tokio::time::sleep(delay).await;
-                        delay = (delay * 2).min(std::time::Duration::from_secs(5));
-                    }
-                }
-            }
-            tracing::error!(run = %id, "giving up archiving a finished run; it stays in the live state");
-        });
-    }
-
-    fn notify(&mut self, runs: &[baton_common::ids::RunId], trs: &[TrRef]) {
-        let mut by_run: HashMap<&str, Vec<TrRef>> = HashMap::new();
-        for &t in trs {
-            if let Some(id) = self.engine.run_id_of(t) {
-                if self.watchers.contains_key(id) {
-                    by_run.entry(id).or_default().push(t);
-                }
-            }
-        }
-        for id in runs {
-            let Some(watchers) = self.watchers.get_mut(&id.0) else {
-                continue;
-            };
-            let Ok(run) = self.engine.get_run(&id.0) else {
-                continue;
-            };
-            let refs = by_run.remove(id.0.as_str()).unwrap_or_default();
-            let bare = pb::RunEvent {
-                run: Some(run),
-                task_runs: Vec::new(),
-            };
-            let full = if !refs.is_empty() && watchers.iter().any(|w| w.with_task_runs) {
-                Some(pb::RunEvent {
-                    run: bare.run.clone(),
-                    task_runs: self.engine.task_run_views(&refs),
-                })
-            } else {
-                None
-            };
-            let terminal = is_terminal(&bare);
-            let event_for = |w: &Watcher| match (&full, w.with_task_runs) {
-                (Some(f), true) => f.clone(),
-                _ => bare.clone(),
-            };
-            if terminal {
-                for w in watchers.drain(..) {
-                    let ev = event_for(&w);
-                    tokio::spawn(async move {
-                        let _ = w.tx.send(Ok(ev)).await;
-                    });
-                }
-            } else {
-                watchers.retain(|w| match w.tx.try_send(Ok(event_for(w))) {
-                    Ok(()) | Err(mpsc::error::TrySendError::Full(_)) => true,
-                    Err(mpsc::error::TrySendError::Closed(_)) => false,
-                });
-            }
-            if watchers.is_empty() {
-                self.watchers.remove(&id.0);
-            }
-        }
-    }
-}
-
-fn is_terminal(ev: &pb::RunEvent) -> bool {
-    ev.run.as_ref().is_some_and(|r| {
-        matches!(
-            pb::RunState::try_from(r.state),
-            Ok(pb::RunState::Completed | pb::RunState::Failed | pb::RunState::Cancelled)
-        )
-    })
 }
