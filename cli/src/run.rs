@@ -36,6 +36,9 @@ pub struct RunArgs {
     /// submission can be retried safely when the leader changes].
     #[arg(long, default_value = "")]
     idempotency_key: String,
+    /// Do not reuse cached task results: every task runs (fresh results are still cached).
+    #[arg(long)]
+    no_cache: bool,
     /// Start a single-node cluster in this process for this run (no scheduler needed).
     #[arg(long)]
     embedded: bool,
@@ -120,11 +123,22 @@ async fn submit(
                     version: args.version,
                     parameters: params.into_iter().collect(),
                     idempotency_key: key,
+                    no_cache: args.no_cache,
                     ..Default::default()
                 })
                 .await?
         }
-        None => client.run_source(source, params, key).await?,
+        None => {
+            client
+                .create_run(baton_proto::CreateRunRequest {
+                    source,
+                    parameters: params.into_iter().collect(),
+                    idempotency_key: key,
+                    no_cache: args.no_cache,
+                    ..Default::default()
+                })
+                .await?
+        }
     };
     let run = created.run.context("the scheduler returned no run")?;
     if args.detach {

@@ -210,6 +210,14 @@ async fn load(state: &dyn StateStore, results: &dyn ResultStore) -> Result<Recov
             rec.idempotency.push((k.to_string(), run));
         }
     }
+    for (key, value) in state.load(keys::CACHE_PREFIX).await? {
+        match serde_json::from_slice::<crate::engine::CacheEntry>(&value) {
+            Ok(e) => rec
+                .cache
+                .push((key[keys::CACHE_PREFIX.len()..].to_string(), e)),
+            Err(e) => tracing::error!(%key, error = %e, "skipping an unreadable cache entry"),
+        }
+    }
     for (key, value) in state.load(keys::RUN_PREFIX).await? {
         match serde_json::from_slice::<RunRecord>(&value) {
             Ok(r) => rec.runs.push(r),

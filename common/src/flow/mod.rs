@@ -79,6 +79,21 @@ pub struct TaskSpec {
     /// Per-attempt timeout in milliseconds; 0 means none.
     #[serde(default)]
     pub timeout_ms: u64,
+    /// Result caching: a later run with the same inputs reuses a committed result.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cache: Option<CacheSpec>,
+}
+
+/// How a task's results are cached: the cache key is made of the project, flow, task name,
+/// `version` and the resolved inputs.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct CacheSpec {
+    /// The task version: change it to stop reusing older results.
+    #[serde(default)]
+    pub version: String,
+    /// How long an entry may be reused, in milliseconds after it was recorded; 0: forever.
+    #[serde(default)]
+    pub expire_ms: u64,
 }
 
 impl TaskSpec {

@@ -1,7 +1,7 @@
 //! Parsing a flow file (YAML, of which JSON is a subset) into a validated [`FlowSpec`].
 
 use super::validate::validate;
-use super::{FlowSpec, Input, ParamSpec, ResourceSpec, RetryPolicy, TaskKind, TaskSpec};
+use super::{CacheSpec, FlowSpec, Input, ParamSpec, ResourceSpec, RetryPolicy, TaskKind, TaskSpec};
 use crate::{Error, Result};
 use serde::Deserialize;
 use serde_json::Value;
@@ -54,6 +54,17 @@ struct RawTask {
     retries: Option<RawRetries>,
     #[serde(default)]
     timeout_s: Option<f64>,
+    #[serde(default)]
+    cache: Option<RawCache>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCache {
+    #[serde(default)]
+    version: Option<Value>,
+    #[serde(default)]
+    expire_s: Option<f64>,
 }
 
 #[derive(Deserialize)]
@@ -214,6 +225,23 @@ fn convert_task(t: RawTask) -> Result<TaskSpec> {
         Some(s) if s.is_finite() && s > 0.0 => (s * 1000.0).ceil() as u64,
         Some(_) => return Err(at("timeout_s", "must be a number > 0".into())),
     };
+    let cache = match t.cache {
+        None => None,
+        Some(c) => {
+            let version = match c.version {
+                None | Some(Value::Null) => String::new(),
+                Some(Value::String(s)) => s,
+                Some(v @ Value::Number(_)) => v.to_string(),
+                Some(_) => return Err(at("cache.version", "must be a string".into())),
+            };
+            let expire_ms = match c.expire_s {
+                None => 0,
+                Some(s) if s.is_finite() && s > 0.0 => (s * 1000.0).ceil() as u64,
+                Some(_) => return Err(at("cache.expire_s", "must be a number > 0".into())),
+            };
+            Some(CacheSpec { version, expire_ms })
+        }
+    };
     Ok(TaskSpec {
         name: t.name,
         kind,
@@ -224,6 +252,7 @@ fn convert_task(t: RawTask) -> Result<TaskSpec> {
         resources,
         retries,
         timeout_ms,
+        cache,
     })
 }
 

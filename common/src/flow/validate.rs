@@ -93,6 +93,11 @@ fn check_task(spec: &FlowSpec, names: &HashSet<&str>, t: &TaskSpec) -> Result<()
     if t.resources.slots == 0 {
         return Err(at("resources.slots", "must be at least 1".into()));
     }
+    if let Some(c) = &t.cache {
+        if c.version.len() > 128 {
+            return Err(at("cache.version", "must be at most 128 characters".into()));
+        }
+    }
     Ok(())
 }
 

@@ -1,9 +1,12 @@
 //! DAG progress: expanding a task into its task runs when its upstream tasks complete,
 //! finishing tasks, propagating failure downstream and finishing runs.
 
-use super::model::{NodeState, TaskRun, TrRef};
+use super::cache::CACHE_WORKER;
+use super::model::{keys, NodeState, TaskRun, TrRef};
 use super::Engine;
+use crate::store::Op;
 use baton_common::flow::resolve_inputs;
+use baton_common::ids::WorkerId;
 use baton_common::state::{RunState, TaskState};
 use serde_json::Value;
 use std::sync::Arc;
@@ -47,6 +50,7 @@ impl Engine {
         let mut runs = Vec::with_capacity(count);
         let mut ready = Vec::with_capacity(count);
         let mut done = 0;
+        let mut hits = Vec::new();
         for index in 0..count {
             let inputs = serde_json::to_string(&resolved.for_index(index)).unwrap_or_default();
             let mut tr = TaskRun::new(Arc::from(inputs));
@@ -62,6 +66,17 @@ impl Engine {
                     .remove(&(run_id.clone(), task.name.clone(), map_index))
             {
                 self.apply_record(&mut tr, t, rec, now);
+            } else if let Some((result, value)) = self.cache_hit(slot, i, &tr.inputs, now) {
+                // Completed from the cache: no dispatch, no attempt.
+                tracing::debug!(run = %run_id, task = %task.name, index, "cache hit");
+                tr.state = TaskState::Completed;
+                tr.result = Some(result);
+                tr.value = Some(value);
+                tr.worker = Some(WorkerId(CACHE_WORKER.to_string()));
+                tr.started_ms = now;
+                tr.ended_ms = now;
+                tr.inputs = self.no_inputs.clone();
+                hits.push((t, map_index));
             }
             if tr.state.is_terminal() {
                 done += 1;
@@ -77,6 +92,15 @@ impl Engine {
         node.done = done;
         for t in ready {
             self.classes[class].queue.push_back(t);
+        }
+        for (t, map_index) in hits {
+            // The cache hit's own committed pointer: the same result object.
+            let result = self.tr_mut(t).result.clone();
+            self.ops.push(Op::Create {
+                key: keys::result(&run_id, &task.name, map_index),
+                value: serde_json::to_vec(&result).unwrap_or_default(),
+            });
+            self.mark_tr(t);
         }
         if done == count {
             self.finish_node(slot, i, now);

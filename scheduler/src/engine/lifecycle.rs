@@ -124,6 +124,7 @@ impl Engine {
                 if let Some(a) = tr.attempts.last_mut() {
                     a.ended_ms = now;
                 }
+                self.cache_record(t, now);
                 self.finish_tr(t, now);
             }
             Outcome::Failure { error, retryable } => self.fail_attempt(t, error, retryable, now),

@@ -3,6 +3,7 @@
 //! the current time, and yields [`Effects`]: state-store operations to commit, then messages
 //! for workers. It does no I/O, so it is tested with virtual workers and virtual time.
 
+mod cache;
 mod dag;
 mod dispatch;
 mod flows;
@@ -14,7 +15,9 @@ mod tests;
 mod view;
 
 pub use dispatch::WorkerRegistration;
-pub use model::{keys, AttemptInfo, RunRecord, TaskRunRecord, TrRef, INLINE_VALUE_LIMIT};
+pub use model::{
+    keys, AttemptInfo, CacheEntry, RunRecord, TaskRunRecord, TrRef, INLINE_VALUE_LIMIT,
+};
 pub use recover::Recovered;
 
 use crate::store::Op;
@@ -87,6 +90,8 @@ pub struct NewRun {
     pub idempotency_key: String,
     /// 0 for "now".
     pub scheduled_start_ms: i64,
+    /// Do not reuse cached results (results are still recorded).
+    pub no_cache: bool,
 }
 
 /// How an attempt ended, as its worker reported it.
@@ -147,6 +152,8 @@ pub struct Engine {
     pending_records: HashMap<(String, String, i64), TaskRunRecord>,
     /// The shared empty inputs of finished task runs.
     no_inputs: Arc<str>,
+    /// Cache entries by key: the entry and its value.
+    cache: HashMap<String, (CacheEntry, Option<Arc<Value>>)>,
 }
 
 impl Engine {
@@ -170,6 +177,7 @@ impl Engine {
             touched_trs: Vec::new(),
             pending_records: HashMap::new(),
             no_inputs: Arc::from("{}"),
+            cache: HashMap::new(),
         }
     }
 
@@ -256,6 +264,7 @@ impl Engine {
             } else {
                 now
             },
+            no_cache: req.no_cache,
             open_nodes: flow.spec.tasks.len(),
             nodes,
             waiting_reason: String::new(),
@@ -335,6 +344,7 @@ impl Engine {
                 error: run.error.clone(),
                 idempotency_key: run.idempotency_key.clone(),
                 scheduled_start_ms: run.scheduled_start_ms,
+                no_cache: run.no_cache,
             };
             ops.push(Op::Put {
                 key: keys::run(&run.id.0),

@@ -198,6 +198,8 @@ pub struct Run {
     pub error: String,
     pub idempotency_key: String,
     pub scheduled_start_ms: i64,
+    /// Cached results are not reused (fresh results are still recorded).
+    pub no_cache: bool,
     pub nodes: Vec<Node>,
     /// Nodes not yet terminal.
     pub open_nodes: usize,
@@ -247,6 +249,29 @@ pub struct RunRecord {
     pub idempotency_key: String,
     #[serde(default)]
     pub scheduled_start_ms: i64,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub no_cache: bool,
+}
+
+/// A committed result that later task runs with the same cache key reuse.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct CacheEntry {
+    pub result: ResultRef,
+    /// The value when small; an entry without one is not reused after a restart.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "present_value"
+    )]
+    pub value: Option<Value>,
+    /// When the entry stops being reused (unix ms); 0: never.
+    #[serde(default)]
+    pub expires_ms: i64,
+    /// The run and task that computed it.
+    #[serde(default)]
+    pub run: String,
+    #[serde(default)]
+    pub task: String,
 }
 
 /// The durable record of a task run.
@@ -337,6 +362,11 @@ pub mod keys {
         format!("res/{run}/{task}/{index}")
     }
     pub const RESULT_PREFIX: &str = "res/";
+    /// A cache entry (see [`super::CacheEntry`]); `key` is a hex SHA-256.
+    pub fn cache(key: &str) -> String {
+        format!("cache/{key}")
+    }
+    pub const CACHE_PREFIX: &str = "cache/";
     /// The result-store key of a finished run's archive.
     pub fn archive(run: &str) -> String {
         format!("archive/runs/{run}.pb")

@@ -20,6 +20,8 @@ pub struct Recovered {
     pub task_runs: Vec<(String, String, i64, TaskRunRecord)>,
     /// `(idempotency key, run id)`, also of runs archived out of the live state.
     pub idempotency: Vec<(String, String)>,
+    /// `(cache key, entry)`: the key without its `cache/` prefix.
+    pub cache: Vec<(String, super::CacheEntry)>,
 }
 
 impl Engine {
@@ -35,6 +37,10 @@ impl Engine {
             if version as usize == versions.len() + 1 {
                 versions.push(Arc::new(CompiledFlow::new(spec, version)));
             }
+        }
+        for (key, entry) in rec.cache {
+            let value = entry.value.clone().map(Arc::new);
+            self.cache.insert(key, (entry, value));
         }
         let mut by_run: HashMap<String, Vec<(String, i64, TaskRunRecord)>> = HashMap::new();
         for (run, task, index, r) in rec.task_runs {
@@ -71,6 +77,7 @@ impl Engine {
                 error: r.error,
                 idempotency_key: r.idempotency_key,
                 scheduled_start_ms: r.scheduled_start_ms,
+                no_cache: r.no_cache,
                 nodes,
                 waiting_reason: String::new(),
                 dirty: false,
@@ -153,6 +160,9 @@ impl Engine {
         tr.ended_ms = rec.ended_ms;
         tr.result = rec.result;
         tr.value = rec.value.map(Arc::new);
+        if rec.worker == super::cache::CACHE_WORKER {
+            tr.worker = Some(WorkerId(rec.worker.clone()));
+        }
         tr.state = match rec.state {
             TaskState::Completed
             | TaskState::Failed

@@ -129,6 +129,7 @@ impl FlowService for FlowApi {
             params,
             idempotency_key: req.idempotency_key,
             scheduled_start_ms: 0,
+            no_cache: req.no_cache,
         };
         let (mut run, created) = self
             .roles

@@ -16,6 +16,7 @@ use baton_proto::scheduler_message::Msg;
 use serde_json::{json, Value};
 use std::collections::{BTreeMap, HashMap};
 
+mod caching;
 mod dataflow;
 mod dispatch;
 mod failures;
@@ -456,6 +457,10 @@ impl VirtualCluster {
                     serde_json::from_slice(value).expect("a task run record"),
                 )),
                 ["idem", _key] => {}
+                ["cache", k] => rec.cache.push((
+                    k.to_string(),
+                    serde_json::from_slice(value).expect("a cache entry"),
+                )),
                 ["res", run, task, index] => {
                     // A committed pointer matches its task run's record.
                     let tr: TaskRunRecord =
