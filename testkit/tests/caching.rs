@@ -1,0 +1,74 @@
+//! Task caching through the real CLI and processes: a second run with the same inputs is
+//! served from the cache (no worker runs it), `--no-cache` runs it again.
+
+use baton_testkit::{bin_path, eventually, Cluster};
+use std::process::Command;
+use std::time::Duration;
+
+fn baton(url: &str, args: &[&str]) -> anyhow::Result<(i32, String, String)> {
+    let out = Command::new(bin_path("baton")?)
+        .arg("--scheduler")
+        .arg(url)
+        .args(args)
+        .output()?;
+    Ok((
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    ))
+}
+
+/// The `slow` task run of a `baton run --json` output: (worker, attempt, result location).
+fn slow(out: &str) -> anyhow::Result<(String, u64, String)> {
+    let run: serde_json::Value = serde_json::from_str(out)?;
+    let t = run["task_runs"]
+        .as_array()
+        .and_then(|a| a.iter().find(|t| t["task"] == "slow"))
+        .ok_or_else(|| anyhow::anyhow!("no slow task run in {run}"))?;
+    Ok((
+        t["worker"].as_str().unwrap_or_default().to_string(),
+        t["attempt"].as_u64().unwrap_or_default(),
+        t["result"]["uri"].as_str().unwrap_or_default().to_string(),
+    ))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cached_task_is_not_run_again_unless_no_cache() -> anyhow::Result<()> {
+    let mut cluster = Cluster::start(&[]).await?;
+    cluster.add_worker("cache-w", "local", 2)?;
+    let url = cluster.url();
+    let flow = cluster.dir.path().join("cached.yaml");
+    std::fs::write(
+        &flow,
+        "name: cached\ntasks:\n  - name: slow\n    builtin: sleep\n    inputs: {ms: 300, value: 7}\n    cache: {version: v1, expire_s: 3600}\n",
+    )?;
+    let flow = flow.display().to_string();
+    eventually(Duration::from_secs(20), "the worker", || async {
+        let (code, out, _) = baton(&url, &["workers"]).ok()?;
+        (code == 0 && out.contains("cache-w")).then_some(())
+    })
+    .await?;
+    let (code, out, err) = baton(&url, &["run", &flow, "--json"])?;
+    assert_eq!(code, 0, "{err}");
+    let (worker, attempt, first) = slow(&out)?;
+    assert_eq!((worker.as_str(), attempt), ("cache-w", 1));
+    assert!(!first.is_empty(), "a result location: {out}");
+
+    let (code, out, err) = baton(&url, &["run", &flow, "--json"])?;
+    assert_eq!(code, 0, "{err}");
+    let (worker, attempt, again) = slow(&out)?;
+    assert_eq!(worker, "cache", "served from the cache, not by a worker");
+    assert_eq!(attempt, 0);
+    assert_eq!(again, first, "the cache hit points at the same result");
+
+    let (code, out, err) = baton(&url, &["run", &flow, "--json", "--no-cache"])?;
+    assert_eq!(code, 0, "{err}");
+    let (worker, attempt, fresh) = slow(&out)?;
+    assert_eq!(
+        (worker.as_str(), attempt),
+        ("cache-w", 1),
+        "--no-cache runs it"
+    );
+    assert_ne!(fresh, first);
+    Ok(())
+}
