@@ -24,9 +24,8 @@ async fn etcd_leader_killed_no_scheduler_failover_and_no_hang() -> anyhow::Resul
     .await?;
     let (leader, epoch) = c.wait_leader(Duration::from_secs(10), None).await?;
     let n = 80;
-    let run = start_run(&c, &fan_out("etcd_leader", n, 300), "etcd-leader-1").await?;
-    let ledger = Ledger::default();
-    let poller = ledger.watch(&c, vec![run.clone()]);
+    let (run, ledger, poller) =
+        watched_run(&c, &fan_out("etcd_leader", n, 300), "etcd-leader-1").await?;
     wait_completed(&c, &run, 10).await?;
 
     let victim = baton_testkit::eventually(Duration::from_secs(10), "an etcd leader", || {
@@ -85,9 +84,8 @@ async fn rolling_restart_of_every_etcd_member_loses_nothing() -> anyhow::Result<
     )
     .await?;
     let n = 240;
-    let run = start_run(&c, &fan_out("etcd_rolling", n, 400), "etcd-rolling-1").await?;
-    let ledger = Ledger::default();
-    let poller = ledger.watch(&c, vec![run.clone()]);
+    let (run, ledger, poller) =
+        watched_run(&c, &fan_out("etcd_rolling", n, 400), "etcd-rolling-1").await?;
     wait_completed(&c, &run, 10).await?;
     for i in 0..c.etcd.len() {
         let t = Instant::now();
@@ -135,9 +133,8 @@ async fn s3_restarted_mid_run_uploads_retry_and_the_run_completes() -> anyhow::R
     )
     .await?;
     let n = 120;
-    let run = start_run(&c, &fan_out("s3_restart", n, 300), "s3-restart-1").await?;
-    let ledger = Ledger::default();
-    let poller = ledger.watch(&c, vec![run.clone()]);
+    let (run, ledger, poller) =
+        watched_run(&c, &fan_out("s3_restart", n, 300), "s3-restart-1").await?;
     wait_completed(&c, &run, 10).await?;
     let before = task_runs(&c, &run)
         .await?

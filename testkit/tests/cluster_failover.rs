@@ -74,9 +74,8 @@ async fn leader_killed_mid_dispatch_a_follower_takes_over() -> anyhow::Result<()
     .await?;
     let (old, epoch) = c.wait_leader(Duration::from_secs(10), None).await?;
     let n = 300;
-    let run = start_run(&c, &fan_out("kill_leader", n, 40), "kill-leader-1").await?;
-    let ledger = Ledger::default();
-    let poller = ledger.watch(&c, vec![run.clone()]);
+    let (run, ledger, poller) =
+        watched_run(&c, &fan_out("kill_leader", n, 40), "kill-leader-1").await?;
     wait_completed(&c, &run, 50).await?;
     c.kill9_scheduler(old);
     let (new, new_epoch) = c.wait_leader(Duration::from_secs(30), Some(old)).await?;
@@ -97,9 +96,8 @@ async fn leader_paused_past_its_lease_is_fenced_and_steps_down() -> anyhow::Resu
     .await?;
     let (old, epoch) = c.wait_leader(Duration::from_secs(10), None).await?;
     let n = 300;
-    let run = start_run(&c, &fan_out("pause_leader", n, 40), "pause-leader-1").await?;
-    let ledger = Ledger::default();
-    let poller = ledger.watch(&c, vec![run.clone()]);
+    let (run, ledger, poller) =
+        watched_run(&c, &fan_out("pause_leader", n, 40), "pause-leader-1").await?;
     wait_completed(&c, &run, 30).await?;
     c.pause_scheduler(old);
     tokio::time::sleep(Duration::from_millis(2 * c.cfg.leader_lease_ms)).await;
@@ -146,9 +144,8 @@ async fn leader_paused_for_half_its_lease_keeps_leading_without_duplicates() -> 
     .await?;
     let (leader, epoch) = c.wait_leader(Duration::from_secs(10), None).await?;
     let n = 200;
-    let run = start_run(&c, &fan_out("short_pause", n, 100), "short-pause-1").await?;
-    let ledger = Ledger::default();
-    let poller = ledger.watch(&c, vec![run.clone()]);
+    let (run, ledger, poller) =
+        watched_run(&c, &fan_out("short_pause", n, 100), "short-pause-1").await?;
     wait_completed(&c, &run, 20).await?;
     c.pause_scheduler(leader);
     tokio::time::sleep(Duration::from_millis(c.cfg.leader_lease_ms / 2)).await;
@@ -185,9 +182,7 @@ async fn rolling_restart_of_every_replica_during_10k_tasks_commits_each_once() -
     )
     .await?;
     let n = 10_000;
-    let run = start_run(&c, &fan_out("rolling", n, 5), "rolling-1").await?;
-    let ledger = Ledger::default();
-    let poller = ledger.watch(&c, vec![run.clone()]);
+    let (run, ledger, poller) = watched_run(&c, &fan_out("rolling", n, 5), "rolling-1").await?;
     for i in 0..c.replicas.len() {
         // A graceful stop (SIGTERM: the leader resigns), then the same replica again.
         if let Some(mut node) = c.replicas[i].node.take() {
@@ -277,9 +272,8 @@ async fn leader_killed_between_upload_and_commit_commits_after_takeover() -> any
     .await?;
     let (old, epoch) = c.wait_leader(Duration::from_secs(10), None).await?;
     let n = 20;
-    let run = start_run(&c, &fan_out("crash_commit", n, 10), "crash-commit-1").await?;
-    let ledger = Ledger::default();
-    let poller = ledger.watch(&c, vec![run.clone()]);
+    let (run, ledger, poller) =
+        watched_run(&c, &fan_out("crash_commit", n, 10), "crash-commit-1").await?;
     // The leader aborts when `total`'s result arrives, after the worker uploaded it.
     baton_testkit::eventually(Duration::from_secs(60), "the leader to crash", || {
         let marker = marker.clone();

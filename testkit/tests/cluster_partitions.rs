@@ -43,9 +43,7 @@ async fn leader_cut_from_etcd_steps_down_at_its_lease_deadline() -> anyhow::Resu
     .await?;
     let (old, epoch) = c.wait_leader(Duration::from_secs(10), None).await?;
     let n = 60;
-    let run = start_run(&c, &fan_out("cut_etcd", n, 400), "cut-etcd-1").await?;
-    let ledger = Ledger::default();
-    let poller = ledger.watch(&c, vec![run.clone()]);
+    let (run, ledger, poller) = watched_run(&c, &fan_out("cut_etcd", n, 400), "cut-etcd-1").await?;
     wait_completed(&c, &run, 8).await?;
 
     let old_url = c.replicas[old].url();
@@ -130,9 +128,8 @@ async fn leader_cut_from_workers_keeps_leading_and_redispatches_after_the_worker
     .await?;
     let (leader, epoch) = c.wait_leader(Duration::from_secs(10), None).await?;
     let n = 8;
-    let run = start_run(&c, &fan_out("cut_workers", n, 3_000), "cut-workers-1").await?;
-    let ledger = Ledger::default();
-    let poller = ledger.watch(&c, vec![run.clone()]);
+    let (run, ledger, poller) =
+        watched_run(&c, &fan_out("cut_workers", n, 3_000), "cut-workers-1").await?;
     // All four slots busy.
     let busy = eventually(Duration::from_secs(30), "four running tasks", || async {
         let busy = busy_task_runs(&c, &run).await?;

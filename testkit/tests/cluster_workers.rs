@@ -43,9 +43,8 @@ async fn worker_killed_mid_task_its_tasks_rerun_elsewhere_once() -> anyhow::Resu
     c.add_worker("w2", "local", 2)?;
     wait_workers(&c, 2).await?;
     let n = 4;
-    let run = start_run(&c, &fan_out("kill_worker", n, 3_000), "kill-worker-1").await?;
-    let ledger = Ledger::default();
-    let poller = ledger.watch(&c, vec![run.clone()]);
+    let (run, ledger, poller) =
+        watched_run(&c, &fan_out("kill_worker", n, 3_000), "kill-worker-1").await?;
     let busy = eventually(Duration::from_secs(30), "four running tasks", || async {
         let busy = busy_task_runs(&c, &run).await?;
         let running = busy
@@ -128,9 +127,8 @@ async fn worker_paused_past_its_lease_its_late_result_is_refused() -> anyhow::Re
         &[("w1", "local", 1), ("w2", "local", 1)],
     )
     .await?;
-    let run = start_run(&c, &one_slow_task("pause_worker", 3_000), "pause-worker-1").await?;
-    let ledger = Ledger::default();
-    let poller = ledger.watch(&c, vec![run.clone()]);
+    let (run, ledger, poller) =
+        watched_run(&c, &one_slow_task("pause_worker", 3_000), "pause-worker-1").await?;
     let first = eventually(Duration::from_secs(30), "the task to run", || async {
         let busy = busy_task_runs(&c, &run).await?;
         busy.into_iter()
@@ -258,9 +256,7 @@ tasks:
     builtin: echo
     inputs: {value: {result: dup}}
 "#;
-    let run = start_run(&c, source, "dup-dispatch-1").await?;
-    let ledger = Ledger::default();
-    let poller = ledger.watch(&c, vec![run.clone()]);
+    let (run, ledger, poller) = watched_run(&c, source, "dup-dispatch-1").await?;
     let trs = check_run(&c, &ledger, &run, 2, Duration::from_secs(60)).await?;
     let dup = find(&trs, "dup", -1);
     let copy = find(&trs, "copy", -1);
