@@ -5,6 +5,7 @@ pub mod error;
 pub mod flow;
 pub mod ids;
 pub mod result_store;
+pub mod schedule;
 pub mod state;
 pub mod telemetry;
 pub mod time;

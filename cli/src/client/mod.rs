@@ -188,7 +188,10 @@ impl Client {
         &self,
         source: String,
     ) -> Result<pb::RegisterFlowResponse, ClientError> {
-        let req = pb::RegisterFlowRequest { source };
+        let req = pb::RegisterFlowRequest {
+            source,
+            schedule_active: false,
+        };
         self.call(Retry::Always, |mut c| {
             let req = req.clone();
             async move { c.register_flow(req).await }

@@ -246,6 +246,34 @@ impl FlowService for Replica {
     ) -> Result<Response<Self::GetLogsStream>, Status> {
         Err(Status::unimplemented("not in this test"))
     }
+
+    async fn set_schedule(
+        &self,
+        _r: Request<pb::SetScheduleRequest>,
+    ) -> Result<Response<pb::SetScheduleResponse>, Status> {
+        Err(Status::unimplemented("not in this test"))
+    }
+
+    async fn set_concurrency_limit(
+        &self,
+        _r: Request<pb::SetConcurrencyLimitRequest>,
+    ) -> Result<Response<pb::ConcurrencyLimit>, Status> {
+        Err(Status::unimplemented("not in this test"))
+    }
+
+    async fn delete_concurrency_limit(
+        &self,
+        _r: Request<pb::DeleteConcurrencyLimitRequest>,
+    ) -> Result<Response<pb::DeleteConcurrencyLimitResponse>, Status> {
+        Err(Status::unimplemented("not in this test"))
+    }
+
+    async fn list_concurrency_limits(
+        &self,
+        _r: Request<pb::ListConcurrencyLimitsRequest>,
+    ) -> Result<Response<pb::ListConcurrencyLimitsResponse>, Status> {
+        Err(Status::unimplemented("not in this test"))
+    }
 }
 
 /// Starts a replica of `world`; returns its address.

@@ -5,7 +5,7 @@ mod resolve;
 mod validate;
 
 pub use parse::{parse_flow, MAX_FLOW_FILE_BYTES};
-pub use resolve::{bind_parameters, resolve_inputs, InputError, ResolvedInputs};
+pub use resolve::{bind_parameters, resolve_inputs, InputError, ResolvedInputs, RunContext};
 
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -37,7 +37,31 @@ pub struct FlowSpec {
     pub parameters: BTreeMap<String, ParamSpec>,
     /// Tasks in a topological order.
     pub tasks: Vec<TaskSpec>,
+    /// A cron schedule that starts runs with the parameters' defaults.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub schedule: Option<ScheduleSpec>,
 }
+
+/// A flow's cron schedule (see [`crate::schedule`]).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ScheduleSpec {
+    pub cron: String,
+    /// IANA time zone name; empty: UTC.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub timezone: String,
+    #[serde(default)]
+    pub catch_up: crate::schedule::CatchUp,
+}
+
+/// Values a task input can take from its run with `{context: NAME}`.
+pub const CONTEXT_KEYS: &[&str] = &[
+    "scheduled_start_ms",
+    "scheduled_start_s",
+    "scheduled_start",
+    "run_id",
+    "flow_version",
+    "parent_run_id",
+];
 
 impl FlowSpec {
     /// The index of the task named `slug`.
@@ -82,6 +106,9 @@ pub struct TaskSpec {
     /// Result caching: a later run with the same inputs reuses a committed result.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cache: Option<CacheSpec>,
+    /// Tags; a concurrency limit on a tag bounds the attempts holding it cluster-wide.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tags: Vec<String>,
 }
 
 /// How a task's results are cached: the cache key is made of the project, flow, task name,
@@ -111,6 +138,11 @@ impl TaskSpec {
         out
     }
 
+    /// Whether the scheduler runs the task itself (a sub-flow) instead of a worker.
+    pub fn is_subflow(&self) -> bool {
+        matches!(self.kind, TaskKind::Flow { .. })
+    }
+
     /// Whether the task fans out.
     pub fn is_mapped(&self) -> bool {
         !self.map.is_empty()
@@ -130,6 +162,23 @@ pub enum TaskKind {
         args: Vec<String>,
         #[serde(default)]
         env: BTreeMap<String, String>,
+        /// Exit codes that fail the task without retries (any other non-zero exit is
+        /// retried as the retry policy allows).
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        fatal_exit_codes: Vec<i32>,
+    },
+    /// A sub-flow: each task run starts a run of a registered flow with the task's inputs as
+    /// its parameters, waits for it and yields the result of the child's task `result`.
+    /// Run by the scheduler itself; the child's tasks go to workers by their own labels.
+    Flow {
+        project: String,
+        flow: String,
+        /// 0: the latest version when the child starts.
+        #[serde(default)]
+        version: u32,
+        /// The child task whose result this task yields; empty: the child run's id.
+        #[serde(default)]
+        result: String,
     },
 }
 
@@ -147,6 +196,8 @@ pub enum Input {
     Value(serde_json::Value),
     /// The concatenation of several inputs; lists are spliced one level, other values appended.
     Flatten(Vec<Input>),
+    /// A value of the run itself (one of [`CONTEXT_KEYS`]), e.g. its scheduled start.
+    Context(String),
 }
 
 impl Input {
@@ -158,7 +209,7 @@ impl Input {
                 }
             }
             Input::Flatten(items) => items.iter().for_each(|i| i.upstream(out)),
-            Input::Param(_) | Input::Value(_) => {}
+            Input::Param(_) | Input::Value(_) | Input::Context(_) => {}
         }
     }
 }

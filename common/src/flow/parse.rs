@@ -1,7 +1,10 @@
 //! Parsing a flow file (YAML, of which JSON is a subset) into a validated [`FlowSpec`].
 
 use super::validate::validate;
-use super::{CacheSpec, FlowSpec, Input, ParamSpec, ResourceSpec, RetryPolicy, TaskKind, TaskSpec};
+use super::{
+    CacheSpec, FlowSpec, Input, ParamSpec, ResourceSpec, RetryPolicy, ScheduleSpec, TaskKind,
+    TaskSpec,
+};
 use crate::{Error, Result};
 use serde::Deserialize;
 use serde_json::Value;
@@ -21,6 +24,30 @@ struct RawFlow {
     #[serde(default)]
     parameters: BTreeMap<String, Option<RawParam>>,
     tasks: Vec<Value>,
+    #[serde(default)]
+    schedule: Option<RawSchedule>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSchedule {
+    cron: String,
+    #[serde(default)]
+    timezone: String,
+    #[serde(default)]
+    catch_up: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSubflow {
+    flow: String,
+    #[serde(default)]
+    project: Option<String>,
+    #[serde(default)]
+    version: u32,
+    #[serde(default)]
+    result: String,
 }
 
 #[derive(Deserialize)]
@@ -41,6 +68,8 @@ struct RawTask {
     #[serde(default)]
     process: Option<RawProcess>,
     #[serde(default)]
+    subflow: Option<RawSubflow>,
+    #[serde(default)]
     inputs: BTreeMap<String, Value>,
     #[serde(default)]
     map: Vec<String>,
@@ -56,6 +85,8 @@ struct RawTask {
     timeout_s: Option<f64>,
     #[serde(default)]
     cache: Option<RawCache>,
+    #[serde(default)]
+    tags: Vec<String>,
 }
 
 #[derive(Deserialize)]
@@ -75,6 +106,8 @@ struct RawProcess {
     args: Vec<String>,
     #[serde(default)]
     env: BTreeMap<String, String>,
+    #[serde(default)]
+    fatal_exit_codes: Vec<i32>,
 }
 
 #[derive(Deserialize)]
@@ -126,7 +159,10 @@ pub fn parse_flow(source: &str) -> Result<FlowSpec> {
             .unwrap_or_else(|| format!("task #{}", i + 1));
         let raw_task: RawTask =
             serde_json::from_value(t).map_err(|e| invalid(format!("{name}: {e}")))?;
-        tasks.push(convert_task(raw_task)?);
+        tasks.push(convert_task(
+            raw_task,
+            raw.project.as_deref().unwrap_or("default"),
+        )?);
     }
     let parameters = raw
         .parameters
@@ -145,7 +181,19 @@ pub fn parse_flow(source: &str) -> Result<FlowSpec> {
             )
         })
         .collect();
+    let schedule = match raw.schedule {
+        None => None,
+        Some(s) => {
+            crate::schedule::CronSchedule::parse(&s.cron, &s.timezone)?;
+            Some(ScheduleSpec {
+                cron: s.cron.trim().to_string(),
+                timezone: s.timezone,
+                catch_up: crate::schedule::CatchUp::parse(&s.catch_up)?,
+            })
+        }
+    };
     let spec = FlowSpec {
+        schedule,
         name: raw.name,
         project: raw.project.unwrap_or_else(|| "default".to_string()),
         labels: raw.labels,
@@ -155,25 +203,32 @@ pub fn parse_flow(source: &str) -> Result<FlowSpec> {
     validate(spec)
 }
 
-fn convert_task(t: RawTask) -> Result<TaskSpec> {
+fn convert_task(t: RawTask, project: &str) -> Result<TaskSpec> {
     let at = |field: &str, msg: String| invalid(format!("task `{}`: {field}: {msg}", t.name));
-    let kind = match (t.builtin, t.process) {
-        (Some(f), None) => TaskKind::Builtin { function: f },
-        (None, Some(p)) => TaskKind::Process {
+    let kind = match (t.builtin, t.process, t.subflow) {
+        (Some(f), None, None) => TaskKind::Builtin { function: f },
+        (None, Some(p), None) => TaskKind::Process {
             command: p.command,
             args: p.args,
             env: p.env,
+            fatal_exit_codes: p.fatal_exit_codes,
         },
-        (Some(_), Some(_)) => {
+        (None, None, Some(f)) => TaskKind::Flow {
+            project: f.project.unwrap_or_else(|| project.to_string()),
+            flow: f.flow,
+            version: f.version,
+            result: f.result,
+        },
+        (None, None, None) => {
             return Err(at(
                 "kind",
-                "give either `builtin` or `process`, not both".into(),
+                "missing task kind: give `builtin: FUNCTION`, `process: {command: ...}` or `subflow: {flow: ...}`".into(),
             ))
         }
-        (None, None) => {
+        _ => {
             return Err(at(
                 "kind",
-                "missing task kind: give `builtin: FUNCTION` or `process: {command: ...}`".into(),
+                "give one of `builtin`, `process` or `subflow`, not several".into(),
             ))
         }
     };
@@ -253,6 +308,7 @@ fn convert_task(t: RawTask) -> Result<TaskSpec> {
         retries,
         timeout_ms,
         cache,
+        tags: t.tags,
     })
 }
 
@@ -280,6 +336,10 @@ fn convert_input(v: &Value) -> std::result::Result<Input, String> {
             })
         }
         ["value"] => Ok(Input::Value(m["value"].clone())),
+        ["context"] => match &m["context"] {
+            Value::String(c) => Ok(Input::Context(c.clone())),
+            other => Err(format!("`context` must be a name, got {other}")),
+        },
         ["flatten"] => match &m["flatten"] {
             Value::Array(items) => Ok(Input::Flatten(
                 items
@@ -290,7 +350,7 @@ fn convert_input(v: &Value) -> std::result::Result<Input, String> {
             other => Err(format!("`flatten` must be a list of inputs, got {other}")),
         },
         _ => Err(format!(
-            "expected one of {{param}}, {{result}}, {{result, index}}, {{value}} or {{flatten}}; got keys {keys:?} (write a literal mapping as {{value: ...}})"
+            "expected one of {{param}}, {{result}}, {{result, index}}, {{value}}, {{context}} or {{flatten}}; got keys {keys:?} (write a literal mapping as {{value: ...}})"
         )),
     }
 }

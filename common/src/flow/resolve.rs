@@ -82,10 +82,38 @@ fn kind_of(v: &Value) -> &'static str {
     }
 }
 
+/// What `{context: NAME}` inputs read from their run.
+#[derive(Debug, Clone, Default)]
+pub struct RunContext {
+    pub run_id: String,
+    pub flow_version: u32,
+    pub scheduled_start_ms: i64,
+    pub parent_run_id: String,
+}
+
+impl RunContext {
+    fn get(&self, name: &str) -> Option<Value> {
+        Some(match name {
+            "scheduled_start_ms" => Value::from(self.scheduled_start_ms),
+            "scheduled_start_s" => Value::from(self.scheduled_start_ms.div_euclid(1000)),
+            "scheduled_start" => Value::from(
+                jiff::Timestamp::from_millisecond(self.scheduled_start_ms)
+                    .map(|t| t.to_string())
+                    .unwrap_or_default(),
+            ),
+            "run_id" => Value::from(self.run_id.clone()),
+            "flow_version" => Value::from(self.flow_version),
+            "parent_run_id" => Value::from(self.parent_run_id.clone()),
+            _ => return None,
+        })
+    }
+}
+
 /// Resolves `task`'s inputs; `result` gives a completed upstream task's result.
 pub fn resolve_inputs<'a>(
     task: &TaskSpec,
     params: &BTreeMap<String, Value>,
+    context: &RunContext,
     result: impl Fn(&str) -> Option<&'a Value>,
 ) -> std::result::Result<ResolvedInputs, InputError> {
     let mut fixed = Map::new();
@@ -96,7 +124,7 @@ pub fn resolve_inputs<'a>(
             input: name.clone(),
             message,
         };
-        let v = eval(input, params, &result).map_err(err)?;
+        let v = eval(input, params, context, &result).map_err(err)?;
         if task.map.contains(name) {
             match v {
                 Value::Array(items) => mapped.push((name.clone(), items)),
@@ -132,9 +160,13 @@ pub fn resolve_inputs<'a>(
 fn eval<'a>(
     input: &Input,
     params: &BTreeMap<String, Value>,
+    context: &RunContext,
     result: &impl Fn(&str) -> Option<&'a Value>,
 ) -> std::result::Result<Value, String> {
     match input {
+        Input::Context(c) => context
+            .get(c)
+            .ok_or_else(|| format!("unknown context value `{c}`")),
         Input::Param(p) => params
             .get(p)
             .cloned()
@@ -161,7 +193,7 @@ fn eval<'a>(
         Input::Flatten(items) => {
             let mut out = Vec::new();
             for i in items {
-                match eval(i, params, result)? {
+                match eval(i, params, context, result)? {
                     Value::Array(inner) => out.extend(inner),
                     other => out.push(other),
                 }

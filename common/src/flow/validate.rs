@@ -1,6 +1,6 @@
 //! Static validation of a flow: names, references, cycles, kinds and maps.
 
-use super::{FlowSpec, Input, TaskKind, TaskSpec, BUILTINS};
+use super::{FlowSpec, Input, TaskKind, TaskSpec, BUILTINS, CONTEXT_KEYS};
 use crate::{Error, Result};
 use std::collections::{HashMap, HashSet};
 
@@ -74,6 +74,40 @@ fn check_task(spec: &FlowSpec, names: &HashSet<&str>, t: &TaskSpec) -> Result<()
             return Err(at("process.command", "must not be empty".into()));
         }
     }
+    if let TaskKind::Flow {
+        project,
+        flow,
+        result,
+        ..
+    } = &t.kind
+    {
+        if !valid_name(flow) || !valid_name(project) {
+            return Err(at(
+                "subflow",
+                format!("`{project}/{flow}` is not a valid project and flow name"),
+            ));
+        }
+        if !result.is_empty() && !valid_name(result) {
+            return Err(at(
+                "subflow.result",
+                format!("`{result}` is not a task name"),
+            ));
+        }
+        if t.cache.is_some() {
+            return Err(at(
+                "cache",
+                "a sub-flow task is not cached (cache the child's tasks)".into(),
+            ));
+        }
+    }
+    for tag in &t.tags {
+        if !valid_name(tag) {
+            return Err(at(
+                "tags",
+                format!("`{tag}` must be 1-128 characters of letters, digits, `_`, `-` or `.`"),
+            ));
+        }
+    }
     for (name, input) in &t.inputs {
         check_input(spec, names, t, input).map_err(|m| at(&format!("input `{name}`"), m))?;
     }
@@ -127,6 +161,14 @@ fn check_input(
             }
         }
         Input::Value(_) => {}
+        Input::Context(c) => {
+            if !CONTEXT_KEYS.contains(&c.as_str()) {
+                return Err(format!(
+                    "unknown context value `{c}` (known: {})",
+                    CONTEXT_KEYS.join(", ")
+                ));
+            }
+        }
     }
     Ok(())
 }

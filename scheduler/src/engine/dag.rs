@@ -17,7 +17,7 @@ impl Engine {
         let run = &self.runs[slot as usize];
         let flow = run.flow.clone();
         let task = flow.task(i);
-        let resolved = resolve_inputs(task, &run.params, |name| {
+        let resolved = resolve_inputs(task, &run.params, &Default::default(), |name| {
             let j = flow.spec.task_index(name)?;
             run.nodes[j].value.as_deref()
         });

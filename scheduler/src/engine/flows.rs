@@ -18,6 +18,7 @@ impl Engine {
                     flow: f.clone(),
                     latest_version: last.version,
                     description: format!("{} tasks", last.spec.tasks.len()),
+                    schedule: None,
                 })
             })
             .collect();
@@ -44,6 +45,7 @@ impl Engine {
             version: found.version,
             latest_version: latest,
             definition_json: serde_json::to_string_pretty(&found.spec).unwrap_or_default(),
+            schedule: None,
         })
     }
 }

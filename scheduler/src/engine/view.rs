@@ -35,6 +35,7 @@ impl Engine {
             waiting_reason,
             tasks_total: total,
             tasks_done: done,
+            ..Default::default()
         }
     }
 
@@ -96,6 +97,7 @@ impl Engine {
                     error: a.error.clone(),
                 })
                 .collect(),
+            child_run_id: String::new(),
         }
     }
 

@@ -79,6 +79,34 @@ type EventStream = Pin<Box<dyn Stream<Item = Result<pb::RunEvent, Status>> + Sen
 
 #[tonic::async_trait]
 impl FlowService for FlowApi {
+    async fn set_schedule(
+        &self,
+        _req: Request<pb::SetScheduleRequest>,
+    ) -> Result<Response<pb::SetScheduleResponse>, Status> {
+        Err(Status::unimplemented("schedules: not yet"))
+    }
+
+    async fn set_concurrency_limit(
+        &self,
+        _req: Request<pb::SetConcurrencyLimitRequest>,
+    ) -> Result<Response<pb::ConcurrencyLimit>, Status> {
+        Err(Status::unimplemented("limits: not yet"))
+    }
+
+    async fn delete_concurrency_limit(
+        &self,
+        _req: Request<pb::DeleteConcurrencyLimitRequest>,
+    ) -> Result<Response<pb::DeleteConcurrencyLimitResponse>, Status> {
+        Err(Status::unimplemented("limits: not yet"))
+    }
+
+    async fn list_concurrency_limits(
+        &self,
+        _req: Request<pb::ListConcurrencyLimitsRequest>,
+    ) -> Result<Response<pb::ListConcurrencyLimitsResponse>, Status> {
+        Err(Status::unimplemented("limits: not yet"))
+    }
+
     async fn register_flow(
         &self,
         req: Request<pb::RegisterFlowRequest>,
@@ -95,6 +123,7 @@ impl FlowService for FlowApi {
             flow,
             version,
             created,
+            schedule: None,
         }))
     }
 

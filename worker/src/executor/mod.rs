@@ -154,9 +154,15 @@ async fn run_body(job: &Job, ctx: &TaskContext) -> TaskResult {
         TaskKind::Builtin { function } => {
             crate::builtins::run_builtin(function, job.inputs.clone(), ctx).await
         }
-        TaskKind::Process { command, args, env } => {
-            process::run(command, args, env, &job.inputs, ctx).await
-        }
+        TaskKind::Process {
+            command,
+            args,
+            env,
+            fatal_exit_codes,
+        } => process::run(command, args, env, fatal_exit_codes, &job.inputs, ctx).await,
+        TaskKind::Flow { .. } => Err(TaskError::fatal(
+            "a sub-flow task is run by the scheduler, not by a worker",
+        )),
     }
 }
 

@@ -26,6 +26,7 @@ pub(super) async fn run(
     command: &str,
     args: &[String],
     env: &BTreeMap<String, String>,
+    fatal_exit_codes: &[i32],
     inputs: &Value,
     ctx: &TaskContext,
 ) -> TaskResult {
@@ -39,6 +40,10 @@ pub(super) async fn run(
         .env("BATON_ATTEMPT", key.attempt.to_string())
         .env("BATON_RESULT_STORE", ctx.store.root_uri())
         .env("BATON_ARTIFACT_PREFIX", key.artifact_prefix())
+        .env(
+            "BATON_SCHEDULED_START_MS",
+            ctx.scheduled_start_ms.to_string(),
+        )
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -109,6 +114,11 @@ pub(super) async fn run(
         } else {
             format!("{what}; stderr:\n{}", tail.join("\n"))
         };
+        if status.code().is_some_and(|c| fatal_exit_codes.contains(&c)) {
+            return Err(TaskError::fatal(format!(
+                "{message} (a fatal exit code: not retried)"
+            )));
+        }
         return Err(TaskError::retryable(message));
     }
     let Some((line, truncated)) = last else {
