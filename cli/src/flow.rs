@@ -2,15 +2,20 @@
 
 use crate::run::read_flow;
 use anyhow::Context;
-use baton_cli::Client;
+use baton_cli::{format, Client};
 use clap::Subcommand;
 use std::path::PathBuf;
 
 #[derive(Subcommand, Debug)]
 pub enum FlowCmd {
     /// Register a flow file: a new version when the definition changed, else the same one.
-    Register { file: PathBuf },
-    /// List registered flows with their latest versions.
+    Register {
+        file: PathBuf,
+        /// Switch the flow's schedule on (a new schedule is registered off otherwise).
+        #[arg(long)]
+        schedule_active: bool,
+    },
+    /// List registered flows with their latest versions and schedules.
     Ls {
         /// Only this project's flows.
         #[arg(long, default_value = "")]
@@ -37,14 +42,20 @@ pub fn split_name(name: &str) -> (String, String) {
 
 pub async fn execute(client: &Client, cmd: FlowCmd) -> anyhow::Result<i32> {
     match cmd {
-        FlowCmd::Register { file } => {
+        FlowCmd::Register {
+            file,
+            schedule_active,
+        } => {
             let source = read_flow(&file)?;
             let r = client
-                .register_flow(source)
+                .register_flow_with(source, schedule_active)
                 .await
                 .with_context(|| format!("registering {}", file.display()))?;
             let what = if r.created { "registered" } else { "unchanged" };
             println!("{}/{} v{} ({what})", r.project, r.flow, r.version);
+            if let Some(s) = &r.schedule {
+                println!("{}", format::schedule_line(s));
+            }
             Ok(0)
         }
         FlowCmd::Ls { project, json } => {
@@ -58,21 +69,31 @@ pub async fn execute(client: &Client, cmd: FlowCmd) -> anyhow::Result<i32> {
                             "flow": f.flow,
                             "latest_version": f.latest_version,
                             "description": f.description,
+                            "schedule": f.schedule.as_ref().map(format::schedule_json),
                         })
                     })
                     .collect();
                 println!("{}", serde_json::to_string_pretty(&rows)?);
             } else {
-                println!(
-                    "{:<20} {:<24} {:>7}  DESCRIPTION",
-                    "PROJECT", "FLOW", "VERSION"
+                let rows: Vec<Vec<String>> = flows
+                    .iter()
+                    .map(|f| {
+                        vec![
+                            f.project.clone(),
+                            f.flow.clone(),
+                            f.latest_version.to_string(),
+                            format::schedule_cell(f.schedule.as_ref()),
+                            f.description.clone(),
+                        ]
+                    })
+                    .collect();
+                print!(
+                    "{}",
+                    format::table(
+                        &["PROJECT", "FLOW", "VERSION", "SCHEDULE", "DESCRIPTION"],
+                        &rows
+                    )
                 );
-                for f in &flows {
-                    println!(
-                        "{:<20} {:<24} {:>7}  {}",
-                        f.project, f.flow, f.latest_version, f.description
-                    );
-                }
             }
             Ok(0)
         }
@@ -83,6 +104,9 @@ pub async fn execute(client: &Client, cmd: FlowCmd) -> anyhow::Result<i32> {
                 "{}/{} v{} (latest v{})",
                 f.project, f.flow, f.version, f.latest_version
             );
+            if let Some(s) = &f.schedule {
+                eprintln!("{}", format::schedule_line(s));
+            }
             println!("{}", f.definition_json);
             Ok(0)
         }

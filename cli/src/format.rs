@@ -1,5 +1,15 @@
 //! Output formatting: tables of task runs, runs, workers and replicas, durations, JSON
-//! views.
+//! views; schedules, limits and run trees in submodules.
+
+mod limits;
+mod schedule;
+mod time;
+mod tree;
+
+pub use limits::{limit_json, limit_line, limits_table};
+pub use schedule::{schedule_cell, schedule_json, schedule_line, schedules_json, schedules_table};
+pub use time::timestamp;
+pub use tree::{parent_line, tree_json, tree_text, ChildRun, RunTree};
 
 use baton_common::state::{run_state_name, task_state_name};
 use baton_proto as pb;
@@ -66,6 +76,17 @@ pub fn table(header: &[&str], rows: &[Vec<String>]) -> String {
     out
 }
 
+/// The WORKER cell: the worker, else `child:<run id>` for a sub-flow task, else `-`.
+fn worker_cell(t: &pb::TaskRun) -> String {
+    if !t.worker.is_empty() {
+        t.worker.clone()
+    } else if !t.child_run_id.is_empty() {
+        format!("child:{}", t.child_run_id)
+    } else {
+        "-".into()
+    }
+}
+
 /// The final table of a run's task runs.
 pub fn task_table(trs: &[pb::TaskRun]) -> String {
     let rows: Vec<Vec<String>> = trs
@@ -87,11 +108,7 @@ pub fn task_table(trs: &[pb::TaskRun]) -> String {
                 },
                 task_state_name(t.state).to_string(),
                 t.attempt.to_string(),
-                if t.worker.is_empty() {
-                    "-".into()
-                } else {
-                    t.worker.clone()
-                },
+                worker_cell(t),
                 duration(task_duration(t)),
                 t.result
                     .as_ref()
@@ -125,7 +142,24 @@ fn run_duration(r: &pb::FlowRun) -> i64 {
     }
 }
 
-/// A one-line summary of a run.
+/// What the summary adds when not the default: the tick of a scheduled run, the priority.
+fn run_extras(r: &pb::FlowRun) -> Vec<String> {
+    let mut out = Vec::new();
+    if r.trigger == "schedule" {
+        out.push(if r.scheduled_start_ms > 0 {
+            format!("schedule tick {}", timestamp(r.scheduled_start_ms))
+        } else {
+            "by schedule".to_string()
+        });
+    }
+    if r.priority != 0 {
+        out.push(format!("priority {}", r.priority));
+    }
+    out
+}
+
+/// A one-line summary of a run (then `error:` and `waiting:` lines when there are some);
+/// a scheduled run's tick and a priority other than 0 in brackets at the end.
 pub fn run_line(r: &pb::FlowRun) -> String {
     let mut s = format!(
         "run {} of {}/{} v{}: {} ({}/{} task runs done, {})",
@@ -138,6 +172,10 @@ pub fn run_line(r: &pb::FlowRun) -> String {
         r.tasks_total,
         duration(run_duration(r))
     );
+    let extras = run_extras(r);
+    if !extras.is_empty() {
+        s.push_str(&format!(" [{}]", extras.join(", ")));
+    }
     if !r.error.is_empty() {
         s.push_str(&format!("\n  error: {}", r.error));
     }
@@ -180,7 +218,7 @@ pub fn run_json(run: &pb::FlowRun, trs: &[pb::TaskRun]) -> Value {
             )
         })
         .collect();
-    json!({
+    let mut v = json!({
         "id": run.id,
         "project": run.project,
         "flow": run.flow,
@@ -191,12 +229,23 @@ pub fn run_json(run: &pb::FlowRun, trs: &[pb::TaskRun]) -> Value {
         "started_ms": run.started_ms,
         "ended_ms": run.ended_ms,
         "error": run.error,
+        "priority": run.priority,
+        "trigger": run.trigger,
+        "scheduled_start_ms": run.scheduled_start_ms,
         "task_runs": trs.iter().map(task_json).collect::<Vec<_>>(),
-    })
+    });
+    if !run.parent_run_id.is_empty() {
+        v["parent"] = json!({
+            "run_id": run.parent_run_id,
+            "task": run.parent_task,
+            "map_index": run.parent_map_index,
+        });
+    }
+    v
 }
 
 fn task_json(t: &pb::TaskRun) -> Value {
-    json!({
+    let mut v = json!({
         "task": t.task,
         "map_index": t.map_index,
         "state": task_state_name(t.state),
@@ -216,7 +265,11 @@ fn task_json(t: &pb::TaskRun) -> Value {
             "number": a.number, "worker": a.worker, "started_ms": a.started_ms,
             "ended_ms": a.ended_ms, "error": a.error,
         })).collect::<Vec<_>>(),
-    })
+    });
+    if !t.child_run_id.is_empty() {
+        v["child_run_id"] = json!(t.child_run_id);
+    }
+    v
 }
 
 /// The table of `baton workers`.
@@ -293,6 +346,63 @@ pub fn leader_json(r: &pb::GetLeaderResponse) -> Value {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_run_line_ends_with_its_tick_and_priority_when_not_the_default() {
+        let r = pb::FlowRun {
+            id: "r1".into(),
+            project: "demo".into(),
+            flow: "tick".into(),
+            version: 2,
+            state: pb::RunState::Running as i32,
+            tasks_total: 3,
+            trigger: "api".into(),
+            scheduled_start_ms: 1_795_930_200_000,
+            ..Default::default()
+        };
+        let plain = "run r1 of demo/tick v2: RUNNING (0/3 task runs done, -)";
+        assert_eq!(run_line(&r), plain);
+        let scheduled = pb::FlowRun {
+            trigger: "schedule".into(),
+            priority: -2,
+            error: "late".into(),
+            ..r.clone()
+        };
+        assert_eq!(
+            run_line(&scheduled),
+            format!("{plain} [schedule tick 2026-11-29T05:30:00Z, priority -2]\n  error: late")
+        );
+        let j = run_json(&scheduled, &[]);
+        assert_eq!(j["priority"], -2);
+        assert_eq!(j["trigger"], "schedule");
+        assert!(j.get("parent").is_none());
+    }
+
+    #[test]
+    fn a_sub_flow_task_names_its_child_run_in_the_worker_column() {
+        let trs = vec![
+            pb::TaskRun {
+                task: "sub".into(),
+                map_index: -1,
+                child_run_id: "c1".into(),
+                ..Default::default()
+            },
+            pb::TaskRun {
+                task: "plain".into(),
+                map_index: -1,
+                worker: "w1".into(),
+                child_run_id: "ignored".into(),
+                ..Default::default()
+            },
+        ];
+        let text = task_table(&trs);
+        let lines: Vec<&str> = text.lines().collect();
+        assert!(lines[1].contains(" child:c1 "), "{text}");
+        assert!(
+            lines[2].contains(" w1 ") && !lines[2].contains("child:"),
+            "{text}"
+        );
+    }
 
     #[test]
     fn the_leader_report_lists_the_replicas() {

@@ -1,8 +1,12 @@
-//! The `baton` command line: an embedded cluster (`baton dev`), runs, results and workers.
+//! The `baton` command line: an embedded cluster (`baton dev`), runs, flows, schedules,
+//! concurrency limits, results and workers.
 
 mod flow;
+mod limit;
 mod logs;
 mod run;
+mod schedule;
+mod show;
 
 use anyhow::Context;
 use baton_cli::embedded::{default_workers, EmbeddedCluster, WorkerSpec};
@@ -51,12 +55,23 @@ enum Cmd {
         #[command(subcommand)]
         cmd: flow::FlowCmd,
     },
+    /// Registered flows' cron schedules: switch them on or off, list them.
+    Schedule {
+        #[command(subcommand)]
+        cmd: schedule::ScheduleCmd,
+    },
+    /// Concurrency limits on task tags, cluster-wide.
+    Limit {
+        #[command(subcommand)]
+        cmd: limit::LimitCmd,
+    },
     /// List runs, most recent first.
     Runs {
         #[arg(long, default_value_t = 20)]
         limit: u32,
     },
-    /// Show a run and its task runs.
+    /// Show a run and its task runs, its parent run and the child runs of its sub-flow tasks
+    /// (3 levels deep, 100 per run).
     Show {
         run: String,
         #[arg(long)]
@@ -153,21 +168,9 @@ async fn execute(cli: Cli) -> anyhow::Result<i32> {
             print!("{}", format::runs_table(&runs));
             Ok(0)
         }
-        Cmd::Show { run, json } => {
-            let c = connect(&cli.scheduler).await?;
-            let r = c.get_run(&run).await?;
-            let trs = c.task_runs(&run, true).await?;
-            if json {
-                println!(
-                    "{}",
-                    serde_json::to_string_pretty(&format::run_json(&r, &trs))?
-                );
-            } else {
-                println!("{}", format::run_line(&r));
-                print!("{}", format::task_table(&trs));
-            }
-            Ok(0)
-        }
+        Cmd::Schedule { cmd } => schedule::execute(&connect(&cli.scheduler).await?, cmd).await,
+        Cmd::Limit { cmd } => limit::execute(&connect(&cli.scheduler).await?, cmd).await,
+        Cmd::Show { run, json } => show::execute(&connect(&cli.scheduler).await?, &run, json).await,
         Cmd::Logs(args) => logs::execute(&connect(&cli.scheduler).await?, args).await,
         Cmd::Cancel { run } => {
             let r = connect(&cli.scheduler).await?.cancel_run(&run).await?;
@@ -227,4 +230,58 @@ async fn get_result(scheduler: &str, location: &str, direct: bool) -> anyhow::Re
     }
     let store = open_store(location).await?;
     Ok(store.get(location).await?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Cmd {
+        let mut argv = vec!["baton"];
+        argv.extend_from_slice(args);
+        match Cli::try_parse_from(argv) {
+            Ok(cli) => cli.cmd,
+            Err(e) => panic!("{args:?}: {e}"),
+        }
+    }
+
+    #[test]
+    fn the_new_commands_parse() {
+        assert!(matches!(
+            parse(&["schedule", "on", "demo/tick"]),
+            Cmd::Schedule {
+                cmd: schedule::ScheduleCmd::On { flow }
+            } if flow == "demo/tick"
+        ));
+        assert!(matches!(
+            parse(&["limit", "set", "gpu", "2"]),
+            Cmd::Limit {
+                cmd: limit::LimitCmd::Set { tag, limit: 2 }
+            } if tag == "gpu"
+        ));
+        assert!(matches!(
+            parse(&["flow", "register", "f.yaml", "--schedule-active"]),
+            Cmd::Flow {
+                cmd: flow::FlowCmd::Register {
+                    schedule_active: true,
+                    ..
+                }
+            }
+        ));
+        assert!(Cli::try_parse_from(["baton", "limit", "set", "gpu", "-1"]).is_err());
+    }
+
+    #[test]
+    fn a_run_takes_a_priority_negative_or_not() {
+        for (arg, want) in [("7", 7), ("-3", -3)] {
+            let Cmd::Run(args) = parse(&["run", "f.yaml", "--priority", arg]) else {
+                panic!("not a run");
+            };
+            assert_eq!(args.priority(), want);
+        }
+        let Cmd::Run(args) = parse(&["run", "f.yaml"]) else {
+            panic!("not a run");
+        };
+        assert_eq!(args.priority(), 0);
+    }
 }

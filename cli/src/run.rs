@@ -39,12 +39,22 @@ pub struct RunArgs {
     /// Do not reuse cached task results: every task runs (fresh results are still cached).
     #[arg(long)]
     no_cache: bool,
+    /// The run's priority: ready task runs of higher-priority runs are dispatched first.
+    #[arg(long, default_value_t = 0, allow_negative_numbers = true)]
+    priority: i32,
     /// Start a single-node cluster in this process for this run (no scheduler needed).
     #[arg(long)]
     embedded: bool,
     /// State folder of the embedded cluster.
     #[arg(long, default_value = ".baton/embedded")]
     data: PathBuf,
+}
+
+#[cfg(test)]
+impl RunArgs {
+    pub fn priority(&self) -> i32 {
+        self.priority
+    }
 }
 
 fn parse_params(raw: &[String]) -> anyhow::Result<BTreeMap<String, String>> {
@@ -124,6 +134,7 @@ async fn submit(
                     parameters: params.into_iter().collect(),
                     idempotency_key: key,
                     no_cache: args.no_cache,
+                    priority: args.priority,
                     ..Default::default()
                 })
                 .await?
@@ -135,6 +146,7 @@ async fn submit(
                     parameters: params.into_iter().collect(),
                     idempotency_key: key,
                     no_cache: args.no_cache,
+                    priority: args.priority,
                     ..Default::default()
                 })
                 .await?

@@ -59,7 +59,7 @@ async fn reads_never_see_a_step_whose_commit_failed() {
     );
     let spec = parse_flow("name: f\ntasks:\n  - name: a\n    builtin: noop\n").expect("a flow");
     handle
-        .ask(|r| Command::RegisterFlow(spec, r))
+        .ask(|r| Command::RegisterFlow(spec, false, r))
         .await
         .expect("registered");
     let (run, _) = handle

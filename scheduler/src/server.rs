@@ -218,6 +218,28 @@ async fn load(state: &dyn StateStore, results: &dyn ResultStore) -> Result<Recov
             Err(e) => tracing::error!(%key, error = %e, "skipping an unreadable cache entry"),
         }
     }
+    for (key, value) in state.load(keys::SCHEDULE_PREFIX).await? {
+        let mut parts = key[keys::SCHEDULE_PREFIX.len()..].splitn(2, '/');
+        let (Some(project), Some(flow)) = (parts.next(), parts.next()) else {
+            continue;
+        };
+        match serde_json::from_slice::<crate::engine::ScheduleRecord>(&value) {
+            Ok(r) => rec
+                .schedules
+                .push((project.to_string(), flow.to_string(), r)),
+            Err(e) => tracing::error!(%key, error = %e, "skipping an unreadable schedule record"),
+        }
+    }
+    for (key, value) in state.load(keys::LIMIT_PREFIX).await? {
+        let tag = &key[keys::LIMIT_PREFIX.len()..];
+        match std::str::from_utf8(&value)
+            .ok()
+            .and_then(|v| v.parse::<u32>().ok())
+        {
+            Some(l) => rec.limits.push((tag.to_string(), l)),
+            None => tracing::error!(%key, "skipping an unreadable concurrency limit"),
+        }
+    }
     for (key, value) in state.load(keys::RUN_PREFIX).await? {
         match serde_json::from_slice::<RunRecord>(&value) {
             Ok(r) => rec.runs.push(r),

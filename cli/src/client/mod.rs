@@ -184,13 +184,24 @@ impl Client {
         Ok(report)
     }
 
+    /// Registers a flow definition (YAML or JSON text); a schedule it has is left inactive
+    /// (or as it was, when the definition is unchanged).
     pub async fn register_flow(
         &self,
         source: String,
     ) -> Result<pb::RegisterFlowResponse, ClientError> {
+        self.register_flow_with(source, false).await
+    }
+
+    /// Registers a flow definition; with `schedule_active`, its schedule is switched on.
+    pub async fn register_flow_with(
+        &self,
+        source: String,
+        schedule_active: bool,
+    ) -> Result<pb::RegisterFlowResponse, ClientError> {
         let req = pb::RegisterFlowRequest {
             source,
-            schedule_active: false,
+            schedule_active,
         };
         self.call(Retry::Always, |mut c| {
             let req = req.clone();
@@ -230,6 +241,69 @@ impl Client {
             async move { c.get_flow(req).await }
         })
         .await
+    }
+
+    /// Switches the cron schedule of a registered flow (`project` empty: `default`) on or
+    /// off; returns the schedule as it is now.
+    pub async fn set_schedule(
+        &self,
+        project: &str,
+        flow: &str,
+        active: bool,
+    ) -> Result<pb::SetScheduleResponse, ClientError> {
+        let req = pb::SetScheduleRequest {
+            project: project.to_string(),
+            flow: flow.to_string(),
+            active,
+        };
+        self.call(Retry::Always, |mut c| {
+            let req = req.clone();
+            async move { c.set_schedule(req).await }
+        })
+        .await
+    }
+
+    /// Creates or changes the cluster-wide concurrency limit on a task tag.
+    pub async fn set_limit(
+        &self,
+        tag: &str,
+        limit: u32,
+    ) -> Result<pb::ConcurrencyLimit, ClientError> {
+        let req = pb::SetConcurrencyLimitRequest {
+            tag: tag.to_string(),
+            limit,
+        };
+        self.call(Retry::Always, |mut c| {
+            let req = req.clone();
+            async move { c.set_concurrency_limit(req).await }
+        })
+        .await
+    }
+
+    /// Removes the concurrency limit on a tag; whether there was one. (A retry after a
+    /// change of leader may report false for a limit the first try removed.)
+    pub async fn delete_limit(&self, tag: &str) -> Result<bool, ClientError> {
+        let req = pb::DeleteConcurrencyLimitRequest {
+            tag: tag.to_string(),
+        };
+        let r = self
+            .call(Retry::Always, |mut c| {
+                let req = req.clone();
+                async move { c.delete_concurrency_limit(req).await }
+            })
+            .await?;
+        Ok(r.deleted)
+    }
+
+    /// Every concurrency limit, with the attempts holding its slots now.
+    pub async fn list_limits(&self) -> Result<Vec<pb::ConcurrencyLimit>, ClientError> {
+        Ok(self
+            .call(Retry::Always, |mut c| async move {
+                c.list_concurrency_limits(pb::ListConcurrencyLimitsRequest {})
+                    .await
+            })
+            .await?
+            .limits)
     }
 
     /// Starts a run of a flow definition given as text; parameters are JSON texts. Give an

@@ -27,6 +27,8 @@ struct World {
     members: Vec<String>,
     /// Addresses replicas advertise, when not the one they are reached at (a proxy).
     advertised: HashMap<String, String>,
+    /// Concurrency limits by tag, as the leader keeps them.
+    limits: BTreeMap<String, u32>,
 }
 
 impl World {
@@ -93,11 +95,17 @@ impl FlowService for Replica {
 
     async fn register_flow(
         &self,
-        _r: Request<pb::RegisterFlowRequest>,
+        r: Request<pb::RegisterFlowRequest>,
     ) -> Result<Response<pb::RegisterFlowResponse>, Status> {
         let by = self.lead("register_flow")?;
+        let active = r.into_inner().schedule_active;
         Ok(Response::new(pb::RegisterFlowResponse {
             flow: by,
+            schedule: active.then(|| pb::Schedule {
+                cron: "* * * * *".into(),
+                active,
+                ..Default::default()
+            }),
             ..Default::default()
         }))
     }
@@ -249,30 +257,67 @@ impl FlowService for Replica {
 
     async fn set_schedule(
         &self,
-        _r: Request<pb::SetScheduleRequest>,
+        r: Request<pb::SetScheduleRequest>,
     ) -> Result<Response<pb::SetScheduleResponse>, Status> {
-        Err(Status::unimplemented("not in this test"))
+        let by = self.lead("set_schedule")?;
+        let r = r.into_inner();
+        Ok(Response::new(pb::SetScheduleResponse {
+            project: r.project,
+            flow: r.flow,
+            schedule: Some(pb::Schedule {
+                cron: "* * * * *".into(),
+                timezone: by,
+                active: r.active,
+                ..Default::default()
+            }),
+        }))
     }
 
     async fn set_concurrency_limit(
         &self,
-        _r: Request<pb::SetConcurrencyLimitRequest>,
+        r: Request<pb::SetConcurrencyLimitRequest>,
     ) -> Result<Response<pb::ConcurrencyLimit>, Status> {
-        Err(Status::unimplemented("not in this test"))
+        self.lead("set_concurrency_limit")?;
+        let r = r.into_inner();
+        let mut w = self.world.lock().unwrap();
+        w.limits.insert(r.tag.clone(), r.limit);
+        Ok(Response::new(pb::ConcurrencyLimit {
+            tag: r.tag,
+            limit: r.limit,
+            in_use: 0,
+        }))
     }
 
     async fn delete_concurrency_limit(
         &self,
-        _r: Request<pb::DeleteConcurrencyLimitRequest>,
+        r: Request<pb::DeleteConcurrencyLimitRequest>,
     ) -> Result<Response<pb::DeleteConcurrencyLimitResponse>, Status> {
-        Err(Status::unimplemented("not in this test"))
+        self.lead("delete_concurrency_limit")?;
+        let tag = r.into_inner().tag;
+        let deleted = self.world.lock().unwrap().limits.remove(&tag).is_some();
+        Ok(Response::new(pb::DeleteConcurrencyLimitResponse {
+            deleted,
+        }))
     }
 
     async fn list_concurrency_limits(
         &self,
         _r: Request<pb::ListConcurrencyLimitsRequest>,
     ) -> Result<Response<pb::ListConcurrencyLimitsResponse>, Status> {
-        Err(Status::unimplemented("not in this test"))
+        self.lead("list_concurrency_limits")?;
+        let limits = self
+            .world
+            .lock()
+            .unwrap()
+            .limits
+            .iter()
+            .map(|(tag, limit)| pb::ConcurrencyLimit {
+                tag: tag.clone(),
+                limit: *limit,
+                in_use: 0,
+            })
+            .collect();
+        Ok(Response::new(pb::ListConcurrencyLimitsResponse { limits }))
     }
 }
 
@@ -346,6 +391,45 @@ async fn reaches_the_leader_past_a_dead_replica_and_a_follower() {
         .unwrap();
     assert_eq!(c.replicas().len(), 3);
     assert_eq!(c.get_run("r1").await.unwrap().flow, leader);
+}
+
+#[tokio::test]
+async fn schedules_and_limits_are_set_on_the_leader() {
+    let w = world();
+    let follower = replica(&w, false).await;
+    let leader = replica(&w, true).await;
+    lead(&w, &leader, 3);
+    let c = Client::connect_any(std::slice::from_ref(&follower))
+        .await
+        .unwrap();
+    let r = c.register_flow_with("flow".into(), true).await.unwrap();
+    assert_eq!(r.flow, leader);
+    assert_eq!(r.schedule.map(|s| s.active), Some(true));
+    assert!(c
+        .register_flow("flow".into())
+        .await
+        .unwrap()
+        .schedule
+        .is_none());
+
+    let r = c.set_schedule("demo", "tick", false).await.unwrap();
+    assert_eq!((r.project.as_str(), r.flow.as_str()), ("demo", "tick"));
+    let s = r.schedule.unwrap();
+    assert_eq!((s.timezone.as_str(), s.active), (leader.as_str(), false));
+
+    assert_eq!(c.set_limit("gpu", 2).await.unwrap().limit, 2);
+    c.set_limit("db", 5).await.unwrap();
+    let tags: Vec<(String, u32)> = c
+        .list_limits()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|l| (l.tag, l.limit))
+        .collect();
+    assert_eq!(tags, vec![("db".to_string(), 5), ("gpu".to_string(), 2)]);
+    assert!(c.delete_limit("gpu").await.unwrap());
+    assert!(!c.delete_limit("gpu").await.unwrap());
+    assert_eq!(c.list_limits().await.unwrap().len(), 1);
 }
 
 #[tokio::test]

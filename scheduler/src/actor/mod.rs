@@ -32,7 +32,15 @@ struct Watcher {
 
 /// What the services ask of the engine.
 pub enum Command {
-    RegisterFlow(FlowSpec, Reply<(u32, bool)>),
+    /// A flow definition, whether to switch its schedule on → (version, new, schedule).
+    RegisterFlow(FlowSpec, bool, Reply<(u32, bool, Option<pb::Schedule>)>),
+    /// (project, flow, active) → the schedule.
+    SetSchedule(String, String, bool, Reply<pb::Schedule>),
+    /// (tag, limit) → the limit.
+    SetLimit(String, u32, Reply<pb::ConcurrencyLimit>),
+    /// tag → whether there was a limit.
+    DeleteLimit(String, Reply<bool>),
+    ListLimits(Reply<Vec<pb::ConcurrencyLimit>>),
     CreateRun(NewRun, Reply<(pb::FlowRun, bool)>),
     GetRun(String, Reply<pb::FlowRun>),
     ListRuns(usize, Reply<Vec<pb::FlowRun>>),
@@ -177,10 +185,12 @@ impl Actor {
     fn handle(&mut self, cmd: Command) {
         let now = now_ms();
         match cmd {
-            Command::RegisterFlow(spec, reply) => {
+            Command::RegisterFlow(spec, schedule_active, reply) => {
+                let (project, flow) = (spec.project.clone(), spec.name.clone());
                 let key = format!("flows/{}/{}", spec.project, spec.name);
                 let json = serde_json::to_vec_pretty(&spec).unwrap_or_default();
-                let r = self.engine.register_flow(spec);
+                let (version, created) = self.engine.register_flow(spec, schedule_active, now);
+                let r = (version, created, self.engine.schedule_view(&project, &flow));
                 let store = self.results.clone();
                 self.after_commit.push(Box::new(move |_| {
                     if !r.1 {
@@ -246,6 +256,33 @@ impl Actor {
                     let _ = reply.send(Err(e));
                 }
             },
+            Command::SetSchedule(project, flow, active, reply) => {
+                match self.engine.set_schedule(&project, &flow, active, now) {
+                    Ok(s) => self.after_commit.push(Box::new(move |_| {
+                        let _ = reply.send(Ok(s));
+                    })),
+                    Err(e) => {
+                        let _ = reply.send(Err(e));
+                    }
+                }
+            }
+            Command::SetLimit(tag, limit, reply) => match self.engine.set_limit(&tag, limit) {
+                Ok(l) => self.after_commit.push(Box::new(move |_| {
+                    let _ = reply.send(Ok(l));
+                })),
+                Err(e) => {
+                    let _ = reply.send(Err(e));
+                }
+            },
+            Command::DeleteLimit(tag, reply) => {
+                let deleted = self.engine.delete_limit(&tag);
+                self.after_commit.push(Box::new(move |_| {
+                    let _ = reply.send(Ok(deleted));
+                }))
+            }
+            Command::ListLimits(reply) => self.after_commit.push(Box::new(move |e| {
+                let _ = reply.send(Ok(e.list_limits()));
+            })),
             Command::ListWorkers(reply) => {
                 let _ = reply.send(Ok(self.engine.workers()));
             }

@@ -5,7 +5,7 @@ use super::cache::CACHE_WORKER;
 use super::model::{keys, NodeState, TaskRun, TrRef};
 use super::Engine;
 use crate::store::Op;
-use baton_common::flow::resolve_inputs;
+use baton_common::flow::{resolve_inputs, RunContext};
 use baton_common::ids::WorkerId;
 use baton_common::state::{RunState, TaskState};
 use serde_json::Value;
@@ -17,11 +17,21 @@ impl Engine {
         let run = &self.runs[slot as usize];
         let flow = run.flow.clone();
         let task = flow.task(i);
-        let resolved = resolve_inputs(task, &run.params, &Default::default(), |name| {
+        let context = RunContext {
+            run_id: run.id.0.clone(),
+            flow_version: flow.version,
+            scheduled_start_ms: run.scheduled_start_ms,
+            parent_run_id: run
+                .parent
+                .as_ref()
+                .map(|p| p.run.clone())
+                .unwrap_or_default(),
+        };
+        let resolved = resolve_inputs(task, &run.params, &context, |name| {
             let j = flow.spec.task_index(name)?;
             run.nodes[j].value.as_deref()
         });
-        let class = self.class_for(&flow.labels[i], &task.resources);
+        let class = self.class_for(&flow.labels[i], &task.resources, &task.tags);
         let run_id = self.runs[slot as usize].id.0.clone();
         let resolved = match resolved {
             Ok(r) => r,
@@ -91,7 +101,7 @@ impl Engine {
         node.runs = runs;
         node.done = done;
         for t in ready {
-            self.classes[class].queue.push_back(t);
+            self.make_ready(t, now);
         }
         for (t, map_index) in hits {
             // The cache hit's own committed pointer: the same result object.
@@ -215,5 +225,6 @@ impl Engine {
         run.waiting_reason.clear();
         tracing::info!(run = %run.id, state = run.state.name(), "run finished");
         self.mark_run(slot);
+        self.notify_parent(slot, now);
     }
 }

@@ -1,5 +1,6 @@
 //! Workers and dispatch: label and resource matching, credit (free resources) per worker,
-//! ready queues per class of requirement, worker sessions coming and going.
+//! ready queues per class of requirement (by run priority), concurrency limits on tags,
+//! worker sessions coming and going.
 
 use super::model::{AttemptInfo, TrRef};
 use super::{Engine, Outgoing, Timer};
@@ -7,7 +8,8 @@ use baton_common::flow::ResourceSpec;
 use baton_common::ids::{AttemptKey, WorkerId};
 use baton_common::state::{RunState, TaskState};
 use baton_proto::{scheduler_message::Msg, SchedulerMessage};
-use std::collections::{HashMap, VecDeque};
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, HashMap, VecDeque};
 
 /// What a worker says of itself when it connects.
 #[derive(Clone, Debug)]
@@ -68,20 +70,78 @@ impl WorkerSlot {
     }
 }
 
-/// Task runs that need the same labels and resources, waiting in order.
+/// Ready task runs of one class: first in, first out within a priority, higher priorities
+/// first.
+#[derive(Debug, Default)]
+pub(super) struct ReadyQueue {
+    by_priority: BTreeMap<Reverse<i32>, VecDeque<TrRef>>,
+    len: usize,
+}
+
+impl ReadyQueue {
+    pub fn push(&mut self, priority: i32, t: TrRef) {
+        self.by_priority
+            .entry(Reverse(priority))
+            .or_default()
+            .push_back(t);
+        self.len += 1;
+    }
+
+    pub fn pop(&mut self) -> Option<TrRef> {
+        let mut entry = self.by_priority.first_entry()?;
+        let t = entry.get_mut().pop_front();
+        if entry.get().is_empty() {
+            entry.remove();
+        }
+        if t.is_some() {
+            self.len -= 1;
+        }
+        t
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// The priority of the task run `pop` would return.
+    pub fn head_priority(&self) -> Option<i32> {
+        self.by_priority.keys().next().map(|p| p.0)
+    }
+
+    /// Takes every queued task run with its priority, in queue order.
+    pub fn drain(&mut self) -> Vec<(i32, TrRef)> {
+        self.len = 0;
+        std::mem::take(&mut self.by_priority)
+            .into_iter()
+            .flat_map(|(p, q)| q.into_iter().map(move |t| (p.0, t)))
+            .collect()
+    }
+}
+
+/// Task runs that need the same labels, resources and tags, waiting in order.
 #[derive(Debug)]
 pub(super) struct Class {
     pub labels: Vec<String>,
     pub resources: ResourceSpec,
-    pub queue: VecDeque<TrRef>,
+    /// Tags, sorted: concurrency limits on them bound the class's attempts.
+    pub tags: Vec<String>,
+    pub queue: ReadyQueue,
     /// When the class was found to have no worker able to run it (0: it has one).
     pub unrunnable_since: i64,
     pub reason: String,
 }
 
 impl Engine {
-    pub(super) fn class_for(&mut self, labels: &[String], r: &ResourceSpec) -> usize {
-        let key = (labels.to_vec(), r.clone());
+    pub(super) fn class_for(
+        &mut self,
+        labels: &[String],
+        r: &ResourceSpec,
+        tags: &[String],
+    ) -> usize {
+        let mut tags = tags.to_vec();
+        tags.sort();
+        tags.dedup();
+        let key = (labels.to_vec(), r.clone(), tags);
         if let Some(&c) = self.class_index.get(&key) {
             return c;
         }
@@ -89,7 +149,8 @@ impl Engine {
         self.classes.push(Class {
             labels: labels.to_vec(),
             resources: r.clone(),
-            queue: VecDeque::new(),
+            tags: key.2.clone(),
+            queue: ReadyQueue::default(),
             unrunnable_since: 0,
             reason: String::new(),
         });
@@ -97,10 +158,21 @@ impl Engine {
         c
     }
 
-    /// Assigns ready task runs to workers with matching labels and free resources.
+    /// Assigns ready task runs to workers with matching labels and free resources, classes
+    /// with higher-priority heads first, within the concurrency limits of their tags.
     pub fn dispatch(&mut self, now: i64) {
-        for c in 0..self.classes.len() {
+        let mut order: Vec<(Reverse<i32>, usize)> = self
+            .classes
+            .iter()
+            .enumerate()
+            .filter_map(|(c, class)| Some((Reverse(class.queue.head_priority()?), c)))
+            .collect();
+        order.sort();
+        for (_, c) in order {
             while !self.classes[c].queue.is_empty() {
+                if !self.tags_free(c) {
+                    break;
+                }
                 let class = &self.classes[c];
                 let worker = self
                     .workers
@@ -114,7 +186,7 @@ impl Engine {
                     .max_by_key(|w| (w.free.slots, std::cmp::Reverse(w.attempts.len())))
                     .map(|w| w.id.clone());
                 let Some(worker) = worker else { break };
-                let Some(t) = self.classes[c].queue.pop_front() else {
+                let Some(t) = self.classes[c].queue.pop() else {
                     break;
                 };
                 let ok = self
@@ -190,6 +262,7 @@ impl Engine {
         }
         w.reserve((t, attempt), &task.resources);
         let session = w.session;
+        let class = node.class;
         let msg = SchedulerMessage {
             epoch,
             msg: Some(Msg::Assign(baton_proto::Assign {
@@ -224,6 +297,7 @@ impl Engine {
             session,
             msg,
         });
+        self.hold(t, attempt, class);
         self.mark_tr(t);
     }
 
@@ -257,6 +331,8 @@ impl Engine {
                         .resources
                         .clone();
                     slot.reserve((t, key.attempt), &r);
+                    let class = self.runs[t.run as usize].nodes[t.node as usize].class;
+                    self.hold(t, key.attempt, class);
                     adopted.push(t);
                 }
                 _ => unknown.push(baton_proto::AttemptKey::from(key)),
@@ -275,6 +351,7 @@ impl Engine {
         if let Some(old) = old {
             for (t, attempt) in old.attempts.keys().copied().collect::<Vec<_>>() {
                 if !slot.attempts.contains_key(&(t, attempt)) {
+                    self.unhold((t, attempt));
                     self.lose(
                         t,
                         attempt,
@@ -347,6 +424,7 @@ impl Engine {
         if let Some(w) = self.workers.remove(id) {
             tracing::warn!(worker = %id, attempts = w.attempts.len(), "worker lease lapsed");
             for (t, attempt) in w.attempts.keys().copied() {
+                self.unhold((t, attempt));
                 self.lose(t, attempt, &format!("worker `{id}` was lost"), now);
             }
         }
@@ -390,8 +468,8 @@ impl Engine {
                     class.reason, self.cfg.unrunnable_timeout_ms
                 );
                 let since = class.unrunnable_since;
-                let queued: Vec<TrRef> = class.queue.drain(..).collect();
-                for t in queued {
+                let queued = class.queue.drain();
+                for (priority, t) in queued {
                     let tr = &mut self.runs[t.run as usize].nodes[t.node as usize].runs
                         [t.index as usize];
                     if tr.state != TaskState::Ready {
@@ -399,7 +477,7 @@ impl Engine {
                     }
                     // Each task run waits the whole timeout from when it became ready.
                     if now - tr.ready_since_ms.max(since) < timeout {
-                        self.classes[c].queue.push_back(t);
+                        self.classes[c].queue.push(priority, t);
                         continue;
                     }
                     tr.state = TaskState::Failed;
@@ -412,10 +490,13 @@ impl Engine {
     }
 
     /// Why a ready task run of `class` waits, if it is stuck.
-    pub(super) fn class_reason(&self, class: usize) -> &str {
-        self.classes
-            .get(class)
-            .map(|c| c.reason.as_str())
-            .unwrap_or("")
+    pub(super) fn class_reason(&self, class: usize) -> String {
+        let Some(c) = self.classes.get(class) else {
+            return String::new();
+        };
+        if !c.reason.is_empty() {
+            return c.reason.clone();
+        }
+        self.limit_reason(class)
     }
 }

@@ -18,7 +18,7 @@ impl Engine {
                     flow: f.clone(),
                     latest_version: last.version,
                     description: format!("{} tasks", last.spec.tasks.len()),
-                    schedule: None,
+                    schedule: self.schedule_view(p, f),
                 })
             })
             .collect();
@@ -45,7 +45,7 @@ impl Engine {
             version: found.version,
             latest_version: latest,
             definition_json: serde_json::to_string_pretty(&found.spec).unwrap_or_default(),
-            schedule: None,
+            schedule: self.schedule_view(project, flow),
         })
     }
 }

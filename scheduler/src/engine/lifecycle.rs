@@ -74,6 +74,9 @@ impl Engine {
         if let (Some(t), Some(w)) = (t, self.workers.get_mut(worker)) {
             w.release((t, key.attempt));
         }
+        if let Some(t) = t {
+            self.unhold((t, key.attempt));
+        }
         let committed = match t {
             Some(t) if self.is_current_attempt(t, key.attempt) => {
                 self.settle_attempt(t, outcome, now);
@@ -99,7 +102,7 @@ impl Engine {
         committed
     }
 
-    fn settle_attempt(&mut self, t: TrRef, outcome: Outcome, now: i64) {
+    pub(super) fn settle_attempt(&mut self, t: TrRef, outcome: Outcome, now: i64) {
         match outcome {
             Outcome::Success { result, value } => {
                 // The commit proper: the result pointer, created once (first wins).
@@ -132,7 +135,7 @@ impl Engine {
     }
 
     /// Fails the current attempt: retried if the policy allows, else the task run fails.
-    fn fail_attempt(&mut self, t: TrRef, error: String, retryable: bool, now: i64) {
+    pub(super) fn fail_attempt(&mut self, t: TrRef, error: String, retryable: bool, now: i64) {
         let policy = self.runs[t.run as usize]
             .flow
             .task(t.node as usize)
@@ -183,13 +186,20 @@ impl Engine {
             tr.state = TaskState::Ready;
             tr.ready_since_ms = now;
             self.mark_tr(t);
-            self.enqueue(t);
+            self.make_ready(t, now);
         }
     }
 
-    pub(super) fn enqueue(&mut self, t: TrRef) {
-        let class = self.runs[t.run as usize].nodes[t.node as usize].class;
-        self.classes[class].queue.push_back(t);
+    /// Task run `t` is ready: queued for a worker, or, for a sub-flow, its child started.
+    pub(super) fn make_ready(&mut self, t: TrRef, now: i64) {
+        let run = &self.runs[t.run as usize];
+        if run.flow.task(t.node as usize).is_subflow() {
+            self.start_child(t, now);
+            return;
+        }
+        let class = run.nodes[t.node as usize].class;
+        let priority = run.priority;
+        self.classes[class].queue.push(priority, t);
     }
 
     /// A stable seed for the retry jitter of task run `t` (its run, task and index).
@@ -243,6 +253,7 @@ impl Engine {
         if self.runs[slot as usize].state.is_terminal() {
             return Ok(());
         }
+        let children = self.running_children(slot);
         let nodes = self.runs[slot as usize].nodes.len();
         for n in 0..nodes {
             let count = self.runs[slot as usize].nodes[n].runs.len();
@@ -284,6 +295,8 @@ impl Engine {
             r.started_ms = now;
         }
         self.mark_run(slot);
+        self.cancel_children(children, now);
+        self.notify_parent(slot, now);
         Ok(())
     }
 
@@ -303,7 +316,7 @@ impl Engine {
                         tr.state = TaskState::Ready;
                         tr.ready_since_ms = now;
                         self.mark_tr(t);
-                        self.enqueue(t);
+                        self.make_ready(t, now);
                     }
                 }
                 Timer::Timeout(t, attempt) => {
@@ -313,12 +326,17 @@ impl Engine {
                             .task(t.node as usize)
                             .timeout_ms;
                         self.send_cancel(t, "timed out");
+                        let child = self.tr_mut(t).child.clone();
                         self.fail_attempt(t, format!("timed out after {ms} ms"), true, now);
+                        if let Some(child) = child {
+                            self.cancel_children(vec![child], now);
+                        }
                     }
                 }
                 Timer::WorkerLease(id, session) => self.worker_lease_expired(&id, session, now),
             }
         }
+        self.fire_schedules(now);
         self.check_unrunnable(now);
     }
 }

@@ -8,17 +8,23 @@ mod dag;
 mod dispatch;
 mod flows;
 mod lifecycle;
+mod limits;
 mod model;
 mod recover;
+mod schedule;
+mod subflow;
 #[cfg(test)]
 mod tests;
 mod view;
 
 pub use dispatch::WorkerRegistration;
 pub use model::{
-    keys, AttemptInfo, CacheEntry, RunRecord, TaskRunRecord, TrRef, INLINE_VALUE_LIMIT,
+    keys, AttemptInfo, CacheEntry, ParentLink, RunRecord, TaskRunRecord, TrRef, Trigger,
+    INLINE_VALUE_LIMIT,
 };
 pub use recover::Recovered;
+pub use schedule::ScheduleRecord;
+pub use subflow::SUBFLOW_WORKER;
 
 use crate::store::Op;
 use baton_common::flow::FlowSpec;
@@ -92,6 +98,11 @@ pub struct NewRun {
     pub scheduled_start_ms: i64,
     /// Do not reuse cached results (results are still recorded).
     pub no_cache: bool,
+    /// Higher first.
+    pub priority: i32,
+    /// Set for a child run started by a sub-flow task.
+    pub parent: Option<ParentLink>,
+    pub trigger: Trigger,
 }
 
 /// How an attempt ended, as its worker reported it.
@@ -141,7 +152,7 @@ pub struct Engine {
     archived_idempotency: HashMap<String, String>,
     workers: BTreeMap<WorkerId, WorkerSlot>,
     classes: Vec<Class>,
-    class_index: HashMap<(Vec<String>, baton_common::flow::ResourceSpec), usize>,
+    class_index: HashMap<(Vec<String>, baton_common::flow::ResourceSpec, Vec<String>), usize>,
     timers: BinaryHeap<Reverse<(i64, Timer)>>,
     ops: Vec<Op>,
     outgoing: Vec<Outgoing>,
@@ -154,6 +165,14 @@ pub struct Engine {
     no_inputs: Arc<str>,
     /// Cache entries by key: the entry and its value.
     cache: HashMap<String, (CacheEntry, Option<Arc<Value>>)>,
+    /// Schedules of registered flows.
+    schedules: BTreeMap<(String, String), schedule::ScheduleState>,
+    /// Concurrency limits by tag.
+    limits: BTreeMap<String, u32>,
+    /// Slots in use by tag.
+    tag_use: HashMap<String, u32>,
+    /// Attempts holding tag slots, with their class (whose tags they hold).
+    held: HashMap<(TrRef, u32), usize>,
 }
 
 impl Engine {
@@ -178,6 +197,10 @@ impl Engine {
             pending_records: HashMap::new(),
             no_inputs: Arc::from("{}"),
             cache: HashMap::new(),
+            schedules: BTreeMap::new(),
+            limits: BTreeMap::new(),
+            tag_use: HashMap::new(),
+            held: HashMap::new(),
         }
     }
 
@@ -189,15 +212,25 @@ impl Engine {
         &self.cfg
     }
 
-    /// Registers a flow definition; returns its version and whether it is new.
-    pub fn register_flow(&mut self, spec: FlowSpec) -> (u32, bool) {
+    /// Registers a flow definition; returns its version and whether it is new. A schedule
+    /// in it is switched on with `schedule_active` (see [`schedule`]).
+    pub fn register_flow(
+        &mut self,
+        spec: FlowSpec,
+        schedule_active: bool,
+        now: i64,
+    ) -> (u32, bool) {
         let key = (spec.project.clone(), spec.name.clone());
-        let versions = self.flows.entry(key).or_default();
+        let versions = self.flows.entry(key.clone()).or_default();
         if let Some(last) = versions.last() {
             if last.spec == spec {
-                return (last.version, false);
+                let version = last.version;
+                let schedule = spec.schedule.clone();
+                self.schedule_registered(key, schedule, false, schedule_active, now);
+                return (version, false);
             }
         }
+        let schedule = spec.schedule.clone();
         let version = versions.len() as u32 + 1;
         let value = serde_json::to_vec(&spec).unwrap_or_default();
         self.ops.push(Op::Put {
@@ -205,6 +238,7 @@ impl Engine {
             value,
         });
         versions.push(Arc::new(CompiledFlow::new(spec, version)));
+        self.schedule_registered(key, schedule, true, schedule_active, now);
         (version, true)
     }
 
@@ -265,6 +299,9 @@ impl Engine {
                 now
             },
             no_cache: req.no_cache,
+            priority: req.priority,
+            parent: req.parent,
+            trigger: req.trigger,
             open_nodes: flow.spec.tasks.len(),
             nodes,
             waiting_reason: String::new(),
@@ -345,6 +382,9 @@ impl Engine {
                 idempotency_key: run.idempotency_key.clone(),
                 scheduled_start_ms: run.scheduled_start_ms,
                 no_cache: run.no_cache,
+                priority: run.priority,
+                parent: run.parent.clone(),
+                trigger: run.trigger,
             };
             ops.push(Op::Put {
                 key: keys::run(&run.id.0),
@@ -414,9 +454,13 @@ impl Engine {
         }
     }
 
-    /// The earliest pending timer, if any.
+    /// The earliest pending timer or schedule tick, if any.
     pub fn next_deadline(&self) -> Option<i64> {
-        self.timers.peek().map(|Reverse((t, _))| *t)
+        let timer = self.timers.peek().map(|Reverse((t, _))| *t);
+        match (timer, self.next_tick()) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
     }
 
     fn timer(&mut self, at: i64, t: Timer) {

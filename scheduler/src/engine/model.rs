@@ -124,6 +124,8 @@ pub struct TaskRun {
     pub deadline_ms: i64,
     /// When the task run became ready (for the unrunnable check).
     pub ready_since_ms: i64,
+    /// A sub-flow task run: the child run of its current attempt.
+    pub child: Option<String>,
     pub dirty: bool,
 }
 
@@ -144,6 +146,7 @@ impl TaskRun {
             attempts: Vec::new(),
             deadline_ms: 0,
             ready_since_ms: 0,
+            child: None,
             dirty: false,
         }
     }
@@ -185,6 +188,35 @@ pub struct Node {
     pub class: usize,
 }
 
+/// The sub-flow task run that started a child run.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ParentLink {
+    pub run: String,
+    pub task: String,
+    /// -1 for an unmapped task.
+    pub map_index: i64,
+}
+
+/// What started a run.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Trigger {
+    #[default]
+    Api,
+    Schedule,
+    Parent,
+}
+
+impl Trigger {
+    pub fn name(self) -> &'static str {
+        match self {
+            Trigger::Api => "api",
+            Trigger::Schedule => "schedule",
+            Trigger::Parent => "parent",
+        }
+    }
+}
+
 /// One flow run.
 #[derive(Debug)]
 pub struct Run {
@@ -200,6 +232,10 @@ pub struct Run {
     pub scheduled_start_ms: i64,
     /// Cached results are not reused (fresh results are still recorded).
     pub no_cache: bool,
+    /// Higher first.
+    pub priority: i32,
+    pub parent: Option<ParentLink>,
+    pub trigger: Trigger,
     pub nodes: Vec<Node>,
     /// Nodes not yet terminal.
     pub open_nodes: usize,
@@ -251,6 +287,16 @@ pub struct RunRecord {
     pub scheduled_start_ms: i64,
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub no_cache: bool,
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub priority: i32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parent: Option<ParentLink>,
+    #[serde(default)]
+    pub trigger: Trigger,
+}
+
+fn is_zero(v: &i32) -> bool {
+    *v == 0
 }
 
 /// A committed result that later task runs with the same cache key reuse.
@@ -302,6 +348,9 @@ pub struct TaskRunRecord {
     pub lost: u32,
     #[serde(default)]
     pub attempts: Vec<AttemptInfo>,
+    /// A sub-flow task run: the child run of its current attempt.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub child: Option<String>,
 }
 
 /// Values at most this long (as JSON) are kept in the state store.
@@ -328,6 +377,7 @@ impl TaskRunRecord {
             failures: tr.failures,
             lost: tr.lost,
             attempts: tr.attempts.clone(),
+            child: tr.child.clone(),
         }
     }
 }
@@ -367,6 +417,16 @@ pub mod keys {
         format!("cache/{key}")
     }
     pub const CACHE_PREFIX: &str = "cache/";
+    /// A registered flow's schedule progress (see [`super::ScheduleRecord`]).
+    pub fn schedule(project: &str, flow: &str) -> String {
+        format!("sched/{project}/{flow}")
+    }
+    pub const SCHEDULE_PREFIX: &str = "sched/";
+    /// A concurrency limit on a task tag: its value is the limit as JSON.
+    pub fn limit(tag: &str) -> String {
+        format!("limit/{tag}")
+    }
+    pub const LIMIT_PREFIX: &str = "limit/";
     /// The result-store key of a finished run's archive.
     pub fn archive(run: &str) -> String {
         format!("archive/runs/{run}.pb")
@@ -392,6 +452,7 @@ mod tests {
             failures: 0,
             lost: 0,
             attempts: Vec::new(),
+            child: None,
         }
     }
 

@@ -22,6 +22,10 @@ pub struct Recovered {
     pub idempotency: Vec<(String, String)>,
     /// `(cache key, entry)`: the key without its `cache/` prefix.
     pub cache: Vec<(String, super::CacheEntry)>,
+    /// `(project, flow, progress)` of flow schedules.
+    pub schedules: Vec<(String, String, super::ScheduleRecord)>,
+    /// `(tag, limit)` concurrency limits.
+    pub limits: Vec<(String, u32)>,
 }
 
 impl Engine {
@@ -38,6 +42,8 @@ impl Engine {
                 versions.push(Arc::new(CompiledFlow::new(spec, version)));
             }
         }
+        self.recover_schedules(rec.schedules);
+        self.limits.extend(rec.limits);
         for (key, entry) in rec.cache {
             let value = entry.value.clone().map(Arc::new);
             self.cache.insert(key, (entry, value));
@@ -78,6 +84,9 @@ impl Engine {
                 idempotency_key: r.idempotency_key,
                 scheduled_start_ms: r.scheduled_start_ms,
                 no_cache: r.no_cache,
+                priority: r.priority,
+                parent: r.parent,
+                trigger: r.trigger,
                 nodes,
                 waiting_reason: String::new(),
                 dirty: false,
@@ -97,6 +106,17 @@ impl Engine {
             }
         }
         self.pending_records.clear();
+        // Children that finished before their parent task run heard of it (a step's
+        // operations can span several transactions): settle those task runs now.
+        let finished_children: Vec<u32> = (0..self.runs.len() as u32)
+            .filter(|&s| {
+                let r = &self.runs[s as usize];
+                r.parent.is_some() && r.state.is_terminal()
+            })
+            .collect();
+        for slot in finished_children {
+            self.notify_parent(slot, now);
+        }
         for (key, run) in rec.idempotency {
             if !self.idempotency.contains_key(&key) {
                 self.archived_idempotency.insert(key, run);
@@ -124,6 +144,7 @@ impl Engine {
             tr.value = rec.value.map(Arc::new);
             tr.error = rec.error;
             tr.attempts = rec.attempts;
+            tr.child = rec.child;
             run.nodes[i].runs.push(tr);
         }
         let cancelled = run.state == baton_common::state::RunState::Cancelled;
@@ -160,6 +181,7 @@ impl Engine {
         tr.ended_ms = rec.ended_ms;
         tr.result = rec.result;
         tr.value = rec.value.map(Arc::new);
+        tr.child = rec.child;
         if rec.worker == super::cache::CACHE_WORKER {
             tr.worker = Some(WorkerId(rec.worker.clone()));
         }
@@ -175,6 +197,23 @@ impl Engine {
                 let due = rec.ended_ms + policy.delay_before(rec.attempt + 1, seed) as i64;
                 self.timer(due.max(now), Timer::Retry(t, rec.attempt));
                 TaskState::Retrying
+            }
+            TaskState::Assigned | TaskState::Running
+                if self.runs[t.run as usize]
+                    .flow
+                    .task(t.node as usize)
+                    .is_subflow() =>
+            {
+                // A sub-flow attempt waits for its child run (recovered on its own).
+                let timeout = self.runs[t.run as usize]
+                    .flow
+                    .task(t.node as usize)
+                    .timeout_ms;
+                if timeout > 0 {
+                    tr.deadline_ms = rec.started_ms + timeout as i64;
+                    self.timer(tr.deadline_ms.max(now), Timer::Timeout(t, rec.attempt));
+                }
+                TaskState::Running
             }
             TaskState::Assigned | TaskState::Running => {
                 let worker = WorkerId(rec.worker.clone());
@@ -198,6 +237,22 @@ impl Engine {
     /// Holds an attempt for a worker that has not reconnected yet, for the grace period.
     fn await_worker(&mut self, worker: WorkerId, t: TrRef, attempt: u32, now: i64) {
         let grace = self.cfg.adopt_grace_ms as i64;
+        // It may still run: it holds its tags' slots until its worker says otherwise.
+        let tags = self.runs[t.run as usize]
+            .flow
+            .task(t.node as usize)
+            .tags
+            .clone();
+        if !tags.is_empty() {
+            let labels = self.runs[t.run as usize].flow.labels[t.node as usize].clone();
+            let resources = self.runs[t.run as usize]
+                .flow
+                .task(t.node as usize)
+                .resources
+                .clone();
+            let class = self.class_for(&labels, &resources, &tags);
+            self.hold(t, attempt, class);
+        }
         let slot = self
             .workers
             .entry(worker.clone())

@@ -35,7 +35,20 @@ impl Engine {
             waiting_reason,
             tasks_total: total,
             tasks_done: done,
-            ..Default::default()
+            priority: run.priority,
+            scheduled_start_ms: run.scheduled_start_ms,
+            parent_run_id: run
+                .parent
+                .as_ref()
+                .map(|p| p.run.clone())
+                .unwrap_or_default(),
+            parent_task: run
+                .parent
+                .as_ref()
+                .map(|p| p.task.clone())
+                .unwrap_or_default(),
+            parent_map_index: run.parent.as_ref().map(|p| p.map_index).unwrap_or(-1),
+            trigger: run.trigger.name().to_string(),
         }
     }
 
@@ -97,7 +110,7 @@ impl Engine {
                     error: a.error.clone(),
                 })
                 .collect(),
-            child_run_id: String::new(),
+            child_run_id: tr.child.clone().unwrap_or_default(),
         }
     }
 

@@ -24,6 +24,10 @@ impl FlowApi {
     pub fn new(roles: Arc<Roles>, results: Arc<dyn ResultStore>) -> Self {
         FlowApi { roles, results }
     }
+
+    pub(super) fn roles(&self) -> &Roles {
+        &self.roles
+    }
 }
 
 fn parse_params(
@@ -64,7 +68,7 @@ impl FlowApi {
     }
 }
 
-fn require(field: &str, value: &str) -> Result<(), Status> {
+pub(super) fn require(field: &str, value: &str) -> Result<(), Status> {
     if value.is_empty() {
         Err(Status::invalid_argument(format!("missing field `{field}`")))
     } else {
@@ -81,49 +85,50 @@ type EventStream = Pin<Box<dyn Stream<Item = Result<pb::RunEvent, Status>> + Sen
 impl FlowService for FlowApi {
     async fn set_schedule(
         &self,
-        _req: Request<pb::SetScheduleRequest>,
+        req: Request<pb::SetScheduleRequest>,
     ) -> Result<Response<pb::SetScheduleResponse>, Status> {
-        Err(Status::unimplemented("schedules: not yet"))
+        self.set_schedule_impl(req.into_inner()).await
     }
 
     async fn set_concurrency_limit(
         &self,
-        _req: Request<pb::SetConcurrencyLimitRequest>,
+        req: Request<pb::SetConcurrencyLimitRequest>,
     ) -> Result<Response<pb::ConcurrencyLimit>, Status> {
-        Err(Status::unimplemented("limits: not yet"))
+        self.set_limit_impl(req.into_inner()).await
     }
 
     async fn delete_concurrency_limit(
         &self,
-        _req: Request<pb::DeleteConcurrencyLimitRequest>,
+        req: Request<pb::DeleteConcurrencyLimitRequest>,
     ) -> Result<Response<pb::DeleteConcurrencyLimitResponse>, Status> {
-        Err(Status::unimplemented("limits: not yet"))
+        self.delete_limit_impl(req.into_inner()).await
     }
 
     async fn list_concurrency_limits(
         &self,
         _req: Request<pb::ListConcurrencyLimitsRequest>,
     ) -> Result<Response<pb::ListConcurrencyLimitsResponse>, Status> {
-        Err(Status::unimplemented("limits: not yet"))
+        self.list_limits_impl().await
     }
 
     async fn register_flow(
         &self,
         req: Request<pb::RegisterFlowRequest>,
     ) -> Result<Response<pb::RegisterFlowResponse>, Status> {
-        let spec = parse_flow(&req.into_inner().source).map_err(Error::from)?;
+        let req = req.into_inner();
+        let spec = parse_flow(&req.source).map_err(Error::from)?;
         let (project, flow) = (spec.project.clone(), spec.name.clone());
-        let (version, created) = self
+        let (version, created, schedule) = self
             .roles
             .leader()?
-            .ask(|r| Command::RegisterFlow(spec, r))
+            .ask(|r| Command::RegisterFlow(spec, req.schedule_active, r))
             .await?;
         Ok(Response::new(pb::RegisterFlowResponse {
             project,
             flow,
             version,
             created,
-            schedule: None,
+            schedule,
         }))
     }
 
@@ -144,10 +149,10 @@ impl FlowService for FlowApi {
         } else {
             let spec = parse_flow(&req.source).map_err(Error::from)?;
             let (project, flow) = (spec.project.clone(), spec.name.clone());
-            let (version, _) = self
+            let (version, _, _) = self
                 .roles
                 .leader()?
-                .ask(|r| Command::RegisterFlow(spec, r))
+                .ask(|r| Command::RegisterFlow(spec, false, r))
                 .await?;
             (project, flow, version)
         };
@@ -159,6 +164,8 @@ impl FlowService for FlowApi {
             idempotency_key: req.idempotency_key,
             scheduled_start_ms: 0,
             no_cache: req.no_cache,
+            priority: req.priority,
+            ..Default::default()
         };
         let (mut run, created) = self
             .roles

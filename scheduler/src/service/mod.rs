@@ -1,6 +1,7 @@
 //! The gRPC services: thin adapters that decode requests, hand commands to the engine's
 //! actor and map its errors to statuses.
 
+mod admin;
 mod flow;
 mod worker;
 

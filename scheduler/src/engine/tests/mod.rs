@@ -20,7 +20,10 @@ mod caching;
 mod dataflow;
 mod dispatch;
 mod failures;
+mod limits;
 mod requests;
+mod schedules;
+mod subflows;
 mod workers;
 
 /// The virtual clock's start (a realistic unix time in milliseconds).
@@ -135,8 +138,13 @@ impl VirtualCluster {
     // --- flows and runs ---
 
     fn register(&mut self, yaml: &str) -> (u32, bool) {
+        self.register_with(yaml, false)
+    }
+
+    /// Registers a flow, switching its schedule on with `schedule_active`.
+    fn register_with(&mut self, yaml: &str, schedule_active: bool) -> (u32, bool) {
         let spec = parse_flow(yaml).expect("a valid flow file");
-        let out = self.engine.register_flow(spec);
+        let out = self.engine.register_flow(spec, schedule_active, self.now);
         self.drain();
         out
     }
@@ -403,6 +411,27 @@ impl VirtualCluster {
         panic!("the cluster never settled");
     }
 
+    /// Steps and completes the outstanding attempts of `task` until none is left.
+    fn run_to_end_of(&mut self, task: &str) {
+        for _ in 0..10_000 {
+            self.step();
+            let next = self
+                .workers
+                .values()
+                .filter(|w| w.connected)
+                .flat_map(|w| w.running.iter())
+                .find(|a| a.task() == task)
+                .cloned();
+            match next {
+                Some(a) => {
+                    self.succeed(&a);
+                }
+                None => return,
+            }
+        }
+        panic!("{task} never settled");
+    }
+
     // --- messages ---
 
     fn cancels(&self) -> Vec<Cancelled> {
@@ -456,7 +485,22 @@ impl VirtualCluster {
                     index.parse().expect("a map index"),
                     serde_json::from_slice(value).expect("a task run record"),
                 )),
-                ["idem", _key] => {}
+                ["idem", key @ ..] => rec.idempotency.push((
+                    key.join("/"),
+                    String::from_utf8(value.clone()).expect("an id"),
+                )),
+                ["sched", project, flow] => rec.schedules.push((
+                    project.to_string(),
+                    flow.to_string(),
+                    serde_json::from_slice(value).expect("a schedule record"),
+                )),
+                ["limit", tag] => rec.limits.push((
+                    tag.to_string(),
+                    std::str::from_utf8(value)
+                        .expect("text")
+                        .parse()
+                        .expect("a limit"),
+                )),
                 ["cache", k] => rec.cache.push((
                     k.to_string(),
                     serde_json::from_slice(value).expect("a cache entry"),

@@ -1,0 +1,67 @@
+//! `FlowService` calls that configure the cluster: flow schedules on and off, concurrency
+//! limits on task tags.
+
+use super::flow::{require, FlowApi};
+use crate::actor::Command;
+use baton_proto as pb;
+use tonic::{Response, Status};
+
+impl FlowApi {
+    pub(super) async fn set_schedule_impl(
+        &self,
+        req: pb::SetScheduleRequest,
+    ) -> Result<Response<pb::SetScheduleResponse>, Status> {
+        require("flow", &req.flow)?;
+        let project = if req.project.is_empty() {
+            "default".to_string()
+        } else {
+            req.project
+        };
+        let (p, f) = (project.clone(), req.flow.clone());
+        let schedule = self
+            .roles()
+            .leader()?
+            .ask(|r| Command::SetSchedule(p, f, req.active, r))
+            .await?;
+        Ok(Response::new(pb::SetScheduleResponse {
+            project,
+            flow: req.flow,
+            schedule: Some(schedule),
+        }))
+    }
+
+    pub(super) async fn set_limit_impl(
+        &self,
+        req: pb::SetConcurrencyLimitRequest,
+    ) -> Result<Response<pb::ConcurrencyLimit>, Status> {
+        require("tag", &req.tag)?;
+        let limit = self
+            .roles()
+            .leader()?
+            .ask(|r| Command::SetLimit(req.tag, req.limit, r))
+            .await?;
+        Ok(Response::new(limit))
+    }
+
+    pub(super) async fn delete_limit_impl(
+        &self,
+        req: pb::DeleteConcurrencyLimitRequest,
+    ) -> Result<Response<pb::DeleteConcurrencyLimitResponse>, Status> {
+        require("tag", &req.tag)?;
+        let deleted = self
+            .roles()
+            .leader()?
+            .ask(|r| Command::DeleteLimit(req.tag, r))
+            .await?;
+        Ok(Response::new(pb::DeleteConcurrencyLimitResponse {
+            deleted,
+        }))
+    }
+
+    pub(super) async fn list_limits_impl(
+        &self,
+    ) -> Result<Response<pb::ListConcurrencyLimitsResponse>, Status> {
+        let limits = self.roles().leader()?.ask(Command::ListLimits).await?;
+        Ok(Response::new(pb::ListConcurrencyLimitsResponse { limits }))
+    }
+}
