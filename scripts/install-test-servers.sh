@@ -63,14 +63,16 @@ install_etcd() {
 }
 
 # ---------------------------------------------------------------------------------------
-# Python gRPC tools: a venv at $BATON_TOOLS/py with grpcio and grpcio-tools from PyPI, for
-# the Python client example (examples/python) and its test (testkit/tests/python_client.rs),
-# which generates the stubs with `$BATON_TOOLS/py/bin/python -m grpc_tools.protoc`.
+# Python gRPC tools: a venv at $BATON_TOOLS/py with grpcio, grpcio-tools, grpcio-reflection
+# and grpcio-health-checking from PyPI, for the Python client example (examples/python) and
+# its test (testkit/tests/python_client.rs), which generates the stubs with
+# `$BATON_TOOLS/py/bin/python -m grpc_tools.protoc`, and for examples/python/grpc_probe.py
+# (`grpcurl list` and a health probe, by reflection; grpcurl is not packaged in Debian).
 GRPCIO_VERSION="1.85.1"
 
 install_python_grpc() {
   local venv="$BATON_TOOLS/py"
-  if "$venv/bin/python" -c "import grpc, grpc_tools, google.protobuf" >/dev/null 2>&1; then
+  if "$venv/bin/python" -c "import grpc, grpc_tools, google.protobuf, grpc_reflection, grpc_health" >/dev/null 2>&1; then
     say "python grpc: already installed in $venv"
     return 0
   fi
@@ -78,10 +80,11 @@ install_python_grpc() {
     say "python grpc: python3 with venv and ensurepip is needed (Debian: python3-venv)"
     return 1
   fi
-  say "python grpc: creating $venv with grpcio and grpcio-tools $GRPCIO_VERSION"
-  python3 -m venv "$venv"
+  say "python grpc: creating $venv with grpcio, grpcio-tools, grpcio-reflection and grpcio-health-checking $GRPCIO_VERSION"
+  [ -x "$venv/bin/python" ] || python3 -m venv "$venv"
   "$venv/bin/python" -m pip install --quiet --disable-pip-version-check \
-    "grpcio==$GRPCIO_VERSION" "grpcio-tools==$GRPCIO_VERSION"
+    "grpcio==$GRPCIO_VERSION" "grpcio-tools==$GRPCIO_VERSION" \
+    "grpcio-reflection==$GRPCIO_VERSION" "grpcio-health-checking==$GRPCIO_VERSION"
   say "python grpc: $("$venv/bin/python" -c 'import grpc; print("grpcio", grpc.__version__)')"
 }
 

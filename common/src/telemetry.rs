@@ -1,15 +1,117 @@
-//! Tracing set-up shared by the binaries.
+//! Tracing set-up shared by the binaries, and task logs from tracing: events a built-in task
+//! emits (at info level or above) while it runs inside [`task_log_scope`] also go to its
+//! attempt's log.
 
-use tracing_subscriber::EnvFilter;
+use std::fmt::Write as _;
+use std::future::Future;
+use std::sync::Arc;
+use tracing::field::{Field, Visit};
+use tracing::{Event, Level, Subscriber};
+use tracing_subscriber::filter::LevelFilter;
+use tracing_subscriber::layer::{Context, SubscriberExt};
+use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::{EnvFilter, Layer};
 
-/// Installs a `fmt` subscriber filtered by `RUST_LOG` (default `info`), writing to stderr.
-/// Safe to call more than once.
+/// Where a running task's log lines go: `(stream, line)`.
+pub type TaskLogSink = Arc<dyn Fn(&'static str, String) + Send + Sync>;
+
+tokio::task_local! {
+    static TASK_LOG: TaskLogSink;
+}
+
+/// Runs `fut` with tracing events emitted inside it sent to `sink` as well.
+pub async fn task_log_scope<F: Future>(sink: TaskLogSink, fut: F) -> F::Output {
+    TASK_LOG.scope(sink, fut).await
+}
+
+/// Installs a `fmt` subscriber filtered by `RUST_LOG` (default `default_filter`), writing
+/// to stderr, plus the task-log layer. Safe to call more than once.
 pub fn init(default_filter: &str) {
     let filter =
         EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_filter));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
+    let fmt = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
         .with_target(false)
+        .with_filter(filter);
+    let _ = tracing_subscriber::registry()
+        .with(fmt)
+        .with(TaskLogLayer.with_filter(LevelFilter::INFO))
         .try_init();
+}
+
+/// Forwards events emitted within a [`task_log_scope`] to its sink.
+struct TaskLogLayer;
+
+impl<S: Subscriber> Layer<S> for TaskLogLayer {
+    fn on_event(&self, event: &Event<'_>, _ctx: Context<'_, S>) {
+        let _ = TASK_LOG.try_with(|sink| {
+            let mut line = LineVisitor::default();
+            event.record(&mut line);
+            let level = *event.metadata().level();
+            let stream = if level <= Level::WARN {
+                "stderr"
+            } else {
+                "log"
+            };
+            sink(stream, format!("{level} {}{}", line.message, line.fields));
+        });
+    }
+}
+
+#[derive(Default)]
+struct LineVisitor {
+    message: String,
+    fields: String,
+}
+
+impl Visit for LineVisitor {
+    fn record_str(&mut self, field: &Field, value: &str) {
+        if field.name() == "message" {
+            self.message.push_str(value);
+        } else {
+            let _ = write!(self.fields, " {}={value}", field.name());
+        }
+    }
+
+    fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
+        if field.name() == "message" {
+            let _ = write!(self.message, "{value:?}");
+        } else {
+            let _ = write!(self.fields, " {}={value:?}", field.name());
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Mutex;
+
+    #[tokio::test]
+    async fn events_inside_a_task_scope_reach_its_sink_only() {
+        init("warn");
+        let lines = Arc::new(Mutex::new(Vec::new()));
+        let seen = lines.clone();
+        let sink: TaskLogSink = Arc::new(move |stream, line| {
+            seen.lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push((stream, line));
+        });
+        tracing::info!("outside");
+        task_log_scope(sink, async {
+            tracing::info!(rows = 3, "fitting");
+            tracing::debug!("too fine");
+            tokio::task::yield_now().await;
+            tracing::warn!("slow");
+        })
+        .await;
+        let got = lines.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        assert_eq!(
+            got,
+            vec![
+                ("log", "INFO fitting rows=3".to_string()),
+                ("stderr", "WARN slow".to_string())
+            ]
+        );
+    }
 }

@@ -1,6 +1,6 @@
-//! Task logs on real processes: a process task's stdout and stderr lines reach the
-//! scheduler, are stored per attempt in the result store, and `baton logs` prints them, in
-//! order, after the run or (`--follow`) as they come.
+//! Task logs on real processes: a process task's stdout and stderr lines and a built-in
+//! task's tracing events reach the scheduler, are stored per attempt in the result store,
+//! and `baton logs` prints them, in order, after the run or (`--follow`) as they come.
 
 use baton_cli::Client;
 use baton_testkit::{bin_path, eventually, Cluster};
@@ -73,6 +73,34 @@ async fn baton_logs_prints_a_process_tasks_lines_in_order() -> anyhow::Result<()
     assert_eq!(first["stream"], "stdout");
     assert_eq!(first["line"], "line-1");
     assert!(first["at_ms"].as_i64().unwrap_or(0) > 0);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_builtin_tasks_tracing_events_are_its_log_lines() -> anyhow::Result<()> {
+    let mut cluster = Cluster::start(&[]).await?;
+    cluster.add_worker("w", "local,trainer", 2)?;
+    let c = Client::connect(&cluster.url()).await?;
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let flow = std::fs::read_to_string(root.join("examples/ridge_sweep.yaml"))?;
+    let params = BTreeMap::from([("alphas".to_string(), "[0.5]".to_string())]);
+    let run = c
+        .run_source(flow, params, uuid_key())
+        .await?
+        .run
+        .expect("run");
+    let done = c.wait(&run.id).await?;
+    cluster.assert_completed(&done);
+    let out = baton_logs(&cluster, &[&run.id, "train"])?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.lines().any(
+            |l| l.starts_with("train[0]#1 log: INFO trained a ridge model")
+                && l.contains("alpha=0.5")
+        ),
+        "{text}\n{}",
+        cluster.logs()
+    );
     Ok(())
 }
 

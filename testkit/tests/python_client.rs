@@ -83,3 +83,61 @@ async fn python_client_runs_the_ridge_sweep() -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+/// Runs examples/python/grpc_probe.py (what `grpcurl list` and a health probe do) against
+/// `addr`; returns its exit code and stdout.
+async fn probe(python: &Path, addr: &str, args: &[&str]) -> anyhow::Result<(i32, String)> {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let out = tokio::process::Command::new(python)
+        .arg(root.join("examples/python/grpc_probe.py"))
+        .arg(addr)
+        .args(args)
+        .env("PYTHONDONTWRITEBYTECODE", "1")
+        .kill_on_drop(true)
+        .output();
+    let out = tokio::time::timeout(Duration::from_secs(60), out).await??;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        stderr.trim().is_empty() || out.status.success(),
+        "grpc_probe.py {args:?}: {stderr}"
+    );
+    Ok((out.status.code().unwrap_or(-1), stdout))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reflection_lists_our_services_like_grpcurl_and_health_says_serving() -> anyhow::Result<()>
+{
+    let python = venv_python()?;
+    let cluster = Cluster::start(&[]).await?;
+    let addr = format!("127.0.0.1:{}", cluster.port);
+    let (code, out) = probe(&python, &addr, &["list"]).await?;
+    assert_eq!(code, 0, "{out}");
+    let services: Vec<&str> = out.lines().collect();
+    for s in [
+        "baton.v1.FlowService",
+        "baton.v1.WorkerService",
+        "grpc.health.v1.Health",
+    ] {
+        assert!(services.contains(&s), "{s} not listed: {services:?}");
+    }
+    let (code, out) = probe(&python, &addr, &["list", "baton.v1.FlowService"]).await?;
+    assert_eq!(code, 0, "{out}");
+    for m in [
+        "CreateRun",
+        "SetSchedule",
+        "ListConcurrencyLimits",
+        "GetLogs",
+    ] {
+        assert!(
+            out.lines()
+                .any(|l| l == format!("baton.v1.FlowService.{m}")),
+            "{m} not listed:\n{out}"
+        );
+    }
+    let (code, out) = probe(&python, &addr, &["health"]).await?;
+    assert_eq!((code, out.trim()), (0, "SERVING"));
+    let (code, out) = probe(&python, &addr, &["health", "baton.v1.FlowService"]).await?;
+    assert_eq!((code, out.trim()), (0, "SERVING"));
+    Ok(())
+}

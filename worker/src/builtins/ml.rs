@@ -153,6 +153,7 @@ pub(super) async fn train_ridge(inputs: Value, ctx: &TaskContext) -> TaskResult 
     })
     .await?;
     let model_uri = put_artifact(F, ctx, "model.json", bytes, "application/json").await?;
+    tracing::info!(alpha, model = %model_uri, "trained a ridge model");
     Ok(Value::String(model_uri))
 }
 

@@ -152,7 +152,12 @@ pub async fn run_with_limits(
 async fn run_body(job: &Job, ctx: &TaskContext) -> TaskResult {
     match &job.kind {
         TaskKind::Builtin { function } => {
-            crate::builtins::run_builtin(function, job.inputs.clone(), ctx).await
+            // Tracing events of the built-in go to the attempt's log too.
+            let logger = ctx.clone();
+            let sink: baton_common::telemetry::TaskLogSink =
+                std::sync::Arc::new(move |stream, line| logger.log(stream, line));
+            let body = crate::builtins::run_builtin(function, job.inputs.clone(), ctx);
+            baton_common::telemetry::task_log_scope(sink, body).await
         }
         TaskKind::Process {
             command,
