@@ -316,5 +316,27 @@ async fn load(state: &dyn StateStore, results: &dyn ResultStore) -> Result<Recov
             Err((uri, e)) => tracing::error!(%uri, error = %e, "cannot read a result back"),
         }
     }
+    // Likewise the values of live cache entries too large for their record.
+    let now = baton_common::time::now_ms();
+    let wanted: Vec<(usize, String)> = rec
+        .cache
+        .iter()
+        .enumerate()
+        .filter(|(_, (_, e))| e.value.is_none() && (e.expires_ms == 0 || e.expires_ms > now))
+        .map(|(i, (_, e))| (i, e.result.uri.clone()))
+        .collect();
+    let reads = wanted
+        .into_iter()
+        .map(|(i, uri)| async move { (i, results.get(&uri).await.map_err(|err| (uri, err))) });
+    let read: Vec<_> = futures::stream::iter(reads)
+        .buffer_unordered(32)
+        .collect()
+        .await;
+    for (i, got) in read {
+        match got {
+            Ok(bytes) => rec.cache[i].1.value = serde_json::from_slice(&bytes).ok(),
+            Err((uri, e)) => tracing::warn!(%uri, error = %e, "cannot read a cached value back"),
+        }
+    }
     Ok(rec)
 }

@@ -303,7 +303,7 @@ fn is_zero(v: &i32) -> bool {
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub struct CacheEntry {
     pub result: ResultRef,
-    /// The value when small; an entry without one is not reused after a restart.
+    /// The value when small; a larger one is read back from `result` after a restart.
     #[serde(
         default,
         skip_serializing_if = "Option::is_none",
