@@ -1,5 +1,6 @@
 //! Run and worker lifecycle on real processes: cancelling a run stops its process tasks;
-//! a worker drains on SIGTERM, finishing what it runs.
+//! a worker killed with SIGKILL takes its process tasks (and their children) with it; a
+//! worker drains on SIGTERM, finishing what it runs.
 
 use baton_cli::Client;
 use baton_proto as pb;
@@ -60,6 +61,44 @@ async fn cancelling_a_run_kills_its_process_tasks() -> anyhow::Result<()> {
             .all(|t| t.state == pb::TaskState::Cancelled as i32),
         "{trs:?}"
     );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_workers_process_tasks_die_with_it() -> anyhow::Result<()> {
+    let mut cluster = Cluster::start(&[]).await?;
+    let w = cluster.add_worker("doomed", "local", 2)?;
+    let c = Client::connect(&cluster.url()).await?;
+    let pidfile = cluster.dir.path().join("pids");
+    // The shell and a child of its own, both recorded.
+    let flow = format!(
+        "name: orphan\ntasks:\n  - name: sleepy\n    process:\n      command: sh\n      args: [\"-c\", \"sleep 300 & echo $! >> {0}; echo $$ >> {0}; wait; echo 1\"]\n",
+        pidfile.display()
+    );
+    c.run_source(flow, BTreeMap::new(), String::new()).await?;
+    let pids: Vec<i32> = eventually(Duration::from_secs(20), "the processes to start", || {
+        let p = pidfile.clone();
+        async move {
+            let pids: Vec<i32> = std::fs::read_to_string(p)
+                .ok()?
+                .lines()
+                .filter_map(|l| l.trim().parse().ok())
+                .collect();
+            (pids.len() == 2).then_some(pids)
+        }
+    })
+    .await?;
+    assert!(pids.iter().all(|&p| alive(p)));
+    cluster.workers[w].kill9();
+    eventually(
+        Duration::from_secs(10),
+        "the task's processes to die with their worker",
+        || {
+            let pids = pids.clone();
+            async move { pids.iter().all(|&p| !alive(p)).then_some(()) }
+        },
+    )
+    .await?;
     Ok(())
 }
 

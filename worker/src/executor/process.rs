@@ -58,7 +58,10 @@ pub(super) async fn run(
             _ => TaskError::retryable(message),
         }
     })?;
-    let group = GroupGuard::new(child.id().and_then(|id| i32::try_from(id).ok()));
+    let pgid = child.id().and_then(|id| i32::try_from(id).ok());
+    let group = GroupGuard::new(pgid);
+    // Kills the group if this worker dies (held until the attempt is over).
+    let _watchdog = pgid.and_then(spawn_watchdog);
     let stdin = child.stdin.take();
     let stdout = child.stdout.take();
     let stderr = child.stderr.take();
@@ -211,6 +214,29 @@ async fn next_line<R: AsyncBufRead + Unpin>(
         reader.consume(take);
         if done {
             return Ok(Some(truncated));
+        }
+    }
+}
+
+/// Starts a watchdog in process group `pgid`: a shell waiting on a pipe whose only writer is
+/// this worker. When the worker dies (even by SIGKILL) the pipe closes and the watchdog kills
+/// the whole group, so a task never outlives its worker (and a concurrency slot freed when
+/// the worker is lost is really free). When the attempt ends normally the group is killed
+/// by the worker itself, the watchdog with it.
+fn spawn_watchdog(pgid: i32) -> Option<tokio::process::Child> {
+    let spawned = tokio::process::Command::new("/bin/sh")
+        .args(["-c", "read _; kill -KILL -\"$0\"", &pgid.to_string()])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .process_group(pgid)
+        .kill_on_drop(false)
+        .spawn();
+    match spawned {
+        Ok(c) => Some(c),
+        Err(e) => {
+            tracing::warn!(error = %e, "no watchdog for a process task: it may outlive this worker");
+            None
         }
     }
 }
