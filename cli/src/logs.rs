@@ -2,7 +2,9 @@
 
 use baton_cli::client::format_entry;
 use baton_cli::Client;
+use std::collections::HashMap;
 use std::io::Write;
+use std::time::{Duration, Instant};
 
 #[derive(clap::Args, Debug)]
 pub struct LogsArgs {
@@ -15,18 +17,78 @@ pub struct LogsArgs {
     pub follow: bool,
 }
 
+/// How long `--follow` keeps trying to reopen a broken stream (a leader failover).
+const REOPEN_FOR: Duration = Duration::from_secs(60);
+
 /// Prints the lines, one per line, in order: by task, map index and attempt, then as
-/// written; new lines follow when asked.
+/// written; new lines follow when asked. A followed stream that breaks (the leader changed)
+/// is opened again on the new leader, skipping the lines already printed.
 pub async fn execute(c: &Client, args: LogsArgs) -> anyhow::Result<i32> {
     let task = args.task.unwrap_or_default();
-    let mut stream = c.logs(&args.run, &task, args.follow).await?;
     let mut out = std::io::stdout();
-    while let Some(e) = stream.message().await? {
-        writeln!(out, "{}", format_entry(&e))?;
-        if args.follow {
-            out.flush()?;
+    // Lines printed per (task, map index, attempt): a reopened stream replays from the start.
+    let mut printed: HashMap<(String, i64, u32), usize> = HashMap::new();
+    let mut broken_since: Option<Instant> = None;
+    loop {
+        let opened = c.logs(&args.run, &task, args.follow).await;
+        let mut stream = match opened {
+            Ok(s) => s,
+            Err(e) if args.follow && broken_since.is_some_and(|t| t.elapsed() < REOPEN_FOR) => {
+                tracing::debug!(error = %e, "reopening the log stream");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                continue;
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let mut seen: HashMap<(String, i64, u32), usize> = HashMap::new();
+        let ended = loop {
+            match stream.message().await {
+                Ok(Some(e)) => {
+                    broken_since = None;
+                    let key = (e.task.clone(), e.map_index, e.attempt);
+                    let n = seen.entry(key.clone()).or_default();
+                    *n += 1;
+                    let done = printed.entry(key).or_default();
+                    if *n <= *done {
+                        continue;
+                    }
+                    *done = *n;
+                    writeln!(out, "{}", format_entry(&e))?;
+                    if args.follow {
+                        out.flush()?;
+                    }
+                }
+                Ok(None) => break Ok(()),
+                Err(status) => break Err(status),
+            }
+        };
+        match ended {
+            Ok(()) if args.follow && !run_over(c, &args.run).await => {
+                // The stream ended but the run goes on: its leader went away.
+                broken_since.get_or_insert_with(Instant::now);
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+            Ok(()) => break,
+            Err(status) if args.follow => {
+                tracing::debug!(%status, "the log stream broke; reopening");
+                broken_since.get_or_insert_with(Instant::now);
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+            Err(status) => return Err(status.into()),
         }
     }
     out.flush()?;
     Ok(0)
+}
+
+/// Whether the run is over (or cannot be read any more: nothing is left to follow).
+async fn run_over(c: &Client, run: &str) -> bool {
+    use baton_proto::RunState;
+    match c.get_run(run).await {
+        Ok(r) => matches!(
+            RunState::try_from(r.state),
+            Ok(RunState::Completed | RunState::Failed | RunState::Cancelled)
+        ),
+        Err(_) => true,
+    }
 }

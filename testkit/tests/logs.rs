@@ -2,7 +2,10 @@
 //! task's tracing events reach the scheduler, are stored per attempt in the result store,
 //! and `baton logs` prints them, in order, after the run or (`--follow`) as they come.
 
+mod support;
+
 use baton_cli::Client;
+use baton_testkit::ha::HaConfig;
 use baton_testkit::{bin_path, eventually, Cluster};
 use std::collections::BTreeMap;
 use std::io::BufRead;
@@ -165,4 +168,93 @@ async fn baton_logs_follow_prints_lines_as_they_come_and_ends_with_the_run() -> 
 /// being elected.
 fn uuid_key() -> String {
     format!("logs-test-{}-{:?}", std::process::id(), Instant::now())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn baton_logs_follow_goes_on_through_a_leader_failover() -> anyhow::Result<()> {
+    let _serial = support::serial().await;
+    let mut c = support::cluster(HaConfig::default(), &[("logs-hw", "local", 2)]).await?;
+    let flow = "name: chatty\ntasks:\n  - name: talk\n    process:\n      command: sh\n      args: [\"-c\", \"for i in $(seq 1 100); do echo line-$i; sleep 0.1; done; echo 0\"]\n";
+    let run = support::start_run(&c, flow, &uuid_key()).await?;
+    let all = c.urls().join(",");
+    let mut follow = Command::new(bin_path("baton")?)
+        .args(["--scheduler", &all, "logs", &run, "--follow"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    let stdout = follow
+        .stdout
+        .take()
+        .ok_or_else(|| anyhow::anyhow!("no stdout"))?;
+    let reader = std::thread::spawn(move || {
+        std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+            .collect::<Vec<String>>()
+    });
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let (old, _) = c.wait_leader(Duration::from_secs(10), None).await?;
+    c.kill9_scheduler(old);
+    c.wait_leader(Duration::from_secs(30), Some(old)).await?;
+    let done = support::wait_run(&c, &run, Duration::from_secs(60)).await?;
+    assert_eq!(
+        done.state,
+        baton_proto::RunState::Completed as i32,
+        "{done:?}"
+    );
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(s) = follow.try_wait()? {
+            break s;
+        }
+        if Instant::now() > deadline {
+            let _ = follow.kill();
+            anyhow::bail!(
+                "`baton logs --follow` did not end with the run\n{}",
+                c.logs()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let lines = reader
+        .join()
+        .map_err(|_| anyhow::anyhow!("the reader panicked"))?;
+    assert!(status.success(), "{status}: {lines:?}");
+    // (attempt, line number) in the order printed; the task may have been re-run as
+    // attempt 2 if its worker was not back within the new leader's adoption grace.
+    let seen: Vec<(u32, u32)> = lines
+        .iter()
+        .filter_map(|l| {
+            let rest = l.strip_prefix("talk#")?;
+            let (attempt, n) = rest.split_once(" stdout: line-")?;
+            Some((attempt.parse().ok()?, n.parse().ok()?))
+        })
+        .collect();
+    let mut unique = seen.clone();
+    unique.sort();
+    unique.dedup();
+    assert_eq!(unique.len(), seen.len(), "no line printed twice: {seen:?}");
+    let last_attempt = seen.iter().map(|(a, _)| *a).max().unwrap_or(0);
+    for a in 1..=last_attempt {
+        let nums: Vec<u32> = seen
+            .iter()
+            .filter(|(x, _)| *x == a)
+            .map(|(_, n)| *n)
+            .collect();
+        assert!(
+            nums.windows(2).all(|w| w[0] < w[1]),
+            "attempt {a}'s lines in order: {nums:?}"
+        );
+    }
+    let last: Vec<u32> = seen
+        .iter()
+        .filter(|(a, _)| *a == last_attempt)
+        .map(|(_, n)| *n)
+        .collect();
+    assert_eq!(
+        last.last(),
+        Some(&100),
+        "the lines written after the failover are followed: {seen:?}"
+    );
+    Ok(())
 }
