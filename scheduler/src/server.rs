@@ -230,6 +230,12 @@ async fn load(state: &dyn StateStore, results: &dyn ResultStore) -> Result<Recov
             Err(e) => tracing::error!(%key, error = %e, "skipping an unreadable schedule record"),
         }
     }
+    for (key, value) in state.load(keys::FINISHED_PREFIX).await? {
+        match <baton_proto::FlowRun as prost::Message>::decode(value.as_slice()) {
+            Ok(r) => rec.finished.push((key, r)),
+            Err(e) => tracing::error!(%key, error = %e, "skipping an unreadable run summary"),
+        }
+    }
     for (key, value) in state.load(keys::LIMIT_PREFIX).await? {
         let tag = &key[keys::LIMIT_PREFIX.len()..];
         match std::str::from_utf8(&value)

@@ -245,6 +245,17 @@ async fn finished_runs_leave_etcd_and_are_read_back_from_the_archive() -> anyhow
     c.wait_leader(Duration::from_secs(30), Some(old)).await?;
     let trs = check_fan_out(&c, &ledger, &run, n).await?;
     assert!(trs.iter().all(|t| t.attempt == 1));
+    // ... and still lists it (`baton runs`), from the summary kept in etcd.
+    let listed = with_leader(&c, Duration::from_secs(30), |client| async move {
+        Ok(client.list_runs(0).await?)
+    })
+    .await?;
+    let found = listed.iter().find(|r| r.id == run);
+    assert_eq!(
+        found.map(|r| r.state),
+        Some(pb::RunState::Completed as i32),
+        "the archived run is listed by the new leader: {listed:?}"
+    );
     // The same idempotency key still names the same (archived) run on the new leader.
     let again = start_run(&c, &fan_out("archived", n, 1), "archive-1").await?;
     assert_eq!(

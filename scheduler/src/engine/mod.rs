@@ -74,6 +74,9 @@ impl Default for EngineConfig {
     }
 }
 
+/// Finished runs whose summaries the state store keeps for listing after a failover.
+pub const MAX_FINISHED_SUMMARIES: usize = 10_000;
+
 /// Engine errors, each mapped to one gRPC status by the services.
 #[derive(Debug, thiserror::Error, PartialEq)]
 pub enum EngineError {
@@ -150,6 +153,11 @@ pub struct Engine {
     idempotency: HashMap<String, u32>,
     /// Idempotency keys of finished runs that live only in the archive: key → run id.
     archived_idempotency: HashMap<String, String>,
+    /// Summaries of archived runs a previous leader finished, for listing: by (created, id).
+    archived_runs: BTreeMap<(i64, String), baton_proto::FlowRun>,
+    /// Keys of the summaries kept in the state store, oldest first (at most
+    /// [`MAX_FINISHED_SUMMARIES`]).
+    finished_keys: std::collections::VecDeque<String>,
     workers: BTreeMap<WorkerId, WorkerSlot>,
     classes: Vec<Class>,
     class_index: HashMap<(Vec<String>, baton_common::flow::ResourceSpec, Vec<String>), usize>,
@@ -185,6 +193,8 @@ impl Engine {
             run_index: HashMap::new(),
             idempotency: HashMap::new(),
             archived_idempotency: HashMap::new(),
+            archived_runs: BTreeMap::new(),
+            finished_keys: std::collections::VecDeque::new(),
             workers: BTreeMap::new(),
             classes: Vec::new(),
             class_index: HashMap::new(),
@@ -438,6 +448,19 @@ impl Engine {
         let Some(&slot) = self.run_index.get(id) else {
             return;
         };
+        let run = &self.runs[slot as usize];
+        // A summary stays for listing (the oldest beyond the limit go).
+        let summary = keys::finished(run.created_ms, id);
+        self.ops.push(Op::Put {
+            key: summary.clone(),
+            value: prost::Message::encode_to_vec(&self.run_view(run)),
+        });
+        self.finished_keys.push_back(summary);
+        while self.finished_keys.len() > MAX_FINISHED_SUMMARIES {
+            if let Some(key) = self.finished_keys.pop_front() {
+                self.ops.push(Op::Delete { key });
+            }
+        }
         let run = &self.runs[slot as usize];
         self.ops.push(Op::Delete { key: keys::run(id) });
         for (i, node) in run.nodes.iter().enumerate() {

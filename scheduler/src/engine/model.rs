@@ -427,6 +427,11 @@ pub mod keys {
         format!("limit/{tag}")
     }
     pub const LIMIT_PREFIX: &str = "limit/";
+    /// A finished run's summary (a `FlowRun` message) for listing, once it is archived.
+    pub fn finished(created_ms: i64, run: &str) -> String {
+        format!("done/{created_ms:013}/{run}")
+    }
+    pub const FINISHED_PREFIX: &str = "done/";
     /// The result-store key of a finished run's archive.
     pub fn archive(run: &str) -> String {
         format!("archive/runs/{run}.pb")

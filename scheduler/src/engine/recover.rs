@@ -26,6 +26,8 @@ pub struct Recovered {
     pub schedules: Vec<(String, String, super::ScheduleRecord)>,
     /// `(tag, limit)` concurrency limits.
     pub limits: Vec<(String, u32)>,
+    /// `(key, summary)` of archived runs, for listing.
+    pub finished: Vec<(String, baton_proto::FlowRun)>,
 }
 
 impl Engine {
@@ -116,6 +118,14 @@ impl Engine {
             .collect();
         for slot in finished_children {
             self.notify_parent(slot, now);
+        }
+        let mut finished = rec.finished;
+        finished.sort_by(|a, b| a.0.cmp(&b.0));
+        for (key, run) in finished {
+            if !self.run_index.contains_key(&run.id) {
+                self.archived_runs.insert((run.created_ms, run.id.clone()), run);
+            }
+            self.finished_keys.push_back(key);
         }
         for (key, run) in rec.idempotency {
             if !self.idempotency.contains_key(&key) {

@@ -6,7 +6,7 @@ use baton_common::state::TaskState;
 use baton_proto as pb;
 
 impl Engine {
-    fn run_view(&self, run: &Run) -> pb::FlowRun {
+    pub(super) fn run_view(&self, run: &Run) -> pb::FlowRun {
         let (total, done) = run.task_count();
         let waiting_reason = run
             .nodes
@@ -58,15 +58,25 @@ impl Engine {
         Ok(self.run_view(&self.runs[slot as usize]))
     }
 
-    /// The most recent runs first; `limit` 0 for all.
+    /// The most recent runs first (also those a previous leader finished and archived);
+    /// `limit` 0 for all.
     pub fn list_runs(&self, limit: usize) -> Vec<pb::FlowRun> {
-        let n = if limit == 0 { self.runs.len() } else { limit };
-        self.runs
+        let n = if limit == 0 {
+            self.runs.len() + self.archived_runs.len()
+        } else {
+            limit
+        };
+        let mut out: Vec<pb::FlowRun> = self
+            .runs
             .iter()
             .rev()
             .take(n)
             .map(|r| self.run_view(r))
-            .collect()
+            .collect();
+        out.extend(self.archived_runs.values().rev().take(n).cloned());
+        out.sort_by(|a, b| (b.created_ms, &b.id).cmp(&(a.created_ms, &a.id)));
+        out.truncate(n);
+        out
     }
 
     fn tr_view(

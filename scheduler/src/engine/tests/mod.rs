@@ -489,6 +489,10 @@ impl VirtualCluster {
                     key.join("/"),
                     String::from_utf8(value.clone()).expect("an id"),
                 )),
+                ["done", _created, _id] => rec.finished.push((
+                    key.clone(),
+                    prost::Message::decode(value.as_slice()).expect("a run summary"),
+                )),
                 ["sched", project, flow] => rec.schedules.push((
                     project.to_string(),
                     flow.to_string(),

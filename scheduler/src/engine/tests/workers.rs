@@ -273,3 +273,34 @@ fn finished_runs_and_idempotency_keys_survive_a_restart() {
     c.reconnect("w", &[]);
     assert!(c.advance(60_000).is_empty(), "a finished run runs nothing");
 }
+
+#[test]
+fn runs_archived_by_a_previous_leader_are_still_listed() {
+    let mut c = VirtualCluster::new();
+    c.register(SQUARES);
+    c.connect("w", &[], 4, 0);
+    let first = c.start("squares", json!(null));
+    c.run_to_end();
+    // The host archived it: its live records go, a summary stays.
+    c.engine.archived(&first);
+    c.drain();
+    assert!(!c.store.contains_key(&format!("run/{first}")));
+    c.now += 10;
+    let second = c.start("squares", json!(null));
+    c.restart();
+    let listed: Vec<(String, pb::RunState)> = c
+        .engine
+        .list_runs(0)
+        .iter()
+        .map(|r| (r.id.clone(), run_state(r)))
+        .collect();
+    assert_eq!(
+        listed,
+        vec![
+            (second.clone(), pb::RunState::Pending),
+            (first.clone(), pb::RunState::Completed)
+        ],
+        "newest first, the archived one included"
+    );
+    assert_eq!(c.engine.list_runs(1).len(), 1);
+}
