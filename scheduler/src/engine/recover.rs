@@ -123,7 +123,8 @@ impl Engine {
         finished.sort_by(|a, b| a.0.cmp(&b.0));
         for (key, run) in finished {
             if !self.run_index.contains_key(&run.id) {
-                self.archived_runs.insert((run.created_ms, run.id.clone()), run);
+                self.archived_runs
+                    .insert((run.created_ms, run.id.clone()), run);
             }
             self.finished_keys.push_back(key);
         }
