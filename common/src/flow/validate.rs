@@ -99,6 +99,12 @@ fn check_task(spec: &FlowSpec, names: &HashSet<&str>, t: &TaskSpec) -> Result<()
                 "a sub-flow task is not cached (cache the child's tasks)".into(),
             ));
         }
+        if !t.tags.is_empty() {
+            return Err(at(
+                "tags",
+                "a sub-flow task holds no worker slot (tag the child's tasks)".into(),
+            ));
+        }
     }
     for tag in &t.tags {
         if !valid_name(tag) {

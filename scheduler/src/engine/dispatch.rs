@@ -158,46 +158,76 @@ impl Engine {
         c
     }
 
-    /// Assigns ready task runs to workers with matching labels and free resources, classes
-    /// with higher-priority heads first, within the concurrency limits of their tags.
+    /// Assigns ready task runs to workers with matching labels and free resources, higher
+    /// priorities first across classes, within the concurrency limits of their tags.
     pub fn dispatch(&mut self, now: i64) {
-        let mut order: Vec<(Reverse<i32>, usize)> = self
-            .classes
-            .iter()
-            .enumerate()
-            .filter_map(|(c, class)| Some((Reverse(class.queue.head_priority()?), c)))
-            .collect();
-        order.sort();
-        for (_, c) in order {
-            while !self.classes[c].queue.is_empty() {
-                if !self.tags_free(c) {
-                    break;
+        let mut blocked = vec![false; self.classes.len()];
+        loop {
+            // The class whose head has the highest priority goes until its head falls below
+            // the next class's head, it is blocked (no worker, no tag slot) or empty.
+            let mut best: Option<(i32, usize)> = None;
+            let mut second: Option<i32> = None;
+            for (c, class) in self.classes.iter().enumerate() {
+                if blocked[c] {
+                    continue;
                 }
-                let class = &self.classes[c];
-                let worker = self
-                    .workers
-                    .values()
-                    .filter(|w| {
-                        w.connected
-                            && !w.draining
-                            && w.has_labels(&class.labels)
-                            && w.fits(&class.resources)
-                    })
-                    .max_by_key(|w| (w.free.slots, std::cmp::Reverse(w.attempts.len())))
-                    .map(|w| w.id.clone());
-                let Some(worker) = worker else { break };
-                let Some(t) = self.classes[c].queue.pop() else {
-                    break;
+                let Some(p) = class.queue.head_priority() else {
+                    continue;
                 };
-                let ok = self
-                    .runs
-                    .get(t.run as usize)
-                    .and_then(|r| r.tr(t.node, t.index))
-                    .is_some_and(|tr| tr.state == TaskState::Ready);
-                if ok {
-                    self.assign(t, &worker, now);
-                    self.fault_duplicate(c, t, &worker, now);
+                match best {
+                    Some((bp, _)) if p <= bp => second = Some(second.map_or(p, |s| s.max(p))),
+                    _ => {
+                        second = best.map(|(bp, _)| second.map_or(bp, |s| s.max(bp)));
+                        best = Some((p, c));
+                    }
                 }
+            }
+            let Some((_, c)) = best else { break };
+            if !self.dispatch_class(c, second, now) {
+                blocked[c] = true;
+            }
+        }
+    }
+
+    /// Dispatches class `c` while its head's priority is at least `floor`; false when it
+    /// stopped for want of a worker or a tag slot.
+    fn dispatch_class(&mut self, c: usize, floor: Option<i32>, now: i64) -> bool {
+        loop {
+            let Some(head) = self.classes[c].queue.head_priority() else {
+                return true;
+            };
+            if floor.is_some_and(|f| head < f) {
+                return true;
+            }
+            if !self.tags_free(c) {
+                return false;
+            }
+            let class = &self.classes[c];
+            let worker = self
+                .workers
+                .values()
+                .filter(|w| {
+                    w.connected
+                        && !w.draining
+                        && w.has_labels(&class.labels)
+                        && w.fits(&class.resources)
+                })
+                .max_by_key(|w| (w.free.slots, std::cmp::Reverse(w.attempts.len())))
+                .map(|w| w.id.clone());
+            let Some(worker) = worker else {
+                return false;
+            };
+            let Some(t) = self.classes[c].queue.pop() else {
+                return true;
+            };
+            let ok = self
+                .runs
+                .get(t.run as usize)
+                .and_then(|r| r.tr(t.node, t.index))
+                .is_some_and(|tr| tr.state == TaskState::Ready);
+            if ok {
+                self.assign(t, &worker, now);
+                self.fault_duplicate(c, t, &worker, now);
             }
         }
     }
@@ -212,6 +242,9 @@ impl Engine {
         if run.flow.spec.tasks[t.node as usize].name != name
             || run.tr(t.node, t.index).is_none_or(|tr| tr.attempt != 1)
         {
+            return;
+        }
+        if !self.tags_free(c) {
             return;
         }
         let class = &self.classes[c];

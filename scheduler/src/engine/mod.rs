@@ -158,6 +158,7 @@ pub struct Engine {
     /// Keys of the summaries kept in the state store, oldest first (at most
     /// [`MAX_FINISHED_SUMMARIES`]).
     finished_keys: std::collections::VecDeque<String>,
+    finished_set: std::collections::HashSet<String>,
     workers: BTreeMap<WorkerId, WorkerSlot>,
     classes: Vec<Class>,
     class_index: HashMap<(Vec<String>, baton_common::flow::ResourceSpec, Vec<String>), usize>,
@@ -195,6 +196,7 @@ impl Engine {
             archived_idempotency: HashMap::new(),
             archived_runs: BTreeMap::new(),
             finished_keys: std::collections::VecDeque::new(),
+            finished_set: std::collections::HashSet::new(),
             workers: BTreeMap::new(),
             classes: Vec::new(),
             class_index: HashMap::new(),
@@ -455,9 +457,12 @@ impl Engine {
             key: summary.clone(),
             value: prost::Message::encode_to_vec(&self.run_view(run)),
         });
-        self.finished_keys.push_back(summary);
+        if self.finished_set.insert(summary.clone()) {
+            self.finished_keys.push_back(summary);
+        }
         while self.finished_keys.len() > MAX_FINISHED_SUMMARIES {
             if let Some(key) = self.finished_keys.pop_front() {
+                self.finished_set.remove(&key);
                 self.ops.push(Op::Delete { key });
             }
         }

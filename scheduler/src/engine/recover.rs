@@ -119,6 +119,7 @@ impl Engine {
         for slot in finished_children {
             self.notify_parent(slot, now);
         }
+        self.fail_orphaned_waits(now);
         let mut finished = rec.finished;
         finished.sort_by(|a, b| a.0.cmp(&b.0));
         for (key, run) in finished {
@@ -126,7 +127,9 @@ impl Engine {
                 self.archived_runs
                     .insert((run.created_ms, run.id.clone()), run);
             }
-            self.finished_keys.push_back(key);
+            if self.finished_set.insert(key.clone()) {
+                self.finished_keys.push_back(key);
+            }
         }
         for (key, run) in rec.idempotency {
             if !self.idempotency.contains_key(&key) {

@@ -17,6 +17,9 @@ use std::collections::BTreeMap;
 /// The worker name shown for a sub-flow task's attempts.
 pub const SUBFLOW_WORKER: &str = "subflow";
 
+/// The deepest chain of parent runs a child may have.
+pub const MAX_SUBFLOW_DEPTH: usize = 16;
+
 impl Engine {
     /// Starts a new attempt of sub-flow task run `t`: creates (or finds) its child run.
     pub(super) fn start_child(&mut self, t: TrRef, now: i64) {
@@ -71,6 +74,10 @@ impl Engine {
             );
         }
         self.mark_tr(t);
+        if let Some(why) = self.recursion(t.run, project, child_flow) {
+            self.fail_attempt(t, why, false, now);
+            return;
+        }
         let req = NewRun {
             project: project.clone(),
             flow: child_flow.clone(),
@@ -110,6 +117,62 @@ impl Engine {
                 false,
                 now,
             ),
+        }
+    }
+
+    /// Why run `slot` may not start a child of `project/flow`: the flow is already one of
+    /// its ancestors (or itself), or the chain of parents is too deep.
+    fn recursion(&self, slot: u32, project: &str, flow: &str) -> Option<String> {
+        let mut cur = Some(slot);
+        let mut depth = 0;
+        while let Some(s) = cur {
+            let run = &self.runs[s as usize];
+            if run.flow.spec.project == project && run.flow.spec.name == flow {
+                return Some(format!(
+                    "sub-flow recursion: `{project}/{flow}` would start itself (run {} is already one)",
+                    run.id
+                ));
+            }
+            depth += 1;
+            if depth >= MAX_SUBFLOW_DEPTH {
+                return Some(format!(
+                    "sub-flows nest deeper than {MAX_SUBFLOW_DEPTH} runs"
+                ));
+            }
+            cur = run
+                .parent
+                .as_ref()
+                .and_then(|p| self.run_index.get(&p.run).copied());
+        }
+        None
+    }
+
+    /// Sub-flow task runs of live runs that wait for a child that is gone (it could not be
+    /// recovered): their attempt fails (retryably) so that they do not wait forever.
+    pub(super) fn fail_orphaned_waits(&mut self, now: i64) {
+        let mut lost = Vec::new();
+        for (slot, run) in self.runs.iter().enumerate() {
+            if run.state.is_terminal() {
+                continue;
+            }
+            for (n, node) in run.nodes.iter().enumerate() {
+                for (i, tr) in node.runs.iter().enumerate() {
+                    let waiting = matches!(tr.state, TaskState::Assigned | TaskState::Running);
+                    if let (true, Some(child)) = (waiting, &tr.child) {
+                        if !self.run_index.contains_key(child) {
+                            let t = TrRef {
+                                run: slot as u32,
+                                node: n as u32,
+                                index: i as u32,
+                            };
+                            lost.push((t, child.clone()));
+                        }
+                    }
+                }
+            }
+        }
+        for (t, child) in lost {
+            self.fail_attempt(t, format!("child run {child} was lost"), true, now);
         }
     }
 

@@ -164,3 +164,30 @@ fn higher_priority_runs_are_dispatched_first() {
     );
     assert_eq!(c.run(&high).priority, 10);
 }
+
+#[test]
+fn priorities_hold_across_classes_of_requirement() {
+    let mut c = VirtualCluster::new();
+    let flow = |name: &str, tags: &str| {
+        format!(
+            "name: {name}\nparameters:\n  vs: {{default: [1]}}\ntasks:\n  - name: x\n    builtin: echo\n    tags: [{tags}]\n    inputs: {{v: {{param: vs}}}}\n    map: [v]\n"
+        )
+    };
+    // Two classes (their tags differ; no limit on either): one holds priorities 10 and 0,
+    // the other 5. With two slots, 10 and 5 go first, not 10 and 0.
+    c.register(&flow("plain", "a"));
+    c.register(&flow("other", "b"));
+    let mut start = |flow: &str, priority: i32, vs: Value| {
+        let mut r = new_run(flow, json!({ "vs": vs }));
+        r.priority = priority;
+        c.try_start(r).expect("a run").0
+    };
+    let top = start("plain", 10, json!([1]));
+    let bottom = start("plain", 0, json!([1, 2]));
+    let middle = start("other", 5, json!([1]));
+    c.connect("w", &[], 2, 0);
+    let first: Vec<String> = c.step().iter().map(|a| a.key.run.clone()).collect();
+    assert_eq!(first.len(), 2);
+    assert!(first.contains(&top) && first.contains(&middle), "{first:?}");
+    assert!(!first.contains(&bottom));
+}

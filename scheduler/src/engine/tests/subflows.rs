@@ -197,3 +197,17 @@ fn a_restart_while_children_run_starts_no_second_child() {
     let fits = value_of(&c.task(&run, "summary", -1));
     assert_eq!(fits["fits"].as_array().map(Vec::len), Some(3));
 }
+
+#[test]
+fn a_flow_that_starts_itself_fails_instead_of_recursing() {
+    let mut c = cluster();
+    c.register(
+        "name: ouroboros\nparameters:\n  n: {default: 1}\ntasks:\n  - name: again\n    subflow: {flow: ouroboros}\n    inputs: {n: {param: n}}\n",
+    );
+    let run = c.start("ouroboros", Value::Null);
+    c.run_to_end();
+    let r = c.run(&run);
+    assert_eq!(run_state(&r), pb::RunState::Failed);
+    assert!(r.error.contains("recursion"), "{}", r.error);
+    assert_eq!(c.engine.list_runs(0).len(), 1, "no child was started");
+}
