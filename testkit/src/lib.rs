@@ -9,7 +9,7 @@ mod process;
 pub mod proxy;
 pub mod s3;
 
-pub use process::{bin_path, free_port, Node};
+pub use process::{baton_cli, bin_path, free_port, Node};
 
 use std::future::Future;
 use std::path::PathBuf;

@@ -21,6 +21,20 @@ pub fn bin_path(name: &str) -> anyhow::Result<PathBuf> {
     Ok(path)
 }
 
+/// Runs the `baton` CLI against `scheduler` with `args`: (exit code, stdout, stderr).
+pub fn baton_cli(scheduler: &str, args: &[&str]) -> anyhow::Result<(i32, String, String)> {
+    let out = std::process::Command::new(bin_path("baton")?)
+        .arg("--scheduler")
+        .arg(scheduler)
+        .args(args)
+        .output()?;
+    Ok((
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    ))
+}
+
 /// A free TCP port on 127.0.0.1.
 pub fn free_port() -> anyhow::Result<u16> {
     let l = std::net::TcpListener::bind("127.0.0.1:0")?;

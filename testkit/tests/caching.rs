@@ -1,22 +1,9 @@
 //! Task caching through the real CLI and processes: a second run with the same inputs is
 //! served from the cache (no worker runs it), `--no-cache` runs it again.
 
-use baton_testkit::{bin_path, eventually, Cluster};
-use std::process::Command;
+use baton_testkit::baton_cli as baton;
+use baton_testkit::{eventually, Cluster};
 use std::time::Duration;
-
-fn baton(url: &str, args: &[&str]) -> anyhow::Result<(i32, String, String)> {
-    let out = Command::new(bin_path("baton")?)
-        .arg("--scheduler")
-        .arg(url)
-        .args(args)
-        .output()?;
-    Ok((
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    ))
-}
 
 /// The `slow` task run of a `baton run --json` output: (worker, attempt, result location).
 fn slow(out: &str) -> anyhow::Result<(String, u64, String)> {

@@ -10,10 +10,10 @@ mod support;
 
 use baton_cli::Client;
 use baton_proto as pb;
+use baton_testkit::baton_cli as baton;
 use baton_testkit::ha::HaConfig;
-use baton_testkit::{bin_path, eventually, Cluster};
+use baton_testkit::{eventually, Cluster};
 use serde_json::Value;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 const PARENT: &str = "examples/ridge_sweep_fof";
@@ -21,20 +21,6 @@ const ALPHAS: [f64; 6] = [1.0, 0.1, 0.01, 0.001, 0.0001, 0.00001];
 
 fn example(path: &str) -> String {
     format!("{}/../examples/{path}", env!("CARGO_MANIFEST_DIR"))
-}
-
-/// Runs the real CLI against `scheduler`: (exit code, stdout, stderr).
-fn baton(scheduler: &str, args: &[&str]) -> anyhow::Result<(i32, String, String)> {
-    let out = Command::new(bin_path("baton")?)
-        .arg("--scheduler")
-        .arg(scheduler)
-        .args(args)
-        .output()?;
-    Ok((
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    ))
 }
 
 /// Registers the child flow, then the parent, as a user would.

@@ -5,23 +5,10 @@
 
 mod support;
 
+use baton_testkit::baton_cli as baton;
 use baton_testkit::ha::HaConfig;
-use baton_testkit::{bin_path, eventually, Cluster};
-use std::process::Command;
+use baton_testkit::{eventually, Cluster};
 use std::time::Duration;
-
-fn baton(scheduler: &str, args: &[&str]) -> anyhow::Result<(i32, String, String)> {
-    let out = Command::new(bin_path("baton")?)
-        .arg("--scheduler")
-        .arg(scheduler)
-        .args(args)
-        .output()?;
-    Ok((
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    ))
-}
 
 const FLOW_V1: &str = "name: greet\nproject: demo\nparameters:\n  who: {default: world}\ntasks:\n  - {name: hello, builtin: echo, inputs: {value: {param: who}}}\n";
 const FLOW_V2: &str = "name: greet\nproject: demo\nparameters:\n  who: {default: everyone}\ntasks:\n  - {name: hello, builtin: echo, inputs: {value: {param: who}}}\n";

@@ -7,27 +7,14 @@ mod support;
 
 use baton_cli::Client;
 use baton_proto as pb;
+use baton_testkit::baton_cli as baton;
 use baton_testkit::ha::HaConfig;
-use baton_testkit::{bin_path, eventually, Cluster};
+use baton_testkit::{eventually, Cluster};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 const TAG: &str = "gpu-heavy";
-
-fn baton(url: &str, args: &[&str]) -> anyhow::Result<(i32, String, String)> {
-    let out = Command::new(bin_path("baton")?)
-        .arg("--scheduler")
-        .arg(url)
-        .args(args)
-        .output()?;
-    Ok((
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    ))
-}
 
 /// A folder the tasks share: `running/` holds one marker file per running task process;
 /// `counts.log` gets one line per task start, `START_INDEX_ATTEMPT_PID_COUNT`.

@@ -5,25 +5,12 @@
 
 mod support;
 
+use baton_testkit::baton_cli as baton;
 use baton_testkit::ha::HaConfig;
-use baton_testkit::{bin_path, Cluster};
+use baton_testkit::Cluster;
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::process::Command;
 use std::time::Duration;
-
-fn baton(scheduler: &str, args: &[&str]) -> anyhow::Result<(i32, String, String)> {
-    let out = Command::new(bin_path("baton")?)
-        .arg("--scheduler")
-        .arg(scheduler)
-        .args(args)
-        .output()?;
-    Ok((
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    ))
-}
 
 /// Ticks every second; its task appends "SCHEDULED_START RUN_ID" to `log`.
 fn ticker(log: &Path) -> String {
