@@ -211,3 +211,24 @@ fn a_flow_that_starts_itself_fails_instead_of_recursing() {
     assert!(r.error.contains("recursion"), "{}", r.error);
     assert_eq!(c.engine.list_runs(0).len(), 1, "no child was started");
 }
+
+#[test]
+fn a_child_lost_at_recovery_fails_its_parent_task_instead_of_waiting_forever() {
+    let mut c = cluster();
+    let run = c.start("sweep", json!({"alphas": [1]}));
+    c.run_to_end_of("data");
+    c.step();
+    let child = children(&c, &run)[0].id.clone();
+    // The child's records are gone (say its flow version could not be read back).
+    c.store.retain(|k, _| {
+        !k.starts_with(&format!("run/{child}")) && !k.starts_with(&format!("tr/{child}/"))
+    });
+    c.restart();
+    c.reconnect("cpu", &[]);
+    c.reconnect("gpu", &[]);
+    c.run_to_end();
+    let t = c.task(&run, "train", 0);
+    assert_eq!(task_state(&t), pb::TaskState::Failed);
+    assert!(t.error.contains("was lost"), "{}", t.error);
+    assert_eq!(run_state(&c.run(&run)), pb::RunState::Failed);
+}
