@@ -212,37 +212,23 @@ impl Engine {
                 self.timer(due.max(now), Timer::Retry(t, rec.attempt));
                 TaskState::Retrying
             }
-            TaskState::Assigned | TaskState::Running
-                if self.runs[t.run as usize]
-                    .flow
-                    .task(t.node as usize)
-                    .is_subflow() =>
-            {
-                // A sub-flow attempt waits for its child run (recovered on its own).
-                let timeout = self.runs[t.run as usize]
-                    .flow
-                    .task(t.node as usize)
-                    .timeout_ms;
-                if timeout > 0 {
-                    tr.deadline_ms = rec.started_ms + timeout as i64;
-                    self.timer(tr.deadline_ms.max(now), Timer::Timeout(t, rec.attempt));
-                }
-                TaskState::Running
-            }
             TaskState::Assigned | TaskState::Running => {
-                let worker = WorkerId(rec.worker.clone());
-                tr.worker = Some(worker.clone());
+                let task = self.runs[t.run as usize].flow.task(t.node as usize);
+                let (timeout, subflow) = (task.timeout_ms, task.is_subflow());
                 // The attempt keeps the deadline it was given when it was assigned.
-                let timeout = self.runs[t.run as usize]
-                    .flow
-                    .task(t.node as usize)
-                    .timeout_ms;
                 if timeout > 0 {
                     tr.deadline_ms = rec.started_ms + timeout as i64;
                     self.timer(tr.deadline_ms.max(now), Timer::Timeout(t, rec.attempt));
                 }
-                self.await_worker(worker, t, rec.attempt, now);
-                TaskState::Assigned
+                if subflow {
+                    // A sub-flow attempt waits for its child run (recovered on its own).
+                    TaskState::Running
+                } else {
+                    let worker = WorkerId(rec.worker.clone());
+                    tr.worker = Some(worker.clone());
+                    self.await_worker(worker, t, rec.attempt, now);
+                    TaskState::Assigned
+                }
             }
             TaskState::Ready | TaskState::Pending => TaskState::Ready,
         };
