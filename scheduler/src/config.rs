@@ -16,8 +16,9 @@ pub struct SchedulerConfig {
     pub worker_lease_ms: u64,
     pub adopt_grace_ms: u64,
     pub unrunnable_timeout_ms: u64,
-    /// fsync the state log after each batch.
-    pub fsync: bool,
+    /// Skip the fsync of the state log before a commit is acknowledged (by default every
+    /// group commit is fsynced, so that acknowledged state survives a power loss).
+    pub no_fsync: bool,
     /// etcd client URLs; empty for single-node mode (embedded state).
     pub etcd: Vec<String>,
     /// The cluster's namespace in etcd (several clusters can share one etcd).
@@ -66,7 +67,7 @@ impl Default for SchedulerConfig {
             worker_lease_ms: 10_000,
             adopt_grace_ms: 5_000,
             unrunnable_timeout_ms: 300_000,
-            fsync: false,
+            no_fsync: false,
             etcd: Vec::new(),
             cluster: "baton".into(),
             advertise: None,
@@ -119,10 +120,10 @@ impl SchedulerConfig {
     }
 
     pub(crate) fn sync_mode(&self) -> SyncMode {
-        if self.fsync {
-            SyncMode::Batch
-        } else {
+        if self.no_fsync {
             SyncMode::None
+        } else {
+            SyncMode::Batch
         }
     }
 

@@ -20,6 +20,9 @@ pub enum Error {
     Transport(String),
     #[error("i/o error: {0}")]
     Io(#[from] std::io::Error),
+    /// A bug or an impossible state (a record that cannot be encoded).
+    #[error("internal error: {0}")]
+    Internal(String),
 }
 
 /// Result alias for [`Error`].
@@ -45,9 +48,11 @@ impl From<Error> for tonic::Status {
                 tonic::Status::unavailable(msg)
             }
             Error::Config(_) => tonic::Status::invalid_argument(msg),
-            Error::Common(C::Io { .. }) | Error::Store(_) | Error::Transport(_) | Error::Io(_) => {
-                tonic::Status::internal(msg)
-            }
+            Error::Common(C::Io { .. })
+            | Error::Store(_)
+            | Error::Transport(_)
+            | Error::Io(_)
+            | Error::Internal(_) => tonic::Status::internal(msg),
         }
     }
 }

@@ -52,11 +52,13 @@ pub async fn serve(
     .max_encoding_message_size(MAX_MESSAGE_BYTES);
     let (health, reflection_v1, reflection_v1alpha) = meta_services().await?;
     tracing::info!(%addr, "serving");
-    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+    // tonic applies its `tcp_nodelay` setting only to listeners it binds itself; accepted
+    // sockets of a listener handed in must be given TCP_NODELAY here, or small frames wait
+    // for Nagle's algorithm and the peer's delayed ACK (about 40 ms a message).
+    let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
     let stop = shutdown.clone();
     let server = tokio::spawn(
         tonic::transport::Server::builder()
-            .tcp_nodelay(true)
             .http2_keepalive_interval(Some(Duration::from_secs(5)))
             .add_service(flow)
             .add_service(worker)
@@ -177,14 +179,23 @@ async fn lead(
             actor::spawn(engine, state.clone(), results.clone(), stop.clone());
         roles.set(Role::Leader { epoch, handle });
         tracing::info!(epoch, store = %results.root_uri(), "scheduler is leader");
-        tokio::select! {
-            _ = won.lost.cancelled() => tracing::warn!(epoch, "leadership lost; stepping down"),
-            _ = &mut actor_task => tracing::warn!(epoch, "engine stopped; stepping down"),
-            _ = shutdown.cancelled() => {}
-        }
+        // The actor's handle is awaited exactly once: a finished handle polled again panics.
+        let actor_done = tokio::select! {
+            _ = won.lost.cancelled() => {
+                tracing::warn!(epoch, "leadership lost; stepping down");
+                false
+            }
+            _ = &mut actor_task => {
+                tracing::warn!(epoch, "engine stopped; stepping down");
+                true
+            }
+            _ = shutdown.cancelled() => false,
+        };
         roles.set(Role::Follower);
         stop.cancel();
-        let _ = actor_task.await;
+        if !actor_done {
+            let _ = actor_task.await;
+        }
         state.resign(epoch).await;
         if shutdown.is_cancelled() {
             return Ok(());

@@ -40,21 +40,32 @@ pub struct Cluster {
     pub scheduler: Node,
     pub workers: Vec<Node>,
     scheduler_args: Vec<String>,
+    /// A command the scheduler runs under (e.g. `prlimit --fsize=N`), empty for none.
+    scheduler_prefix: Vec<String>,
 }
 
 impl Cluster {
     /// Starts a scheduler with extra `args` (e.g. `--worker-lease-ms 2000`).
     pub async fn start(args: &[&str]) -> anyhow::Result<Self> {
+        Self::start_under(&[], args).await
+    }
+
+    /// Starts the scheduler under a command `prefix` (e.g. `["prlimit", "--fsize=4000000"]`)
+    /// with extra `args`.
+    pub async fn start_under(prefix: &[&str], args: &[&str]) -> anyhow::Result<Self> {
         let dir = tempfile::Builder::new().prefix("baton-test-").tempdir()?;
         let port = free_port()?;
         let scheduler_args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
-        let scheduler = Self::spawn_scheduler(dir.path(), port, &scheduler_args, 0)?;
+        let scheduler_prefix: Vec<String> = prefix.iter().map(|s| s.to_string()).collect();
+        let scheduler =
+            Self::spawn_scheduler(dir.path(), port, &scheduler_prefix, &scheduler_args, 0)?;
         let c = Cluster {
             dir,
             port,
             scheduler,
             workers: Vec::new(),
             scheduler_args,
+            scheduler_prefix,
         };
         c.wait_scheduler().await?;
         Ok(c)
@@ -63,6 +74,7 @@ impl Cluster {
     fn spawn_scheduler(
         dir: &std::path::Path,
         port: u16,
+        prefix: &[String],
         extra: &[String],
         n: usize,
     ) -> anyhow::Result<Node> {
@@ -73,11 +85,43 @@ impl Cluster {
             dir.join("data").display().to_string(),
         ];
         args.extend(extra.iter().cloned());
-        Node::spawn(
-            "baton-scheduler",
-            &args,
-            dir.join(format!("scheduler-{n}.log")),
-        )
+        let log = dir.join(format!("scheduler-{n}.log"));
+        match prefix.split_first() {
+            None => Node::spawn("baton-scheduler", &args, log),
+            Some((program, rest)) => {
+                let mut all: Vec<String> = rest.to_vec();
+                all.push(bin_path("baton-scheduler")?.display().to_string());
+                all.extend(args);
+                Node::spawn_program(std::path::Path::new(program), "baton-scheduler", &all, log)
+            }
+        }
+    }
+
+    /// The scheduler's data folder (its state is in `state/`).
+    pub fn data_dir(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+
+    /// Sets the command prefix of later scheduler starts (empty: none).
+    pub fn set_scheduler_prefix(&mut self, prefix: &[&str]) {
+        self.scheduler_prefix = prefix.iter().map(|s| s.to_string()).collect();
+    }
+
+    /// Kills the scheduler with SIGKILL and starts it again on the same port and state,
+    /// without waiting for it to listen (it may refuse to start).
+    pub fn respawn_scheduler(&mut self) -> anyhow::Result<()> {
+        self.scheduler.kill9();
+        let n = self.scheduler.generation + 1;
+        let mut s = Self::spawn_scheduler(
+            self.dir.path(),
+            self.port,
+            &self.scheduler_prefix,
+            &self.scheduler_args,
+            n,
+        )?;
+        s.generation = n;
+        self.scheduler = s;
+        Ok(())
     }
 
     /// The scheduler's URL.
@@ -122,11 +166,7 @@ impl Cluster {
 
     /// Kills the scheduler with SIGKILL and starts it again on the same port and state.
     pub async fn restart_scheduler(&mut self) -> anyhow::Result<()> {
-        self.scheduler.kill9();
-        let n = self.scheduler.generation + 1;
-        let mut s = Self::spawn_scheduler(self.dir.path(), self.port, &self.scheduler_args, n)?;
-        s.generation = n;
-        self.scheduler = s;
+        self.respawn_scheduler()?;
         self.wait_scheduler().await
     }
 

@@ -60,6 +60,34 @@ impl ResolvedInputs {
         }
         Value::Object(m)
     }
+
+    /// The JSON text of [`Self::for_index`], written straight from the shared inputs
+    /// (keys in order, as `serde_json` writes an object), without copying any value.
+    pub fn json_for(&self, index: usize) -> String {
+        use std::fmt::Write;
+        static NULL: Value = Value::Null;
+        let mut entries: Vec<(&str, &Value)> = self
+            .fixed
+            .iter()
+            .map(|(k, v)| (k.as_str(), v))
+            .chain(
+                self.mapped
+                    .iter()
+                    .map(|(k, vals)| (k.as_str(), vals.get(index).unwrap_or(&NULL))),
+            )
+            .collect();
+        entries.sort_by(|a, b| a.0.cmp(b.0));
+        let mut out = String::from("{");
+        for (i, (k, v)) in entries.into_iter().enumerate() {
+            if i > 0 {
+                out.push(',');
+            }
+            // Writing to a String cannot fail.
+            let _ = write!(out, "{}:{}", Value::from(k), v);
+        }
+        out.push('}');
+        out
+    }
 }
 
 /// Why a task's inputs could not be resolved at run time.
@@ -200,5 +228,38 @@ fn eval<'a>(
             }
             Ok(Value::Array(out))
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ResolvedInputs;
+    use serde_json::{json, Value};
+
+    #[test]
+    fn json_for_writes_what_serde_json_writes() {
+        let fixed = json!({"big": "x".repeat(1000), "a": 0.1, "zz": {"n": [1, 2]}, "m": null});
+        let Value::Object(fixed) = fixed else {
+            unreachable!()
+        };
+        let inputs = ResolvedInputs {
+            fixed,
+            mapped: vec![
+                ("b".into(), vec![json!(1.5), json!("two"), json!([3])]),
+                (
+                    "zzz".into(),
+                    vec![json!(5e-324), json!(null), json!({"k": "v\"q"})],
+                ),
+            ],
+        };
+        for i in 0..4 {
+            let want = serde_json::to_string(&inputs.for_index(i)).expect("JSON");
+            assert_eq!(inputs.json_for(i), want, "index {i}");
+        }
+        let unmapped = ResolvedInputs {
+            fixed: serde_json::Map::new(),
+            mapped: Vec::new(),
+        };
+        assert_eq!(unmapped.json_for(0), "{}");
     }
 }

@@ -142,9 +142,6 @@ pub fn spawn(
     (Handle { tx, logs }, join)
 }
 
-/// Most operations in one state-store batch.
-const MAX_BATCH_OPS: usize = 4096;
-
 impl Actor {
     async fn run(mut self, mut rx: mpsc::Receiver<Command>, shutdown: CancellationToken) {
         loop {
@@ -170,7 +167,7 @@ impl Actor {
                 _ = tokio::time::sleep(std::time::Duration::from_millis(wait)) => {}
                 _ = shutdown.cancelled() => break,
             }
-            let now = now_ms();
+            let now = self.clock();
             self.engine.tick(now);
             self.engine.dispatch(now);
             if let Err(e) = self.flush().await {
@@ -182,8 +179,15 @@ impl Actor {
         tracing::info!("engine stopped");
     }
 
+    /// Sets the engine's microsecond clock; returns the time in milliseconds.
+    fn clock(&mut self) -> i64 {
+        let us = baton_common::time::now_us();
+        self.engine.set_clock_us(us);
+        us.div_euclid(1000)
+    }
+
     fn handle(&mut self, cmd: Command) {
-        let now = now_ms();
+        let now = self.clock();
         match cmd {
             Command::RegisterFlow(spec, schedule_active, reply) => {
                 let (project, flow) = (spec.project.clone(), spec.name.clone());
@@ -314,7 +318,8 @@ impl Actor {
         match m {
             Up::Started(s) => {
                 if let Some(k) = s.key.as_ref() {
-                    self.engine.task_started(&AttemptKey::from(k), s.at_ms);
+                    self.engine
+                        .task_started(&AttemptKey::from(k), s.at_ms, s.at_us);
                 }
             }
             Up::Finished(f) => {
@@ -337,17 +342,17 @@ impl Actor {
     /// Commits the engine's operations, then sends messages, replies and events.
     async fn flush(&mut self) -> Result<(), crate::Error> {
         let fx = self.engine.take_effects();
-        let epoch = self.engine.epoch();
-        let mut ops: Vec<Op> = fx.ops;
-        while !ops.is_empty() {
-            let rest = if ops.len() > MAX_BATCH_OPS {
-                ops.split_off(MAX_BATCH_OPS)
-            } else {
-                Vec::new()
-            };
-            self.state.commit(epoch, ops).await?;
-            ops = rest;
+        if let Some(e) = fx.encode_errors.first() {
+            // Committing the rest would store a state with records missing.
+            return Err(crate::Error::Internal(format!(
+                "{e} ({} records in all)",
+                fx.encode_errors.len()
+            )));
         }
+        let epoch = self.engine.epoch();
+        // One commit per step: the store decides how to write it (see `StateStore::commit`).
+        let ops: Vec<Op> = fx.ops;
+        self.state.commit(epoch, ops).await?;
         let mut per_worker: HashMap<WorkerId, (u64, Vec<pb::SchedulerMessage>)> = HashMap::new();
         for o in fx.outgoing {
             if matches!(o.msg.msg, Some(pb::scheduler_message::Msg::Welcome(_))) {

@@ -68,7 +68,10 @@ impl Engine {
         let (Some(result), Some(value)) = (tr.result.clone(), tr.value.clone()) else {
             return;
         };
-        let Some(key) = self.cache_key(t.run, node, &tr.inputs) else {
+        let Some(inputs) = tr.inputs.as_ref().map(|i| i.json_for(t.index as usize)) else {
+            return;
+        };
+        let Some(key) = self.cache_key(t.run, node, &inputs) else {
             return;
         };
         let entry = CacheEntry {
@@ -82,10 +85,12 @@ impl Engine {
             run: run.id.0.clone(),
             task: task.name.clone(),
         };
-        self.ops.push(Op::Put {
-            key: keys::cache(&key),
-            value: serde_json::to_vec(&entry).unwrap_or_default(),
-        });
+        if let Some(value) = self.encode("a cache entry", &entry) {
+            self.ops.push(Op::Put {
+                key: keys::cache(&key),
+                value,
+            });
+        }
         self.cache.insert(key, (entry, Some(value)));
     }
 }

@@ -39,7 +39,7 @@ impl Engine {
                 let node = &mut self.runs[slot as usize].nodes[i];
                 node.class = class;
                 node.state = NodeState::Expanded;
-                let mut tr = TaskRun::new(Arc::from("{}"));
+                let mut tr = TaskRun::new(None);
                 tr.state = TaskState::Failed;
                 tr.error = e.to_string();
                 tr.ended_ms = now;
@@ -61,9 +61,10 @@ impl Engine {
         let mut ready = Vec::with_capacity(count);
         let mut done = 0;
         let mut hits = Vec::new();
+        let cached = task.cache.is_some() && !self.runs[slot as usize].no_cache;
+        let resolved = Arc::new(resolved);
         for index in 0..count {
-            let inputs = serde_json::to_string(&resolved.for_index(index)).unwrap_or_default();
-            let mut tr = TaskRun::new(Arc::from(inputs));
+            let mut tr = TaskRun::new(Some(resolved.clone()));
             tr.ready_since_ms = now;
             let map_index = if width.is_some() { index as i64 } else { -1 };
             let t = TrRef {
@@ -76,7 +77,10 @@ impl Engine {
                     .remove(&(run_id.clone(), task.name.clone(), map_index))
             {
                 self.apply_record(&mut tr, t, rec, now);
-            } else if let Some((result, value)) = self.cache_hit(slot, i, &tr.inputs, now) {
+            } else if let Some((result, value)) = cached
+                .then(|| self.cache_hit(slot, i, &resolved.json_for(index), now))
+                .flatten()
+            {
                 // Completed from the cache: no dispatch, no attempt.
                 tracing::debug!(run = %run_id, task = %task.name, index, "cache hit");
                 tr.state = TaskState::Completed;
@@ -85,7 +89,7 @@ impl Engine {
                 tr.worker = Some(WorkerId(CACHE_WORKER.to_string()));
                 tr.started_ms = now;
                 tr.ended_ms = now;
-                tr.inputs = self.no_inputs.clone();
+                tr.inputs = None;
                 hits.push((t, map_index));
             }
             if tr.state.is_terminal() {
@@ -106,10 +110,12 @@ impl Engine {
         for (t, map_index) in hits {
             // The cache hit's own committed pointer: the same result object.
             let result = self.tr_mut(t).result.clone();
-            self.ops.push(Op::Create {
-                key: keys::result(&run_id, &task.name, map_index),
-                value: serde_json::to_vec(&result).unwrap_or_default(),
-            });
+            if let Some(value) = self.encode("a result pointer", &result) {
+                self.ops.push(Op::Create {
+                    key: keys::result(&run_id, &task.name, map_index),
+                    value,
+                });
+            }
             self.mark_tr(t);
         }
         if done == count {
@@ -122,7 +128,7 @@ impl Engine {
         self.mark_tr(t);
         let node = &mut self.runs[t.run as usize].nodes[t.node as usize];
         // A finished task run is never dispatched again: its inputs are not needed.
-        node.runs[t.index as usize].inputs = self.no_inputs.clone();
+        node.runs[t.index as usize].inputs = None;
         node.done += 1;
         if node.done == node.runs.len() && node.state == NodeState::Expanded {
             self.finish_node(t.run, t.node as usize, now);
@@ -198,6 +204,7 @@ impl Engine {
     }
 
     fn maybe_finish_run(&mut self, slot: u32, now: i64) {
+        let ended_us = self.us(now);
         let run = &mut self.runs[slot as usize];
         if run.open_nodes > 0 || run.state.is_terminal() {
             return;
@@ -222,6 +229,7 @@ impl Engine {
             run.started_ms = now;
         }
         run.ended_ms = now;
+        run.ended_us = ended_us;
         run.waiting_reason.clear();
         tracing::info!(run = %run.id, state = run.state.name(), "run finished");
         self.mark_run(slot);

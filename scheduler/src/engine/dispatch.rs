@@ -267,6 +267,7 @@ impl Engine {
 
     fn assign(&mut self, t: TrRef, worker: &WorkerId, now: i64) {
         let epoch = self.epoch;
+        let assigned_us = self.us(now);
         let Some(w) = self.workers.get_mut(worker) else {
             return;
         };
@@ -280,6 +281,9 @@ impl Engine {
         tr.state = TaskState::Assigned;
         tr.worker = Some(worker.clone());
         tr.started_ms = now;
+        tr.us.assigned_us = assigned_us;
+        tr.us.started_us = 0;
+        tr.us.ended_us = 0;
         tr.error.clear();
         tr.attempts.push(AttemptInfo {
             number: tr.attempt,
@@ -289,7 +293,10 @@ impl Engine {
             error: String::new(),
         });
         let attempt = tr.attempt;
-        let inputs = tr.inputs.to_string();
+        let inputs = tr
+            .inputs
+            .as_ref()
+            .map_or_else(|| "{}".to_string(), |i| i.json_for(t.index as usize));
         if task.timeout_ms > 0 {
             tr.deadline_ms = now + task.timeout_ms as i64;
         }

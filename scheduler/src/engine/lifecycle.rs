@@ -40,13 +40,14 @@ impl Engine {
     }
 
     /// The worker started an attempt.
-    pub fn task_started(&mut self, key: &AttemptKey, at_ms: i64) {
+    pub fn task_started(&mut self, key: &AttemptKey, at_ms: i64, at_us: i64) {
         if let Some(t) = self.locate(key) {
             if self.is_current_attempt(t, key.attempt) {
                 let tr =
                     &mut self.runs[t.run as usize].nodes[t.node as usize].runs[t.index as usize];
                 if tr.state == TaskState::Assigned {
                     tr.state = TaskState::Running;
+                    tr.us.started_us = if at_us > 0 { at_us } else { at_ms * 1000 };
                     if at_ms > 0 {
                         tr.started_ms = at_ms;
                         if let Some(a) = tr.attempts.last_mut() {
@@ -114,15 +115,16 @@ impl Engine {
                     &run.flow.spec.tasks[t.node as usize].name,
                     map_index,
                 );
-                self.ops.push(Op::Create {
-                    key,
-                    value: serde_json::to_vec(&result).unwrap_or_default(),
-                });
+                if let Some(value) = self.encode("a result pointer", &result) {
+                    self.ops.push(Op::Create { key, value });
+                }
+                let ended_us = self.us(now);
                 let tr = self.tr_mut(t);
                 tr.state = TaskState::Completed;
                 tr.result = Some(result);
                 tr.value = Some(Arc::new(value));
                 tr.ended_ms = now;
+                tr.us.ended_us = ended_us;
                 tr.deadline_ms = 0;
                 if let Some(a) = tr.attempts.last_mut() {
                     a.ended_ms = now;
@@ -142,9 +144,11 @@ impl Engine {
             .retries
             .clone();
         let seed = self.jitter_seed(t);
+        let ended_us = self.us(now);
         let tr = self.tr_mut(t);
         tr.failures += 1;
         tr.ended_ms = now;
+        tr.us.ended_us = ended_us;
         tr.deadline_ms = 0;
         if let Some(a) = tr.attempts.last_mut() {
             a.ended_ms = now;
@@ -192,6 +196,11 @@ impl Engine {
 
     /// Task run `t` is ready: queued for a worker, or, for a sub-flow, its child started.
     pub(super) fn make_ready(&mut self, t: TrRef, now: i64) {
+        let ready_us = self.us(now);
+        self.tr_mut(t).us = super::model::Timings {
+            ready_us,
+            ..Default::default()
+        };
         let run = &self.runs[t.run as usize];
         if run.flow.task(t.node as usize).is_subflow() {
             self.start_child(t, now);
@@ -270,9 +279,11 @@ impl Engine {
                 if matches!(state, TaskState::Assigned | TaskState::Running) {
                     self.send_cancel(t, "run cancelled");
                 }
+                let ended_us = self.us(now);
                 let tr = self.tr_mut(t);
                 tr.state = TaskState::Cancelled;
                 tr.ended_ms = now;
+                tr.us.ended_us = ended_us;
                 if let Some(a) = tr.attempts.last_mut() {
                     if a.ended_ms == 0 {
                         a.ended_ms = now;
@@ -287,10 +298,12 @@ impl Engine {
                 node.state = NodeState::Cancelled;
             }
         }
+        let ended_us = self.us(now);
         let r = &mut self.runs[slot as usize];
         r.open_nodes = 0;
         r.state = RunState::Cancelled;
         r.ended_ms = now;
+        r.ended_us = ended_us;
         if r.started_ms == 0 {
             r.started_ms = now;
         }

@@ -134,6 +134,9 @@ pub struct Effects {
     pub changed_task_runs: Vec<TrRef>,
     /// Runs that finished: the host archives them, then calls [`Engine::archived`].
     pub finished_runs: Vec<RunId>,
+    /// Records that could not be encoded: the host must not commit this step (it would
+    /// store an incomplete state) and steps down instead.
+    pub encode_errors: Vec<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -170,8 +173,6 @@ pub struct Engine {
     /// Task runs whose change is shown to watchers but not persisted.
     touched_trs: Vec<TrRef>,
     pending_records: HashMap<(String, String, i64), TaskRunRecord>,
-    /// The shared empty inputs of finished task runs.
-    no_inputs: Arc<str>,
     /// Cache entries by key: the entry and its value.
     cache: HashMap<String, (CacheEntry, Option<Arc<Value>>)>,
     /// Schedules of registered flows.
@@ -182,6 +183,10 @@ pub struct Engine {
     tag_use: HashMap<String, u32>,
     /// Attempts holding tag slots, with their class (whose tags they hold).
     held: HashMap<(TrRef, u32), usize>,
+    /// The host's clock in microseconds at this step (see [`Engine::set_clock_us`]).
+    clock_us: i64,
+    /// Records that could not be encoded this step: the step must not be committed.
+    encode_errors: Vec<String>,
 }
 
 impl Engine {
@@ -207,12 +212,41 @@ impl Engine {
             dirty_trs: Vec::new(),
             touched_trs: Vec::new(),
             pending_records: HashMap::new(),
-            no_inputs: Arc::from("{}"),
             cache: HashMap::new(),
             schedules: BTreeMap::new(),
             limits: BTreeMap::new(),
             tag_use: HashMap::new(),
             held: HashMap::new(),
+            clock_us: 0,
+            encode_errors: Vec::new(),
+        }
+    }
+
+    /// Tells the engine the host's clock in microseconds before a step, so that task-run
+    /// timings have microsecond precision. Engine calls still take milliseconds; a call
+    /// whose `now` differs from this clock (virtual time in tests) uses `now` instead.
+    pub fn set_clock_us(&mut self, us: i64) {
+        self.clock_us = us;
+    }
+
+    /// `now` (milliseconds) in microseconds, as precise as the host's clock allows.
+    fn us(&self, now: i64) -> i64 {
+        if self.clock_us.div_euclid(1000) == now {
+            self.clock_us
+        } else {
+            now.saturating_mul(1000)
+        }
+    }
+
+    /// Encodes a record for the state store; a failure is kept and fails the step.
+    fn encode<T: serde::Serialize>(&mut self, what: &str, value: &T) -> Option<Vec<u8>> {
+        match serde_json::to_vec(value) {
+            Ok(v) => Some(v),
+            Err(e) => {
+                self.encode_errors
+                    .push(format!("cannot encode {what}: {e}"));
+                None
+            }
         }
     }
 
@@ -244,12 +278,13 @@ impl Engine {
         }
         let schedule = spec.schedule.clone();
         let version = versions.len() as u32 + 1;
-        let value = serde_json::to_vec(&spec).unwrap_or_default();
-        self.ops.push(Op::Put {
-            key: keys::flow(&spec.project, &spec.name, version),
-            value,
-        });
-        versions.push(Arc::new(CompiledFlow::new(spec, version)));
+        versions.push(Arc::new(CompiledFlow::new(spec.clone(), version)));
+        if let Some(value) = self.encode("a flow definition", &spec) {
+            self.ops.push(Op::Put {
+                key: keys::flow(&spec.project, &spec.name, version),
+                value,
+            });
+        }
         self.schedule_registered(key, schedule, true, schedule_active, now);
         (version, true)
     }
@@ -303,6 +338,8 @@ impl Engine {
             created_ms: now,
             started_ms: 0,
             ended_ms: 0,
+            created_us: self.us(now),
+            ended_us: 0,
             error: String::new(),
             idempotency_key: req.idempotency_key.clone(),
             scheduled_start_ms: if req.scheduled_start_ms > 0 {
@@ -397,11 +434,18 @@ impl Engine {
                 priority: run.priority,
                 parent: run.parent.clone(),
                 trigger: run.trigger,
+                created_us: run.created_us,
+                ended_us: run.ended_us,
             };
-            ops.push(Op::Put {
-                key: keys::run(&run.id.0),
-                value: serde_json::to_vec(&rec).unwrap_or_default(),
-            });
+            match serde_json::to_vec(&rec) {
+                Ok(value) => ops.push(Op::Put {
+                    key: keys::run(&run.id.0),
+                    value,
+                }),
+                Err(e) => self
+                    .encode_errors
+                    .push(format!("cannot encode run `{}`: {e}", run.id.0)),
+            }
             changed_runs.push(run.id.clone());
         }
         // Shown-only changes of task runs that are not also persisted in this step.
@@ -420,10 +464,13 @@ impl Engine {
             let tr = &mut node.runs[t.index as usize];
             tr.dirty = false;
             let rec = TaskRunRecord::of(tr);
-            ops.push(Op::Put {
-                key: keys::task_run(&run.id.0, task, map_index),
-                value: serde_json::to_vec(&rec).unwrap_or_default(),
-            });
+            let key = keys::task_run(&run.id.0, task, map_index);
+            match serde_json::to_vec(&rec) {
+                Ok(value) => ops.push(Op::Put { key, value }),
+                Err(e) => self
+                    .encode_errors
+                    .push(format!("cannot encode task run `{key}`: {e}")),
+            }
             if !changed_runs.contains(&run.id) {
                 changed_runs.push(run.id.clone());
             }
@@ -441,6 +488,7 @@ impl Engine {
             changed_runs,
             changed_task_runs,
             finished_runs,
+            encode_errors: std::mem::take(&mut self.encode_errors),
         }
     }
 

@@ -1,6 +1,6 @@
 //! The engine's in-memory model of runs, task nodes and task runs, and their durable records.
 
-use baton_common::flow::{FlowSpec, TaskSpec};
+use baton_common::flow::{FlowSpec, ResolvedInputs, TaskSpec};
 use baton_common::ids::{RunId, WorkerId};
 use baton_common::result_store::ResultRef;
 use baton_common::state::{RunState, TaskState};
@@ -91,6 +91,33 @@ impl CompiledFlow {
     }
 }
 
+/// A task run's current attempt in Unix microseconds (0: not yet), for dispatch latency.
+#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Timings {
+    /// When its inputs were known and it could be dispatched.
+    #[serde(default, skip_serializing_if = "is_zero_i64")]
+    pub ready_us: i64,
+    /// When the scheduler assigned it to a worker.
+    #[serde(default, skip_serializing_if = "is_zero_i64")]
+    pub assigned_us: i64,
+    /// When its worker started it (the worker's clock).
+    #[serde(default, skip_serializing_if = "is_zero_i64")]
+    pub started_us: i64,
+    /// When the scheduler recorded its end.
+    #[serde(default, skip_serializing_if = "is_zero_i64")]
+    pub ended_us: i64,
+}
+
+impl Timings {
+    pub fn is_empty(&self) -> bool {
+        *self == Timings::default()
+    }
+}
+
+fn is_zero_i64(v: &i64) -> bool {
+    *v == 0
+}
+
 /// One attempt's history entry.
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
 pub struct AttemptInfo {
@@ -113,8 +140,9 @@ pub struct TaskRun {
     pub result: Option<ResultRef>,
     pub value: Option<Arc<Value>>,
     pub error: String,
-    /// The resolved inputs object, as JSON text.
-    pub inputs: Arc<str>,
+    /// The inputs of its task, shared by all the task's runs (a mapped task's broadcast
+    /// inputs are held once, not once per element); `None` once it cannot run again.
+    pub inputs: Option<Arc<ResolvedInputs>>,
     /// Failures that count against the retry policy.
     pub failures: u32,
     /// Attempts lost with their worker (not counted against retries).
@@ -126,11 +154,12 @@ pub struct TaskRun {
     pub ready_since_ms: i64,
     /// A sub-flow task run: the child run of its current attempt.
     pub child: Option<String>,
+    pub us: Timings,
     pub dirty: bool,
 }
 
 impl TaskRun {
-    pub fn new(inputs: Arc<str>) -> Self {
+    pub fn new(inputs: Option<Arc<ResolvedInputs>>) -> Self {
         TaskRun {
             state: TaskState::Ready,
             attempt: 0,
@@ -147,6 +176,7 @@ impl TaskRun {
             deadline_ms: 0,
             ready_since_ms: 0,
             child: None,
+            us: Timings::default(),
             dirty: false,
         }
     }
@@ -227,6 +257,9 @@ pub struct Run {
     pub created_ms: i64,
     pub started_ms: i64,
     pub ended_ms: i64,
+    /// Creation and end in Unix microseconds.
+    pub created_us: i64,
+    pub ended_us: i64,
     pub error: String,
     pub idempotency_key: String,
     pub scheduled_start_ms: i64,
@@ -293,6 +326,10 @@ pub struct RunRecord {
     pub parent: Option<ParentLink>,
     #[serde(default)]
     pub trigger: Trigger,
+    #[serde(default, skip_serializing_if = "is_zero_i64")]
+    pub created_us: i64,
+    #[serde(default, skip_serializing_if = "is_zero_i64")]
+    pub ended_us: i64,
 }
 
 fn is_zero(v: &i32) -> bool {
@@ -351,6 +388,8 @@ pub struct TaskRunRecord {
     /// A sub-flow task run: the child run of its current attempt.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub child: Option<String>,
+    #[serde(default, skip_serializing_if = "Timings::is_empty")]
+    pub us: Timings,
 }
 
 /// Values at most this long (as JSON) are kept in the state store.
@@ -378,6 +417,7 @@ impl TaskRunRecord {
             lost: tr.lost,
             attempts: tr.attempts.clone(),
             child: tr.child.clone(),
+            us: tr.us,
         }
     }
 }
@@ -458,6 +498,7 @@ mod tests {
             lost: 0,
             attempts: Vec::new(),
             child: None,
+            us: Default::default(),
         }
     }
 

@@ -82,6 +82,8 @@ impl Engine {
                 created_ms: r.created_ms,
                 started_ms: r.started_ms,
                 ended_ms: r.ended_ms,
+                created_us: r.created_us,
+                ended_us: r.ended_us,
                 error: r.error,
                 idempotency_key: r.idempotency_key,
                 scheduled_start_ms: r.scheduled_start_ms,
@@ -148,7 +150,7 @@ impl Engine {
             let Some(i) = flow.spec.task_index(&task) else {
                 continue;
             };
-            let mut tr = TaskRun::new(Arc::from("{}"));
+            let mut tr = TaskRun::new(None);
             tr.state = rec.state;
             tr.attempt = rec.attempt;
             tr.worker = (!rec.worker.is_empty()).then(|| WorkerId(rec.worker.clone()));
@@ -159,6 +161,7 @@ impl Engine {
             tr.error = rec.error;
             tr.attempts = rec.attempts;
             tr.child = rec.child;
+            tr.us = rec.us;
             run.nodes[i].runs.push(tr);
         }
         let cancelled = run.state == baton_common::state::RunState::Cancelled;
@@ -196,6 +199,7 @@ impl Engine {
         tr.result = rec.result;
         tr.value = rec.value.map(Arc::new);
         tr.child = rec.child;
+        tr.us = rec.us;
         if rec.worker == super::cache::CACHE_WORKER {
             tr.worker = Some(WorkerId(rec.worker.clone()));
         }

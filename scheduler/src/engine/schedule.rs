@@ -113,10 +113,12 @@ impl Engine {
     }
 
     fn put_schedule(&mut self, key: FlowKey, state: ScheduleState) {
-        self.ops.push(Op::Put {
-            key: keys::schedule(&key.0, &key.1),
-            value: serde_json::to_vec(&state.record).unwrap_or_default(),
-        });
+        if let Some(value) = self.encode("a schedule", &state.record) {
+            self.ops.push(Op::Put {
+                key: keys::schedule(&key.0, &key.1),
+                value,
+            });
+        }
         self.schedules.insert(key, state);
     }
 

@@ -62,10 +62,11 @@ impl Engine {
             error: String::new(),
         });
         let attempt = tr.attempt;
-        let params: BTreeMap<String, Value> = match serde_json::from_str(&tr.inputs) {
-            Ok(Value::Object(m)) => m.into_iter().collect(),
-            _ => BTreeMap::new(),
-        };
+        let params: BTreeMap<String, Value> =
+            match tr.inputs.as_ref().map(|i| i.for_index(t.index as usize)) {
+                Some(Value::Object(m)) => m.into_iter().collect(),
+                _ => BTreeMap::new(),
+            };
         if task.timeout_ms > 0 {
             tr.deadline_ms = now + task.timeout_ms as i64;
             self.timer(

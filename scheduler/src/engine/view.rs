@@ -49,6 +49,8 @@ impl Engine {
                 .unwrap_or_default(),
             parent_map_index: run.parent.as_ref().map(|p| p.map_index).unwrap_or(-1),
             trigger: run.trigger.name().to_string(),
+            created_us: run.created_us,
+            ended_us: run.ended_us,
         }
     }
 
@@ -121,6 +123,10 @@ impl Engine {
                 })
                 .collect(),
             child_run_id: tr.child.clone().unwrap_or_default(),
+            ready_us: tr.us.ready_us,
+            assigned_us: tr.us.assigned_us,
+            started_us: tr.us.started_us,
+            ended_us: tr.us.ended_us,
         }
     }
 

@@ -94,6 +94,22 @@ pub trait StateStore: Send + Sync + 'static {
     }
     /// All keys and values under `prefix`, in key order.
     async fn load(&self, prefix: &str) -> Result<Vec<(String, Vec<u8>)>, StoreError>;
-    /// Applies `ops` atomically if `epoch` is still current.
+    /// Applies `ops` if `epoch` is still current, and returns once they are durable.
+    ///
+    /// What is atomic depends on the store, and callers must not assume more:
+    /// - the embedded store writes a commit as one checksummed frame: all of it or none
+    ///   survives a crash or a failed write;
+    /// - the etcd store writes a large commit in several fenced transactions (at most 128
+    ///   operations and ~1.4 MB each, some in parallel when their keys differ): after an
+    ///   error, any subset of them may have been applied.
+    ///
+    /// Every transaction is fenced (a deposed writer changes nothing) and a `Create` is
+    /// first-wins in every store. A failed commit makes the writer step down, so nothing is
+    /// acknowledged from it. What recovery relies on under a torn commit: a task run's
+    /// completion is its result pointer (`res/…`, created once), which wins over a task
+    /// run record that lags it; records are whole values, never deltas, so any subset of
+    /// a step's records is a state some earlier step could have left, except that a task
+    /// run record may be missing for a task the run's record shows started (it is rebuilt
+    /// from the flow and dispatched again: at least once, never committed twice).
     async fn commit(&self, epoch: Epoch, ops: Vec<Op>) -> Result<(), StoreError>;
 }

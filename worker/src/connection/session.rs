@@ -446,9 +446,11 @@ impl Worker {
             },
         );
         tokio::spawn(body.instrument(span));
+        let at_us = baton_common::time::now_us();
         out.send(Up::Started(proto::Started {
             key: Some(proto_key),
-            at_ms: now_ms(),
+            at_ms: at_us.div_euclid(1000),
+            at_us,
         }))
         .await
     }

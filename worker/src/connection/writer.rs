@@ -126,6 +126,7 @@ mod tests {
                     attempt: 1,
                 }),
                 at_ms: 0,
+                at_us: 0,
             })),
         }
     }

@@ -329,7 +329,7 @@ impl VirtualCluster {
 
     /// The worker reports that the attempt started.
     fn started(&mut self, a: &Assignment) {
-        self.engine.task_started(&a.key, self.now);
+        self.engine.task_started(&a.key, self.now, 0);
         self.drain();
     }
 

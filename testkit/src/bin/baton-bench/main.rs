@@ -159,6 +159,25 @@ struct Finished {
     wall: Duration,
 }
 
+impl Finished {
+    /// The run's time from creation to end as the scheduler recorded them.
+    fn recorded(&self) -> Duration {
+        Duration::from_micros(u64::try_from(self.run.ended_us - self.run.created_us).unwrap_or(0))
+    }
+}
+
+/// A chain run's figures.
+struct Chain {
+    /// Client-side, from CreateRun to the end.
+    wall: Duration,
+    /// From creation to end as the scheduler recorded them.
+    recorded: Duration,
+    /// Each task's end after the previous task's end (ms).
+    gaps: Vec<f64>,
+    /// Each task's dispatch wait: assigned after ready (ms).
+    waits: Vec<f64>,
+}
+
 impl Bench<'_> {
     /// Starts a run of `source`, waits for it to end and fails unless it completed.
     async fn run(&self, source: &str, params: BTreeMap<String, String>) -> Result<Finished> {
@@ -246,14 +265,17 @@ impl Bench<'_> {
         Ok(done.wall)
     }
 
-    /// The chain's wall time and the gaps between consecutive tasks' ends, in ms.
-    async fn chain(&self, source: &str, n: usize) -> Result<(Duration, Vec<f64>)> {
+    /// The chain's wall time and, from the scheduler's microsecond timings, each task's
+    /// latency (its end after the previous one's, in ms) and its dispatch wait (assigned
+    /// after ready, in ms).
+    async fn chain(&self, source: &str, n: usize) -> Result<Chain> {
         let done = self.run(source, BTreeMap::new()).await?;
         let trs = guarded(self.alive, async {
             Ok(self.client.task_runs(&done.run.id, false).await?)
         })
         .await?;
         let mut ends: Vec<Option<i64>> = vec![None; n];
+        let mut waits = Vec::with_capacity(n);
         for t in &trs {
             let i: usize = t
                 .task
@@ -263,16 +285,17 @@ impl Bench<'_> {
             let slot = ends
                 .get_mut(i)
                 .ok_or_else(|| anyhow!("unexpected task run `{}` in the chain", t.task))?;
-            if t.state != pb::TaskState::Completed as i32 || t.ended_ms <= 0 {
+            if t.state != pb::TaskState::Completed as i32 || t.ended_us <= 0 {
                 bail!(
-                    "run {} completed, but chain task {} is {} (ended_ms {})",
+                    "run {} completed, but chain task {} is {} (ended_us {})",
                     done.run.id,
                     t.task,
                     task_state_name(t.state),
-                    t.ended_ms
+                    t.ended_us
                 );
             }
-            *slot = Some(t.ended_ms);
+            *slot = Some(t.ended_us);
+            waits.push((t.assigned_us - t.ready_us) as f64 / 1000.0);
         }
         let ends: Vec<i64> = ends
             .into_iter()
@@ -281,8 +304,19 @@ impl Bench<'_> {
                 e.ok_or_else(|| anyhow!("run {}: no task run for chain task {i}", done.run.id))
             })
             .collect::<Result<_>>()?;
-        let gaps = ends.windows(2).map(|w| (w[1] - w[0]) as f64).collect();
-        Ok((done.wall, gaps))
+        let gaps = ends
+            .windows(2)
+            .map(|w| (w[1] - w[0]) as f64 / 1000.0)
+            .collect();
+        let recorded = Duration::from_micros(
+            u64::try_from(done.run.ended_us - done.run.created_us).unwrap_or(0),
+        );
+        Ok(Chain {
+            wall: done.wall,
+            recorded,
+            gaps,
+            waits,
+        })
     }
 }
 
@@ -371,15 +405,33 @@ async fn bench(args: &Args) -> Result<Report> {
 
     let mut p50 = Figure::new(
         &format!("chain_{chain_len}_latency_p50_ms"),
-        &format!("chain of {chain_len} no-op tasks: per-task latency p50 (ms timestamps)"),
+        &format!("chain of {chain_len} no-op tasks: per-task latency p50 (end to end)"),
         "ms",
-        1,
+        3,
     );
     let mut p99 = Figure::new(
         &format!("chain_{chain_len}_latency_p99_ms"),
-        &format!("chain of {chain_len} no-op tasks: per-task latency p99 (ms timestamps)"),
+        &format!("chain of {chain_len} no-op tasks: per-task latency p99 (end to end)"),
         "ms",
-        1,
+        3,
+    );
+    let mut per_task = Figure::new(
+        &format!("chain_{chain_len}_per_task_us"),
+        &format!("chain of {chain_len} no-op tasks: scheduler-recorded run time / tasks"),
+        "µs",
+        0,
+    );
+    let mut wait50 = Figure::new(
+        &format!("chain_{chain_len}_dispatch_wait_p50_ms"),
+        &format!("chain of {chain_len} no-op tasks: dispatch wait p50 (ready -> assigned)"),
+        "ms",
+        3,
+    );
+    let mut wait99 = Figure::new(
+        &format!("chain_{chain_len}_dispatch_wait_p99_ms"),
+        &format!("chain of {chain_len} no-op tasks: dispatch wait p99 (ready -> assigned)"),
+        "ms",
+        3,
     );
     let mut chain_wall = Figure::new(
         &format!("chain_{chain_len}_wall_s"),
@@ -394,34 +446,55 @@ async fn bench(args: &Args) -> Result<Report> {
         3,
     );
     for r in 1..=repeat {
-        let (wall, gaps) = b.chain(&chain_source, chain_len).await?;
+        let c = b.chain(&chain_source, chain_len).await?;
+        let wall = c.wall;
         mean.samples
             .push(wall.as_secs_f64() * 1000.0 / chain_len.max(1) as f64);
         let (q50, q99) = (
-            percentile(&gaps, 50.0).unwrap_or(0.0),
-            percentile(&gaps, 99.0).unwrap_or(0.0),
+            percentile(&c.gaps, 50.0).unwrap_or(0.0),
+            percentile(&c.gaps, 99.0).unwrap_or(0.0),
         );
+        let us = c.recorded.as_secs_f64() * 1e6 / chain_len.max(1) as f64;
         progress(format!(
-            "chain {chain_len} #{r}: {:.3} s, p50 {q50} ms, p99 {q99} ms",
+            "chain {chain_len} #{r}: {:.3} s, {us:.0} µs a task as recorded, p50 {q50:.3} ms, p99 {q99:.3} ms",
             wall.as_secs_f64()
         ));
         p50.samples.push(q50);
         p99.samples.push(q99);
+        per_task.samples.push(us);
+        wait50
+            .samples
+            .push(percentile(&c.waits, 50.0).unwrap_or(0.0));
+        wait99
+            .samples
+            .push(percentile(&c.waits, 99.0).unwrap_or(0.0));
         chain_wall.samples.push(wall.as_secs_f64());
     }
-    figures.extend([p50, p99, mean, chain_wall]);
+    figures.extend([p50, p99, per_task, wait50, wait99, mean, chain_wall]);
 
     let mut ridge = Figure::new("ridge_sweep_wall_s", "ridge sweep: wall time", "s", 3);
+    let mut ridge_recorded = Figure::new(
+        "ridge_sweep_warm_ms",
+        "ridge sweep, warm: creation to end as the scheduler records them",
+        "ms",
+        2,
+    );
+    // The first sweep warms up (workers' first dataset, page cache); the rest are measured.
+    b.run(&ridge_source, BTreeMap::new()).await?;
     for r in 1..=repeat {
         let done = b.run(&ridge_source, BTreeMap::new()).await?;
         progress(format!(
-            "ridge sweep #{r}: {:.3} s ({} task runs)",
+            "ridge sweep #{r}: {:.3} s, {:.2} ms as recorded ({} task runs)",
             done.wall.as_secs_f64(),
+            done.recorded().as_secs_f64() * 1000.0,
             done.run.tasks_total
         ));
         ridge.samples.push(done.wall.as_secs_f64());
+        ridge_recorded
+            .samples
+            .push(done.recorded().as_secs_f64() * 1000.0);
     }
-    figures.push(ridge);
+    figures.extend([ridge, ridge_recorded]);
 
     drop(b);
     nodes.check_alive()?;
