@@ -335,9 +335,9 @@ impl Writer {
     /// Appends `self.buf` to the log (fsynced if `sync`). On failure the log is cut back
     /// to its last good frame, so that later frames never follow a torn one.
     fn append(&mut self, sync: bool) -> Result<(), StoreError> {
-        let written =
-            self.write_buf()
-                .and_then(|()| if sync { self.log.sync_data() } else { Ok(()) });
+        let written = self
+            .write_buf()
+            .and_then(|()| if sync { self.log.sync_data() } else { Ok(()) });
         match written {
             Ok(()) => {
                 self.log_bytes += self.buf.len() as u64;
