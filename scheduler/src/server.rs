@@ -203,6 +203,13 @@ async fn lead(
     }
 }
 
+/// `RUN/TASK/INDEX` of a task run key (without its prefix).
+fn split_task_run_key(rest: &str) -> Option<(String, String, i64)> {
+    let mut parts = rest.splitn(3, '/');
+    let (run, task, index) = (parts.next()?, parts.next()?, parts.next()?);
+    Some((run.to_string(), task.to_string(), index.parse().ok()?))
+}
+
 /// Reads flows, runs and task runs back; large values are read from the result store.
 async fn load(state: &dyn StateStore, results: &dyn ResultStore) -> Result<Recovered> {
     let mut rec = Recovered::default();
@@ -263,48 +270,31 @@ async fn load(state: &dyn StateStore, results: &dyn ResultStore) -> Result<Recov
             Err(e) => tracing::error!(%key, error = %e, "skipping an unreadable run record"),
         }
     }
-    // Committed result pointers are the truth about completion: a pointer whose task run
-    // record does not show it (written in another transaction that did not land) wins.
+    // Committed result pointers are the truth about completion (see
+    // `Recovered::apply_pointers`).
     let mut pointers = std::collections::HashMap::new();
     for (key, value) in state.load(keys::RESULT_PREFIX).await? {
-        let Some(rest) = key.strip_prefix(keys::RESULT_PREFIX) else {
+        let Some((run, task, index)) = split_task_run_key(&key[keys::RESULT_PREFIX.len()..])
+        else {
             continue;
         };
         match serde_json::from_slice::<baton_common::result_store::ResultRef>(&value) {
             Ok(r) => {
-                pointers.insert(rest.to_string(), r);
+                pointers.insert((run, task, index), r);
             }
             Err(e) => tracing::error!(%key, error = %e, "skipping an unreadable result pointer"),
         }
     }
     for (key, value) in state.load("tr/").await? {
-        let mut parts = key.splitn(4, '/').skip(1);
-        let (Some(run), Some(task), Some(index)) = (parts.next(), parts.next(), parts.next())
-        else {
+        let Some((run, task, index)) = split_task_run_key(&key["tr/".len()..]) else {
             continue;
         };
-        let Ok(index) = index.parse::<i64>() else {
-            continue;
-        };
-        let mut r: TaskRunRecord = match serde_json::from_slice(&value) {
-            Ok(r) => r,
-            Err(e) => {
-                tracing::error!(%key, error = %e, "skipping an unreadable task run record");
-                continue;
-            }
-        };
-        if let Some(p) = pointers.get(&format!("{run}/{task}/{index}")) {
-            if r.result.as_ref() != Some(p) {
-                tracing::warn!(%key, uri = %p.uri, "task run record behind its committed pointer");
-                r.result = Some(p.clone());
-                r.value = None;
-                r.state = baton_common::state::TaskState::Completed;
-                r.error.clear();
-            }
+        match serde_json::from_slice::<TaskRunRecord>(&value) {
+            Ok(r) => rec.task_runs.push((run, task, index, r)),
+            Err(e) => tracing::error!(%key, error = %e, "skipping an unreadable task run record"),
         }
-        rec.task_runs
-            .push((run.to_string(), task.to_string(), index, r));
     }
+    rec.apply_pointers(pointers);
     // Values too large to sit in their record are read back from the result store, many at
     // a time. A JSON null result is 4 bytes: a missing (or, in older records, null) value of
     // a larger result must be read.

@@ -6,6 +6,7 @@ use super::model::{CompiledFlow, NodeState, Run, RunRecord, TaskRun, TaskRunReco
 use super::{Engine, Timer};
 use baton_common::flow::{FlowSpec, ResourceSpec};
 use baton_common::ids::{RunId, WorkerId};
+use baton_common::result_store::ResultRef;
 use baton_common::state::TaskState;
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -28,6 +29,59 @@ pub struct Recovered {
     pub limits: Vec<(String, u32)>,
     /// `(key, summary)` of archived runs, for listing.
     pub finished: Vec<(String, baton_proto::FlowRun)>,
+}
+
+impl Recovered {
+    /// Makes the task run records agree with the committed result pointers, which are the
+    /// truth about completion: a commit torn between transactions (see
+    /// [`crate::store::StateStore::commit`]) can leave a pointer whose record lags it, or
+    /// whose record is missing. Such a record becomes (or is made) a completed one with the
+    /// pointer's result and no value, so that the caller reads the value back from the
+    /// result store. `pointers` are keyed by `(run, task, map index)`.
+    pub fn apply_pointers(&mut self, mut pointers: HashMap<(String, String, i64), ResultRef>) {
+        for (run, task, index, r) in &mut self.task_runs {
+            let Some(p) = pointers.remove(&(run.clone(), task.clone(), *index)) else {
+                continue;
+            };
+            if r.result.as_ref() != Some(&p) {
+                tracing::warn!(%run, %task, index, uri = %p.uri, "task run record behind its committed pointer");
+                r.result = Some(p);
+                r.value = None;
+                r.state = TaskState::Completed;
+                r.error.clear();
+            }
+        }
+        let live: std::collections::HashSet<&str> =
+            self.runs.iter().map(|r| r.id.as_str()).collect();
+        let mut orphans: Vec<_> = pointers
+            .into_iter()
+            .filter(|((run, _, _), _)| live.contains(run.as_str()))
+            .collect();
+        orphans.sort_by(|a, b| a.0.cmp(&b.0));
+        for ((run, task, index), p) in orphans {
+            tracing::warn!(%run, %task, index, uri = %p.uri, "committed pointer without its task run record");
+            self.task_runs.push((
+                run,
+                task,
+                index,
+                TaskRunRecord {
+                    state: TaskState::Completed,
+                    attempt: 1,
+                    worker: String::new(),
+                    started_ms: 0,
+                    ended_ms: 0,
+                    result: Some(p),
+                    value: None,
+                    error: String::new(),
+                    failures: 0,
+                    lost: 0,
+                    attempts: Vec::new(),
+                    child: None,
+                    us: Default::default(),
+                },
+            ));
+        }
+    }
 }
 
 impl Engine {

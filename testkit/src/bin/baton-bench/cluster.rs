@@ -83,7 +83,7 @@ pub fn log_tail(path: &Path, n: usize) -> String {
 impl Cluster {
     /// Starts the scheduler and two workers (labels `local` and `local,trainer`) with
     /// `slots` slots each, and waits until both workers are connected.
-    pub async fn start(slots: u32) -> Result<(Cluster, Client)> {
+    pub async fn start(slots: u32, no_fsync: bool) -> Result<(Cluster, Client)> {
         let bins = bin_dir()?;
         let scheduler_bin = binary(&bins, "baton-scheduler")?;
         let worker_bin = binary(&bins, "baton-worker")?;
@@ -105,6 +105,9 @@ impl Cluster {
             .arg(&listen)
             .arg("--data-dir")
             .arg(&data_dir);
+        if no_fsync {
+            cmd.arg("--no-fsync");
+        }
         cluster.scheduler_pid = cluster.spawn("scheduler", cmd)?;
 
         let nonce = std::process::id();

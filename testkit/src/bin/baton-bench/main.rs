@@ -57,6 +57,10 @@ struct Args {
     /// A run not over after this many seconds counts as failed (a hang).
     #[arg(long, default_value_t = 1800)]
     run_timeout_s: u64,
+    /// Single node: start the scheduler with --no-fsync (acknowledged state survives a
+    /// crash of the process, not a power loss) instead of the durable default.
+    #[arg(long, conflicts_with = "cluster")]
+    no_fsync: bool,
     /// Keep the temporary folder with the processes' logs and the scheduler's state.
     #[arg(long)]
     keep: bool,
@@ -361,10 +365,15 @@ async fn bench(args: &Args) -> Result<Report> {
         (Nodes::Ha(Box::new(h)), client)
     } else {
         progress(format!(
-            "starting a scheduler and 2 workers ({} slots each)",
+            "starting a scheduler ({}) and 2 workers ({} slots each)",
+            if args.no_fsync {
+                "--no-fsync"
+            } else {
+                "fsync on"
+            },
             args.slots
         ));
-        let (cluster, client) = Cluster::start(args.slots).await?;
+        let (cluster, client) = Cluster::start(args.slots, args.no_fsync).await?;
         progress(format!("cluster up; logs in {}", cluster.dir().display()));
         (Nodes::Single(cluster), client)
     };
@@ -578,6 +587,7 @@ async fn bench(args: &Args) -> Result<Report> {
             fanouts,
             chain: chain_len,
             ridge_file: ridge_file.display().to_string(),
+            fsync: args.cluster || !args.no_fsync,
             cluster: args.cluster.then_some(ClusterSettings {
                 replicas: ha::REPLICAS,
                 etcd_members: ha::ETCD_MEMBERS,

@@ -110,6 +110,8 @@ pub struct Settings {
     pub fanouts: Vec<u64>,
     pub chain: usize,
     pub ridge_file: String,
+    /// Whether the single-node scheduler fsyncs its state before acknowledging.
+    pub fsync: bool,
     /// Cluster mode's settings; `None` in single-node mode.
     pub cluster: Option<ClusterSettings>,
 }
@@ -142,8 +144,9 @@ impl Report {
             ));
         }
         out.push_str(&format!(
-            "settings: {} workers x {} slots, repeat {}, {} cores, fan-outs {:?}, chain {}, ridge flow {}\n",
-            s.workers, s.slots, s.repeat, s.cores, s.fanouts, s.chain, s.ridge_file
+            "settings: {} workers x {} slots, repeat {}, {} cores, fan-outs {:?}, chain {}, ridge flow {}, state fsync {}\n",
+            s.workers, s.slots, s.repeat, s.cores, s.fanouts, s.chain, s.ridge_file,
+            if s.fsync { "on" } else { "off" }
         ));
         let width = self
             .figures
@@ -176,6 +179,7 @@ impl Report {
                 "fanouts": s.fanouts,
                 "chain": s.chain,
                 "ridge_file": s.ridge_file,
+                "fsync": s.fsync,
                 "cluster": s.cluster.as_ref().map(|c| json!({
                     "scheduler_replicas": c.replicas,
                     "etcd_members": c.etcd_members,
