@@ -11,9 +11,10 @@
 //! child subreaper: cancellation, a timeout or the worker's death (the shim's socket to the
 //! worker closes, even when the worker is SIGKILLed) kill every process the task started,
 //! including those that left its process group with `setsid` or a double fork. When the
-//! command exits, whatever it left running is killed too, as a finished task's background
-//! processes are in Prefect or Ray: a finished attempt leaves no process behind. The shim
-//! needs no privilege (no cgroup, no namespace), only Linux and `/proc`.
+//! command exits, whatever it left running is killed too (what users of Prefect or Ray expect
+//! of a finished task's background processes): a finished attempt leaves no process behind,
+//! and its output stops with it. The shim needs no privilege (no cgroup, no namespace), only
+//! Linux and `/proc`.
 //!
 //! Without a shim (a binary that does not call [`crate::shim::init`], or a shim that cannot be
 //! started; both logged once) the command runs directly in its own process group, and only
