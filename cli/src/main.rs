@@ -111,8 +111,14 @@ enum ResultCmd {
     },
 }
 
+fn main() {
+    // The process shim of a task of an embedded worker (`baton dev`) runs here and exits.
+    baton_worker::shim::init();
+    cli_main()
+}
+
 #[tokio::main]
-async fn main() {
+async fn cli_main() {
     baton_common::telemetry::init("warn");
     let cli = Cli::parse();
     let code = match execute(cli).await {

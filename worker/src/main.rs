@@ -1,5 +1,6 @@
 //! The `baton-worker` binary: parses the configuration, installs tracing and the signal
-//! handling, and runs [`baton_worker::run`].
+//! handling, and runs [`baton_worker::run`]; started with a hidden argument, it is the
+//! process shim of a task instead (see [`baton_worker::shim`]).
 
 use baton_worker::config::{
     default_id, default_memory_mb, default_slots, DEFAULT_LEADER_LEASE_MS, DEFAULT_SCHEDULER,
@@ -72,8 +73,14 @@ impl Args {
     }
 }
 
+fn main() -> ExitCode {
+    // A process shim of a task, started by a worker, runs here and exits.
+    baton_worker::shim::init();
+    worker_main()
+}
+
 #[tokio::main]
-async fn main() -> ExitCode {
+async fn worker_main() -> ExitCode {
     let config = Args::parse().into_config();
     baton_common::telemetry::init("info");
     match serve(config).await {

@@ -251,3 +251,44 @@ async fn oversized_results_ask_for_an_artifact() {
     assert!(s.inline_value.is_empty());
     assert!(s.result.unwrap().size > MAX_INLINE_BYTES as u64);
 }
+
+#[tokio::test]
+async fn without_a_shim_a_setsid_child_holding_stdout_does_not_hold_the_task() {
+    // This binary does not call shim::init: the command runs directly, and the pipe that a
+    // setsid'ed child keeps open is read only for PIPE_GRACE after the command exits.
+    let f = fixture();
+    let dir = tempfile::tempdir().unwrap();
+    let bg = dir.path().join("bg");
+    let script = r#"
+setsid sh -c 'echo $$ > "$0.tmp"; mv "$0.tmp" "$0"; exec sleep 30' "$BG" &
+while [ ! -s "$BG" ]; do sleep 0.01; done
+printf '{"done": true}'
+"#;
+    let spec = json!({
+        "kind": "process", "command": "sh", "args": ["-c", script],
+        "env": {"BG": bg.to_str().unwrap()},
+    });
+    let started = Instant::now();
+    let (fin, _) = tokio::time::timeout(
+        Duration::from_secs(30),
+        run(&f, spec, json!({}), 0, CancellationToken::new()),
+    )
+    .await
+    .expect("the task ended");
+    assert_eq!(success(&fin).inline_value, r#"{"done":true}"#);
+    let took = started.elapsed();
+    assert!(
+        took < process::PIPE_GRACE + Duration::from_secs(5),
+        "{took:?}"
+    );
+    // Without a shim the setsid'ed child outlives the task (a documented limit): clean up.
+    let pid: i32 = std::fs::read_to_string(&bg)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    // SAFETY: kill has no memory effects; the pid is this test's leftover.
+    unsafe {
+        libc::kill(pid, libc::SIGKILL);
+    }
+}
