@@ -274,8 +274,7 @@ async fn load(state: &dyn StateStore, results: &dyn ResultStore) -> Result<Recov
     // `Recovered::apply_pointers`).
     let mut pointers = std::collections::HashMap::new();
     for (key, value) in state.load(keys::RESULT_PREFIX).await? {
-        let Some((run, task, index)) = split_task_run_key(&key[keys::RESULT_PREFIX.len()..])
-        else {
+        let Some((run, task, index)) = split_task_run_key(&key[keys::RESULT_PREFIX.len()..]) else {
             continue;
         };
         match serde_json::from_slice::<baton_common::result_store::ResultRef>(&value) {
