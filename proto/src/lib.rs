@@ -9,6 +9,8 @@ pub mod v1 {
 
 pub use v1::*;
 
+pub mod limits;
+
 /// The encoded `google.protobuf.FileDescriptorSet` of `baton/v1/baton.proto` (with source
 /// info, so comments reach reflection clients), for gRPC server reflection.
 pub const FILE_DESCRIPTOR_SET: &[u8] =

@@ -5,6 +5,17 @@ use crate::store::embedded::SyncMode;
 use crate::{Error, Result};
 use std::path::PathBuf;
 
+/// The scheduler's defaults, stated once: the flags, [`SchedulerConfig::default`] and
+/// [`EngineConfig::default`] all take them from here.
+pub mod defaults {
+    pub const HEARTBEAT_MS: u64 = 1_000;
+    pub const WORKER_LEASE_MS: u64 = 10_000;
+    pub const ADOPT_GRACE_MS: u64 = 5_000;
+    pub const UNRUNNABLE_TIMEOUT_MS: u64 = 300_000;
+    pub const LEADER_LEASE_MS: u64 = 10_000;
+    pub const MAX_LOST_ATTEMPTS: u32 = 5;
+}
+
 /// Everything the scheduler needs to start.
 #[derive(Clone, Debug)]
 pub struct SchedulerConfig {
@@ -63,16 +74,16 @@ impl Default for SchedulerConfig {
         SchedulerConfig {
             data_dir: PathBuf::from(".baton"),
             result_store: None,
-            heartbeat_interval_ms: 1000,
-            worker_lease_ms: 10_000,
-            adopt_grace_ms: 5_000,
-            unrunnable_timeout_ms: 300_000,
+            heartbeat_interval_ms: defaults::HEARTBEAT_MS,
+            worker_lease_ms: defaults::WORKER_LEASE_MS,
+            adopt_grace_ms: defaults::ADOPT_GRACE_MS,
+            unrunnable_timeout_ms: defaults::UNRUNNABLE_TIMEOUT_MS,
             no_fsync: false,
             etcd: Vec::new(),
             cluster: "baton".into(),
             advertise: None,
             replica_id: None,
-            leader_lease_ms: 10_000,
+            leader_lease_ms: defaults::LEADER_LEASE_MS,
             faults: Faults::default(),
         }
     }
@@ -134,7 +145,7 @@ impl SchedulerConfig {
             worker_lease_ms: self.worker_lease_ms,
             adopt_grace_ms: self.adopt_grace_ms,
             unrunnable_timeout_ms: self.unrunnable_timeout_ms,
-            max_lost_attempts: 5,
+            max_lost_attempts: defaults::MAX_LOST_ATTEMPTS,
             fault_duplicate_dispatch: self.faults.duplicate_dispatch.clone(),
             fault_crash_before_commit: self.faults.crash_before_commit.clone(),
         }

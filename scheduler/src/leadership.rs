@@ -11,10 +11,10 @@ use tonic::metadata::MetadataValue;
 use tonic::Status;
 
 /// Metadata key naming the leader's address in a refusal.
-pub const LEADER_METADATA: &str = "baton-leader";
+pub use baton_proto::limits::LEADER_METADATA;
 /// Metadata key present on every refusal by a replica that does not lead (yet): the
 /// request was not carried out, so any client may retry it.
-pub const REFUSED_METADATA: &str = "baton-refused";
+pub use baton_proto::limits::REFUSED_METADATA;
 
 fn refused(mut s: Status) -> Status {
     s.metadata_mut()

@@ -1,5 +1,6 @@
 //! The `baton-scheduler` binary: parses its configuration and serves.
 
+use baton_scheduler::config::defaults;
 use clap::Parser;
 use std::path::PathBuf;
 use tokio_util::sync::CancellationToken;
@@ -18,13 +19,17 @@ struct Args {
     /// Result store URI (default: file://DATA_DIR/store).
     #[arg(long, env = "BATON_RESULT_STORE")]
     result_store: Option<String>,
-    #[arg(long, env = "BATON_HEARTBEAT_MS", default_value_t = 1000)]
+    #[arg(long, env = "BATON_HEARTBEAT_MS", default_value_t = defaults::HEARTBEAT_MS)]
     heartbeat_ms: u64,
-    #[arg(long, env = "BATON_WORKER_LEASE_MS", default_value_t = 10_000)]
+    #[arg(long, env = "BATON_WORKER_LEASE_MS", default_value_t = defaults::WORKER_LEASE_MS)]
     worker_lease_ms: u64,
-    #[arg(long, env = "BATON_ADOPT_GRACE_MS", default_value_t = 5_000)]
+    #[arg(long, env = "BATON_ADOPT_GRACE_MS", default_value_t = defaults::ADOPT_GRACE_MS)]
     adopt_grace_ms: u64,
-    #[arg(long, env = "BATON_UNRUNNABLE_TIMEOUT_MS", default_value_t = 300_000)]
+    #[arg(
+        long,
+        env = "BATON_UNRUNNABLE_TIMEOUT_MS",
+        default_value_t = defaults::UNRUNNABLE_TIMEOUT_MS
+    )]
     unrunnable_timeout_ms: u64,
     /// Do not fsync the state log before acknowledging a commit: faster, and survives a
     /// crash of the process but not a power loss or an OS crash.
@@ -43,7 +48,7 @@ struct Args {
     #[arg(long, env = "BATON_REPLICA_ID")]
     replica_id: Option<String>,
     /// The leadership lease in etcd, in milliseconds.
-    #[arg(long, env = "BATON_LEADER_LEASE_MS", default_value_t = 10_000)]
+    #[arg(long, env = "BATON_LEADER_LEASE_MS", default_value_t = defaults::LEADER_LEASE_MS)]
     leader_lease_ms: u64,
 }
 

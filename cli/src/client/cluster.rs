@@ -14,10 +14,10 @@ use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Status};
 
 /// Metadata key of a refusal that names the leader's address.
-pub const LEADER_METADATA: &str = "baton-leader";
+pub use baton_proto::limits::LEADER_METADATA;
 
 /// The largest message either side may send.
-const MAX_MESSAGE: usize = 64 * 1024 * 1024;
+use baton_proto::limits::MAX_MESSAGE_BYTES as MAX_MESSAGE;
 /// How long dialling one replica may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 /// How long one replica may take to say who leads.
@@ -77,7 +77,7 @@ pub(super) fn refused_up_front(sent: bool, status: &Status) -> bool {
 
 /// Metadata a replica puts on a refusal when it did not carry the request out (it does not
 /// lead, or is still loading its state).
-pub const REFUSED_METADATA: &str = "baton-refused";
+pub use baton_proto::limits::REFUSED_METADATA;
 
 /// Exponential backoff (100 ms doubling to 2 s) with jitter: each delay is drawn from the
 /// upper half of its cap, so tries neither align across clients nor spin.

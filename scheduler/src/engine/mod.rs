@@ -26,6 +26,7 @@ pub use recover::Recovered;
 pub use schedule::ScheduleRecord;
 pub use subflow::SUBFLOW_WORKER;
 
+use crate::config::defaults;
 use crate::store::Op;
 use baton_common::flow::FlowSpec;
 use baton_common::ids::{RunId, WorkerId};
@@ -63,11 +64,11 @@ impl Default for EngineConfig {
     fn default() -> Self {
         EngineConfig {
             result_store: String::new(),
-            heartbeat_interval_ms: 1000,
-            worker_lease_ms: 10_000,
-            adopt_grace_ms: 10_000,
-            unrunnable_timeout_ms: 300_000,
-            max_lost_attempts: 5,
+            heartbeat_interval_ms: defaults::HEARTBEAT_MS,
+            worker_lease_ms: defaults::WORKER_LEASE_MS,
+            adopt_grace_ms: defaults::ADOPT_GRACE_MS,
+            unrunnable_timeout_ms: defaults::UNRUNNABLE_TIMEOUT_MS,
+            max_lost_attempts: defaults::MAX_LOST_ATTEMPTS,
             fault_duplicate_dispatch: None,
             fault_crash_before_commit: None,
         }

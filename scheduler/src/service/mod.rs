@@ -9,4 +9,4 @@ pub use flow::FlowApi;
 pub use worker::WorkerApi;
 
 /// Largest gRPC message accepted or sent.
-pub const MAX_MESSAGE_BYTES: usize = 16 * 1024 * 1024;
+pub use baton_proto::limits::MAX_MESSAGE_BYTES;

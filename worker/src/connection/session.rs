@@ -22,7 +22,7 @@ use tonic::transport::Endpoint;
 use tracing::Instrument;
 
 /// The largest message either side may send on the stream.
-const MAX_MESSAGE_BYTES: usize = 64 << 20;
+use baton_proto::limits::MAX_MESSAGE_BYTES;
 /// HTTP/2 flow-control window of the stream, so that batches flow without round trips.
 const STREAM_WINDOW: u32 = 4 << 20;
 /// Messages queued for the writer.
@@ -38,7 +38,7 @@ const MIN_HEARTBEAT: Duration = Duration::from_millis(100);
 const CLOSE_GRACE: Duration = Duration::from_secs(1);
 /// Metadata key of a refusal (any status) that names the leader's address: the worker dials
 /// that address next.
-pub const LEADER_METADATA: &str = "baton-leader";
+pub use baton_proto::limits::LEADER_METADATA;
 
 /// How a session ended.
 pub(super) enum End {
