@@ -160,8 +160,13 @@ async fn execute(cli: Cli) -> anyhow::Result<i32> {
                 specs.len(),
                 data.display()
             );
+            let stop = tokio_util::sync::CancellationToken::new();
+            baton_common::shutdown::on_signals(
+                stop.clone(),
+                baton_worker::executor::kill_all_groups,
+            )?;
             tokio::select! {
-                _ = tokio::signal::ctrl_c() => {}
+                _ = stop.cancelled() => {}
                 _ = cluster.wait() => {}
             }
             cluster.stop().await;

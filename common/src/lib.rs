@@ -6,6 +6,7 @@ pub mod flow;
 pub mod ids;
 pub mod result_store;
 pub mod schedule;
+pub mod shutdown;
 pub mod state;
 pub mod telemetry;
 pub mod time;

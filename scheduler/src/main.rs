@@ -80,20 +80,9 @@ async fn main() -> anyhow::Result<()> {
     };
     let listener = tokio::net::TcpListener::bind(&a.listen).await?;
     let shutdown = CancellationToken::new();
-    let s = shutdown.clone();
-    tokio::spawn(async move {
-        let _ = tokio::signal::ctrl_c().await;
-        s.cancel();
-    });
-    let s = shutdown.clone();
-    tokio::spawn(async move {
-        if let Ok(mut term) =
-            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        {
-            term.recv().await;
-            s.cancel();
-        }
-    });
+    // The second signal exits at once; the first lets the scheduler stop serving and
+    // step down (its state is committed step by step, so there is nothing to flush).
+    baton_common::shutdown::on_signals(shutdown.clone(), || {})?;
     baton_scheduler::serve(config, listener, shutdown).await?;
     Ok(())
 }

@@ -8,7 +8,6 @@ use baton_worker::config::{
 use baton_worker::WorkerConfig;
 use clap::Parser;
 use std::process::ExitCode;
-use tokio::signal::unix::{signal, SignalKind};
 use tokio_util::sync::CancellationToken;
 
 /// baton's worker daemon: runs the tasks a scheduler assigns to it.
@@ -95,32 +94,7 @@ async fn worker_main() -> ExitCode {
 async fn serve(config: WorkerConfig) -> anyhow::Result<()> {
     config.validate()?;
     let shutdown = CancellationToken::new();
-    watch_signals(shutdown.clone())?;
+    baton_common::shutdown::on_signals(shutdown.clone(), baton_worker::executor::kill_all_groups)?;
     baton_worker::run(config, shutdown).await?;
-    Ok(())
-}
-
-/// Cancels `shutdown` on the first SIGINT or SIGTERM; a second one exits at once.
-fn watch_signals(shutdown: CancellationToken) -> anyhow::Result<()> {
-    let mut interrupt = signal(SignalKind::interrupt())?;
-    let mut terminate = signal(SignalKind::terminate())?;
-    tokio::spawn(async move {
-        let mut received = 0;
-        loop {
-            tokio::select! {
-                _ = interrupt.recv() => {}
-                _ = terminate.recv() => {}
-            }
-            received += 1;
-            if received == 1 {
-                tracing::info!("shutdown requested, draining (signal again to exit now)");
-                shutdown.cancel();
-            } else {
-                tracing::warn!("second signal, exiting now");
-                baton_worker::executor::kill_all_groups();
-                std::process::exit(130);
-            }
-        }
-    });
     Ok(())
 }
