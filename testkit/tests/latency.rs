@@ -1,7 +1,8 @@
 //! Dispatch latency on real processes: no task run waits for the network after its inputs
 //! are ready. Accepted sockets without TCP_NODELAY held small assignment frames back until
-//! the worker's delayed ACK (about 40 ms) whenever two went out back to back; the task
-//! runs' microsecond timings show such a stall as a gap between ready and started.
+//! the worker's delayed ACK (about 40 ms) whenever two went out back to back: the
+//! scheduler's own sockets are inspected for the option, and the task runs' microsecond
+//! timings show any stall as a gap between ready and started.
 
 use baton_cli::Client;
 use baton_testkit::Cluster;
@@ -78,4 +79,95 @@ async fn no_ready_task_run_waits_for_the_network() -> anyhow::Result<()> {
         last = waits;
     }
     anyhow::bail!("ready task runs waited for dispatch (µs, sorted): {last:?}")
+}
+
+/// TCP_NODELAY of every connected socket of process `pid` whose local port is `port`
+/// (the sockets it accepted there), read through duplicates of its descriptors.
+fn accepted_nodelay(pid: i32, port: u16) -> anyhow::Result<Vec<bool>> {
+    // SAFETY: plain syscalls on descriptors this function owns and closes.
+    let pidfd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) } as i32;
+    anyhow::ensure!(
+        pidfd >= 0,
+        "pidfd_open: {}",
+        std::io::Error::last_os_error()
+    );
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(format!("/proc/{pid}/fd"))? {
+        let entry = entry?;
+        let is_socket = std::fs::read_link(entry.path())
+            .map(|l| l.to_string_lossy().starts_with("socket:"))
+            .unwrap_or(false);
+        let Some(target) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<i32>().ok())
+        else {
+            continue;
+        };
+        if !is_socket {
+            continue;
+        }
+        // SAFETY: as above; `fd` is closed below.
+        let fd = unsafe { libc::syscall(libc::SYS_pidfd_getfd, pidfd, target, 0) } as i32;
+        if fd < 0 {
+            continue;
+        }
+        let mut addr: libc::sockaddr_in = unsafe { std::mem::zeroed() };
+        let mut len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+        let mut peer: libc::sockaddr_in = unsafe { std::mem::zeroed() };
+        let mut peer_len = len;
+        let mut nodelay: libc::c_int = 0;
+        let mut opt_len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+        // SAFETY: the out-pointers point at locals of the sizes given.
+        let (local, connected, got) = unsafe {
+            (
+                libc::getsockname(fd, (&mut addr as *mut libc::sockaddr_in).cast(), &mut len),
+                libc::getpeername(
+                    fd,
+                    (&mut peer as *mut libc::sockaddr_in).cast(),
+                    &mut peer_len,
+                ),
+                libc::getsockopt(
+                    fd,
+                    libc::IPPROTO_TCP,
+                    libc::TCP_NODELAY,
+                    (&mut nodelay as *mut libc::c_int).cast(),
+                    &mut opt_len,
+                ),
+            )
+        };
+        // SAFETY: closing our duplicate.
+        unsafe { libc::close(fd) };
+        if local == 0
+            && connected == 0
+            && got == 0
+            && addr.sin_family == libc::AF_INET as libc::sa_family_t
+            && u16::from_be(addr.sin_port) == port
+        {
+            out.push(nodelay != 0);
+        }
+    }
+    // SAFETY: closing our pidfd.
+    unsafe { libc::close(pidfd) };
+    Ok(out)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_schedulers_accepted_sockets_have_tcp_nodelay() -> anyhow::Result<()> {
+    let mut cluster = Cluster::start(&[]).await?;
+    cluster.add_worker("w-a", "local", 2)?;
+    let client = Client::connect(&cluster.url()).await?;
+    baton_testkit::eventually(std::time::Duration::from_secs(20), "a worker", || async {
+        let n = client.workers().await.map(|w| w.len()).unwrap_or(0);
+        (n == 1).then_some(())
+    })
+    .await?;
+    let nodelay = accepted_nodelay(cluster.scheduler.pid(), cluster.port)?;
+    // The worker's stream and this client's channel, at least.
+    assert!(nodelay.len() >= 2, "accepted sockets found: {nodelay:?}");
+    assert!(
+        nodelay.iter().all(|on| *on),
+        "accepted sockets without TCP_NODELAY: {nodelay:?}"
+    );
+    Ok(())
 }
