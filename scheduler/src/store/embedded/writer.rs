@@ -305,10 +305,9 @@ impl Writer {
         for reply in accepted {
             let _ = reply.send(match &result {
                 Ok(()) => Ok(()),
-                Err(e) => Err(StoreError::Io(std::io::Error::new(
-                    std::io::ErrorKind::Other,
-                    format!("cannot write the state log: {e}"),
-                ))),
+                Err(e) => Err(StoreError::Io(std::io::Error::other(format!(
+                    "cannot write the state log: {e}"
+                )))),
             });
         }
     }
