@@ -65,7 +65,7 @@ install_etcd() {
 # ---------------------------------------------------------------------------------------
 # Python gRPC tools: a venv at $BATON_TOOLS/py with grpcio, grpcio-tools, grpcio-reflection
 # and grpcio-health-checking from PyPI, for the Python client example (examples/python) and
-# its test (testkit/tests/python_client.rs), which generates the stubs with
+# its test (testkit/tests/single_node/python_client.rs), which generates the stubs with
 # `$BATON_TOOLS/py/bin/python -m grpc_tools.protoc`, and for examples/python/grpc_probe.py
 # (`grpcurl list` and a health probe, by reflection; grpcurl is not packaged in Debian).
 GRPCIO_VERSION="1.85.1"

@@ -1,6 +1,8 @@
-//! Shared by the cluster fault tests: flows, a client that finds the leader, and the
-//! invariants checked after every fault (terminal runs with correct results, one committed
-//! result per task run whose object exists, a committed pointer never changing).
+//! Shared by the tests on HA clusters (the `cluster` binary and the cluster variants in
+//! `single_node`; each binary declares this module once): the one-cluster-at-a-time lock,
+//! flows, a client that finds the leader, and the invariants checked after every fault
+//! (terminal runs with correct results, one committed result per task run whose object
+//! exists, a committed pointer never changing).
 
 #![allow(dead_code)]
 
@@ -12,10 +14,13 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-/// Cluster tests are heavy: one at a time per test binary.
+/// HA clusters are heavy (etcd, S3, three replicas, workers) and their leases are
+/// timing-sensitive: one at a time per test binary. The tests of a binary share one process,
+/// so this static is shared by all of them, while single-node tests run alongside.
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
-/// Holds the binary's cluster-test lock.
+/// Holds the binary's cluster-test lock: every test that starts an HA cluster takes it
+/// first.
 pub async fn serial() -> tokio::sync::MutexGuard<'static, ()> {
     SERIAL.lock().await
 }

@@ -2,8 +2,7 @@
 //! task's tracing events reach the scheduler, are stored per attempt in the result store,
 //! and `baton logs` prints them, in order, after the run or (`--follow`) as they come.
 
-mod support;
-
+use crate::support;
 use baton_cli::Client;
 use baton_testkit::ha::HaConfig;
 use baton_testkit::{bin_path, eventually, Cluster};

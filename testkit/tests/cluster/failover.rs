@@ -1,13 +1,11 @@
 //! Cluster mode end to end: three scheduler replicas on a three-member etcd cluster with
 //! results in S3; the ridge sweep, and the leader killed, paused and restarted.
 
-mod support;
-
+use crate::support::*;
 use baton_common::result_store::ResultStore;
 use baton_proto as pb;
 use baton_testkit::ha::HaConfig;
 use std::time::Duration;
-use support::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ridge_sweep_runs_on_the_cluster_with_results_in_s3() -> anyhow::Result<()> {

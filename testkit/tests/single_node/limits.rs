@@ -3,8 +3,7 @@
 //! scheduler's own attempt times are checked too. Single node, a worker killed while its
 //! tasks hold the slots, and the HA cluster with the leader killed mid-run.
 
-mod support;
-
+use crate::support;
 use baton_cli::Client;
 use baton_proto as pb;
 use baton_testkit::baton_cli as baton;

@@ -3,8 +3,7 @@
 //! restarted (single node) or a leader killed (cluster) in the middle neither misses nor
 //! doubles a tick (`catch_up: all`).
 
-mod support;
-
+use crate::support;
 use baton_testkit::baton_cli as baton;
 use baton_testkit::ha::HaConfig;
 use baton_testkit::Cluster;

@@ -6,8 +6,7 @@
 //! is registered off. Cluster: the leader is killed -9 while the six children wait for
 //! trainers; the new leader finishes the parent without starting any child twice.
 
-mod support;
-
+use crate::support;
 use baton_cli::Client;
 use baton_proto as pb;
 use baton_testkit::baton_cli as baton;

@@ -2,14 +2,12 @@
 //! lease deadline while another replica takes over) and cut off from the workers only (it
 //! must keep leading and re-dispatch the silent workers' attempts once their lease lapses).
 
-mod support;
-
+use crate::support::*;
 use baton_proto as pb;
 use baton_testkit::eventually;
 use baton_testkit::ha::{leader_info, HaConfig};
 use pb::flow_service_client::FlowServiceClient;
 use std::time::{Duration, Instant};
-use support::*;
 
 /// Whether replica `url` serves a leader-only call (`ListWorkers`) now: `Some(true)` if it
 /// answers, `Some(false)` if it refuses, `None` if it cannot be reached.

@@ -2,13 +2,11 @@
 //! the leader, etcd, the workers and S3. Reproduce a failure with BATON_CHAOS_SEED=<seed>
 //! (printed at the start and on failure).
 
-mod support;
-
+use crate::support::*;
 use baton_testkit::ha::{HaCluster, HaConfig};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use std::time::Duration;
-use support::*;
 
 #[derive(Debug, Clone, Copy)]
 enum Fault {
@@ -90,6 +88,7 @@ async fn inject(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn randomized_faults_lose_nothing() -> anyhow::Result<()> {
+    let _one = serial().await;
     let seed: u64 = std::env::var("BATON_CHAOS_SEED")
         .ok()
         .and_then(|s| s.parse().ok())

@@ -3,8 +3,7 @@
 //! registered version by name with parameter overrides; on the cluster, the registry
 //! survives a leader failover.
 
-mod support;
-
+use crate::support;
 use baton_testkit::baton_cli as baton;
 use baton_testkit::ha::HaConfig;
 use baton_testkit::{eventually, Cluster};

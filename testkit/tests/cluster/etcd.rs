@@ -1,11 +1,9 @@
 //! Faults of the servers the schedulers depend on: etcd's own raft leader killed, every etcd
 //! member restarted in turn, and the S3 server restarted, each in the middle of a run.
 
-mod support;
-
+use crate::support::*;
 use baton_testkit::ha::HaConfig;
 use std::time::{Duration, Instant};
-use support::*;
 
 /// (6) kill -9 of the etcd member that leads etcd's raft group: etcd elects another within
 /// about a second, well inside a 10 s leadership lease, so the scheduler keeps its leader

@@ -2,14 +2,12 @@
 //! lease whose late result must be refused, and a forced duplicate dispatch; each task run
 //! must still commit exactly one result.
 
-mod support;
-
+use crate::support::*;
 use baton_common::result_store::ResultStore;
 use baton_proto as pb;
 use baton_testkit::eventually;
 use baton_testkit::ha::{HaCluster, HaConfig};
 use std::time::{Duration, Instant};
-use support::*;
 
 /// One task of `ms` that returns 42.
 fn one_slow_task(name: &str, ms: u64) -> String {

@@ -1,0 +1,24 @@
+//! The single-node integration tests, as one test binary: a scheduler and its workers run
+//! as real processes of the workspace's own binaries, driven through the client, the `baton`
+//! CLI and gRPC; one module per area. An area's cluster variant (its feature across a leader
+//! failover) stays in the area's module and holds [`support::serial`], so that this binary
+//! never runs two HA clusters at once.
+
+#[path = "../support/mod.rs"]
+mod support;
+
+mod bad_input;
+mod caching;
+mod cli;
+mod dev;
+mod faults;
+mod flow_of_flows;
+mod flows;
+mod grpc_meta;
+mod lifecycle;
+mod limits;
+mod logs;
+mod python_client;
+mod retries;
+mod ridge_sweep;
+mod schedules;
