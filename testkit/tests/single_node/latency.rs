@@ -41,6 +41,8 @@ async fn dispatch_waits(client: &Client, source: &str, runs: usize) -> anyhow::R
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_ready_task_run_waits_for_the_network() -> anyhow::Result<()> {
+    // Timing-sensitive: not alongside an HA cluster of this binary.
+    let _serial = crate::support::serial().await;
     let mut cluster = Cluster::start(&[]).await?;
     cluster.add_worker("w-a", "local,trainer", 4)?;
     cluster.add_worker("w-b", "local,trainer", 4)?;
