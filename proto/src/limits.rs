@@ -9,6 +9,7 @@ pub const LEADER_METADATA: &str = "baton-leader";
 /// retried elsewhere.
 pub const REFUSED_METADATA: &str = "baton-refused";
 
-/// The largest gRPC message any baton service or client sends or accepts. A run's
-/// parameters, a flow, a page of task runs and an assignment's inputs all fit in it.
+/// The largest gRPC message any baton service or client accepts (each side bounds what it
+/// receives; a server refuses a larger request with a clear status). A run's parameters, a
+/// flow, a page of task runs and an assignment's inputs all fit in it.
 pub const MAX_MESSAGE_BYTES: usize = 16 * 1024 * 1024;

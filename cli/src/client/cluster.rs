@@ -175,9 +175,10 @@ impl Cluster {
                 channel
             }
         };
-        Ok(FlowServiceClient::new(channel)
-            .max_decoding_message_size(MAX_MESSAGE)
-            .max_encoding_message_size(MAX_MESSAGE))
+        // The limit binds what this client accepts; what it sends is bounded by the server,
+        // which refuses an oversized request with a clear status (a client-side encoding
+        // limit would only reset the stream).
+        Ok(FlowServiceClient::new(channel).max_decoding_message_size(MAX_MESSAGE))
     }
 
     /// The replica believed to lead, if any.

@@ -205,9 +205,9 @@ impl Worker {
             .connect()
             .await
             .map_err(|e| Lost::new(error_chain(&e)))?;
-        let mut client = WorkerServiceClient::new(channel)
-            .max_decoding_message_size(MAX_MESSAGE_BYTES)
-            .max_encoding_message_size(MAX_MESSAGE_BYTES);
+        // Bounds what the worker accepts; what it sends is bounded by the scheduler.
+        let mut client =
+            WorkerServiceClient::new(channel).max_decoding_message_size(MAX_MESSAGE_BYTES);
         let (out_tx, out_rx) = mpsc::channel(OUTBOUND_CAPACITY);
         let (wire_tx, wire_rx) = mpsc::channel(WIRE_CAPACITY);
         let writer = tokio::spawn(writer::run(out_rx, wire_tx, stop.clone()));
