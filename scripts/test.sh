@@ -28,22 +28,41 @@ log "lints"
 cargo clippy --workspace --all-targets -- -D warnings
 
 log "build"
-cargo build --workspace --bins
+# One build of everything the tests run, with the features the tests need: the test targets,
+# and the binaries that testkit's integration tests start (baton-scheduler, baton-worker,
+# baton: bins of other packages, which `cargo test` does not build for testkit's tests) and
+# the benchmark. In one invocation, the binaries get the same dependency features as the
+# tests (dev-dependencies add some, e.g. tokio's test-util), so `cargo test` below builds
+# nothing again; a separate `cargo build --bins` would compile most dependencies twice.
+cargo build --workspace --bins --tests
 
 log "tests"
 results=$(mktemp)
 trap 'rm -f "$results"' EXIT
-cargo test --workspace 2>&1 | tee "$results"
-
-log "benchmark (short mode)"
-./target/debug/baton-bench --quick
-
-log "benchmark (short mode, cluster: 3 replicas, 3-member etcd, results in S3, failover)"
-./target/debug/baton-bench --cluster --quick
+# --no-fail-fast: the integration tests are a few large binaries (testkit/tests/*/main.rs);
+# a failure in one must not keep the others from running.
+status=0
+cargo test --workspace --no-fail-fast 2>&1 | tee "$results" || status=$?
 
 # One closing line for the whole suite (cargo prints one per test binary).
-read -r passed failed < <(awk '/^test result:/ {
-  for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i }
-} END { print p + 0, f + 0 }' "$results")
-echo
-echo "tests: ${passed} passed, ${failed} failed"
+summary() {
+  read -r passed failed < <(awk '/^test result:/ {
+    for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i }
+  } END { print p + 0, f + 0 }' "$results")
+  echo
+  echo "tests: ${passed} passed, ${failed} failed"
+}
+if [ "$status" -ne 0 ]; then
+  summary
+  exit "$status"
+fi
+
+bin="${CARGO_TARGET_DIR:-target}/debug"
+
+log "benchmark (short mode)"
+"$bin/baton-bench" --quick
+
+log "benchmark (short mode, cluster: 3 replicas, 3-member etcd, results in S3, failover)"
+"$bin/baton-bench" --cluster --quick
+
+summary
