@@ -173,7 +173,9 @@ fn uuid_key() -> String {
 async fn baton_logs_follow_goes_on_through_a_leader_failover() -> anyhow::Result<()> {
     let _serial = support::serial().await;
     let mut c = support::cluster(HaConfig::default(), &[("logs-hw", "local", 2)]).await?;
-    let flow = "name: chatty\ntasks:\n  - name: talk\n    process:\n      command: sh\n      args: [\"-c\", \"for i in $(seq 1 100); do echo line-$i; sleep 0.1; done; echo 0\"]\n";
+    // 20 s of lines: under a loaded machine the failover can take most of 10 s, and lines
+    // written while no leader runs may be lost; the test needs lines written after it.
+    let flow = "name: chatty\ntasks:\n  - name: talk\n    process:\n      command: sh\n      args: [\"-c\", \"for i in $(seq 1 200); do echo line-$i; sleep 0.1; done; echo 0\"]\n";
     let run = support::start_run(&c, flow, &uuid_key()).await?;
     let all = c.urls().join(",");
     let mut follow = Command::new(bin_path("baton")?)
@@ -252,7 +254,7 @@ async fn baton_logs_follow_goes_on_through_a_leader_failover() -> anyhow::Result
         .collect();
     assert_eq!(
         last.last(),
-        Some(&100),
+        Some(&200),
         "the lines written after the failover are followed: {seen:?}"
     );
     Ok(())
