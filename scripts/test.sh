@@ -60,7 +60,7 @@ fi
 bin="${CARGO_TARGET_DIR:-target}/debug"
 
 log "benchmark (short mode)"
-"$bin/baton-bench" --quick
+"$bin/baton-bench" --quick --memory
 
 log "benchmark (short mode, cluster: 3 replicas, 3-member etcd, results in S3, failover)"
 "$bin/baton-bench" --cluster --quick

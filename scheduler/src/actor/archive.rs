@@ -1,29 +1,26 @@
 //! Finished runs: written to the result store as one archive object, then dropped from
-//! the live state.
+//! the live state and from the leader's memory.
 
 use super::{Actor, Command};
-use baton_proto as pb;
+
+/// An archive at least this large gives its freed memory back to the operating system
+/// once its run has left memory (the allocator would otherwise keep it for reuse).
+const TRIM_AFTER_BYTES: usize = 8 << 20;
 
 impl Actor {
     /// Writes a finished run's archive to the result store, then has the engine drop the
     /// run from the live state.
     pub(super) fn archive(&self, run: &baton_common::ids::RunId) {
-        let archive = match (
-            self.engine.get_run(&run.0),
-            self.engine.task_runs(&run.0, true),
-        ) {
-            (Ok(r), Ok(trs)) => pb::RunArchive {
-                run: Some(r),
-                task_runs: trs,
-            },
-            _ => return,
+        let bytes = match self.engine.archive_bytes(&run.0) {
+            Ok(b) => b,
+            Err(_) => return,
         };
         let store = self.results.clone();
         let tx = self.self_tx.clone();
         let id = run.0.clone();
         tokio::spawn(async move {
-            let bytes = prost::Message::encode_to_vec(&archive);
             let key = crate::engine::keys::archive(&id);
+            let size = bytes.len();
             let mut delay = std::time::Duration::from_millis(200);
             for _ in 0..10 {
                 match store
@@ -31,7 +28,8 @@ impl Actor {
                     .await
                 {
                     Ok(_) | Err(baton_common::Error::AlreadyExists(_)) => {
-                        let _ = tx.send(Command::Archived(id)).await;
+                        drop(bytes);
+                        let _ = tx.send(Command::Archived(id, size)).await;
                         return;
                     }
                     Err(e) => {
@@ -43,5 +41,23 @@ impl Actor {
             }
             tracing::error!(run = %id, "giving up archiving a finished run; it stays in the live state");
         });
+    }
+
+    /// A run's archive is written: the run leaves the live state and memory.
+    pub(super) fn archived(&mut self, run: &str, size: usize) {
+        self.engine.archived(run);
+        if size >= TRIM_AFTER_BYTES {
+            trim();
+        }
+    }
+}
+
+/// Returns the allocator's free memory to the operating system (glibc keeps freed memory
+/// of a large run in its arenas otherwise, and the leader's resident memory never drops).
+fn trim() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only walks the allocator's own free lists; it takes no pointers.
+    unsafe {
+        libc::malloc_trim(0);
     }
 }

@@ -64,7 +64,7 @@ pub enum Command {
     /// A large result was read back from the store.
     ResultLoaded(WorkerId, u64, AttemptKey, Outcome),
     /// A finished run's archive is in the result store.
-    Archived(String),
+    Archived(String, usize),
 }
 
 /// A handle to send commands to the actor.
@@ -310,7 +310,7 @@ impl Actor {
             Command::ResultLoaded(id, session, key, outcome) => {
                 self.engine.task_finished(&id, session, &key, outcome, now);
             }
-            Command::Archived(run) => self.engine.archived(&run),
+            Command::Archived(run, size) => self.archived(&run, size),
         }
     }
 

@@ -4,6 +4,7 @@
 
 use super::model::{keys, CacheEntry, TrRef, INLINE_VALUE_LIMIT};
 use super::Engine;
+use super::RunKey;
 use crate::store::Op;
 use baton_common::result_store::{checksum, ResultRef};
 use serde_json::Value;
@@ -15,8 +16,8 @@ pub(super) const CACHE_WORKER: &str = "cache";
 impl Engine {
     /// The cache key of a task run of node `node` of run `slot` with resolved `inputs` (JSON
     /// text); `None` when the task is not cached.
-    pub(super) fn cache_key(&self, slot: u32, node: usize, inputs: &str) -> Option<String> {
-        let run = &self.runs[slot as usize];
+    pub(super) fn cache_key(&self, slot: RunKey, node: usize, inputs: &str) -> Option<String> {
+        let run = &self.runs[slot];
         let task = run.flow.task(node);
         let cache = task.cache.as_ref()?;
         let material = serde_json::to_vec(&(
@@ -35,12 +36,12 @@ impl Engine {
     /// `inputs`, unless the run bypasses the cache. An expired entry is dropped.
     pub(super) fn cache_hit(
         &mut self,
-        slot: u32,
+        slot: RunKey,
         node: usize,
         inputs: &str,
         now: i64,
     ) -> Option<(ResultRef, Arc<Value>)> {
-        if self.runs[slot as usize].no_cache {
+        if self.runs[slot].no_cache {
             return None;
         }
         let key = self.cache_key(slot, node, inputs)?;
@@ -58,7 +59,7 @@ impl Engine {
     /// Records the committed result of task run `t` (just completed by a worker) when its
     /// task is cached.
     pub(super) fn cache_record(&mut self, t: TrRef, now: i64) {
-        let run = &self.runs[t.run as usize];
+        let run = &self.runs[t.run];
         let node = t.node as usize;
         let task = run.flow.task(node);
         let Some(spec) = task.cache.as_ref() else {

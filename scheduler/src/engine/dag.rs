@@ -4,6 +4,7 @@
 use super::cache::CACHE_WORKER;
 use super::model::{keys, NodeState, TaskRun, TrRef};
 use super::Engine;
+use super::RunKey;
 use crate::store::Op;
 use baton_common::flow::{resolve_inputs, RunContext};
 use baton_common::ids::WorkerId;
@@ -13,8 +14,8 @@ use std::sync::Arc;
 
 impl Engine {
     /// Expands node `i` of run `slot`: resolves its inputs and creates its task runs.
-    pub(super) fn start_node(&mut self, slot: u32, i: usize, now: i64) {
-        let run = &self.runs[slot as usize];
+    pub(super) fn start_node(&mut self, slot: RunKey, i: usize, now: i64) {
+        let run = &self.runs[slot];
         let flow = run.flow.clone();
         let task = flow.task(i);
         let context = RunContext {
@@ -32,11 +33,11 @@ impl Engine {
             run.nodes[j].value.as_deref()
         });
         let class = self.class_for(&flow.labels[i], &task.resources, &task.tags);
-        let run_id = self.runs[slot as usize].id.0.clone();
+        let run_id = self.runs[slot].id.0.clone();
         let resolved = match resolved {
             Ok(r) => r,
             Err(e) => {
-                let node = &mut self.runs[slot as usize].nodes[i];
+                let node = &mut self.runs[slot].nodes[i];
                 node.class = class;
                 node.state = NodeState::Expanded;
                 let mut tr = TaskRun::new(None);
@@ -61,7 +62,7 @@ impl Engine {
         let mut ready = Vec::with_capacity(count);
         let mut done = 0;
         let mut hits = Vec::new();
-        let cached = task.cache.is_some() && !self.runs[slot as usize].no_cache;
+        let cached = task.cache.is_some() && !self.runs[slot].no_cache;
         let resolved = Arc::new(resolved);
         for index in 0..count {
             let mut tr = TaskRun::new(Some(resolved.clone()));
@@ -99,7 +100,7 @@ impl Engine {
             }
             runs.push(tr);
         }
-        let node = &mut self.runs[slot as usize].nodes[i];
+        let node = &mut self.runs[slot].nodes[i];
         node.class = class;
         node.state = NodeState::Expanded;
         node.runs = runs;
@@ -126,7 +127,7 @@ impl Engine {
     /// Called when a task run reaches a terminal state.
     pub(super) fn finish_tr(&mut self, t: TrRef, now: i64) {
         self.mark_tr(t);
-        let node = &mut self.runs[t.run as usize].nodes[t.node as usize];
+        let node = &mut self.runs[t.run].nodes[t.node as usize];
         // A finished task run is never dispatched again: its inputs are not needed.
         node.runs[t.index as usize].inputs = None;
         node.done += 1;
@@ -136,8 +137,8 @@ impl Engine {
     }
 
     /// Settles node `i` once all its task runs are terminal, then moves downstream.
-    fn finish_node(&mut self, slot: u32, i: usize, now: i64) {
-        let run = &mut self.runs[slot as usize];
+    fn finish_node(&mut self, slot: RunKey, i: usize, now: i64) {
+        let run = &mut self.runs[slot];
         let node = &mut run.nodes[i];
         let failed = node.runs.iter().find(|t| t.state == TaskState::Failed);
         let state = if let Some(f) = failed {
@@ -168,8 +169,8 @@ impl Engine {
     }
 
     /// Puts node `i` in terminal `state` and updates its downstream nodes and the run.
-    fn settle_node(&mut self, slot: u32, i: usize, state: NodeState, now: i64) {
-        let run = &mut self.runs[slot as usize];
+    fn settle_node(&mut self, slot: RunKey, i: usize, state: NodeState, now: i64) {
+        let run = &mut self.runs[slot];
         if run.nodes[i].state.is_terminal() {
             return;
         }
@@ -177,7 +178,7 @@ impl Engine {
         run.open_nodes -= 1;
         let flow = run.flow.clone();
         for &d in &flow.downstream[i] {
-            let run = &mut self.runs[slot as usize];
+            let run = &mut self.runs[slot];
             let down = &mut run.nodes[d];
             if down.state != NodeState::Waiting {
                 continue;
@@ -203,9 +204,9 @@ impl Engine {
         self.maybe_finish_run(slot, now);
     }
 
-    fn maybe_finish_run(&mut self, slot: u32, now: i64) {
+    fn maybe_finish_run(&mut self, slot: RunKey, now: i64) {
         let ended_us = self.us(now);
-        let run = &mut self.runs[slot as usize];
+        let run = &mut self.runs[slot];
         if run.open_nodes > 0 || run.state.is_terminal() {
             return;
         }

@@ -222,7 +222,7 @@ impl Engine {
             };
             let ok = self
                 .runs
-                .get(t.run as usize)
+                .get(t.run)
                 .and_then(|r| r.tr(t.node, t.index))
                 .is_some_and(|tr| tr.state == TaskState::Ready);
             if ok {
@@ -238,7 +238,7 @@ impl Engine {
         let Some(name) = self.cfg.fault_duplicate_dispatch.as_deref() else {
             return;
         };
-        let run = &self.runs[t.run as usize];
+        let run = &self.runs[t.run];
         if run.flow.spec.tasks[t.node as usize].name != name
             || run.tr(t.node, t.index).is_none_or(|tr| tr.attempt != 1)
         {
@@ -271,7 +271,7 @@ impl Engine {
         let Some(w) = self.workers.get_mut(worker) else {
             return;
         };
-        let run = &mut self.runs[t.run as usize];
+        let run = &mut self.runs[t.run];
         let flow = run.flow.clone();
         let task = flow.task(t.node as usize);
         let node = &mut run.nodes[t.node as usize];
@@ -365,13 +365,13 @@ impl Engine {
         for key in &reg.running {
             match self.locate(key) {
                 Some(t) if self.is_current_attempt(t, key.attempt) => {
-                    let r = self.runs[t.run as usize]
+                    let r = self.runs[t.run]
                         .flow
                         .task(t.node as usize)
                         .resources
                         .clone();
                     slot.reserve((t, key.attempt), &r);
-                    let class = self.runs[t.run as usize].nodes[t.node as usize].class;
+                    let class = self.runs[t.run].nodes[t.node as usize].class;
                     self.hold(t, key.attempt, class);
                     adopted.push(t);
                 }
@@ -379,7 +379,7 @@ impl Engine {
             }
         }
         for &t in &adopted {
-            let tr = &mut self.runs[t.run as usize].nodes[t.node as usize].runs[t.index as usize];
+            let tr = &mut self.runs[t.run].nodes[t.node as usize].runs[t.index as usize];
             tr.worker = Some(reg.id.clone());
             if tr.state == TaskState::Assigned {
                 tr.state = TaskState::Running;
@@ -510,8 +510,15 @@ impl Engine {
                 let since = class.unrunnable_since;
                 let queued = class.queue.drain();
                 for (priority, t) in queued {
-                    let tr = &mut self.runs[t.run as usize].nodes[t.node as usize].runs
-                        [t.index as usize];
+                    // A queued task run of a run that has left memory is simply dropped.
+                    let Some(tr) = self
+                        .runs
+                        .get_mut(t.run)
+                        .and_then(|r| r.nodes.get_mut(t.node as usize))
+                        .and_then(|n| n.runs.get_mut(t.index as usize))
+                    else {
+                        continue;
+                    };
                     if tr.state != TaskState::Ready {
                         continue;
                     }

@@ -13,8 +13,8 @@ use std::sync::Arc;
 impl Engine {
     /// Finds the task run an attempt key names.
     pub(super) fn locate(&self, key: &AttemptKey) -> Option<TrRef> {
-        let slot = *self.run_index.get(&key.run)?;
-        let run = &self.runs[slot as usize];
+        let slot = self.runs.key_of(&key.run)?;
+        let run = self.runs.get(slot)?;
         let node = run.flow.spec.task_index(&key.task)?;
         let n = &run.nodes[node];
         let index = match (n.mapped, key.map_index) {
@@ -31,8 +31,9 @@ impl Engine {
     }
 
     pub(super) fn is_current_attempt(&self, t: TrRef, attempt: u32) -> bool {
-        self.runs[t.run as usize]
-            .tr(t.node, t.index)
+        self.runs
+            .get(t.run)
+            .and_then(|r| r.tr(t.node, t.index))
             .is_some_and(|tr| {
                 tr.attempt == attempt
                     && matches!(tr.state, TaskState::Assigned | TaskState::Running)
@@ -43,8 +44,7 @@ impl Engine {
     pub fn task_started(&mut self, key: &AttemptKey, at_ms: i64, at_us: i64) {
         if let Some(t) = self.locate(key) {
             if self.is_current_attempt(t, key.attempt) {
-                let tr =
-                    &mut self.runs[t.run as usize].nodes[t.node as usize].runs[t.index as usize];
+                let tr = &mut self.runs[t.run].nodes[t.node as usize].runs[t.index as usize];
                 if tr.state == TaskState::Assigned {
                     tr.state = TaskState::Running;
                     tr.us.started_us = if at_us > 0 { at_us } else { at_ms * 1000 };
@@ -107,7 +107,7 @@ impl Engine {
         match outcome {
             Outcome::Success { result, value } => {
                 // The commit proper: the result pointer, created once (first wins).
-                let run = &self.runs[t.run as usize];
+                let run = &self.runs[t.run];
                 let node = &run.nodes[t.node as usize];
                 let map_index = if node.mapped { t.index as i64 } else { -1 };
                 let key = keys::result(
@@ -138,11 +138,7 @@ impl Engine {
 
     /// Fails the current attempt: retried if the policy allows, else the task run fails.
     pub(super) fn fail_attempt(&mut self, t: TrRef, error: String, retryable: bool, now: i64) {
-        let policy = self.runs[t.run as usize]
-            .flow
-            .task(t.node as usize)
-            .retries
-            .clone();
+        let policy = self.runs[t.run].flow.task(t.node as usize).retries.clone();
         let seed = self.jitter_seed(t);
         let ended_us = self.us(now);
         let tr = self.tr_mut(t);
@@ -201,7 +197,7 @@ impl Engine {
             ready_us,
             ..Default::default()
         };
-        let run = &self.runs[t.run as usize];
+        let run = &self.runs[t.run];
         if run.flow.task(t.node as usize).is_subflow() {
             self.start_child(t, now);
             return;
@@ -215,18 +211,18 @@ impl Engine {
     pub(super) fn jitter_seed(&self, t: TrRef) -> u64 {
         use std::hash::{Hash, Hasher};
         let mut h = std::collections::hash_map::DefaultHasher::new();
-        self.runs[t.run as usize].id.0.hash(&mut h);
+        self.runs[t.run].id.0.hash(&mut h);
         t.node.hash(&mut h);
         t.index.hash(&mut h);
         h.finish()
     }
 
     pub(super) fn tr_mut(&mut self, t: TrRef) -> &mut super::model::TaskRun {
-        &mut self.runs[t.run as usize].nodes[t.node as usize].runs[t.index as usize]
+        &mut self.runs[t.run].nodes[t.node as usize].runs[t.index as usize]
     }
 
     fn send_cancel(&mut self, t: TrRef, reason: &str) {
-        let run = &self.runs[t.run as usize];
+        let run = &self.runs[t.run];
         let node = &run.nodes[t.node as usize];
         let tr = &node.runs[t.index as usize];
         let Some(worker) = tr.worker.clone() else {
@@ -259,13 +255,13 @@ impl Engine {
     /// Cancels a run: its running attempts are cancelled on their workers.
     pub fn cancel_run(&mut self, run: &str, now: i64) -> Result<(), EngineError> {
         let slot = self.slot_of(run)?;
-        if self.runs[slot as usize].state.is_terminal() {
+        if self.runs[slot].state.is_terminal() {
             return Ok(());
         }
         let children = self.running_children(slot);
-        let nodes = self.runs[slot as usize].nodes.len();
+        let nodes = self.runs[slot].nodes.len();
         for n in 0..nodes {
-            let count = self.runs[slot as usize].nodes[n].runs.len();
+            let count = self.runs[slot].nodes[n].runs.len();
             for i in 0..count {
                 let t = TrRef {
                     run: slot,
@@ -290,16 +286,16 @@ impl Engine {
                         a.error = "cancelled".into();
                     }
                 }
-                self.runs[slot as usize].nodes[n].done += 1;
+                self.runs[slot].nodes[n].done += 1;
                 self.mark_tr(t);
             }
-            let node = &mut self.runs[slot as usize].nodes[n];
+            let node = &mut self.runs[slot].nodes[n];
             if !node.state.is_terminal() {
                 node.state = NodeState::Cancelled;
             }
         }
         let ended_us = self.us(now);
-        let r = &mut self.runs[slot as usize];
+        let r = &mut self.runs[slot];
         r.open_nodes = 0;
         r.state = RunState::Cancelled;
         r.ended_ms = now;
@@ -324,8 +320,13 @@ impl Engine {
             };
             match timer {
                 Timer::Retry(t, attempt) => {
-                    let tr = self.tr_mut(t);
-                    if tr.state == TaskState::Retrying && tr.attempt == attempt {
+                    let due = self
+                        .runs
+                        .get(t.run)
+                        .and_then(|r| r.tr(t.node, t.index))
+                        .is_some_and(|tr| tr.state == TaskState::Retrying && tr.attempt == attempt);
+                    if due {
+                        let tr = self.tr_mut(t);
                         tr.state = TaskState::Ready;
                         tr.ready_since_ms = now;
                         self.mark_tr(t);
@@ -334,10 +335,7 @@ impl Engine {
                 }
                 Timer::Timeout(t, attempt) => {
                     if self.is_current_attempt(t, attempt) {
-                        let ms = self.runs[t.run as usize]
-                            .flow
-                            .task(t.node as usize)
-                            .timeout_ms;
+                        let ms = self.runs[t.run].flow.task(t.node as usize).timeout_ms;
                         self.send_cancel(t, "timed out");
                         let child = self.tr_mut(t).child.clone();
                         self.fail_attempt(t, format!("timed out after {ms} ms"), true, now);

@@ -13,6 +13,7 @@ mod model;
 mod recover;
 mod schedule;
 mod subflow;
+mod table;
 #[cfg(test)]
 mod tests;
 mod view;
@@ -25,6 +26,7 @@ pub use model::{
 pub use recover::Recovered;
 pub use schedule::ScheduleRecord;
 pub use subflow::SUBFLOW_WORKER;
+pub use table::RunKey;
 
 use crate::config::defaults;
 use crate::store::Op;
@@ -152,9 +154,9 @@ pub struct Engine {
     cfg: EngineConfig,
     epoch: u64,
     flows: HashMap<(String, String), Vec<Arc<CompiledFlow>>>,
-    runs: Vec<Run>,
-    run_index: HashMap<String, u32>,
-    idempotency: HashMap<String, u32>,
+    /// Live runs: a run leaves once it is finished and archived.
+    runs: table::Table<Run>,
+    idempotency: HashMap<String, RunKey>,
     /// Idempotency keys of finished runs that live only in the archive: key → run id.
     archived_idempotency: HashMap<String, String>,
     /// Summaries of archived runs a previous leader finished, for listing: by (created, id).
@@ -169,7 +171,7 @@ pub struct Engine {
     timers: BinaryHeap<Reverse<(i64, Timer)>>,
     ops: Vec<Op>,
     outgoing: Vec<Outgoing>,
-    dirty_runs: Vec<u32>,
+    dirty_runs: Vec<RunKey>,
     dirty_trs: Vec<TrRef>,
     /// Task runs whose change is shown to watchers but not persisted.
     touched_trs: Vec<TrRef>,
@@ -188,6 +190,8 @@ pub struct Engine {
     clock_us: i64,
     /// Records that could not be encoded this step: the step must not be committed.
     encode_errors: Vec<String>,
+    /// Archived runs that leave memory once no worker holds one of their attempts.
+    leaving: Vec<RunKey>,
 }
 
 impl Engine {
@@ -196,8 +200,7 @@ impl Engine {
             cfg,
             epoch,
             flows: HashMap::new(),
-            runs: Vec::new(),
-            run_index: HashMap::new(),
+            runs: table::Table::default(),
             idempotency: HashMap::new(),
             archived_idempotency: HashMap::new(),
             archived_runs: BTreeMap::new(),
@@ -220,6 +223,7 @@ impl Engine {
             held: HashMap::new(),
             clock_us: 0,
             encode_errors: Vec::new(),
+            leaving: Vec::new(),
         }
     }
 
@@ -319,7 +323,9 @@ impl Engine {
     pub fn create_run(&mut self, req: NewRun, now: i64) -> Result<(RunId, bool), EngineError> {
         if !req.idempotency_key.is_empty() {
             if let Some(&slot) = self.idempotency.get(&req.idempotency_key) {
-                return Ok((self.runs[slot as usize].id.clone(), false));
+                if let Some(run) = self.runs.get(slot) {
+                    return Ok((run.id.clone(), false));
+                }
             }
             if let Some(run) = self.archived_idempotency.get(&req.idempotency_key) {
                 // A finished run a previous leader archived: the host reads it back.
@@ -330,7 +336,6 @@ impl Engine {
         let params = baton_common::flow::bind_parameters(&flow.spec, req.params)
             .map_err(|e| EngineError::InvalidArgument(e.to_string()))?;
         let id = RunId::generate();
-        let slot = self.runs.len() as u32;
         let nodes = flow.fresh_nodes();
         let run = Run {
             id: id.clone(),
@@ -359,7 +364,7 @@ impl Engine {
             archiving: false,
             flow,
         };
-        self.run_index.insert(id.0.clone(), slot);
+        let slot = self.runs.insert(id.0.clone(), run);
         if !req.idempotency_key.is_empty() {
             self.idempotency.insert(req.idempotency_key.clone(), slot);
             self.ops.push(Op::Put {
@@ -367,31 +372,29 @@ impl Engine {
                 value: id.0.clone().into_bytes(),
             });
         }
-        self.runs.push(run);
         self.mark_run(slot);
         self.start_roots(slot, now);
         Ok((id, true))
     }
 
-    fn start_roots(&mut self, slot: u32, now: i64) {
-        let n = self.runs[slot as usize].nodes.len();
+    fn start_roots(&mut self, slot: RunKey, now: i64) {
+        let n = self.runs[slot].nodes.len();
         for i in 0..n {
-            let r = &self.runs[slot as usize];
+            let r = &self.runs[slot];
             if r.nodes[i].state == NodeState::Waiting && r.nodes[i].waiting_on == 0 {
                 self.start_node(slot, i, now);
             }
         }
     }
 
-    fn slot_of(&self, run: &str) -> Result<u32, EngineError> {
-        self.run_index
-            .get(run)
-            .copied()
+    fn slot_of(&self, run: &str) -> Result<RunKey, EngineError> {
+        self.runs
+            .key_of(run)
             .ok_or_else(|| EngineError::NotFound(format!("no run `{run}`")))
     }
 
-    fn mark_run(&mut self, slot: u32) {
-        let r = &mut self.runs[slot as usize];
+    fn mark_run(&mut self, slot: RunKey) {
+        let r = &mut self.runs[slot];
         if !r.dirty {
             r.dirty = true;
             self.dirty_runs.push(slot);
@@ -399,7 +402,7 @@ impl Engine {
     }
 
     fn mark_tr(&mut self, t: TrRef) {
-        let tr = &mut self.runs[t.run as usize].nodes[t.node as usize].runs[t.index as usize];
+        let tr = &mut self.runs[t.run].nodes[t.node as usize].runs[t.index as usize];
         if !tr.dirty {
             tr.dirty = true;
             self.dirty_trs.push(t);
@@ -412,7 +415,9 @@ impl Engine {
         let mut changed_runs = Vec::with_capacity(self.dirty_runs.len());
         let mut finished_runs = Vec::new();
         for slot in std::mem::take(&mut self.dirty_runs) {
-            let run = &mut self.runs[slot as usize];
+            let Some(run) = self.runs.get_mut(slot) else {
+                continue;
+            };
             run.dirty = false;
             if run.state.is_terminal() && !run.archiving {
                 run.archiving = true;
@@ -453,12 +458,16 @@ impl Engine {
         let touched: Vec<TrRef> = std::mem::take(&mut self.touched_trs)
             .into_iter()
             .filter(|t| {
-                !self.runs[t.run as usize].nodes[t.node as usize].runs[t.index as usize].dirty
+                self.runs
+                    .get(t.run)
+                    .and_then(|r| r.tr(t.node, t.index))
+                    .is_some_and(|tr| !tr.dirty)
             })
             .collect();
         let mut changed_task_runs = std::mem::take(&mut self.dirty_trs);
+        changed_task_runs.retain(|t| self.runs.get(t.run).is_some());
         for t in &changed_task_runs {
-            let run = &mut self.runs[t.run as usize];
+            let run = &mut self.runs[t.run];
             let task = &run.flow.spec.tasks[t.node as usize].name;
             let node = &mut run.nodes[t.node as usize];
             let map_index = if node.mapped { t.index as i64 } else { -1 };
@@ -477,12 +486,13 @@ impl Engine {
             }
         }
         for t in touched {
-            let id = &self.runs[t.run as usize].id;
+            let id = &self.runs[t.run].id;
             if !changed_runs.contains(id) {
                 changed_runs.push(id.clone());
             }
             changed_task_runs.push(t);
         }
+        self.drop_archived();
         Effects {
             ops,
             outgoing: std::mem::take(&mut self.outgoing),
@@ -493,13 +503,15 @@ impl Engine {
         }
     }
 
-    /// A finished run is archived in the result store: remove it from the live state (it
-    /// stays in this leader's memory for queries; a later leader reads the archive).
+    /// A finished run is archived in the result store: remove it from the live state and
+    /// from memory (queries about it read the archive), once no worker holds one of its
+    /// attempts any more (a cancelled attempt holds its resources until its worker says
+    /// it is gone).
     pub fn archived(&mut self, id: &str) {
-        let Some(&slot) = self.run_index.get(id) else {
+        let Some(slot) = self.runs.key_of(id) else {
             return;
         };
-        let run = &self.runs[slot as usize];
+        let run = &self.runs[slot];
         // A summary stays for listing (the oldest beyond the limit go).
         let summary = keys::finished(run.created_ms, id);
         self.ops.push(Op::Put {
@@ -515,7 +527,7 @@ impl Engine {
                 self.ops.push(Op::Delete { key });
             }
         }
-        let run = &self.runs[slot as usize];
+        let run = &self.runs[slot];
         self.ops.push(Op::Delete { key: keys::run(id) });
         for (i, node) in run.nodes.iter().enumerate() {
             let task = &run.flow.spec.tasks[i].name;
@@ -529,6 +541,53 @@ impl Engine {
                 });
             }
         }
+        self.leaving.push(slot);
+        self.drop_archived();
+    }
+
+    /// Drops the archived runs whose attempts no worker holds any more.
+    fn drop_archived(&mut self) {
+        if self.leaving.is_empty() {
+            return;
+        }
+        let mut held: std::collections::HashSet<RunKey> = self
+            .workers
+            .values()
+            .flat_map(|w| w.attempts.keys().map(|(t, _)| t.run))
+            .collect();
+        held.extend(self.held.keys().map(|(t, _)| t.run));
+        let leaving = std::mem::take(&mut self.leaving);
+        for slot in leaving {
+            if held.contains(&slot) {
+                self.leaving.push(slot);
+                continue;
+            }
+            let Some(run) = self.runs.remove(slot) else {
+                continue;
+            };
+            if !run.idempotency_key.is_empty() {
+                self.idempotency.remove(&run.idempotency_key);
+                self.archived_idempotency
+                    .insert(run.idempotency_key.clone(), run.id.0.clone());
+            }
+            // Its summary stays for listing, with the summaries a previous leader archived.
+            let summary = self.run_view(&run);
+            self.archived_runs
+                .insert((run.created_ms, run.id.0.clone()), summary);
+            while self.archived_runs.len() > MAX_FINISHED_SUMMARIES {
+                self.archived_runs.pop_first();
+            }
+        }
+    }
+
+    /// Runs in memory (live, or finished and not yet archived).
+    pub fn runs_in_memory(&self) -> usize {
+        self.runs.len()
+    }
+
+    /// Slots of the run table (live and reusable): what history costs in memory.
+    pub fn run_slots(&self) -> usize {
+        self.runs.capacity()
     }
 
     /// The earliest pending timer or schedule tick, if any.

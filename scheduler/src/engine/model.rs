@@ -12,7 +12,7 @@ use std::sync::Arc;
 /// A task run's address inside the engine: (run slot, task index, map index or 0).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct TrRef {
-    pub run: u32,
+    pub run: super::table::RunKey,
     pub node: u32,
     pub index: u32,
 }

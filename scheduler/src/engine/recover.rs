@@ -3,6 +3,7 @@
 
 use super::dispatch::WorkerSlot;
 use super::model::{CompiledFlow, NodeState, Run, RunRecord, TaskRun, TaskRunRecord, TrRef};
+use super::RunKey;
 use super::{Engine, Timer};
 use baton_common::flow::{FlowSpec, ResourceSpec};
 use baton_common::ids::{RunId, WorkerId};
@@ -120,36 +121,38 @@ impl Engine {
                     continue;
                 }
             };
-            let slot = self.runs.len() as u32;
             let terminal = r.state.is_terminal();
             let nodes = flow.fresh_nodes();
-            self.run_index.insert(r.id.clone(), slot);
-            if !r.idempotency_key.is_empty() {
-                self.idempotency.insert(r.idempotency_key.clone(), slot);
+            let idempotency_key = r.idempotency_key.clone();
+            let slot = self.runs.insert(
+                r.id.clone(),
+                Run {
+                    id: RunId(r.id.clone()),
+                    open_nodes: if terminal { 0 } else { flow.spec.tasks.len() },
+                    flow: flow.clone(),
+                    params: r.params,
+                    state: r.state,
+                    created_ms: r.created_ms,
+                    started_ms: r.started_ms,
+                    ended_ms: r.ended_ms,
+                    created_us: r.created_us,
+                    ended_us: r.ended_us,
+                    error: r.error,
+                    idempotency_key: r.idempotency_key,
+                    scheduled_start_ms: r.scheduled_start_ms,
+                    no_cache: r.no_cache,
+                    priority: r.priority,
+                    parent: r.parent,
+                    trigger: r.trigger,
+                    nodes,
+                    waiting_reason: String::new(),
+                    dirty: false,
+                    archiving: false,
+                },
+            );
+            if !idempotency_key.is_empty() {
+                self.idempotency.insert(idempotency_key, slot);
             }
-            self.runs.push(Run {
-                id: RunId(r.id.clone()),
-                open_nodes: if terminal { 0 } else { flow.spec.tasks.len() },
-                flow: flow.clone(),
-                params: r.params,
-                state: r.state,
-                created_ms: r.created_ms,
-                started_ms: r.started_ms,
-                ended_ms: r.ended_ms,
-                created_us: r.created_us,
-                ended_us: r.ended_us,
-                error: r.error,
-                idempotency_key: r.idempotency_key,
-                scheduled_start_ms: r.scheduled_start_ms,
-                no_cache: r.no_cache,
-                priority: r.priority,
-                parent: r.parent,
-                trigger: r.trigger,
-                nodes,
-                waiting_reason: String::new(),
-                dirty: false,
-                archiving: false,
-            });
             if terminal {
                 self.rebuild_finished(slot, trs);
                 // Finished but still in the live state: archive it (again; idempotent).
@@ -166,11 +169,11 @@ impl Engine {
         self.pending_records.clear();
         // Children that finished before their parent task run heard of it (a step's
         // operations can span several transactions): settle those task runs now.
-        let finished_children: Vec<u32> = (0..self.runs.len() as u32)
-            .filter(|&s| {
-                let r = &self.runs[s as usize];
-                r.parent.is_some() && r.state.is_terminal()
-            })
+        let finished_children: Vec<RunKey> = self
+            .runs
+            .iter()
+            .filter(|(_, r)| r.parent.is_some() && r.state.is_terminal())
+            .map(|(k, _)| k)
             .collect();
         for slot in finished_children {
             self.notify_parent(slot, now);
@@ -179,7 +182,7 @@ impl Engine {
         let mut finished = rec.finished;
         finished.sort_by(|a, b| a.0.cmp(&b.0));
         for (key, run) in finished {
-            if !self.run_index.contains_key(&run.id) {
+            if !self.runs.contains_id(&run.id) {
                 self.archived_runs
                     .insert((run.created_ms, run.id.clone()), run);
             }
@@ -196,9 +199,9 @@ impl Engine {
     }
 
     /// A finished run is rebuilt for display only.
-    fn rebuild_finished(&mut self, slot: u32, mut trs: Vec<(String, i64, TaskRunRecord)>) {
+    fn rebuild_finished(&mut self, slot: RunKey, mut trs: Vec<(String, i64, TaskRunRecord)>) {
         trs.sort_by_key(|(_, i, _)| *i);
-        let run = &mut self.runs[slot as usize];
+        let run = &mut self.runs[slot];
         let flow = run.flow.clone();
         for (task, _index, rec) in trs {
             let Some(i) = flow.spec.task_index(&task) else {
@@ -265,13 +268,13 @@ impl Engine {
             TaskState::Retrying => {
                 // Keep the backoff: the retry is due a delay after the failed attempt ended.
                 let seed = self.jitter_seed(t);
-                let policy = &self.runs[t.run as usize].flow.task(t.node as usize).retries;
+                let policy = &self.runs[t.run].flow.task(t.node as usize).retries;
                 let due = rec.ended_ms + policy.delay_before(rec.attempt + 1, seed) as i64;
                 self.timer(due.max(now), Timer::Retry(t, rec.attempt));
                 TaskState::Retrying
             }
             TaskState::Assigned | TaskState::Running => {
-                let task = self.runs[t.run as usize].flow.task(t.node as usize);
+                let task = self.runs[t.run].flow.task(t.node as usize);
                 let (timeout, subflow) = (task.timeout_ms, task.is_subflow());
                 // The attempt keeps the deadline it was given when it was assigned.
                 if timeout > 0 {
@@ -296,14 +299,10 @@ impl Engine {
     fn await_worker(&mut self, worker: WorkerId, t: TrRef, attempt: u32, now: i64) {
         let grace = self.cfg.adopt_grace_ms as i64;
         // It may still run: it holds its tags' slots until its worker says otherwise.
-        let tags = self.runs[t.run as usize]
-            .flow
-            .task(t.node as usize)
-            .tags
-            .clone();
+        let tags = self.runs[t.run].flow.task(t.node as usize).tags.clone();
         if !tags.is_empty() {
-            let labels = self.runs[t.run as usize].flow.labels[t.node as usize].clone();
-            let resources = self.runs[t.run as usize]
+            let labels = self.runs[t.run].flow.labels[t.node as usize].clone();
+            let resources = self.runs[t.run]
                 .flow
                 .task(t.node as usize)
                 .resources

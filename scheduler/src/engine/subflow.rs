@@ -7,6 +7,7 @@
 //! its children.
 
 use super::model::{AttemptInfo, ParentLink, TrRef, Trigger};
+use super::RunKey;
 use super::{Engine, NewRun, Outcome};
 use baton_common::flow::TaskKind;
 use baton_common::result_store::ResultRef;
@@ -23,7 +24,7 @@ pub const MAX_SUBFLOW_DEPTH: usize = 16;
 impl Engine {
     /// Starts a new attempt of sub-flow task run `t`: creates (or finds) its child run.
     pub(super) fn start_child(&mut self, t: TrRef, now: i64) {
-        let run = &self.runs[t.run as usize];
+        let run = &self.runs[t.run];
         let flow = run.flow.clone();
         let task = flow.task(t.node as usize);
         let TaskKind::Flow {
@@ -43,7 +44,7 @@ impl Engine {
         let parent_id = run.id.0.clone();
         let (scheduled, no_cache, priority) = (run.scheduled_start_ms, run.no_cache, run.priority);
         if run.state == RunState::Pending {
-            let r = &mut self.runs[t.run as usize];
+            let r = &mut self.runs[t.run];
             r.state = RunState::Running;
             r.started_ms = now;
             self.mark_run(t.run);
@@ -98,9 +99,9 @@ impl Engine {
         match self.create_run(req, now) {
             Ok((id, _)) => {
                 self.tr_mut(t).child = Some(id.0.clone());
-                match self.run_index.get(&id.0).copied() {
+                match self.runs.key_of(&id.0) {
                     // Found again after a restart, already finished: settle now.
-                    Some(slot) if self.runs[slot as usize].state.is_terminal() => {
+                    Some(slot) if self.runs[slot].state.is_terminal() => {
                         self.notify_parent(slot, now)
                     }
                     Some(_) => {}
@@ -123,11 +124,11 @@ impl Engine {
 
     /// Why run `slot` may not start a child of `project/flow`: the flow is already one of
     /// its ancestors (or itself), or the chain of parents is too deep.
-    fn recursion(&self, slot: u32, project: &str, flow: &str) -> Option<String> {
+    fn recursion(&self, slot: RunKey, project: &str, flow: &str) -> Option<String> {
         let mut cur = Some(slot);
         let mut depth = 0;
         while let Some(s) = cur {
-            let run = &self.runs[s as usize];
+            let run = &self.runs[s];
             if run.flow.spec.project == project && run.flow.spec.name == flow {
                 return Some(format!(
                     "sub-flow recursion: `{project}/{flow}` would start itself (run {} is already one)",
@@ -140,10 +141,7 @@ impl Engine {
                     "sub-flows nest deeper than {MAX_SUBFLOW_DEPTH} runs"
                 ));
             }
-            cur = run
-                .parent
-                .as_ref()
-                .and_then(|p| self.run_index.get(&p.run).copied());
+            cur = run.parent.as_ref().and_then(|p| self.runs.key_of(&p.run));
         }
         None
     }
@@ -152,7 +150,7 @@ impl Engine {
     /// recovered): their attempt fails (retryably) so that they do not wait forever.
     pub(super) fn fail_orphaned_waits(&mut self, now: i64) {
         let mut lost = Vec::new();
-        for (slot, run) in self.runs.iter().enumerate() {
+        for (slot, run) in self.runs.iter() {
             if run.state.is_terminal() {
                 continue;
             }
@@ -160,9 +158,9 @@ impl Engine {
                 for (i, tr) in node.runs.iter().enumerate() {
                     let waiting = matches!(tr.state, TaskState::Assigned | TaskState::Running);
                     if let (true, Some(child)) = (waiting, &tr.child) {
-                        if !self.run_index.contains_key(child) {
+                        if !self.runs.contains_id(child) {
                             let t = TrRef {
-                                run: slot as u32,
+                                run: slot,
                                 node: n as u32,
                                 index: i as u32,
                             };
@@ -179,16 +177,16 @@ impl Engine {
 
     /// Run `slot` finished: settle the sub-flow task run that started it, if it still waits
     /// for this child.
-    pub(super) fn notify_parent(&mut self, slot: u32, now: i64) {
-        let child = &self.runs[slot as usize];
+    pub(super) fn notify_parent(&mut self, slot: RunKey, now: i64) {
+        let child = &self.runs[slot];
         let Some(link) = child.parent.clone() else {
             return;
         };
         let child_id = child.id.0.clone();
-        let Some(&pslot) = self.run_index.get(&link.run) else {
+        let Some(pslot) = self.runs.key_of(&link.run) else {
             return;
         };
-        let parent = &self.runs[pslot as usize];
+        let parent = &self.runs[pslot];
         let Some(node) = parent.flow.spec.task_index(&link.task) else {
             return;
         };
@@ -208,7 +206,7 @@ impl Engine {
             TaskKind::Flow { result, .. } => result.clone(),
             _ => return,
         };
-        let child = &self.runs[slot as usize];
+        let child = &self.runs[slot];
         match child.state {
             RunState::Completed => match self.child_result(slot, &result_task) {
                 Ok((result, value)) => {
@@ -227,8 +225,8 @@ impl Engine {
     }
 
     /// The result of task `task` of finished run `slot` (its id when `task` is empty).
-    fn child_result(&self, slot: u32, task: &str) -> Result<(ResultRef, Value), String> {
-        let run = &self.runs[slot as usize];
+    fn child_result(&self, slot: RunKey, task: &str) -> Result<(ResultRef, Value), String> {
+        let run = &self.runs[slot];
         if task.is_empty() {
             let value = Value::String(run.id.0.clone());
             return Ok((inline_ref(&run.id.0, "", &value), value));
@@ -265,8 +263,8 @@ impl Engine {
     }
 
     /// The child runs of run `slot`'s sub-flow task runs that are still running.
-    pub(super) fn running_children(&self, slot: u32) -> Vec<String> {
-        self.runs[slot as usize]
+    pub(super) fn running_children(&self, slot: RunKey) -> Vec<String> {
+        self.runs[slot]
             .nodes
             .iter()
             .flat_map(|n| n.runs.iter())

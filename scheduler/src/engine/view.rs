@@ -57,7 +57,7 @@ impl Engine {
     /// One run's summary.
     pub fn get_run(&self, id: &str) -> Result<pb::FlowRun, EngineError> {
         let slot = self.slot_of(id)?;
-        Ok(self.run_view(&self.runs[slot as usize]))
+        Ok(self.run_view(&self.runs[slot]))
     }
 
     /// The most recent runs first (also those a previous leader finished and archived);
@@ -68,13 +68,11 @@ impl Engine {
         } else {
             limit
         };
-        let mut out: Vec<pb::FlowRun> = self
-            .runs
-            .iter()
-            .rev()
-            .take(n)
-            .map(|r| self.run_view(r))
-            .collect();
+        // Live runs are not in creation order in the table: take the newest `n` by creation.
+        let mut live: Vec<&Run> = self.runs.iter().map(|(_, r)| r).collect();
+        live.sort_by(|a, b| (b.created_ms, &b.id.0).cmp(&(a.created_ms, &a.id.0)));
+        let mut out: Vec<pb::FlowRun> =
+            live.into_iter().take(n).map(|r| self.run_view(r)).collect();
         out.extend(self.archived_runs.values().rev().take(n).cloned());
         out.sort_by(|a, b| (b.created_ms, &b.id).cmp(&(a.created_ms, &a.id)));
         out.truncate(n);
@@ -145,9 +143,37 @@ impl Engine {
         limit: usize,
     ) -> Result<(Vec<pb::TaskRun>, usize), EngineError> {
         let slot = self.slot_of(id)?;
-        let run = &self.runs[slot as usize];
-        let total: usize = run.nodes.iter().map(|n| n.runs.len().max(1)).sum();
+        let run = &self.runs[slot];
         let mut out = Vec::new();
+        let total = self.rows(run, with_values, offset, limit, |t| out.push(t));
+        Ok((out, total))
+    }
+
+    /// A finished run's archive, an encoded `RunArchive` message: the run and every task
+    /// run with its value. Encoded one task run at a time, so that a run of a million task
+    /// runs is never held as a million messages.
+    pub fn archive_bytes(&self, id: &str) -> Result<Vec<u8>, EngineError> {
+        let slot = self.slot_of(id)?;
+        let run = &self.runs[slot];
+        let mut buf = Vec::new();
+        prost::encoding::message::encode(1, &self.run_view(run), &mut buf);
+        self.rows(run, true, 0, usize::MAX, |t| {
+            prost::encoding::message::encode(2, &t, &mut buf)
+        });
+        Ok(buf)
+    }
+
+    /// Calls `f` with rows `offset..offset + limit` of a run's task runs; returns the
+    /// number of rows.
+    fn rows(
+        &self,
+        run: &Run,
+        with_values: bool,
+        offset: usize,
+        limit: usize,
+        mut f: impl FnMut(pb::TaskRun),
+    ) -> usize {
+        let total: usize = run.nodes.iter().map(|n| n.runs.len().max(1)).sum();
         let mut row = 0usize;
         let end = offset.saturating_add(limit);
         for (i, n) in run.nodes.iter().enumerate() {
@@ -167,7 +193,7 @@ impl Engine {
                     NodeState::Skipped => TaskState::Skipped,
                     NodeState::Cancelled => TaskState::Cancelled,
                 };
-                out.push(pb::TaskRun {
+                f(pb::TaskRun {
                     run_id: run.id.0.clone(),
                     task: run.flow.task(i).name.clone(),
                     map_index: -1,
@@ -181,18 +207,18 @@ impl Engine {
             let skip = offset.saturating_sub(row);
             let take = end.saturating_sub(row.max(offset));
             for (j, tr) in n.runs.iter().enumerate().skip(skip).take(take) {
-                out.push(self.tr_view(run, i, j, tr, with_values));
+                f(self.tr_view(run, i, j, tr, with_values));
             }
             row += rows;
         }
-        Ok((out, total))
+        total
     }
 
     /// Views of some task runs (those a step changed).
     pub fn task_run_views(&self, refs: &[TrRef]) -> Vec<pb::TaskRun> {
         refs.iter()
             .filter_map(|t| {
-                let run = self.runs.get(t.run as usize)?;
+                let run = self.runs.get(t.run)?;
                 let tr = run.tr(t.node, t.index)?;
                 Some(self.tr_view(run, t.node as usize, t.index as usize, tr, false))
             })
@@ -201,7 +227,7 @@ impl Engine {
 
     /// The run a task-run address belongs to.
     pub fn run_id_of(&self, t: TrRef) -> Option<&str> {
-        self.runs.get(t.run as usize).map(|r| r.id.0.as_str())
+        self.runs.get(t.run).map(|r| r.id.0.as_str())
     }
 
     /// Connected (and recently lost) workers.

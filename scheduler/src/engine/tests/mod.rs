@@ -21,6 +21,7 @@ mod dataflow;
 mod dispatch;
 mod failures;
 mod limits;
+mod memory;
 mod requests;
 mod schedules;
 mod subflows;

@@ -64,6 +64,11 @@ struct Args {
     /// Keep the temporary folder with the processes' logs and the scheduler's state.
     #[arg(long)]
     keep: bool,
+    /// Also measure memory over history: the scheduler's memory after each of 10 fan-outs
+    /// of 100,000 tasks, then the peak through a fan-out of 1,000,000 (with --quick: 3 of
+    /// 5,000, then 20,000). Runs first, on a fresh scheduler, so that the peak is its own.
+    #[arg(long)]
+    memory: bool,
 }
 
 /// The fan-out flow: `items` builds `[0, n)`, `work` runs one no-op per item.
@@ -324,6 +329,86 @@ impl Bench<'_> {
     }
 }
 
+/// Memory over history: the scheduler's resident memory after each of several equal
+/// fan-outs (a leader whose memory grows with the runs it finished shows it here), then its
+/// peak through one very large fan-out.
+async fn memory(b: &Bench<'_>, pid: u32, quick: bool) -> Result<Vec<Figure>> {
+    let (rounds, n, big) = if quick {
+        (3, 5_000, 20_000)
+    } else {
+        (10, 100_000, 1_000_000)
+    };
+    let rss = || {
+        cluster::memory_mib(pid)
+            .ok_or_else(|| anyhow!("cannot read /proc/{pid}/status for the scheduler's memory"))
+    };
+    let mut first = Figure::new(
+        "memory_after_first_fanout_mib",
+        &format!("scheduler memory (VmRSS) after the first of {rounds} fan-outs of {n}"),
+        "MiB",
+        1,
+    );
+    let mut last = Figure::new(
+        "memory_after_last_fanout_mib",
+        &format!("scheduler memory (VmRSS) after the last of {rounds} fan-outs of {n}"),
+        "MiB",
+        1,
+    );
+    let mut ratio = Figure::new(
+        "memory_growth_ratio",
+        &format!("scheduler memory after {rounds} fan-outs of {n} / after the first"),
+        "x",
+        2,
+    );
+    let mut samples = Vec::with_capacity(rounds);
+    for r in 1..=rounds {
+        let d = b.fanout(n).await?;
+        // The finished run leaves memory once it is archived, just after it ends.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let (_, now) = rss()?;
+        progress(format!(
+            "memory: fan-out {n} #{r}: {:.3} s, scheduler at {now:.1} MiB",
+            d.as_secs_f64()
+        ));
+        samples.push(now);
+    }
+    if let (Some(&a), Some(&z)) = (samples.first(), samples.last()) {
+        first.samples.push(a);
+        last.samples.push(z);
+        ratio.samples.push(z / a.max(1.0));
+    }
+    let mut big_rate = Figure::new(
+        &format!("fanout_{big}_tasks_per_s"),
+        &format!("fan-out of {big} no-op tasks: throughput"),
+        "tasks/s",
+        0,
+    );
+    let mut big_peak = Figure::new(
+        &format!("fanout_{big}_peak_rss_mib"),
+        &format!("scheduler peak memory (VmHWM) through a fan-out of {big}"),
+        "MiB",
+        1,
+    );
+    let mut after = Figure::new(
+        &format!("fanout_{big}_rss_after_mib"),
+        &format!("scheduler memory (VmRSS) after the fan-out of {big} left memory"),
+        "MiB",
+        1,
+    );
+    let d = b.fanout(big).await?;
+    tokio::time::sleep(Duration::from_millis(2_000)).await;
+    let (hwm, now) = rss()?;
+    progress(format!(
+        "memory: fan-out {big}: {:.3} s, {:.0} tasks/s, scheduler peak {hwm:.1} MiB, now {now:.1} MiB",
+        d.as_secs_f64(),
+        big as f64 / d.as_secs_f64()
+    ));
+    big_rate.samples.push(big as f64 / d.as_secs_f64());
+    big_peak.samples.push(hwm);
+    after.samples.push(now);
+    Ok(vec![first, last, ratio, big_rate, big_peak, after])
+}
+
 fn progress(msg: String) {
     eprintln!("baton-bench: {msg}");
 }
@@ -386,6 +471,10 @@ async fn bench(args: &Args) -> Result<Report> {
     };
 
     let mut figures = Vec::new();
+    if args.memory {
+        let (pid, _) = nodes.scheduler_pid().await?;
+        figures.extend(memory(&b, pid, args.quick).await?);
+    }
     for &n in &fanouts {
         let mut rate = Figure::new(
             &format!("fanout_{n}_tasks_per_s"),

@@ -1,0 +1,119 @@
+//! Finished runs leave memory once archived, and nothing that still names them (timers,
+//! ready queues, workers' attempts) can reach a run that came after them.
+
+use super::*;
+
+/// A task that fails once, retried after a long delay.
+const SLOW_RETRY: &str = r#"
+name: slow_retry
+tasks:
+  - name: a
+    builtin: echo
+    retries: {count: 3, delay_s: 60}
+"#;
+
+/// One task.
+const ONE_TASK: &str = r#"
+name: one
+tasks:
+  - name: a
+    builtin: echo
+"#;
+
+#[test]
+fn an_archived_run_leaves_memory_and_is_still_listed() {
+    let mut c = VirtualCluster::new();
+    c.register(SQUARES);
+    c.connect("w", &[], 4, 0);
+    for round in 0..50 {
+        let id = c.start("squares", json!(null));
+        c.run_to_end();
+        assert_eq!(run_state(&c.run(&id)), pb::RunState::Completed);
+        c.engine.archived(&id);
+        c.drain();
+        assert_eq!(c.engine.runs_in_memory(), 0, "round {round}");
+        assert!(
+            matches!(c.engine.get_run(&id), Err(EngineError::NotFound(_))),
+            "an archived run is read from the archive, not from memory"
+        );
+        c.now += 1;
+    }
+    assert_eq!(c.engine.run_slots(), 1, "one slot, reused by every run");
+    let listed = c.engine.list_runs(0);
+    assert_eq!(
+        listed.len(),
+        50,
+        "summaries of archived runs stay for listing"
+    );
+    assert!(listed
+        .iter()
+        .all(|r| run_state(r) == pb::RunState::Completed && r.tasks_done == r.tasks_total));
+}
+
+#[test]
+fn a_cancelled_run_stays_until_its_worker_gives_back_the_attempt() {
+    let mut c = VirtualCluster::new();
+    c.register(ONE_TASK);
+    c.connect("w", &[], 1, 0);
+    let id = c.start("one", json!(null));
+    let a = c.step().pop().expect("an assignment");
+    c.cancel(&id);
+    c.engine.archived(&id);
+    c.drain();
+    // The worker still runs the cancelled attempt: its slot and the run are held.
+    assert_eq!(c.engine.runs_in_memory(), 1);
+    let next = c.start("one", json!(null));
+    assert!(c.step().is_empty(), "the only slot is still taken");
+    // The worker reports the cancelled attempt's end: the slot is free, the run leaves.
+    assert!(!c.fail(&a, "cancelled", false));
+    assert_eq!(c.engine.runs_in_memory(), 1, "only the new run is left");
+    let b = c.step().pop().expect("the new run is dispatched");
+    assert_eq!(b.key.run, next);
+}
+
+#[test]
+fn a_stale_timer_never_touches_the_run_that_took_its_slot() {
+    let mut c = VirtualCluster::new();
+    c.register(SLOW_RETRY);
+    c.connect("w", &[], 1, 0);
+    let first = c.start("slow_retry", json!(null));
+    let a = c.step().pop().expect("an assignment");
+    // Fails retryably: a retry timer is set 60 s ahead, then the run is cancelled.
+    c.fail(&a, "flaky", true);
+    c.cancel(&first);
+    c.engine.archived(&first);
+    c.drain();
+    assert_eq!(c.engine.runs_in_memory(), 0);
+    // A new run takes the slot; its task fails once too, so it waits in Retrying.
+    let second = c.start("slow_retry", json!(null));
+    assert_eq!(c.engine.run_slots(), 1);
+    let b = c.step().pop().expect("an assignment");
+    assert_eq!(b.key.run, second);
+    c.now += 30_000;
+    c.fail(&b, "flaky", true);
+    // The first run's timer fires: it must not start the second run's retry early.
+    assert!(c.advance(30_000).is_empty(), "the stale timer did nothing");
+    assert_eq!(c.task(&second, "a", -1).attempt, 1);
+    // The second run's own timer fires at its time.
+    let retry = c.advance(30_000).pop().expect("the second run's retry");
+    assert_eq!(
+        (retry.key.run.as_str(), retry.attempt()),
+        (second.as_str(), 2)
+    );
+}
+
+#[test]
+fn ready_task_runs_of_a_run_that_left_are_never_dispatched() {
+    let mut c = VirtualCluster::new();
+    c.register(SQUARES);
+    // No worker: the mapped task runs stay queued; the run is cancelled and archived.
+    let first = c.start("squares", json!(null));
+    c.cancel(&first);
+    c.engine.archived(&first);
+    c.drain();
+    let second = c.start("squares", json!(null));
+    c.connect("w", &[], 4, 0);
+    let all = c.run_to_end();
+    assert!(all.iter().all(|a| a.key.run == second), "{all:?}");
+    assert_eq!(run_state(&c.run(&second)), pb::RunState::Completed);
+}
