@@ -19,8 +19,9 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-/// The largest result a task may return; larger data belongs in an artifact.
-pub const MAX_RESULT_BYTES: usize = 4 << 20;
+/// The largest result a task may return (a list of a million numbers for a wide map fits);
+/// larger data belongs in an artifact.
+pub const MAX_RESULT_BYTES: usize = 16 << 20;
 /// Results up to this size also travel inline in `Finished`.
 pub const MAX_INLINE_BYTES: usize = 64 << 10;
 /// How many times a result upload is tried.

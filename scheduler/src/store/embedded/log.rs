@@ -9,6 +9,7 @@
 
 use super::super::{Op, StoreError};
 use std::collections::BTreeMap;
+use std::io::{BufReader, Read, Seek, SeekFrom};
 use std::path::Path;
 
 const TAG_PUT: u8 = 1;
@@ -58,51 +59,119 @@ pub(super) struct Replayed {
     pub len: u64,
 }
 
-/// Replays the log at `path` (up to `upto` bytes, or all of it) into `map`.
+/// What replay does with each op of an intact frame.
+pub(super) trait Sink {
+    /// `value` lies at byte `at` of the log.
+    fn put(&mut self, key: String, value: &[u8], at: u64);
+    fn delete(&mut self, key: &str);
+}
+
+/// The state itself: keys and their values.
+impl Sink for BTreeMap<String, Vec<u8>> {
+    fn put(&mut self, key: String, value: &[u8], _at: u64) {
+        self.insert(key, value.to_vec());
+    }
+    fn delete(&mut self, key: &str) {
+        self.remove(key);
+    }
+}
+
+/// Where each live value lies in the log (offset, length): what compaction needs, without
+/// holding the values.
+pub(super) type Locations = BTreeMap<String, (u64, u32)>;
+
+impl Sink for Locations {
+    fn put(&mut self, key: String, value: &[u8], at: u64) {
+        self.insert(key, (at, value.len() as u32));
+    }
+    fn delete(&mut self, key: &str) {
+        self.remove(key);
+    }
+}
+
+/// Replays the log at `path` (up to `upto` bytes, or all of it) into `sink`, reading one
+/// frame at a time (the log is never held in memory whole).
 pub(super) fn replay(
     path: &Path,
     upto: Option<u64>,
-    map: &mut BTreeMap<String, Vec<u8>>,
+    sink: &mut impl Sink,
 ) -> Result<Replayed, StoreError> {
-    let mut data = std::fs::read(path)?;
-    if let Some(upto) = upto {
-        data.truncate(usize::try_from(upto).unwrap_or(usize::MAX));
-    }
-    let valid = replay_bytes(&data, map)?;
-    Ok(Replayed {
-        valid: valid as u64,
-        len: data.len() as u64,
-    })
+    let file = std::fs::File::open(path)?;
+    let len = file.metadata()?.len();
+    let limit = upto.map_or(len, |u| u.min(len));
+    let valid = replay_from(file, limit, sink)?;
+    Ok(Replayed { valid, len: limit })
 }
 
 /// Replays frames from `data`; returns the length of the good prefix.
+#[cfg(test)]
 pub(super) fn replay_bytes(
     data: &[u8],
     map: &mut BTreeMap<String, Vec<u8>>,
 ) -> Result<usize, StoreError> {
-    let mut pos = 0usize;
-    while pos < data.len() {
-        match check_frame(&data[pos..]) {
+    replay_from(std::io::Cursor::new(data), data.len() as u64, map).map(|v| v as usize)
+}
+
+/// Replays the first `limit` bytes of `src`; returns the length of the good prefix.
+fn replay_from<R: Read + Seek>(
+    mut src: R,
+    limit: u64,
+    sink: &mut impl Sink,
+) -> Result<u64, StoreError> {
+    src.seek(SeekFrom::Start(0))?;
+    let mut r = BufReader::with_capacity(1 << 20, src);
+    let mut pos = 0u64;
+    let mut payload = Vec::new();
+    while pos < limit {
+        match read_frame(&mut r, limit - pos, &mut payload)? {
             Some(len) => {
-                apply_payload(&data[pos + HEADER..pos + HEADER + len], map).map_err(|e| {
+                apply_payload(&payload, pos + HEADER as u64, sink).map_err(|e| {
                     StoreError::Corrupt(format!("frame at offset {pos} of the state log: {e}"))
                 })?;
-                pos += HEADER + len;
+                pos += (HEADER + len) as u64;
             }
             None => {
-                if is_torn_tail(&data[pos..]) {
+                // A damaged frame: the rest of the log tells a torn tail from corruption.
+                let mut src = r.into_inner();
+                src.seek(SeekFrom::Start(pos))?;
+                let mut rest = Vec::new();
+                src.take(limit - pos).read_to_end(&mut rest)?;
+                if is_torn_tail(&rest) {
                     return Ok(pos);
                 }
                 return Err(StoreError::Corrupt(format!(
                     "damaged frame at offset {pos} of the state log, with {} bytes of log \
                      after it (not a torn tail); restore the state folder from a backup or \
                      move the log aside",
-                    data.len() - pos
+                    rest.len()
                 )));
             }
         }
     }
     Ok(pos)
+}
+
+/// Reads the frame at the reader's position into `payload`; its payload length when it is
+/// whole and intact, None when it is damaged or cut short (`left`: bytes of log left).
+fn read_frame(
+    r: &mut impl Read,
+    left: u64,
+    payload: &mut Vec<u8>,
+) -> std::io::Result<Option<usize>> {
+    if left < HEADER as u64 {
+        return Ok(None);
+    }
+    let mut header = [0u8; HEADER];
+    r.read_exact(&mut header)?;
+    let len = u32::from_le_bytes([header[0], header[1], header[2], header[3]]) as usize;
+    let crc = u32::from_le_bytes([header[4], header[5], header[6], header[7]]);
+    if len > MAX_FRAME || (HEADER + len) as u64 > left {
+        return Ok(None);
+    }
+    payload.clear();
+    payload.resize(len, 0);
+    r.read_exact(payload)?;
+    Ok((crc32fast::hash(payload) == crc).then_some(len))
 }
 
 /// The payload length of a whole, intact frame at the start of `rest`.
@@ -140,23 +209,27 @@ fn is_torn_tail(rest: &[u8]) -> bool {
     true
 }
 
-fn apply_payload(mut p: &[u8], map: &mut BTreeMap<String, Vec<u8>>) -> Result<(), String> {
+/// Applies one intact frame's payload (at byte `base` of the log): all its ops, or none
+/// when one is malformed.
+fn apply_payload(payload: &[u8], base: u64, sink: &mut impl Sink) -> Result<(), String> {
     let mut ops = Vec::new();
+    let mut p = payload;
     while let Some((&tag, rest)) = p.split_first() {
         let (key, rest) = take(rest).ok_or("an op runs past its frame")?;
         let (value, rest) = take(rest).ok_or("an op runs past its frame")?;
+        let at = (payload.len() - rest.len() - value.len()) as u64;
         p = rest;
         let key = String::from_utf8(key.to_vec()).map_err(|_| "a key is not UTF-8")?;
         match tag {
-            TAG_PUT | TAG_DELETE => ops.push((tag, key, value.to_vec())),
+            TAG_PUT | TAG_DELETE => ops.push((tag, key, value, at)),
             _ => return Err(format!("unknown op tag {tag}")),
         }
     }
-    for (tag, key, value) in ops {
+    for (tag, key, value, at) in ops {
         if tag == TAG_PUT {
-            map.insert(key, value);
+            sink.put(key, value, base + at);
         } else {
-            map.remove(&key);
+            sink.delete(&key);
         }
     }
     Ok(())

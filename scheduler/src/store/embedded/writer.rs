@@ -9,7 +9,7 @@ use super::log;
 use super::SyncMode;
 use std::collections::{BTreeMap, HashMap};
 use std::fs::{File, OpenOptions};
-use std::io::Write;
+use std::io::{Read, Seek, Write};
 use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
 use std::sync::mpsc::{Receiver, Sender};
@@ -394,10 +394,16 @@ impl Writer {
         let swapped = done.and_then(|snap| {
             let swap = || -> std::io::Result<u64> {
                 let tail_len = self.log_bytes - snap.upto;
-                let mut tail = vec![0; usize::try_from(tail_len).unwrap_or(usize::MAX)];
-                File::open(&path)?.read_exact_at(&mut tail, snap.upto)?;
+                let mut src = File::open(&path)?;
+                src.seek(std::io::SeekFrom::Start(snap.upto))?;
                 let mut f = OpenOptions::new().append(true).open(&tmp)?;
-                f.write_all(&tail)?;
+                let copied = std::io::copy(&mut src.take(tail_len), &mut f)?;
+                if copied != tail_len {
+                    return Err(std::io::Error::new(
+                        std::io::ErrorKind::UnexpectedEof,
+                        "the log is shorter than what was written to it",
+                    ));
+                }
                 f.sync_all()?;
                 std::fs::rename(&tmp, &path)?;
                 File::open(&self.dir)?.sync_all()?;
@@ -425,21 +431,46 @@ impl Writer {
     }
 }
 
-/// Replays the log's first `upto` bytes and writes them as one frame to `state.log.tmp`.
+/// Snapshot frames are cut at about this size.
+const SNAPSHOT_FRAME_BYTES: usize = 4 << 20;
+
+/// Replays the log's first `upto` bytes and writes the live state they hold to
+/// `state.log.tmp`, in frames of a few MiB. Only the live keys and where their values lie
+/// are held in memory; the values are copied from the log one frame's worth at a time.
 fn write_snapshot(dir: &std::path::Path, upto: u64) -> Result<Snapshot, StoreError> {
-    let mut map = BTreeMap::new();
-    log::replay(&dir.join("state.log"), Some(upto), &mut map)?;
-    let ops: Vec<Op> = map
-        .into_iter()
-        .map(|(key, value)| Op::Put { key, value })
-        .collect();
-    let mut frame = Vec::with_capacity(log::frame_len(&ops));
-    log::encode_frame(&ops, &mut frame);
-    let mut f = File::create(dir.join("state.log.tmp"))?;
-    f.write_all(&frame)?;
+    let path = dir.join("state.log");
+    let mut live = log::Locations::new();
+    log::replay(&path, Some(upto), &mut live)?;
+    let src = File::open(&path)?;
+    let mut out =
+        std::io::BufWriter::with_capacity(1 << 20, File::create(dir.join("state.log.tmp"))?);
+    let mut ops = Vec::new();
+    let mut size = 0usize;
+    let mut frame = Vec::new();
+    let mut len = 0u64;
+    let mut flush =
+        |ops: &mut Vec<Op>, out: &mut std::io::BufWriter<File>| -> std::io::Result<()> {
+            frame.clear();
+            log::encode_frame(ops, &mut frame);
+            out.write_all(&frame)?;
+            len += frame.len() as u64;
+            ops.clear();
+            Ok(())
+        };
+    for (key, (at, n)) in live {
+        let mut value = vec![0; n as usize];
+        src.read_exact_at(&mut value, at)?;
+        size += key.len() + value.len() + 9;
+        ops.push(Op::Put { key, value });
+        if size >= SNAPSHOT_FRAME_BYTES {
+            flush(&mut ops, &mut out)?;
+            size = 0;
+        }
+    }
+    if !ops.is_empty() {
+        flush(&mut ops, &mut out)?;
+    }
+    let f = out.into_inner().map_err(|e| e.into_error())?;
     f.sync_all()?;
-    Ok(Snapshot {
-        upto,
-        len: frame.len() as u64,
-    })
+    Ok(Snapshot { upto, len })
 }
