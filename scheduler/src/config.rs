@@ -56,9 +56,24 @@ pub struct Faults {
 }
 
 impl Faults {
-    /// Reads the `BATON_FAULT_*` variables.
+    /// Reads the `BATON_FAULT_*` variables (in a build with the `faults` feature; others
+    /// ignore them, with a warning).
     pub fn from_env() -> Self {
         let var = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
+        if !cfg!(feature = "faults") {
+            for k in [
+                "BATON_FAULT_DUPLICATE_DISPATCH",
+                "BATON_FAULT_CRASH_BEFORE_COMMIT",
+            ] {
+                if var(k).is_some() {
+                    tracing::warn!(
+                        variable = k,
+                        "fault injection is not built into this scheduler; ignored"
+                    );
+                }
+            }
+            return Faults::default();
+        }
         Faults {
             duplicate_dispatch: var("BATON_FAULT_DUPLICATE_DISPATCH"),
             crash_before_commit: var("BATON_FAULT_CRASH_BEFORE_COMMIT").and_then(|v| {

@@ -65,6 +65,8 @@ pub enum Command {
     ResultLoaded(WorkerId, u64, AttemptKey, Outcome),
     /// A finished run's archive is in the result store.
     Archived(String, usize),
+    /// Writing a finished run's archive failed; this is the next try.
+    ArchiveFailed(String, u32),
 }
 
 /// A handle to send commands to the actor.
@@ -311,6 +313,9 @@ impl Actor {
                 self.engine.task_finished(&id, session, &key, outcome, now);
             }
             Command::Archived(run, size) => self.archived(&run, size),
+            Command::ArchiveFailed(run, tries) => {
+                self.archive(&baton_common::ids::RunId(run), tries)
+            }
         }
     }
 
@@ -401,7 +406,7 @@ impl Actor {
             self.watch(id, tasks, tx, reply);
         }
         for run in &fx.finished_runs {
-            self.archive(run);
+            self.archive(run, 0);
         }
         Ok(())
     }

@@ -50,6 +50,9 @@ impl Actor {
 
     /// Fault injection: abort between a result's upload and its commit (once).
     pub(super) fn fault_crash_before_commit(&self, key: &AttemptKey) {
+        if !cfg!(feature = "faults") {
+            return;
+        }
         if let Some((task, marker)) = &self.engine.config().fault_crash_before_commit {
             if *task == key.task && !marker.exists() {
                 let _ = std::fs::write(marker, key.to_string());

@@ -235,6 +235,9 @@ impl Engine {
     /// Fault injection for tests: dispatches a named task's first attempt a second time,
     /// to another worker, as a new attempt while the first still runs.
     fn fault_duplicate(&mut self, c: usize, t: TrRef, first: &WorkerId, now: i64) {
+        if !cfg!(feature = "faults") {
+            return;
+        }
         let Some(name) = self.cfg.fault_duplicate_dispatch.as_deref() else {
             return;
         };

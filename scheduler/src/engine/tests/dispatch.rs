@@ -137,6 +137,7 @@ tasks:
 }
 
 #[test]
+#[cfg(feature = "faults")]
 fn a_duplicated_dispatch_commits_once_and_downstream_sees_one_value() {
     let mut c = VirtualCluster::with_config(EngineConfig {
         fault_duplicate_dispatch: Some("dup".into()),
