@@ -1,7 +1,8 @@
-//! baton's command line and Rust client SDK: the gRPC client, the embedded single-node
-//! cluster (`baton dev`) and the output formatting shared by the commands.
+//! baton's command line: the embedded single-node cluster (`baton dev`) and the output
+//! formatting shared by the commands. The gRPC client is the `baton-client` crate (the Rust
+//! SDK, which depends on neither the scheduler nor the worker), re-exported as `client`.
 
-pub mod client;
+pub use baton_client as client;
 pub mod embedded;
 pub mod format;
 

@@ -10,9 +10,6 @@ use baton_common::result_store::{checksum, ResultRef};
 use serde_json::Value;
 use std::sync::Arc;
 
-/// The `worker` shown for a task run completed from the cache.
-pub(super) const CACHE_WORKER: &str = "cache";
-
 impl Engine {
     /// The cache key of a task run of node `node` of run `slot` with resolved `inputs` (JSON
     /// text); `None` when the task is not cached.

@@ -1,13 +1,11 @@
 //! DAG progress: expanding a task into its task runs when its upstream tasks complete,
 //! finishing tasks, propagating failure downstream and finishing runs.
 
-use super::cache::CACHE_WORKER;
-use super::model::{keys, NodeState, TaskRun, TrRef};
+use super::model::{keys, NodeState, Runner, TaskRun, TrRef};
 use super::Engine;
 use super::RunKey;
 use crate::store::Op;
 use baton_common::flow::{resolve_inputs, RunContext};
-use baton_common::ids::WorkerId;
 use baton_common::state::{RunState, TaskState};
 use serde_json::Value;
 use std::sync::Arc;
@@ -87,7 +85,7 @@ impl Engine {
                 tr.state = TaskState::Completed;
                 tr.result = Some(result);
                 tr.value = Some(value);
-                tr.worker = Some(WorkerId(CACHE_WORKER.to_string()));
+                tr.worker = Some(Runner::Cache);
                 tr.started_ms = now;
                 tr.ended_ms = now;
                 tr.inputs = None;

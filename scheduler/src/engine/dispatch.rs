@@ -2,7 +2,7 @@
 //! ready queues per class of requirement (by run priority), concurrency limits on tags,
 //! worker sessions coming and going.
 
-use super::model::{AttemptInfo, TrRef};
+use super::model::{AttemptInfo, Runner, TrRef};
 use super::{Engine, Outgoing, Timer};
 use baton_common::flow::ResourceSpec;
 use baton_common::ids::{AttemptKey, WorkerId};
@@ -282,7 +282,7 @@ impl Engine {
         let tr = &mut node.runs[t.index as usize];
         tr.attempt += 1;
         tr.state = TaskState::Assigned;
-        tr.worker = Some(worker.clone());
+        tr.worker = Some(Runner::Worker(worker.clone()));
         tr.started_ms = now;
         tr.us.assigned_us = assigned_us;
         tr.us.started_us = 0;
@@ -383,7 +383,7 @@ impl Engine {
         }
         for &t in &adopted {
             let tr = &mut self.runs[t.run].nodes[t.node as usize].runs[t.index as usize];
-            tr.worker = Some(reg.id.clone());
+            tr.worker = Some(Runner::Worker(reg.id.clone()));
             if tr.state == TaskState::Assigned {
                 tr.state = TaskState::Running;
             }

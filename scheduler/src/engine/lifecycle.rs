@@ -225,7 +225,7 @@ impl Engine {
         let run = &self.runs[t.run];
         let node = &run.nodes[t.node as usize];
         let tr = &node.runs[t.index as usize];
-        let Some(worker) = tr.worker.clone() else {
+        let Some(super::model::Runner::Worker(worker)) = tr.worker.clone() else {
             return;
         };
         let Some(w) = self.workers.get(&worker) else {

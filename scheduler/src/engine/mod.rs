@@ -20,12 +20,11 @@ mod view;
 
 pub use dispatch::WorkerRegistration;
 pub use model::{
-    keys, AttemptInfo, CacheEntry, ParentLink, RunRecord, TaskRunRecord, TrRef, Trigger,
-    INLINE_VALUE_LIMIT,
+    keys, AttemptInfo, CacheEntry, ParentLink, RunRecord, Runner, TaskRunRecord, TrRef,
+    Trigger, INLINE_VALUE_LIMIT,
 };
 pub use recover::Recovered;
 pub use schedule::ScheduleRecord;
-pub use subflow::SUBFLOW_WORKER;
 pub use table::RunKey;
 
 use crate::config::defaults;

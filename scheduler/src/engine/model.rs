@@ -128,13 +128,51 @@ pub struct AttemptInfo {
     pub error: String,
 }
 
+/// Who ran a task run's current attempt.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Runner {
+    /// A worker, by id.
+    Worker(WorkerId),
+    /// Completed from the cache, without an attempt.
+    Cache,
+    /// A sub-flow task run: the scheduler runs it as a child run.
+    Subflow,
+}
+
+impl Runner {
+    /// The name stored in records and shown to users (`cache` and `subflow` are reserved:
+    /// no worker may take them as its id, see [`Runner::is_reserved`]).
+    pub fn name(&self) -> &str {
+        match self {
+            Runner::Worker(w) => &w.0,
+            Runner::Cache => "cache",
+            Runner::Subflow => "subflow",
+        }
+    }
+
+    /// From a stored record's `worker` field (empty: none).
+    pub fn from_record(name: &str) -> Option<Runner> {
+        match name {
+            "" => None,
+            "cache" => Some(Runner::Cache),
+            "subflow" => Some(Runner::Subflow),
+            w => Some(Runner::Worker(WorkerId(w.to_string()))),
+        }
+    }
+
+    /// Whether a worker id is one of the names that stand for no worker.
+    pub fn is_reserved(id: &str) -> bool {
+        matches!(id, "cache" | "subflow")
+    }
+}
+
 /// One task run (one map index of one task of one run).
 #[derive(Clone, Debug)]
 pub struct TaskRun {
     pub state: TaskState,
     /// The current (or last) attempt number; 0 before the first dispatch.
     pub attempt: u32,
-    pub worker: Option<WorkerId>,
+    pub worker: Option<Runner>,
     pub started_ms: i64,
     pub ended_ms: i64,
     pub result: Option<ResultRef>,
@@ -407,7 +445,11 @@ impl TaskRunRecord {
         TaskRunRecord {
             state: tr.state,
             attempt: tr.attempt,
-            worker: tr.worker.as_ref().map(|w| w.0.clone()).unwrap_or_default(),
+            worker: tr
+                .worker
+                .as_ref()
+                .map(|w| w.name().to_string())
+                .unwrap_or_default(),
             started_ms: tr.started_ms,
             ended_ms: tr.ended_ms,
             result: tr.result.clone(),

@@ -2,7 +2,9 @@
 //! attempts that were running wait for their workers to report them.
 
 use super::dispatch::WorkerSlot;
-use super::model::{CompiledFlow, NodeState, Run, RunRecord, TaskRun, TaskRunRecord, TrRef};
+use super::model::{
+    CompiledFlow, NodeState, Run, RunRecord, Runner, TaskRun, TaskRunRecord, TrRef,
+};
 use super::RunKey;
 use super::{Engine, Timer};
 use baton_common::flow::{FlowSpec, ResourceSpec};
@@ -210,7 +212,7 @@ impl Engine {
             let mut tr = TaskRun::new(None);
             tr.state = rec.state;
             tr.attempt = rec.attempt;
-            tr.worker = (!rec.worker.is_empty()).then(|| WorkerId(rec.worker.clone()));
+            tr.worker = Runner::from_record(&rec.worker);
             tr.started_ms = rec.started_ms;
             tr.ended_ms = rec.ended_ms;
             tr.result = rec.result;
@@ -257,8 +259,8 @@ impl Engine {
         tr.value = rec.value.map(Arc::new);
         tr.child = rec.child;
         tr.us = rec.us;
-        if rec.worker == super::cache::CACHE_WORKER {
-            tr.worker = Some(WorkerId(rec.worker.clone()));
+        if let Some(Runner::Cache) = Runner::from_record(&rec.worker) {
+            tr.worker = Some(Runner::Cache);
         }
         tr.state = match rec.state {
             TaskState::Completed
@@ -286,7 +288,7 @@ impl Engine {
                     TaskState::Running
                 } else {
                     let worker = WorkerId(rec.worker.clone());
-                    tr.worker = Some(worker.clone());
+                    tr.worker = Some(Runner::Worker(worker.clone()));
                     self.await_worker(worker, t, rec.attempt, now);
                     TaskState::Assigned
                 }

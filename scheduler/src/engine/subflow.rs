@@ -6,7 +6,7 @@
 //! the task's policy says), a cancelled one fails it for good. Cancelling a parent cancels
 //! its children.
 
-use super::model::{AttemptInfo, ParentLink, TrRef, Trigger};
+use super::model::{AttemptInfo, ParentLink, Runner, TrRef, Trigger};
 use super::RunKey;
 use super::{Engine, NewRun, Outcome};
 use baton_common::flow::TaskKind;
@@ -14,9 +14,6 @@ use baton_common::result_store::ResultRef;
 use baton_common::state::{RunState, TaskState};
 use serde_json::Value;
 use std::collections::BTreeMap;
-
-/// The worker name shown for a sub-flow task's attempts.
-pub const SUBFLOW_WORKER: &str = "subflow";
 
 /// The deepest chain of parent runs a child may have.
 pub const MAX_SUBFLOW_DEPTH: usize = 16;
@@ -57,7 +54,7 @@ impl Engine {
         tr.error.clear();
         tr.attempts.push(AttemptInfo {
             number: tr.attempt,
-            worker: SUBFLOW_WORKER.to_string(),
+            worker: Runner::Subflow.name().to_string(),
             started_ms: now,
             ended_ms: 0,
             error: String::new(),

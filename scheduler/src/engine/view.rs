@@ -99,7 +99,11 @@ impl Engine {
             map_index: if n.mapped { index as i64 } else { -1 },
             state: pb::TaskState::from(tr.state) as i32,
             attempt: tr.attempt,
-            worker: tr.worker.as_ref().map(|w| w.0.clone()).unwrap_or_default(),
+            worker: tr
+                .worker
+                .as_ref()
+                .map(|w| w.name().to_string())
+                .unwrap_or_default(),
             started_ms: tr.started_ms,
             ended_ms: tr.ended_ms,
             result: tr.result.clone().map(Into::into),

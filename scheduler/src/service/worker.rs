@@ -38,6 +38,12 @@ fn registration(r: pb::Register, address: String) -> Result<WorkerRegistration, 
     if r.worker_id.trim().is_empty() {
         return Err(Status::invalid_argument("register: missing `worker_id`"));
     }
+    if crate::engine::Runner::is_reserved(&r.worker_id) {
+        return Err(Status::invalid_argument(format!(
+            "register: `worker_id` `{}` is reserved (it stands for no worker in task runs)",
+            r.worker_id
+        )));
+    }
     let res = r.resources.unwrap_or_default();
     if res.slots == 0 {
         return Err(Status::invalid_argument(
@@ -113,5 +119,34 @@ impl WorkerService for WorkerApi {
         });
         let out = tokio_stream::wrappers::UnboundedReceiverStream::new(rx).map(Ok);
         Ok(Response::new(Box::pin(out)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::registration;
+    use baton_proto as pb;
+
+    fn register(id: &str) -> pb::Register {
+        pb::Register {
+            worker_id: id.into(),
+            resources: Some(pb::Resources {
+                slots: 1,
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn the_names_that_stand_for_no_worker_are_refused_as_worker_ids() {
+        for id in ["cache", "subflow"] {
+            let e = registration(register(id), String::new()).expect_err("reserved");
+            assert_eq!(e.code(), tonic::Code::InvalidArgument);
+            assert!(e.message().contains("reserved"), "{}", e.message());
+        }
+        assert!(registration(register("w1"), String::new()).is_ok());
+        let e = registration(register(" "), String::new()).expect_err("empty");
+        assert_eq!(e.code(), tonic::Code::InvalidArgument);
     }
 }

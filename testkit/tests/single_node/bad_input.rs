@@ -1,7 +1,7 @@
 //! Bad input gets a clear error with the right status; the server stays up and its stored
 //! state stays intact.
 
-use baton_cli::Client;
+use baton_client::Client;
 use baton_proto as pb;
 use baton_testkit::{bin_path, Cluster};
 use rand::{RngCore, SeedableRng};
@@ -15,9 +15,9 @@ tasks:
     inputs: {value: 41}
 "#;
 
-fn code(e: &baton_cli::client::ClientError) -> tonic::Code {
+fn code(e: &baton_client::ClientError) -> tonic::Code {
     match e {
-        baton_cli::client::ClientError::Status(s) => s.code(),
+        baton_client::ClientError::Status(s) => s.code(),
         _ => tonic::Code::Unknown,
     }
 }

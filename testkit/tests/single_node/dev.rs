@@ -1,7 +1,7 @@
 //! `baton dev`: one command starts a scheduler with a `local` and a `local,trainer` worker;
 //! the ridge sweep runs on it; Ctrl-C stops it cleanly.
 
-use baton_cli::Client;
+use baton_client::Client;
 use baton_proto as pb;
 use baton_testkit::{bin_path, eventually, free_port};
 use std::collections::BTreeMap;

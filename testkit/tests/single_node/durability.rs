@@ -5,7 +5,7 @@
 //! size limit, as on a full disk) stops the scheduler taking work, and after a restart
 //! with room again every acknowledged commit is there.
 
-use baton_cli::Client;
+use baton_client::Client;
 use baton_proto as pb;
 use baton_testkit::{eventually, Cluster};
 use std::collections::{BTreeMap, HashMap};

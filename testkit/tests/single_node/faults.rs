@@ -1,6 +1,6 @@
 //! Faults on real processes: a worker killed mid-task, the scheduler killed mid-run.
 
-use baton_cli::Client;
+use baton_client::Client;
 use baton_proto as pb;
 use baton_testkit::{eventually, Cluster};
 use std::collections::{BTreeMap, HashMap};

@@ -7,7 +7,7 @@
 //! trainers; the new leader finishes the parent without starting any child twice.
 
 use crate::support;
-use baton_cli::Client;
+use baton_client::Client;
 use baton_proto as pb;
 use baton_testkit::baton_cli as baton;
 use baton_testkit::ha::HaConfig;
@@ -353,7 +353,7 @@ async fn flow_of_flows_survives_a_leader_killed_while_children_run() -> anyhow::
     })
     .await?;
     assert!(
-        waiting.iter().all(|r| !baton_cli::client::is_finished(r)),
+        waiting.iter().all(|r| !baton_client::is_finished(r)),
         "children finished without a trainer: {waiting:#?}"
     );
     // The parent's six train task runs are running, each waiting for its child.

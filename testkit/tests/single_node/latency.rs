@@ -4,7 +4,7 @@
 //! scheduler's own sockets are inspected for the option, and the task runs' microsecond
 //! timings show any stall as a gap between ready and started.
 
-use baton_cli::Client;
+use baton_client::Client;
 use baton_testkit::Cluster;
 use std::collections::BTreeMap;
 

@@ -2,7 +2,7 @@
 //! a worker killed with SIGKILL takes its process tasks (and their children) with it; a
 //! worker drains on SIGTERM, finishing what it runs.
 
-use baton_cli::Client;
+use baton_client::Client;
 use baton_proto as pb;
 use baton_testkit::{eventually, Cluster};
 use std::collections::BTreeMap;

@@ -4,7 +4,7 @@
 //! tasks hold the slots, and the HA cluster with the leader killed mid-run.
 
 use crate::support;
-use baton_cli::Client;
+use baton_client::Client;
 use baton_proto as pb;
 use baton_testkit::baton_cli as baton;
 use baton_testkit::ha::HaConfig;
@@ -413,7 +413,7 @@ async fn a_new_leader_keeps_the_limit() -> anyhow::Result<()> {
             assert!(l.in_use <= 2, "{l:?}");
         }
         if let Ok(r) = client.get_run(&run).await {
-            if baton_cli::client::is_finished(&r) {
+            if baton_client::is_finished(&r) {
                 break r;
             }
         }

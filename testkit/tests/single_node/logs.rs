@@ -3,7 +3,7 @@
 //! and `baton logs` prints them, in order, after the run or (`--follow`) as they come.
 
 use crate::support;
-use baton_cli::Client;
+use baton_client::Client;
 use baton_testkit::ha::HaConfig;
 use baton_testkit::{bin_path, eventually, Cluster};
 use std::collections::BTreeMap;

@@ -2,7 +2,7 @@
 //! retried, any other non-zero exit is retried with backoff, and a timed-out attempt's whole
 //! process group is killed.
 
-use baton_cli::Client;
+use baton_client::Client;
 use baton_proto as pb;
 use baton_testkit::{eventually, Cluster};
 use std::collections::BTreeMap;

@@ -2,7 +2,7 @@
 //! f64 closed-form computation on the same generated data; results exist; cleanup removed
 //! the artifacts.
 
-use baton_cli::Client;
+use baton_client::Client;
 use baton_proto as pb;
 use baton_testkit::Cluster;
 use baton_worker::builtins::{generate_points, split_rows};
@@ -60,7 +60,7 @@ async fn ridge_sweep_matches_closed_form() -> anyhow::Result<()> {
                 seen += 1;
             }
         }
-        if ev.run.as_ref().is_some_and(baton_cli::client::is_finished) {
+        if ev.run.as_ref().is_some_and(baton_client::is_finished) {
             break;
         }
     }

@@ -3,7 +3,7 @@
 //! and the inputs of downstream tasks; a mapped task's broadcast input is held once, not
 //! once per element.
 
-use baton_cli::Client;
+use baton_client::Client;
 use baton_testkit::Cluster;
 use rand::{Rng, SeedableRng};
 use std::collections::BTreeMap;

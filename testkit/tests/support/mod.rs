@@ -6,7 +6,7 @@
 
 #![allow(dead_code)]
 
-use baton_cli::Client;
+use baton_client::Client;
 use baton_common::result_store::ResultStore;
 use baton_proto as pb;
 use baton_testkit::ha::{HaCluster, HaConfig};

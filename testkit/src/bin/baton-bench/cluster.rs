@@ -2,7 +2,7 @@
 //! from the binaries next to this one, killed when the [`Cluster`] is dropped.
 
 use anyhow::{anyhow, bail, Context, Result};
-use baton_cli::Client;
+use baton_client::Client;
 use std::fs::File;
 use std::future::Future;
 use std::net::TcpListener;

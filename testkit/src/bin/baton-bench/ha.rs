@@ -5,7 +5,7 @@
 
 use crate::cluster::{guarded, log_tail, wait_for_workers};
 use anyhow::{anyhow, bail, Context, Result};
-use baton_cli::Client;
+use baton_client::Client;
 use baton_proto as pb;
 use baton_testkit::ha::{leader_info, HaCluster, HaConfig};
 use baton_testkit::Node;

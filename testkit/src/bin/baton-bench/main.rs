@@ -10,7 +10,7 @@ mod ha;
 mod report;
 
 use anyhow::{anyhow, bail, Context, Result};
-use baton_cli::Client;
+use baton_client::Client;
 use baton_common::state::{run_state_name, task_state_name};
 use baton_proto as pb;
 use clap::Parser;
