@@ -63,11 +63,23 @@ pub async fn execute(c: &Client, args: LogsArgs) -> anyhow::Result<i32> {
             }
         };
         match ended {
-            Ok(()) if args.follow && !run_over(c, &args.run).await => {
-                // The stream ended but the run goes on: its leader went away.
-                broken_since.get_or_insert_with(Instant::now);
-                tokio::time::sleep(Duration::from_millis(500)).await;
-            }
+            Ok(()) if args.follow => match run_over(c, &args.run).await {
+                Ok(true) => break,
+                // The stream ended but the run goes on (its leader went away), or the run
+                // cannot be read yet (a new leader still loading): open the stream again,
+                // for a bounded time.
+                Ok(false) | Err(_) => {
+                    let since = *broken_since.get_or_insert_with(Instant::now);
+                    if since.elapsed() >= REOPEN_FOR {
+                        anyhow::bail!(
+                            "the log stream of run `{}` ended and could not be opened again for {} s",
+                            args.run,
+                            REOPEN_FOR.as_secs()
+                        );
+                    }
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
+            },
             Ok(()) => break,
             Err(status) if args.follow => {
                 tracing::debug!(%status, "the log stream broke; reopening");
@@ -81,14 +93,13 @@ pub async fn execute(c: &Client, args: LogsArgs) -> anyhow::Result<i32> {
     Ok(0)
 }
 
-/// Whether the run is over (or cannot be read any more: nothing is left to follow).
-async fn run_over(c: &Client, run: &str) -> bool {
+/// Whether the run is over. An error (no leader yet, a leader still loading its state) is
+/// not an answer: the caller tries again, for a bounded time.
+async fn run_over(c: &Client, run: &str) -> Result<bool, baton_cli::client::ClientError> {
     use baton_proto::RunState;
-    match c.get_run(run).await {
-        Ok(r) => matches!(
-            RunState::try_from(r.state),
-            Ok(RunState::Completed | RunState::Failed | RunState::Cancelled)
-        ),
-        Err(_) => true,
-    }
+    let r = c.get_run(run).await?;
+    Ok(matches!(
+        RunState::try_from(r.state),
+        Ok(RunState::Completed | RunState::Failed | RunState::Cancelled)
+    ))
 }

@@ -14,6 +14,9 @@ pub mod defaults {
     pub const UNRUNNABLE_TIMEOUT_MS: u64 = 300_000;
     pub const LEADER_LEASE_MS: u64 = 10_000;
     pub const MAX_LOST_ATTEMPTS: u32 = 5;
+    /// On shutdown or loss of leadership, how long background work (archive and result
+    /// writes, open connections) may take to finish before it is cut off.
+    pub const DRAIN_MS: u64 = 5_000;
 }
 
 /// Everything the scheduler needs to start.

@@ -57,7 +57,7 @@ pub async fn serve(
     // for Nagle's algorithm and the peer's delayed ACK (about 40 ms a message).
     let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
     let stop = shutdown.clone();
-    let server = tokio::spawn(
+    let mut server = tokio::spawn(
         tonic::transport::Server::builder()
             .http2_keepalive_interval(Some(Duration::from_secs(5)))
             .add_service(flow)
@@ -70,7 +70,16 @@ pub async fn serve(
 
     let led = lead(&config, state, results, &roles, &shutdown).await;
     shutdown.cancel();
-    let served = server.await.map_err(|e| Error::Transport(e.to_string()))?;
+    // Open connections (a worker's stream, a watch) get a bounded time to close.
+    let drain = Duration::from_millis(crate::config::defaults::DRAIN_MS);
+    let served = match tokio::time::timeout(drain, &mut server).await {
+        Ok(joined) => joined.map_err(|e| Error::Transport(e.to_string()))?,
+        Err(_) => {
+            tracing::warn!("connections still open {} ms after shutdown; closing them", drain.as_millis());
+            server.abort();
+            Ok(())
+        }
+    };
     led?;
     served.map_err(|e| Error::Transport(e.to_string()))
 }

@@ -22,7 +22,7 @@ impl Actor {
         let store = self.results.clone();
         let tx = self.self_tx.clone();
         let id = run.0.clone();
-        tokio::spawn(async move {
+        self.tasks.spawn(async move {
             let key = crate::engine::keys::archive(&id);
             let size = bytes.len();
             match store.put(&key, bytes, "application/x-protobuf").await {

@@ -118,6 +118,9 @@ struct Actor {
     new_watches: Vec<(String, bool, WatchTx, Reply<()>)>,
     self_tx: mpsc::Sender<Command>,
     logs: crate::logs::Logs,
+    /// The actor's background work (archive and result reads and writes, final watch
+    /// events): waited for, for a bounded time, when the actor stops.
+    tasks: tokio_util::task::TaskTracker,
 }
 
 /// Starts the actor; it stops when `shutdown` is cancelled or its state store fences it.
@@ -139,6 +142,7 @@ pub fn spawn(
         new_watches: Vec::new(),
         self_tx: tx.clone(),
         logs: logs.clone(),
+        tasks: tokio_util::task::TaskTracker::new(),
     };
     let join = tokio::spawn(actor.run(rx, shutdown));
     (Handle { tx, logs }, join)
@@ -178,6 +182,15 @@ impl Actor {
                 break;
             }
         }
+        self.tasks.close();
+        let drain = std::time::Duration::from_millis(crate::config::defaults::DRAIN_MS);
+        if tokio::time::timeout(drain, self.tasks.wait()).await.is_err() {
+            tracing::warn!(
+                left = self.tasks.len(),
+                "background work still running after {} ms; left behind",
+                drain.as_millis()
+            );
+        }
         tracing::info!("engine stopped");
     }
 
@@ -198,6 +211,7 @@ impl Actor {
                 let (version, created) = self.engine.register_flow(spec, schedule_active, now);
                 let r = (version, created, self.engine.schedule_view(&project, &flow));
                 let store = self.results.clone();
+                let tasks = self.tasks.clone();
                 self.after_commit.push(Box::new(move |_| {
                     if !r.1 {
                         let _ = reply.send(Ok(r));
@@ -205,7 +219,7 @@ impl Actor {
                     }
                     // A new version is also kept in the object store, versioned, as flow
                     // storage; the client hears back once it is there.
-                    tokio::spawn(async move {
+                    tasks.spawn(async move {
                         let key = format!("{key}/{}.json", r.0);
                         match store.put(&key, json, "application/json").await {
                             Ok(_) | Err(baton_common::Error::AlreadyExists(_)) => {}

@@ -72,7 +72,7 @@ impl Actor {
     ) {
         let store = self.results.clone();
         let tx = self.self_tx.clone();
-        tokio::spawn(async move {
+        self.tasks.spawn(async move {
             let outcome = match store.get(&result.uri).await {
                 Ok(bytes) => match serde_json::from_slice(&bytes) {
                     Ok(value) => Outcome::Success { result, value },

@@ -81,7 +81,7 @@ impl Actor {
             if terminal {
                 for w in watchers.drain(..) {
                     let ev = event_for(&w);
-                    tokio::spawn(async move {
+                    self.tasks.spawn(async move {
                         let _ = w.tx.send(Ok(ev)).await;
                     });
                 }

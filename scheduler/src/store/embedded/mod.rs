@@ -10,6 +10,7 @@
 //! fail with its offset; a torn tail (a crash mid-append) is cut off.
 
 mod log;
+mod sizes;
 mod writer;
 
 use super::{Epoch, Leadership, Op, StateStore, StoreError};

@@ -6,8 +6,9 @@
 
 use super::super::{Epoch, Op, StoreError};
 use super::log;
+use super::sizes::{KeyId, KeySizes};
 use super::SyncMode;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, Write};
 use std::os::unix::fs::FileExt;
@@ -66,7 +67,7 @@ struct Writer {
     log_bytes: u64,
     live_bytes: u64,
     /// Live keys and the sizes of their values.
-    sizes: HashMap<String, u32>,
+    sizes: KeySizes,
     /// The replayed state, kept from opening until the first commit, for `load`.
     snapshot: Option<BTreeMap<String, Vec<u8>>>,
     epoch: Epoch,
@@ -95,11 +96,10 @@ pub(super) fn spawn(setup: Setup) -> Result<Sender<Request>, StoreError> {
         .iter()
         .map(|(k, v)| (k.len() + v.len()) as u64)
         .sum();
-    let sizes = setup
-        .map
-        .iter()
-        .map(|(k, v)| (k.clone(), v.len() as u32))
-        .collect();
+    let mut sizes = KeySizes::new();
+    for (k, v) in &setup.map {
+        sizes.insert(sizes.id(k), v.len() as u32);
+    }
     let writer = Writer {
         dir: setup.dir,
         sync: setup.sync,
@@ -261,7 +261,7 @@ impl Writer {
             return;
         }
         let live_before = self.live_bytes;
-        let mut undo: Vec<(String, Option<u32>)> = Vec::new();
+        let mut undo: Vec<(KeyId, Option<u32>)> = Vec::new();
         let mut accepted = Vec::with_capacity(commits.len());
         self.buf.clear();
         for (epoch, ops, reply) in commits {
@@ -273,7 +273,7 @@ impl Writer {
                 continue;
             }
             let conflict = ops.iter().find_map(|op| match op {
-                Op::Create { key, .. } if self.sizes.contains_key(key) => Some(key.clone()),
+                Op::Create { key, .. } if self.sizes.contains(key) => Some(key.clone()),
                 _ => None,
             });
             if let Some(key) = conflict {
@@ -294,10 +294,10 @@ impl Writer {
         let result = self.append(self.sync == SyncMode::Batch);
         if result.is_err() {
             // Nothing of the group is in the log: forget its sizes too.
-            for (key, old) in undo.into_iter().rev() {
+            for (id, old) in undo.into_iter().rev() {
                 match old {
-                    Some(size) => self.sizes.insert(key, size),
-                    None => self.sizes.remove(&key),
+                    Some(size) => self.sizes.insert(id, size),
+                    None => self.sizes.remove(id),
                 };
             }
             self.live_bytes = live_before;
@@ -312,20 +312,22 @@ impl Writer {
         }
     }
 
-    fn apply_size(&mut self, op: &Op, undo: &mut Vec<(String, Option<u32>)>) {
+    fn apply_size(&mut self, op: &Op, undo: &mut Vec<(KeyId, Option<u32>)>) {
         match op {
             Op::Put { key, value } | Op::Create { key, value } => {
                 self.live_bytes += (key.len() + value.len()) as u64;
-                let old = self.sizes.insert(key.clone(), value.len() as u32);
+                let id = self.sizes.id(key);
+                let old = self.sizes.insert(id, value.len() as u32);
                 if let Some(old) = old {
                     self.live_bytes -= (key.len() + old as usize) as u64;
                 }
-                undo.push((key.clone(), old));
+                undo.push((id, old));
             }
             Op::Delete { key } => {
-                if let Some(old) = self.sizes.remove(key) {
+                let id = self.sizes.id(key);
+                if let Some(old) = self.sizes.remove(id) {
                     self.live_bytes -= (key.len() + old as usize) as u64;
-                    undo.push((key.clone(), Some(old)));
+                    undo.push((id, Some(old)));
                 }
             }
         }
