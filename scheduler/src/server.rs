@@ -75,7 +75,10 @@ pub async fn serve(
     let served = match tokio::time::timeout(drain, &mut server).await {
         Ok(joined) => joined.map_err(|e| Error::Transport(e.to_string()))?,
         Err(_) => {
-            tracing::warn!("connections still open {} ms after shutdown; closing them", drain.as_millis());
+            tracing::warn!(
+                "connections still open {} ms after shutdown; closing them",
+                drain.as_millis()
+            );
             server.abort();
             Ok(())
         }

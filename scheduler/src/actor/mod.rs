@@ -184,7 +184,10 @@ impl Actor {
         }
         self.tasks.close();
         let drain = std::time::Duration::from_millis(crate::config::defaults::DRAIN_MS);
-        if tokio::time::timeout(drain, self.tasks.wait()).await.is_err() {
+        if tokio::time::timeout(drain, self.tasks.wait())
+            .await
+            .is_err()
+        {
             tracing::warn!(
                 left = self.tasks.len(),
                 "background work still running after {} ms; left behind",

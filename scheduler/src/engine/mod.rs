@@ -20,8 +20,8 @@ mod view;
 
 pub use dispatch::WorkerRegistration;
 pub use model::{
-    keys, AttemptInfo, CacheEntry, ParentLink, RunRecord, Runner, TaskRunRecord, TrRef,
-    Trigger, INLINE_VALUE_LIMIT,
+    keys, AttemptInfo, CacheEntry, ParentLink, RunRecord, Runner, TaskRunRecord, TrRef, Trigger,
+    INLINE_VALUE_LIMIT,
 };
 pub use recover::Recovered;
 pub use schedule::ScheduleRecord;
