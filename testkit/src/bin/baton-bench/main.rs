@@ -362,9 +362,9 @@ async fn memory(b: &Bench<'_>, pid: u32, quick: bool) -> Result<Vec<Figure>> {
     );
     // The finished run leaves memory once it is archived, just after it ends, and the state
     // log's compaction comes and goes: the settled figure is the least over two seconds.
-    let settled = || async {
+    let settled = |samples: usize| async move {
         let mut least = f64::MAX;
-        for _ in 0..20 {
+        for _ in 0..samples {
             tokio::time::sleep(Duration::from_millis(100)).await;
             least = least.min(rss()?.1);
         }
@@ -373,7 +373,7 @@ async fn memory(b: &Bench<'_>, pid: u32, quick: bool) -> Result<Vec<Figure>> {
     let mut samples = Vec::with_capacity(rounds);
     for r in 1..=rounds {
         let d = b.fanout(n).await?;
-        let now = settled().await?;
+        let now = settled(20).await?;
         progress(format!(
             "memory: fan-out {n} #{r}: {:.3} s, scheduler at {now:.1} MiB",
             d.as_secs_f64()
@@ -399,12 +399,13 @@ async fn memory(b: &Bench<'_>, pid: u32, quick: bool) -> Result<Vec<Figure>> {
     );
     let mut after = Figure::new(
         &format!("fanout_{big}_rss_after_mib"),
-        &format!("scheduler memory (VmRSS) after the fan-out of {big} left memory"),
+        &format!("scheduler memory (VmRSS, least over 10 s) after the fan-out of {big}"),
         "MiB",
         1,
     );
     let d = b.fanout(big).await?;
-    let now = settled().await?;
+    // A million task runs take seconds to archive before they leave memory.
+    let now = settled(100).await?;
     let (hwm, _) = rss()?;
     progress(format!(
         "memory: fan-out {big}: {:.3} s, {:.0} tasks/s, scheduler peak {hwm:.1} MiB, now {now:.1} MiB",
