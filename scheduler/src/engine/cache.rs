@@ -63,7 +63,7 @@ impl Engine {
             return;
         };
         let tr = &run.nodes[node].runs[t.index as usize];
-        let (Some(result), Some(value)) = (tr.result.clone(), tr.value.clone()) else {
+        let (Some(result), Some(value)) = (tr.result.as_deref().cloned(), tr.value.clone()) else {
             return;
         };
         let Some(inputs) = tr.inputs.as_ref().map(|i| i.json_for(t.index as usize)) else {

@@ -83,7 +83,7 @@ impl Engine {
                 // Completed from the cache: no dispatch, no attempt.
                 tracing::debug!(run = %run_id, task = %task.name, index, "cache hit");
                 tr.state = TaskState::Completed;
-                tr.result = Some(result);
+                tr.result = Some(Box::new(result));
                 tr.value = Some(value);
                 tr.worker = Some(Runner::Cache);
                 tr.started_ms = now;
@@ -108,7 +108,7 @@ impl Engine {
         }
         for (t, map_index) in hits {
             // The cache hit's own committed pointer: the same result object.
-            let result = self.tr_mut(t).result.clone();
+            let result = self.tr_mut(t).result.as_deref().cloned();
             if let Some(value) = self.encode("a result pointer", &result) {
                 self.ops.push(Op::Create {
                     key: keys::result(&run_id, &task.name, map_index),

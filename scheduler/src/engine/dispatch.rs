@@ -26,6 +26,8 @@ pub struct WorkerRegistration {
 #[derive(Debug)]
 pub(super) struct WorkerSlot {
     pub id: WorkerId,
+    /// Its id, shared by the task runs it runs.
+    pub name: std::sync::Arc<str>,
     pub session: u64,
     pub labels: Vec<String>,
     pub total: ResourceSpec,
@@ -274,6 +276,7 @@ impl Engine {
         let Some(w) = self.workers.get_mut(worker) else {
             return;
         };
+        let name = w.name.clone();
         let run = &mut self.runs[t.run];
         let flow = run.flow.clone();
         let task = flow.task(t.node as usize);
@@ -282,15 +285,17 @@ impl Engine {
         let tr = &mut node.runs[t.index as usize];
         tr.attempt += 1;
         tr.state = TaskState::Assigned;
-        tr.worker = Some(Runner::Worker(worker.clone()));
+        tr.worker = Some(Runner::Worker(name.clone()));
         tr.started_ms = now;
         tr.us.assigned_us = assigned_us;
         tr.us.started_us = 0;
         tr.us.ended_us = 0;
         tr.error.clear();
+        // Exactly one more: a first push would reserve room for four (288 bytes a task run).
+        tr.attempts.reserve_exact(1);
         tr.attempts.push(AttemptInfo {
             number: tr.attempt,
-            worker: worker.0.clone(),
+            worker: name,
             started_ms: now,
             ended_ms: 0,
             error: String::new(),
@@ -350,8 +355,10 @@ impl Engine {
         labels.sort();
         labels.dedup();
         let old = self.workers.remove(&reg.id);
+        let name: std::sync::Arc<str> = std::sync::Arc::from(reg.id.0.as_str());
         let mut slot = WorkerSlot {
             id: reg.id.clone(),
+            name: name.clone(),
             session,
             labels,
             total: reg.resources.clone(),
@@ -383,7 +390,7 @@ impl Engine {
         }
         for &t in &adopted {
             let tr = &mut self.runs[t.run].nodes[t.node as usize].runs[t.index as usize];
-            tr.worker = Some(Runner::Worker(reg.id.clone()));
+            tr.worker = Some(Runner::Worker(name.clone()));
             if tr.state == TaskState::Assigned {
                 tr.state = TaskState::Running;
             }

@@ -121,7 +121,7 @@ impl Engine {
                 let ended_us = self.us(now);
                 let tr = self.tr_mut(t);
                 tr.state = TaskState::Completed;
-                tr.result = Some(result);
+                tr.result = Some(Box::new(result));
                 tr.value = Some(Arc::new(value));
                 tr.ended_ms = now;
                 tr.us.ended_us = ended_us;
@@ -225,9 +225,10 @@ impl Engine {
         let run = &self.runs[t.run];
         let node = &run.nodes[t.node as usize];
         let tr = &node.runs[t.index as usize];
-        let Some(super::model::Runner::Worker(worker)) = tr.worker.clone() else {
+        let Some(super::model::Runner::Worker(name)) = &tr.worker else {
             return;
         };
+        let worker = WorkerId(name.to_string());
         let Some(w) = self.workers.get(&worker) else {
             return;
         };

@@ -1,7 +1,7 @@
 //! The engine's in-memory model of runs, task nodes and task runs, and their durable records.
 
 use baton_common::flow::{FlowSpec, ResolvedInputs, TaskSpec};
-use baton_common::ids::{RunId, WorkerId};
+use baton_common::ids::RunId;
 use baton_common::result_store::ResultRef;
 use baton_common::state::{RunState, TaskState};
 use serde::{Deserialize, Serialize};
@@ -122,7 +122,8 @@ fn is_zero_i64(v: &i64) -> bool {
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
 pub struct AttemptInfo {
     pub number: u32,
-    pub worker: String,
+    /// Shared with the worker's other attempts.
+    pub worker: Arc<str>,
     pub started_ms: i64,
     pub ended_ms: i64,
     pub error: String,
@@ -131,8 +132,8 @@ pub struct AttemptInfo {
 /// Who ran a task run's current attempt.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Runner {
-    /// A worker, by id.
-    Worker(WorkerId),
+    /// A worker, by id (shared with every task run it ran).
+    Worker(Arc<str>),
     /// Completed from the cache, without an attempt.
     Cache,
     /// A sub-flow task run: the scheduler runs it as a child run.
@@ -144,7 +145,7 @@ impl Runner {
     /// no worker may take them as its id, see [`Runner::is_reserved`]).
     pub fn name(&self) -> &str {
         match self {
-            Runner::Worker(w) => &w.0,
+            Runner::Worker(w) => w,
             Runner::Cache => "cache",
             Runner::Subflow => "subflow",
         }
@@ -156,7 +157,7 @@ impl Runner {
             "" => None,
             "cache" => Some(Runner::Cache),
             "subflow" => Some(Runner::Subflow),
-            w => Some(Runner::Worker(WorkerId(w.to_string()))),
+            w => Some(Runner::Worker(Arc::from(w))),
         }
     }
 
@@ -175,7 +176,8 @@ pub struct TaskRun {
     pub worker: Option<Runner>,
     pub started_ms: i64,
     pub ended_ms: i64,
-    pub result: Option<ResultRef>,
+    /// Boxed: most task runs in memory at a time are queued, without a result.
+    pub result: Option<Box<ResultRef>>,
     pub value: Option<Arc<Value>>,
     pub error: String,
     /// The inputs of its task, shared by all the task's runs (a mapped task's broadcast
@@ -452,7 +454,7 @@ impl TaskRunRecord {
                 .unwrap_or_default(),
             started_ms: tr.started_ms,
             ended_ms: tr.ended_ms,
-            result: tr.result.clone(),
+            result: tr.result.as_deref().cloned(),
             value,
             error: tr.error.clone(),
             failures: tr.failures,

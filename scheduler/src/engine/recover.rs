@@ -215,7 +215,7 @@ impl Engine {
             tr.worker = Runner::from_record(&rec.worker);
             tr.started_ms = rec.started_ms;
             tr.ended_ms = rec.ended_ms;
-            tr.result = rec.result;
+            tr.result = rec.result.map(Box::new);
             tr.value = rec.value.map(Arc::new);
             tr.error = rec.error;
             tr.attempts = rec.attempts;
@@ -255,7 +255,7 @@ impl Engine {
         tr.error = rec.error;
         tr.started_ms = rec.started_ms;
         tr.ended_ms = rec.ended_ms;
-        tr.result = rec.result;
+        tr.result = rec.result.map(Box::new);
         tr.value = rec.value.map(Arc::new);
         tr.child = rec.child;
         tr.us = rec.us;
@@ -288,7 +288,7 @@ impl Engine {
                     TaskState::Running
                 } else {
                     let worker = WorkerId(rec.worker.clone());
-                    tr.worker = Some(Runner::Worker(worker.clone()));
+                    tr.worker = Some(Runner::Worker(Arc::from(rec.worker.as_str())));
                     self.await_worker(worker, t, rec.attempt, now);
                     TaskState::Assigned
                 }
@@ -317,6 +317,7 @@ impl Engine {
             .entry(worker.clone())
             .or_insert_with(|| WorkerSlot {
                 id: worker.clone(),
+                name: Arc::from(worker.0.as_str()),
                 session: 0,
                 labels: Vec::new(),
                 total: ResourceSpec {

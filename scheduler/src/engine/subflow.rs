@@ -52,9 +52,11 @@ impl Engine {
         tr.worker = None;
         tr.started_ms = now;
         tr.error.clear();
+        // Exactly one more: a first push would reserve room for four (288 bytes a task run).
+        tr.attempts.reserve_exact(1);
         tr.attempts.push(AttemptInfo {
             number: tr.attempt,
-            worker: Runner::Subflow.name().to_string(),
+            worker: std::sync::Arc::from(Runner::Subflow.name()),
             started_ms: now,
             ended_ms: 0,
             error: String::new(),
@@ -238,7 +240,7 @@ impl Engine {
         if !node.mapped {
             if let Some(tr) = node.runs.first() {
                 if let (Some(r), Some(v)) = (&tr.result, &tr.value) {
-                    return Ok((r.clone(), (**v).clone()));
+                    return Ok(((**r).clone(), (**v).clone()));
                 }
             }
         }

@@ -106,7 +106,7 @@ impl Engine {
                 .unwrap_or_default(),
             started_ms: tr.started_ms,
             ended_ms: tr.ended_ms,
-            result: tr.result.clone().map(Into::into),
+            result: tr.result.as_deref().cloned().map(Into::into),
             error: tr.error.clone(),
             value: match (&tr.value, with_value) {
                 (Some(v), true) => v.to_string(),
@@ -118,7 +118,7 @@ impl Engine {
                 .iter()
                 .map(|a| pb::Attempt {
                     number: a.number,
-                    worker: a.worker.clone(),
+                    worker: a.worker.to_string(),
                     started_ms: a.started_ms,
                     ended_ms: a.ended_ms,
                     error: a.error.clone(),
