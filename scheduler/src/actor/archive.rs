@@ -14,7 +14,13 @@ impl Actor {
     /// run from the live state. The archive is encoded here and moved to the writing task
     /// (a run of a million task runs makes an archive of hundreds of MB: it is never
     /// copied); a failed write comes back as [`Command::ArchiveFailed`] and is encoded again.
-    pub(super) fn archive(&self, run: &baton_common::ids::RunId, tries: u32) {
+    pub(super) fn archive(&mut self, run: &baton_common::ids::RunId, tries: u32) {
+        if tries == 0 {
+            if let Some(bytes) = self.engine.seal(&run.0) {
+                self.write_sealed(run.0.clone(), bytes);
+                return;
+            }
+        }
         let bytes = match self.engine.archive_bytes(&run.0) {
             Ok(b) => b,
             Err(_) => return,
@@ -42,11 +48,67 @@ impl Actor {
         });
     }
 
-    /// A run's archive is written: the run leaves the live state and memory.
+    /// Writes a sealed run's archive (the run already left memory), retrying with the same
+    /// bytes; gives the run up to the next leader after [`ARCHIVE_TRIES`] failures.
+    fn write_sealed(&self, id: String, bytes: Vec<u8>) {
+        let store = self.results.clone();
+        let tx = self.self_tx.clone();
+        let size = bytes.len();
+        if size >= TRIM_AFTER_BYTES {
+            // The run's task runs were just freed.
+            trim();
+        }
+        self.tasks.spawn(async move {
+            let key = crate::engine::keys::archive(&id);
+            let bytes = std::sync::Arc::new(bytes);
+            for tries in 0..ARCHIVE_TRIES {
+                match store
+                    .put(&key, bytes.as_ref().clone(), "application/x-protobuf")
+                    .await
+                {
+                    Ok(_) | Err(baton_common::Error::AlreadyExists(_)) => {
+                        drop(bytes);
+                        let _ = tx.send(Command::Archived(id, size)).await;
+                        return;
+                    }
+                    Err(e) => {
+                        tracing::warn!(run = %id, error = %e, "cannot archive a finished run; retrying");
+                        let delay = std::time::Duration::from_millis(200 << tries.min(5));
+                        tokio::time::sleep(delay.min(std::time::Duration::from_secs(5))).await;
+                    }
+                }
+            }
+            let _ = tx.send(Command::ArchiveAbandoned(id)).await;
+        });
+    }
+
+    /// A run's archive is written: the run leaves the live state and memory, and readers
+    /// waiting for the archive read it.
     pub(super) fn archived(&mut self, run: &str, size: usize) {
         self.engine.archived(run);
         if size >= TRIM_AFTER_BYTES {
             trim();
+        }
+        for reply in self.awaiting.remove(run).unwrap_or_default() {
+            let _ = reply.send(Ok(true));
+        }
+    }
+
+    /// A sealed run's archive could not be written.
+    pub(super) fn archive_abandoned(&mut self, run: &str) {
+        self.engine.abandon_sealed(run);
+        for reply in self.awaiting.remove(run).unwrap_or_default() {
+            let _ = reply.send(Ok(false));
+        }
+    }
+
+    /// Answers once a run's archive is in the result store: at once (`false`) unless the
+    /// run was sealed and its archive is being written.
+    pub(super) fn await_archive(&mut self, run: String, reply: super::Reply<bool>) {
+        if self.engine.is_sealed(&run) {
+            self.awaiting.entry(run).or_default().push(reply);
+        } else {
+            let _ = reply.send(Ok(false));
         }
     }
 }

@@ -67,6 +67,11 @@ pub enum Command {
     Archived(String, usize),
     /// Writing a finished run's archive failed; this is the next try.
     ArchiveFailed(String, u32),
+    /// A sealed run's archive could not be written.
+    ArchiveAbandoned(String),
+    /// Answers once the run's archive is in the result store (`true`), or at once
+    /// (`false`) when it is not being written.
+    AwaitArchive(String, Reply<bool>),
 }
 
 /// A handle to send commands to the actor.
@@ -121,6 +126,8 @@ struct Actor {
     /// The actor's background work (archive and result reads and writes, final watch
     /// events): waited for, for a bounded time, when the actor stops.
     tasks: tokio_util::task::TaskTracker,
+    /// Readers waiting for the archive of a sealed run.
+    awaiting: HashMap<String, Vec<Reply<bool>>>,
 }
 
 /// Starts the actor; it stops when `shutdown` is cancelled or its state store fences it.
@@ -143,6 +150,7 @@ pub fn spawn(
         self_tx: tx.clone(),
         logs: logs.clone(),
         tasks: tokio_util::task::TaskTracker::new(),
+        awaiting: HashMap::new(),
     };
     let join = tokio::spawn(actor.run(rx, shutdown));
     (Handle { tx, logs }, join)
@@ -330,6 +338,8 @@ impl Actor {
                 self.engine.task_finished(&id, session, &key, outcome, now);
             }
             Command::Archived(run, size) => self.archived(&run, size),
+            Command::ArchiveAbandoned(run) => self.archive_abandoned(&run),
+            Command::AwaitArchive(run, reply) => self.await_archive(run, reply),
             Command::ArchiveFailed(run, tries) => {
                 self.archive(&baton_common::ids::RunId(run), tries)
             }
@@ -422,8 +432,8 @@ impl Actor {
         for (id, tasks, tx, reply) in std::mem::take(&mut self.new_watches) {
             self.watch(id, tasks, tx, reply);
         }
-        for run in &fx.finished_runs {
-            self.archive(run, 0);
+        for run in fx.finished_runs {
+            self.archive(&run, 0);
         }
         Ok(())
     }

@@ -12,6 +12,7 @@ mod limits;
 mod model;
 mod recover;
 mod schedule;
+mod seal;
 mod subflow;
 mod table;
 #[cfg(test)]
@@ -191,6 +192,8 @@ pub struct Engine {
     encode_errors: Vec<String>,
     /// Archived runs that leave memory once no worker holds one of their attempts.
     leaving: Vec<RunKey>,
+    /// Sealed runs (out of memory) whose archives are being written.
+    tombstones: HashMap<String, seal::Tombstone>,
 }
 
 impl Engine {
@@ -223,6 +226,7 @@ impl Engine {
             clock_us: 0,
             encode_errors: Vec::new(),
             leaving: Vec::new(),
+            tombstones: HashMap::new(),
         }
     }
 
@@ -507,25 +511,14 @@ impl Engine {
     /// attempts any more (a cancelled attempt holds its resources until its worker says
     /// it is gone).
     pub fn archived(&mut self, id: &str) {
+        if self.archived_sealed(id) {
+            return;
+        }
         let Some(slot) = self.runs.key_of(id) else {
             return;
         };
-        let run = &self.runs[slot];
-        // A summary stays for listing (the oldest beyond the limit go).
-        let summary = keys::finished(run.created_ms, id);
-        self.ops.push(Op::Put {
-            key: summary.clone(),
-            value: prost::Message::encode_to_vec(&self.run_view(run)),
-        });
-        if self.finished_set.insert(summary.clone()) {
-            self.finished_keys.push_back(summary);
-        }
-        while self.finished_keys.len() > MAX_FINISHED_SUMMARIES {
-            if let Some(key) = self.finished_keys.pop_front() {
-                self.finished_set.remove(&key);
-                self.ops.push(Op::Delete { key });
-            }
-        }
+        let summary = self.run_view(&self.runs[slot]);
+        self.keep_summary(&summary);
         let run = &self.runs[slot];
         self.ops.push(Op::Delete { key: keys::run(id) });
         for (i, node) in run.nodes.iter().enumerate() {
@@ -542,6 +535,25 @@ impl Engine {
         }
         self.leaving.push(slot);
         self.drop_archived();
+    }
+
+    /// Keeps a finished run's summary in the state store for listing (the oldest beyond
+    /// [`MAX_FINISHED_SUMMARIES`] go).
+    fn keep_summary(&mut self, run: &baton_proto::FlowRun) {
+        let summary = keys::finished(run.created_ms, &run.id);
+        self.ops.push(Op::Put {
+            key: summary.clone(),
+            value: prost::Message::encode_to_vec(run),
+        });
+        if self.finished_set.insert(summary.clone()) {
+            self.finished_keys.push_back(summary);
+        }
+        while self.finished_keys.len() > MAX_FINISHED_SUMMARIES {
+            if let Some(key) = self.finished_keys.pop_front() {
+                self.finished_set.remove(&key);
+                self.ops.push(Op::Delete { key });
+            }
+        }
     }
 
     /// Drops the archived runs whose attempts no worker holds any more.

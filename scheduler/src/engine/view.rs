@@ -1,6 +1,6 @@
 //! Read-only views of the engine's state as wire messages.
 
-use super::model::{NodeState, Run, TaskRun, TrRef};
+use super::model::{Node, NodeState, Run, TaskRun, TrRef};
 use super::{Engine, EngineError};
 use baton_common::state::TaskState;
 use baton_proto as pb;
@@ -88,50 +88,19 @@ impl Engine {
         with_value: bool,
     ) -> pb::TaskRun {
         let n = &run.nodes[node];
-        let waiting_reason = if tr.state == TaskState::Ready {
-            self.class_reason(n.class).to_string()
-        } else {
-            String::new()
-        };
-        pb::TaskRun {
-            run_id: run.id.0.clone(),
-            task: run.flow.task(node).name.clone(),
-            map_index: if n.mapped { index as i64 } else { -1 },
-            state: pb::TaskState::from(tr.state) as i32,
-            attempt: tr.attempt,
-            worker: tr
-                .worker
-                .as_ref()
-                .map(|w| w.name().to_string())
-                .unwrap_or_default(),
-            started_ms: tr.started_ms,
-            ended_ms: tr.ended_ms,
-            result: tr.result.as_deref().cloned().map(Into::into),
-            error: tr.error.clone(),
-            value: match (&tr.value, with_value) {
-                (Some(v), true) => v.to_string(),
-                _ => String::new(),
-            },
-            waiting_reason,
-            attempts: tr
-                .attempts
-                .iter()
-                .map(|a| pb::Attempt {
-                    number: a.number,
-                    worker: a.worker.to_string(),
-                    started_ms: a.started_ms,
-                    ended_ms: a.ended_ms,
-                    error: a.error.clone(),
-                })
-                .collect(),
-            child_run_id: tr.child.clone().unwrap_or_default(),
-            ready_us: tr.us.ready_us,
-            assigned_us: tr.us.assigned_us,
-            started_us: tr.us.started_us,
-            ended_us: tr.us.ended_us,
+        let mut row = row(
+            &run.id.0,
+            &run.flow.task(node).name,
+            n.mapped,
+            index,
+            tr,
+            with_value,
+        );
+        if tr.state == TaskState::Ready {
+            row.waiting_reason = self.class_reason(n.class).to_string();
         }
+        row
     }
-
     /// A run's task runs in task order; a task not yet expanded shows as one pending row.
     pub fn task_runs(&self, id: &str, with_values: bool) -> Result<Vec<pb::TaskRun>, EngineError> {
         self.task_runs_page(id, with_values, 0, usize::MAX)
@@ -190,21 +159,7 @@ impl Engine {
                 break;
             }
             if n.runs.is_empty() {
-                let state = match n.state {
-                    NodeState::Waiting | NodeState::Expanded => TaskState::Pending,
-                    NodeState::Completed => TaskState::Completed,
-                    NodeState::Failed => TaskState::Failed,
-                    NodeState::Skipped => TaskState::Skipped,
-                    NodeState::Cancelled => TaskState::Cancelled,
-                };
-                f(pb::TaskRun {
-                    run_id: run.id.0.clone(),
-                    task: run.flow.task(i).name.clone(),
-                    map_index: -1,
-                    state: pb::TaskState::from(state) as i32,
-                    error: n.error.clone(),
-                    ..Default::default()
-                });
+                f(pending_row(&run.id.0, &run.flow.task(i).name, n));
                 row += 1;
                 continue;
             }
@@ -257,5 +212,72 @@ impl Engine {
                 address: w.address.clone(),
             })
             .collect()
+    }
+}
+
+/// A task run's row as the wire shows it (without a waiting reason).
+pub(super) fn row(
+    run_id: &str,
+    task: &str,
+    mapped: bool,
+    index: usize,
+    tr: &TaskRun,
+    with_value: bool,
+) -> pb::TaskRun {
+    pb::TaskRun {
+        run_id: run_id.to_string(),
+        task: task.to_string(),
+        map_index: if mapped { index as i64 } else { -1 },
+        state: pb::TaskState::from(tr.state) as i32,
+        attempt: tr.attempt,
+        worker: tr
+            .worker
+            .as_ref()
+            .map(|w| w.name().to_string())
+            .unwrap_or_default(),
+        started_ms: tr.started_ms,
+        ended_ms: tr.ended_ms,
+        result: tr.result.as_deref().cloned().map(Into::into),
+        error: tr.error.clone(),
+        value: match (&tr.value, with_value) {
+            (Some(v), true) => v.to_string(),
+            _ => String::new(),
+        },
+        waiting_reason: String::new(),
+        attempts: tr
+            .attempts
+            .iter()
+            .map(|a| pb::Attempt {
+                number: a.number,
+                worker: a.worker.to_string(),
+                started_ms: a.started_ms,
+                ended_ms: a.ended_ms,
+                error: a.error.clone(),
+            })
+            .collect(),
+        child_run_id: tr.child.clone().unwrap_or_default(),
+        ready_us: tr.us.ready_us,
+        assigned_us: tr.us.assigned_us,
+        started_us: tr.us.started_us,
+        ended_us: tr.us.ended_us,
+    }
+}
+
+/// The one row of a task that has no task runs (not expanded, or settled without any).
+pub(super) fn pending_row(run_id: &str, task: &str, n: &Node) -> pb::TaskRun {
+    let state = match n.state {
+        NodeState::Waiting | NodeState::Expanded => TaskState::Pending,
+        NodeState::Completed => TaskState::Completed,
+        NodeState::Failed => TaskState::Failed,
+        NodeState::Skipped => TaskState::Skipped,
+        NodeState::Cancelled => TaskState::Cancelled,
+    };
+    pb::TaskRun {
+        run_id: run_id.to_string(),
+        task: task.to_string(),
+        map_index: -1,
+        state: pb::TaskState::from(state) as i32,
+        error: n.error.clone(),
+        ..Default::default()
     }
 }

@@ -59,7 +59,19 @@ impl FlowApi {
             self.results.root_uri(),
             crate::engine::keys::archive(run)
         );
-        match self.results.get(&uri).await {
+        let mut read = self.results.get(&uri).await;
+        if matches!(read, Err(baton_common::Error::NotFound(_))) {
+            // Just finished: its archive may be on its way to the store.
+            let written = self
+                .roles
+                .leader()?
+                .ask(|r| Command::AwaitArchive(run.to_string(), r))
+                .await;
+            if matches!(written, Ok(true)) {
+                read = self.results.get(&uri).await;
+            }
+        }
+        match read {
             Ok(bytes) => <pb::RunArchive as prost::Message>::decode(bytes.as_slice())
                 .map_err(|e| Status::internal(format!("archive of run `{run}` is damaged: {e}"))),
             Err(baton_common::Error::NotFound(_)) => Err(missing.into()),
@@ -302,12 +314,17 @@ impl FlowService for FlowApi {
     ) -> Result<Response<pb::CancelRunResponse>, Status> {
         let id = req.into_inner().run_id;
         require("run_id", &id)?;
-        let run = self
+        let asked = self
             .roles
             .leader()?
-            .ask(|r| Command::CancelRun(id, r))
-            .await?;
-        Ok(Response::new(pb::CancelRunResponse { run: Some(run) }))
+            .ask(|r| Command::CancelRun(id.clone(), r))
+            .await;
+        // A finished run that left memory: cancelling it changes nothing.
+        let run = match asked {
+            Err(e) if is_not_found(&e) => self.archived(&id, e).await?.run,
+            other => Some(other?),
+        };
+        Ok(Response::new(pb::CancelRunResponse { run }))
     }
 
     async fn list_workers(

@@ -117,3 +117,70 @@ fn ready_task_runs_of_a_run_that_left_are_never_dispatched() {
     assert!(all.iter().all(|a| a.key.run == second), "{all:?}");
     assert_eq!(run_state(&c.run(&second)), pb::RunState::Completed);
 }
+
+#[test]
+fn a_sealed_run_leaves_memory_at_once_and_its_archive_holds_every_task_run() {
+    let mut c = VirtualCluster::new();
+    c.register(SQUARES);
+    c.connect("w", &[], 4, 0);
+    let id = c.start("squares", json!(null));
+    assert!(c.engine.seal(&id).is_none(), "a live run is not sealed");
+    c.run_to_end();
+    let rows = c.engine.task_runs(&id, true).expect("the run");
+    let bytes = c.engine.seal(&id).expect("a finished run is sealed");
+    assert_eq!(c.engine.runs_in_memory(), 0);
+    assert!(c.engine.is_sealed(&id));
+    assert!(matches!(
+        c.engine.get_run(&id),
+        Err(EngineError::NotFound(_))
+    ));
+    assert_eq!(c.engine.list_runs(0).len(), 1, "still listed");
+    let archive = <pb::RunArchive as prost::Message>::decode(bytes.as_slice()).expect("an archive");
+    let run = archive.run.expect("the run");
+    assert_eq!(
+        (run.id.as_str(), run_state(&run)),
+        (id.as_str(), pb::RunState::Completed)
+    );
+    assert_eq!(archive.task_runs, rows, "every task run, with its value");
+    // Its live records stay in the state store until the archive is written.
+    assert!(c.store.contains_key(&format!("run/{id}")));
+    c.engine.archived(&id);
+    c.drain();
+    assert!(!c.engine.is_sealed(&id));
+    let left: Vec<&String> = c.store.keys().filter(|k| k.contains(&id)).collect();
+    assert_eq!(left.len(), 1, "only the summary for listing: {left:?}");
+    assert!(left[0].starts_with("done/"));
+}
+
+#[test]
+fn a_run_whose_attempt_a_worker_still_holds_is_not_sealed() {
+    let mut c = VirtualCluster::new();
+    c.register(ONE_TASK);
+    c.connect("w", &[], 1, 0);
+    let id = c.start("one", json!(null));
+    let a = c.step().pop().expect("an assignment");
+    c.cancel(&id);
+    assert!(c.engine.seal(&id).is_none());
+    assert_eq!(c.engine.runs_in_memory(), 1);
+    c.fail(&a, "cancelled", false);
+    assert!(
+        c.engine.seal(&id).is_some(),
+        "sealed once the worker gave it back"
+    );
+    assert_eq!(c.engine.runs_in_memory(), 0);
+}
+
+#[test]
+fn a_sealed_run_whose_archive_was_given_up_is_recovered_by_the_next_leader() {
+    let mut c = VirtualCluster::new();
+    c.register(ONE_TASK);
+    c.connect("w", &[], 1, 0);
+    let id = c.start("one", json!(null));
+    c.run_to_end();
+    c.engine.seal(&id).expect("sealed");
+    c.engine.abandon_sealed(&id);
+    c.drain();
+    assert!(!c.engine.is_sealed(&id));
+    c.restart();
+    assert_eq!(run_state(&c.run(&id)), pb::RunState::Completed);
+}

@@ -1,0 +1,108 @@
+//! Sealing a finished run: it leaves memory at once, consumed into its archive (one task run
+//! at a time, so that a run of a million task runs is never held twice), and a small
+//! tombstone stays until the host has written the archive; then the run's live records are
+//! deleted from the state store (see [`Engine::archived`]).
+
+use super::model::keys;
+use super::view::{pending_row, row};
+use super::{Engine, MAX_FINISHED_SUMMARIES};
+use crate::store::Op;
+use baton_proto as pb;
+
+/// What is left of a sealed run until its archive is written.
+#[derive(Debug)]
+pub(super) struct Tombstone {
+    summary: pb::FlowRun,
+    /// Its tasks: name, and the number of task runs of a mapped one.
+    tasks: Vec<(String, Option<usize>)>,
+}
+
+impl Engine {
+    /// Takes a finished run out of memory and returns its archive (an encoded `RunArchive`)
+    /// for the host to write; the host then calls [`Engine::archived`]. `None` when the run
+    /// is not a finished run in memory, or a worker still holds one of its attempts (a
+    /// cancelled attempt keeps its resources until its worker gives it back): the run then
+    /// stays, and is archived the slow way ([`Engine::archive_bytes`]).
+    pub fn seal(&mut self, id: &str) -> Option<Vec<u8>> {
+        let key = self.runs.key_of(id)?;
+        if !self.runs[key].state.is_terminal() || self.holds_attempts_of(key) {
+            return None;
+        }
+        let summary = self.run_view(&self.runs[key]);
+        let mut run = self.runs.remove(key)?;
+        if !run.idempotency_key.is_empty() {
+            self.idempotency.remove(&run.idempotency_key);
+            self.archived_idempotency
+                .insert(std::mem::take(&mut run.idempotency_key), id.to_string());
+        }
+        self.archived_runs
+            .insert((summary.created_ms, id.to_string()), summary.clone());
+        while self.archived_runs.len() > MAX_FINISHED_SUMMARIES {
+            self.archived_runs.pop_first();
+        }
+        let mut buf = Vec::new();
+        prost::encoding::message::encode(1, &summary, &mut buf);
+        let mut tasks = Vec::with_capacity(run.nodes.len());
+        for (i, node) in std::mem::take(&mut run.nodes).into_iter().enumerate() {
+            let task = &run.flow.task(i).name;
+            tasks.push((task.clone(), node.mapped.then_some(node.runs.len())));
+            if node.runs.is_empty() {
+                prost::encoding::message::encode(2, &pending_row(id, task, &node), &mut buf);
+                continue;
+            }
+            // Each task run's heap is freed as soon as its row is written.
+            for (j, tr) in node.runs.into_iter().enumerate() {
+                let r = row(id, task, node.mapped, j, &tr, true);
+                prost::encoding::message::encode(2, &r, &mut buf);
+            }
+        }
+        self.tombstones
+            .insert(id.to_string(), Tombstone { summary, tasks });
+        Some(buf)
+    }
+
+    /// Whether a run's archive is being written after [`Engine::seal`].
+    pub fn is_sealed(&self, id: &str) -> bool {
+        self.tombstones.contains_key(id)
+    }
+
+    /// The archive of a sealed run was written: delete its live records.
+    pub(super) fn archived_sealed(&mut self, id: &str) -> bool {
+        let Some(t) = self.tombstones.remove(id) else {
+            return false;
+        };
+        self.keep_summary(&t.summary);
+        self.ops.push(Op::Delete { key: keys::run(id) });
+        for (task, mapped) in &t.tasks {
+            let indices: Box<dyn Iterator<Item = i64>> = match mapped {
+                Some(n) => Box::new(0..*n as i64),
+                None => Box::new(std::iter::once(-1)),
+            };
+            for index in indices {
+                self.ops.push(Op::Delete {
+                    key: keys::task_run(id, task, index),
+                });
+                self.ops.push(Op::Delete {
+                    key: keys::result(id, task, index),
+                });
+            }
+        }
+        true
+    }
+
+    /// The archive of a sealed run could not be written: forget it here (its records stay
+    /// in the state store, so that the next leader recovers and archives it).
+    pub fn abandon_sealed(&mut self, id: &str) {
+        if self.tombstones.remove(id).is_some() {
+            tracing::error!(run = %id, "a finished run's archive could not be written; it is left to the next leader");
+        }
+    }
+
+    /// Whether a worker holds an attempt of run `key` (or its tag slots).
+    pub(super) fn holds_attempts_of(&self, key: super::RunKey) -> bool {
+        self.workers
+            .values()
+            .any(|w| w.attempts.keys().any(|(t, _)| t.run == key))
+            || self.held.keys().any(|(t, _)| t.run == key)
+    }
+}
