@@ -88,7 +88,7 @@ impl ResultStore for LocalStore {
         format!("file://{}", self.root.display())
     }
 
-    async fn put(&self, key: &str, data: Vec<u8>, content_type: &str) -> Result<ResultRef> {
+    async fn put(&self, key: &str, data: bytes::Bytes, content_type: &str) -> Result<ResultRef> {
         let path = self.key_path(key)?;
         if data.len() <= PACK_LIMIT && key.starts_with("results/") {
             // A short append to the page cache: cheaper than a thread hop.
@@ -201,12 +201,18 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = LocalStore::new(dir.path()).unwrap();
         let r = store
-            .put("a/b.json", b"1".to_vec(), "application/json")
+            .put(
+                "a/b.json",
+                bytes::Bytes::from_static(b"1"),
+                "application/json",
+            )
             .await
             .unwrap();
         assert_eq!(store.get(&r.uri).await.unwrap(), b"1");
         assert!(matches!(
-            store.put("a/b.json", b"2".to_vec(), "x").await,
+            store
+                .put("a/b.json", bytes::Bytes::from_static(b"2"), "x")
+                .await,
             Err(Error::AlreadyExists(_))
         ));
         assert_eq!(store.get(&r.uri).await.unwrap(), b"1");
@@ -219,7 +225,7 @@ mod tests {
         let a = store
             .put(
                 "results/r/t/attempt-1.json",
-                b"[1,2]".to_vec(),
+                bytes::Bytes::from_static(b"[1,2]"),
                 "application/json",
             )
             .await
@@ -227,7 +233,7 @@ mod tests {
         let b = store
             .put(
                 "results/r/t/0.attempt-1.json",
-                b"\"x\"".to_vec(),
+                bytes::Bytes::from_static(b"\"x\""),
                 "application/json",
             )
             .await

@@ -63,7 +63,8 @@ pub trait ResultStore: Send + Sync + 'static {
     /// The store's own location (`file:///dir` or `s3://bucket/prefix`).
     fn root_uri(&self) -> String;
     /// Writes a new object under `key`; fails with `AlreadyExists` rather than overwrite.
-    async fn put(&self, key: &str, data: Vec<u8>, content_type: &str) -> Result<ResultRef>;
+    /// `data` is shared, not copied: a caller that retries keeps a cheap clone.
+    async fn put(&self, key: &str, data: bytes::Bytes, content_type: &str) -> Result<ResultRef>;
     /// Reads the object at `uri`.
     async fn get(&self, uri: &str) -> Result<Vec<u8>>;
     /// Whether an object exists at `uri`.

@@ -303,12 +303,11 @@ impl ResultStore for S3Store {
         }
     }
 
-    async fn put(&self, key: &str, data: Vec<u8>, content_type: &str) -> Result<ResultRef> {
+    async fn put(&self, key: &str, data: Bytes, content_type: &str) -> Result<ResultRef> {
         let key = self.full_key(key)?;
         let uri = format!("s3://{}/{key}", self.bucket);
         let sum = checksum(&data);
         let size = data.len() as u64;
-        let data = Bytes::from(data);
         retrying(self.retry_for, &uri, |retried| {
             self.put_once(&key, &data, content_type, &sum, retried)
         })

@@ -31,7 +31,7 @@ impl Actor {
         self.tasks.spawn(async move {
             let key = crate::engine::keys::archive(&id);
             let size = bytes.len();
-            match store.put(&key, bytes, "application/x-protobuf").await {
+            match store.put(&key, bytes.into(), "application/x-protobuf").await {
                 Ok(_) | Err(baton_common::Error::AlreadyExists(_)) => {
                     let _ = tx.send(Command::Archived(id, size)).await;
                 }
@@ -60,10 +60,11 @@ impl Actor {
         }
         self.tasks.spawn(async move {
             let key = crate::engine::keys::archive(&id);
-            let bytes = std::sync::Arc::new(bytes);
+            // Shared with each try, never copied.
+            let bytes = bytes::Bytes::from(bytes);
             for tries in 0..ARCHIVE_TRIES {
                 match store
-                    .put(&key, bytes.as_ref().clone(), "application/x-protobuf")
+                    .put(&key, bytes.clone(), "application/x-protobuf")
                     .await
                 {
                     Ok(_) | Err(baton_common::Error::AlreadyExists(_)) => {

@@ -232,7 +232,7 @@ impl Actor {
                     // storage; the client hears back once it is there.
                     tasks.spawn(async move {
                         let key = format!("{key}/{}.json", r.0);
-                        match store.put(&key, json, "application/json").await {
+                        match store.put(&key, json.into(), "application/json").await {
                             Ok(_) | Err(baton_common::Error::AlreadyExists(_)) => {}
                             Err(e) => {
                                 tracing::warn!(%key, error = %e, "cannot store the flow definition")

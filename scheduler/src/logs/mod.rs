@@ -410,7 +410,7 @@ async fn run(
 /// Writes a chunk; returns the number it was stored under (the next free one when an
 /// earlier leader used the number), or `None` after giving up.
 async fn upload(store: &dyn ResultStore, c: &Chunk) -> Option<u32> {
-    let body = encode(&c.lines);
+    let body = bytes::Bytes::from(encode(&c.lines));
     let mut chunk = c.chunk;
     let mut delay = Duration::from_millis(200);
     for _ in 0..12 {

@@ -35,7 +35,7 @@ async fn round_trip_with_checksum() -> anyhow::Result<()> {
     let r = store
         .put(
             "results/r1/fit/attempt-1.json",
-            data.clone(),
+            data.clone().into(),
             "application/json",
         )
         .await?;
@@ -58,19 +58,25 @@ async fn round_trip_with_checksum() -> anyhow::Result<()> {
 async fn put_never_overwrites() -> anyhow::Result<()> {
     let s3 = S3Server::start().await?;
     let store = s3.store("p").await?;
-    let first = store.put("k/attempt-1.json", b"1".to_vec(), "x").await?;
-    let again = store.put("k/attempt-1.json", b"2".to_vec(), "x").await;
+    let first = store
+        .put("k/attempt-1.json", b"1".to_vec().into(), "x")
+        .await?;
+    let again = store
+        .put("k/attempt-1.json", b"2".to_vec().into(), "x")
+        .await;
     assert!(
         matches!(&again, Err(Error::AlreadyExists(uri)) if *uri == first.uri),
         "{again:?}"
     );
     // The same bytes again are refused as well: a key is written once.
-    let same = store.put("k/attempt-1.json", b"1".to_vec(), "x").await;
+    let same = store
+        .put("k/attempt-1.json", b"1".to_vec().into(), "x")
+        .await;
     assert!(matches!(same, Err(Error::AlreadyExists(_))), "{same:?}");
     assert_eq!(store.get(&first.uri).await?, b"1");
     // A large object is not overwritten either (the multipart path).
     let big = random_bytes(PART_BYTES + 1, 1);
-    let err = store.put("k/attempt-1.json", big, "x").await;
+    let err = store.put("k/attempt-1.json", big.into(), "x").await;
     assert!(matches!(err, Err(Error::AlreadyExists(_))), "{err:?}");
     assert_eq!(store.get(&first.uri).await?, b"1");
     Ok(())
@@ -84,7 +90,7 @@ async fn large_objects_go_up_in_parts() -> anyhow::Result<()> {
     let r = store
         .put(
             "artifacts/model.bin",
-            data.clone(),
+            data.clone().into(),
             "application/octet-stream",
         )
         .await?;
@@ -114,7 +120,7 @@ async fn exists_delete_and_missing_objects() -> anyhow::Result<()> {
     let s3 = S3Server::start().await?;
     let store = s3.store("x").await?;
     let r = store
-        .put("a.json", b"[1]".to_vec(), "application/json")
+        .put("a.json", b"[1]".to_vec().into(), "application/json")
         .await?;
     assert!(store.exists(&r.uri).await?);
     store.delete(&r.uri).await?;
@@ -132,7 +138,7 @@ async fn exists_delete_and_missing_objects() -> anyhow::Result<()> {
     s3.create_bucket("other")?;
     let other = S3Store::connect("s3://other/deep/prefix", s3.options()).await?;
     let o = other
-        .put("o.txt", b"elsewhere".to_vec(), "text/plain")
+        .put("o.txt", b"elsewhere".to_vec().into(), "text/plain")
         .await?;
     assert_eq!(o.uri, "s3://other/deep/prefix/o.txt");
     assert_eq!(store.get(&o.uri).await?, b"elsewhere");
@@ -145,7 +151,7 @@ async fn exists_delete_and_missing_objects() -> anyhow::Result<()> {
         );
     }
     assert!(matches!(
-        store.put("../escape", b"1".to_vec(), "x").await,
+        store.put("../escape", b"1".to_vec().into(), "x").await,
         Err(Error::InvalidArgument(_))
     ));
     Ok(())
@@ -156,7 +162,7 @@ async fn puts_survive_a_server_restart() -> anyhow::Result<()> {
     let mut s3 = S3Server::start().await?;
     let store = Arc::new(s3.store("restart").await?);
     // The client holds pooled connections to the old process.
-    store.put("warm.json", b"0".to_vec(), "x").await?;
+    store.put("warm.json", b"0".to_vec().into(), "x").await?;
     s3.kill9();
     let puts: Vec<_> = (0..4)
         .map(|i| {
@@ -164,7 +170,7 @@ async fn puts_survive_a_server_restart() -> anyhow::Result<()> {
             tokio::spawn(async move {
                 let data = format!("{{\"i\": {i}}}").into_bytes();
                 let r = store
-                    .put(&format!("r/{i}/attempt-1.json"), data.clone(), "x")
+                    .put(&format!("r/{i}/attempt-1.json"), data.clone().into(), "x")
                     .await;
                 (data, r)
             })
@@ -200,7 +206,7 @@ async fn cli_reads_results_straight_from_s3() -> anyhow::Result<()> {
     let r = store
         .put(
             "results/r/t/attempt-1.json",
-            b"[1, 2]".to_vec(),
+            b"[1, 2]".to_vec().into(),
             "application/json",
         )
         .await?;

@@ -24,7 +24,7 @@ async fn put_artifact(
 ) -> Result<String, TaskError> {
     let r = ctx
         .store
-        .put(&ctx.artifact_key(name), data, content_type)
+        .put(&ctx.artifact_key(name), data.into(), content_type)
         .await
         .map_err(|e| store_error(&format!("{function}: cannot write artifact `{name}`"), e))?;
     Ok(r.uri)

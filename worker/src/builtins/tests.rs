@@ -343,7 +343,7 @@ async fn ml_bad_inputs_are_fatal_and_name_the_input() {
     );
     let empty = f
         .store
-        .put("empty.csv", Vec::new(), "text/csv")
+        .put("empty.csv", Default::default(), "text/csv")
         .await
         .unwrap()
         .uri;

@@ -188,6 +188,7 @@ pub async fn persist(
     } else {
         String::new()
     };
+    let bytes = bytes::Bytes::from(bytes);
     let object_key = key.result_key();
     let mut delay = Duration::from_millis(50);
     let mut tries = 0;
