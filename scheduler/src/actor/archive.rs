@@ -6,6 +6,8 @@ use super::{Actor, Command};
 /// An archive at least this large gives its freed memory back to the operating system
 /// once its run has left memory (the allocator would otherwise keep it for reuse).
 const TRIM_AFTER_BYTES: usize = 8 << 20;
+/// While a large run is sealed, its freed memory is given back after this many task runs.
+const TRIM_EVERY_TASK_RUNS: usize = 100_000;
 /// Writes of one archive before the run is left in the live state.
 const ARCHIVE_TRIES: u32 = 10;
 
@@ -16,7 +18,7 @@ impl Actor {
     /// copied); a failed write comes back as [`Command::ArchiveFailed`] and is encoded again.
     pub(super) fn archive(&mut self, run: &baton_common::ids::RunId, tries: u32) {
         if tries == 0 {
-            if let Some(bytes) = self.engine.seal(&run.0) {
+            if let Some(bytes) = self.engine.seal_with(&run.0, TRIM_EVERY_TASK_RUNS, trim) {
                 self.write_sealed(run.0.clone(), bytes);
                 return;
             }

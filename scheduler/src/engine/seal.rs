@@ -24,6 +24,18 @@ impl Engine {
     /// cancelled attempt keeps its resources until its worker gives it back): the run then
     /// stays, and is archived the slow way ([`Engine::archive_bytes`]).
     pub fn seal(&mut self, id: &str) -> Option<Vec<u8>> {
+        self.seal_with(id, usize::MAX, || {})
+    }
+
+    /// [`Engine::seal`], calling `freed` after every `every` task runs consumed (the host
+    /// gives the freed memory back to the system there, so that the archive's growth is
+    /// not on top of all the task runs' memory).
+    pub fn seal_with(
+        &mut self,
+        id: &str,
+        every: usize,
+        mut freed: impl FnMut(),
+    ) -> Option<Vec<u8>> {
         let key = self.runs.key_of(id)?;
         if !self.runs[key].state.is_terminal() || self.holds_attempts_of(key) {
             return None;
@@ -54,6 +66,9 @@ impl Engine {
             for (j, tr) in node.runs.into_iter().enumerate() {
                 let r = row(id, task, node.mapped, j, &tr, true);
                 prost::encoding::message::encode(2, &r, &mut buf);
+                if (j + 1) % every == 0 {
+                    freed();
+                }
             }
         }
         self.tombstones

@@ -10,23 +10,40 @@ use std::hash::{BuildHasher, RandomState};
 /// A key's identity in [`KeySizes`].
 pub(super) type KeyId = u128;
 
-pub(super) struct KeySizes {
+/// Turns keys into [`KeyId`]s with keys of its own, random per instance.
+pub(super) struct KeyHasher {
     high: RandomState,
     low: RandomState,
+}
+
+impl KeyHasher {
+    pub fn new() -> Self {
+        KeyHasher {
+            high: RandomState::new(),
+            low: RandomState::new(),
+        }
+    }
+
+    pub fn id(&self, key: &str) -> KeyId {
+        (u128::from(self.high.hash_one(key)) << 64) | u128::from(self.low.hash_one(key))
+    }
+}
+
+pub(super) struct KeySizes {
+    ids: KeyHasher,
     map: HashMap<KeyId, u32>,
 }
 
 impl KeySizes {
     pub fn new() -> Self {
         KeySizes {
-            high: RandomState::new(),
-            low: RandomState::new(),
+            ids: KeyHasher::new(),
             map: HashMap::new(),
         }
     }
 
     pub fn id(&self, key: &str) -> KeyId {
-        (u128::from(self.high.hash_one(key)) << 64) | u128::from(self.low.hash_one(key))
+        self.ids.id(key)
     }
 
     pub fn contains(&self, key: &str) -> bool {

@@ -443,6 +443,9 @@ fn write_snapshot(dir: &std::path::Path, upto: u64) -> Result<Snapshot, StoreErr
     let path = dir.join("state.log");
     let mut live = log::Locations::new();
     log::replay(&path, Some(upto), &mut live)?;
+    // Read back in log order (mostly sequential reads).
+    let mut live: Vec<log::Location> = live.map.into_values().collect();
+    live.sort_unstable_by_key(|l| l.key_at);
     let src = File::open(&path)?;
     let mut out =
         std::io::BufWriter::with_capacity(1 << 20, File::create(dir.join("state.log.tmp"))?);
@@ -459,9 +462,18 @@ fn write_snapshot(dir: &std::path::Path, upto: u64) -> Result<Snapshot, StoreErr
             ops.clear();
             Ok(())
         };
-    for (key, (at, n)) in live {
-        let mut value = vec![0; n as usize];
-        src.read_exact_at(&mut value, at)?;
+    let mut op = Vec::new();
+    for l in live {
+        op.resize(l.span(), 0);
+        src.read_exact_at(&mut op, l.key_at)?;
+        let key_len = l.key_len as usize;
+        let key = String::from_utf8(op[..key_len].to_vec()).map_err(|_| {
+            StoreError::Corrupt(format!(
+                "a key at offset {} of the state log is not UTF-8",
+                l.key_at
+            ))
+        })?;
+        let value = op[key_len + 4..].to_vec();
         size += key.len() + value.len() + 9;
         ops.push(Op::Put { key, value });
         if size >= SNAPSHOT_FRAME_BYTES {
