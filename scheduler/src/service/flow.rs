@@ -61,15 +61,14 @@ impl FlowApi {
         );
         let mut read = self.results.get(&uri).await;
         if matches!(read, Err(baton_common::Error::NotFound(_))) {
-            // Just finished: its archive may be on its way to the store.
-            let written = self
-                .roles
+            // Just finished: its archive may be on its way to the store. Read again once it
+            // is there, or at once when it is not being written (it may have been written
+            // since the first read).
+            self.roles
                 .leader()?
                 .ask(|r| Command::AwaitArchive(run.to_string(), r))
-                .await;
-            if matches!(written, Ok(true)) {
-                read = self.results.get(&uri).await;
-            }
+                .await?;
+            read = self.results.get(&uri).await;
         }
         match read {
             Ok(bytes) => <pb::RunArchive as prost::Message>::decode(bytes.as_slice())
