@@ -172,24 +172,39 @@ impl ResultStore for LocalStore {
 }
 
 /// Creates `path` (never overwriting) with `data`.
+/// Writes a new file at `path`, all at once: the data goes to a temporary file beside it,
+/// which is then linked into place (failing with `AlreadyExists` rather than overwrite).
+/// A reader never sees a partly written object, and a failed write leaves nothing behind.
 fn write_new(path: &Path, data: &[u8]) -> std::io::Result<()> {
     use std::io::Write;
+    let (Some(dir), Some(name)) = (path.parent(), path.file_name()) else {
+        return Err(std::io::Error::other(
+            "an object path needs a folder and a name",
+        ));
+    };
+    let tmp = dir.join(format!(
+        ".{}.{}.tmp",
+        name.to_string_lossy(),
+        uuid::Uuid::new_v4().simple()
+    ));
     let open = || {
         std::fs::OpenOptions::new()
             .write(true)
             .create_new(true)
-            .open(path)
+            .open(&tmp)
     };
     let mut f = match open() {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            if let Some(dir) = path.parent() {
-                std::fs::create_dir_all(dir)?;
-            }
+            std::fs::create_dir_all(dir)?;
             open()?
         }
         other => other?,
     };
-    f.write_all(data)
+    let written = f
+        .write_all(data)
+        .and_then(|()| std::fs::hard_link(&tmp, path));
+    let _ = std::fs::remove_file(&tmp);
+    written
 }
 
 #[cfg(test)]
@@ -251,5 +266,47 @@ mod tests {
         let outside = "file:///etc/passwd#0+4";
         assert!(store.get(outside).await.is_err());
         assert!(matches!(store.get(&r.uri).await, Err(Error::NotFound(_))));
+    }
+}
+
+#[cfg(test)]
+mod atomic {
+    use super::*;
+
+    #[tokio::test]
+    async fn an_object_appears_whole_or_not_at_all_and_leaves_no_temporary_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(LocalStore::new(dir.path()).unwrap());
+        let big = bytes::Bytes::from(vec![7u8; 8 << 20]);
+        let uri = format!("{}/archive/runs/r.pb", store.root_uri());
+        let reader = {
+            let (store, uri) = (store.clone(), uri.clone());
+            tokio::spawn(async move {
+                for _ in 0..2000 {
+                    match store.get(&uri).await {
+                        Ok(b) => return Some(b.len()),
+                        Err(Error::NotFound(_)) => tokio::task::yield_now().await,
+                        Err(e) => panic!("{e}"),
+                    }
+                }
+                None
+            })
+        };
+        store
+            .put("archive/runs/r.pb", big.clone(), "application/x-protobuf")
+            .await
+            .unwrap();
+        if let Some(len) = reader.await.unwrap() {
+            assert_eq!(len, big.len(), "a reader saw a partly written object");
+        }
+        assert!(matches!(
+            store.put("archive/runs/r.pb", big, "x").await,
+            Err(Error::AlreadyExists(_))
+        ));
+        let names: Vec<String> = std::fs::read_dir(dir.path().join("archive/runs"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(names, ["r.pb"]);
     }
 }

@@ -199,6 +199,14 @@ pub struct TaskRun {
 }
 
 impl TaskRun {
+    /// The name of who ran its current attempt ("" for no one yet).
+    pub fn worker_name(&self) -> String {
+        self.worker
+            .as_ref()
+            .map(|w| w.name().to_string())
+            .unwrap_or_default()
+    }
+
     pub fn new(inputs: Option<Arc<ResolvedInputs>>) -> Self {
         TaskRun {
             state: TaskState::Ready,
@@ -447,11 +455,7 @@ impl TaskRunRecord {
         TaskRunRecord {
             state: tr.state,
             attempt: tr.attempt,
-            worker: tr
-                .worker
-                .as_ref()
-                .map(|w| w.name().to_string())
-                .unwrap_or_default(),
+            worker: tr.worker_name(),
             started_ms: tr.started_ms,
             ended_ms: tr.ended_ms,
             result: tr.result.as_deref().cloned(),

@@ -230,11 +230,7 @@ pub(super) fn row(
         map_index: if mapped { index as i64 } else { -1 },
         state: pb::TaskState::from(tr.state) as i32,
         attempt: tr.attempt,
-        worker: tr
-            .worker
-            .as_ref()
-            .map(|w| w.name().to_string())
-            .unwrap_or_default(),
+        worker: tr.worker_name(),
         started_ms: tr.started_ms,
         ended_ms: tr.ended_ms,
         result: tr.result.as_deref().cloned().map(Into::into),
