@@ -8,58 +8,30 @@ use super::{Actor, Command};
 const TRIM_AFTER_BYTES: usize = 8 << 20;
 /// While a large run is sealed, its freed memory is given back after this many task runs.
 const TRIM_EVERY_TASK_RUNS: usize = 100_000;
-/// Writes of one archive before the run is left in the live state.
+/// Writes of one archive before it is given up (see `archive_abandoned`).
 const ARCHIVE_TRIES: u32 = 10;
 
 impl Actor {
     /// Writes a finished run's archive to the result store, then has the engine drop the
-    /// run from the live state. The archive is encoded here and moved to the writing task
-    /// (a run of a million task runs makes an archive of hundreds of MB: it is never
-    /// copied); a failed write comes back as [`Command::ArchiveFailed`] and is encoded again.
-    pub(super) fn archive(&mut self, run: &baton_common::ids::RunId, tries: u32) {
-        if tries == 0 {
-            if let Some(bytes) = self.engine.seal_with(&run.0, TRIM_EVERY_TASK_RUNS, trim) {
-                self.write_sealed(run.0.clone(), bytes);
-                return;
-            }
-        }
-        let bytes = match self.engine.archive_bytes(&run.0) {
-            Ok(b) => b,
-            Err(_) => return,
+    /// run from the live state. The run is sealed (out of memory at once) unless a worker
+    /// still holds one of its attempts; then it stays in memory until the worker gives it
+    /// back, and its archive is encoded from memory.
+    pub(super) fn archive(&mut self, run: &baton_common::ids::RunId) {
+        let (bytes, sealed) = match self.engine.seal_with(&run.0, TRIM_EVERY_TASK_RUNS, trim) {
+            Some(bytes) => (bytes, true),
+            None => match self.engine.archive_bytes(&run.0) {
+                Ok(bytes) => (bytes, false),
+                Err(_) => return,
+            },
         };
-        let store = self.results.clone();
-        let tx = self.self_tx.clone();
-        let id = run.0.clone();
-        self.tasks.spawn(async move {
-            let key = crate::engine::keys::archive(&id);
-            let size = bytes.len();
-            match store.put(&key, bytes.into(), "application/x-protobuf").await {
-                Ok(_) | Err(baton_common::Error::AlreadyExists(_)) => {
-                    let _ = tx.send(Command::Archived(id, size)).await;
-                }
-                Err(e) if tries + 1 >= ARCHIVE_TRIES => {
-                    tracing::error!(run = %id, error = %e, "giving up archiving a finished run; it stays in the live state");
-                }
-                Err(e) => {
-                    tracing::warn!(run = %id, error = %e, "cannot archive a finished run; retrying");
-                    let delay = std::time::Duration::from_millis(200 << tries.min(5));
-                    tokio::time::sleep(delay.min(std::time::Duration::from_secs(5))).await;
-                    let _ = tx.send(Command::ArchiveFailed(id, tries + 1)).await;
-                }
-            }
-        });
-    }
-
-    /// Writes a sealed run's archive (the run already left memory), retrying with the same
-    /// bytes; gives the run up to the next leader after [`ARCHIVE_TRIES`] failures.
-    fn write_sealed(&self, id: String, bytes: Vec<u8>) {
-        let store = self.results.clone();
-        let tx = self.self_tx.clone();
         let size = bytes.len();
-        if size >= TRIM_AFTER_BYTES {
+        if sealed && size >= TRIM_AFTER_BYTES {
             // The run's task runs were just freed.
             trim();
         }
+        let store = self.results.clone();
+        let tx = self.self_tx.clone();
+        let id = run.0.clone();
         self.tasks.spawn(async move {
             let key = crate::engine::keys::archive(&id);
             // Shared with each try, never copied.
@@ -97,9 +69,12 @@ impl Actor {
         }
     }
 
-    /// A sealed run's archive could not be written.
+    /// A run's archive could not be written: a sealed run is left to the next leader (its
+    /// records are still in the state store), any other stays in the live state.
     pub(super) fn archive_abandoned(&mut self, run: &str) {
-        self.engine.abandon_sealed(run);
+        if !self.engine.abandon_sealed(run) {
+            tracing::error!(run = %run, "giving up archiving a finished run; it stays in the live state");
+        }
         for reply in self.awaiting.remove(run).unwrap_or_default() {
             let _ = reply.send(Ok(false));
         }

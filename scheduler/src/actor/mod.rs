@@ -65,9 +65,7 @@ pub enum Command {
     ResultLoaded(WorkerId, u64, AttemptKey, Outcome),
     /// A finished run's archive is in the result store.
     Archived(String, usize),
-    /// Writing a finished run's archive failed; this is the next try.
-    ArchiveFailed(String, u32),
-    /// A sealed run's archive could not be written.
+    /// A finished run's archive could not be written.
     ArchiveAbandoned(String),
     /// Answers once the run's archive is in the result store (`true`), or at once
     /// (`false`) when it is not being written.
@@ -340,9 +338,6 @@ impl Actor {
             Command::Archived(run, size) => self.archived(&run, size),
             Command::ArchiveAbandoned(run) => self.archive_abandoned(&run),
             Command::AwaitArchive(run, reply) => self.await_archive(run, reply),
-            Command::ArchiveFailed(run, tries) => {
-                self.archive(&baton_common::ids::RunId(run), tries)
-            }
         }
     }
 
@@ -433,7 +428,7 @@ impl Actor {
             self.watch(id, tasks, tx, reply);
         }
         for run in fx.finished_runs {
-            self.archive(&run, 0);
+            self.archive(&run);
         }
         Ok(())
     }

@@ -519,20 +519,8 @@ impl Engine {
         };
         let summary = self.run_view(&self.runs[slot]);
         self.keep_summary(&summary);
-        let run = &self.runs[slot];
-        self.ops.push(Op::Delete { key: keys::run(id) });
-        for (i, node) in run.nodes.iter().enumerate() {
-            let task = &run.flow.spec.tasks[i].name;
-            for (index, _) in node.runs.iter().enumerate() {
-                let map_index = if node.mapped { index as i64 } else { -1 };
-                self.ops.push(Op::Delete {
-                    key: keys::task_run(id, task, map_index),
-                });
-                self.ops.push(Op::Delete {
-                    key: keys::result(id, task, map_index),
-                });
-            }
-        }
+        let tasks = seal::task_counts(&self.runs[slot]);
+        self.delete_live_records(id, &tasks);
         self.leaving.push(slot);
         self.drop_archived();
     }
@@ -561,32 +549,11 @@ impl Engine {
         if self.leaving.is_empty() {
             return;
         }
-        let mut held: std::collections::HashSet<RunKey> = self
-            .workers
-            .values()
-            .flat_map(|w| w.attempts.keys().map(|(t, _)| t.run))
-            .collect();
-        held.extend(self.held.keys().map(|(t, _)| t.run));
-        let leaving = std::mem::take(&mut self.leaving);
-        for slot in leaving {
-            if held.contains(&slot) {
+        for slot in std::mem::take(&mut self.leaving) {
+            if self.holds_attempts_of(slot) {
                 self.leaving.push(slot);
-                continue;
-            }
-            let Some(run) = self.runs.remove(slot) else {
-                continue;
-            };
-            if !run.idempotency_key.is_empty() {
-                self.idempotency.remove(&run.idempotency_key);
-                self.archived_idempotency
-                    .insert(run.idempotency_key.clone(), run.id.0.clone());
-            }
-            // Its summary stays for listing, with the summaries a previous leader archived.
-            let summary = self.run_view(&run);
-            self.archived_runs
-                .insert((run.created_ms, run.id.0.clone()), summary);
-            while self.archived_runs.len() > MAX_FINISHED_SUMMARIES {
-                self.archived_runs.pop_first();
+            } else {
+                self.take_out(slot);
             }
         }
     }

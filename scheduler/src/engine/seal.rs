@@ -3,7 +3,7 @@
 //! tombstone stays until the host has written the archive; then the run's live records are
 //! deleted from the state store (see [`Engine::archived`]).
 
-use super::model::keys;
+use super::model::{keys, Run};
 use super::view::{pending_row, row};
 use super::{Engine, MAX_FINISHED_SUMMARIES};
 use crate::store::Op;
@@ -13,8 +13,19 @@ use baton_proto as pb;
 #[derive(Debug)]
 pub(super) struct Tombstone {
     summary: pb::FlowRun,
-    /// Its tasks: name, and the number of task runs of a mapped one.
-    tasks: Vec<(String, Option<usize>)>,
+    tasks: Vec<TaskCount>,
+}
+
+/// A task of a run, whether it is mapped, and how many task runs it has.
+pub(super) type TaskCount = (String, bool, usize);
+
+/// A run's tasks and their task-run counts: what its live records are.
+pub(super) fn task_counts(run: &Run) -> Vec<TaskCount> {
+    run.nodes
+        .iter()
+        .enumerate()
+        .map(|(i, n)| (run.flow.task(i).name.clone(), n.mapped, n.runs.len()))
+        .collect()
 }
 
 impl Engine {
@@ -40,24 +51,12 @@ impl Engine {
         if !self.runs[key].state.is_terminal() || self.holds_attempts_of(key) {
             return None;
         }
-        let summary = self.run_view(&self.runs[key]);
-        let mut run = self.runs.remove(key)?;
-        if !run.idempotency_key.is_empty() {
-            self.idempotency.remove(&run.idempotency_key);
-            self.archived_idempotency
-                .insert(std::mem::take(&mut run.idempotency_key), id.to_string());
-        }
-        self.archived_runs
-            .insert((summary.created_ms, id.to_string()), summary.clone());
-        while self.archived_runs.len() > MAX_FINISHED_SUMMARIES {
-            self.archived_runs.pop_first();
-        }
+        let (mut run, summary) = self.take_out(key)?;
+        let tasks = task_counts(&run);
         let mut buf = Vec::new();
         prost::encoding::message::encode(1, &summary, &mut buf);
-        let mut tasks = Vec::with_capacity(run.nodes.len());
         for (i, node) in std::mem::take(&mut run.nodes).into_iter().enumerate() {
             let task = &run.flow.task(i).name;
-            tasks.push((task.clone(), node.mapped.then_some(node.runs.len())));
             if node.runs.is_empty() {
                 prost::encoding::message::encode(2, &pending_row(id, task, &node), &mut buf);
                 continue;
@@ -87,30 +86,55 @@ impl Engine {
             return false;
         };
         self.keep_summary(&t.summary);
-        self.ops.push(Op::Delete { key: keys::run(id) });
-        for (task, mapped) in &t.tasks {
-            let indices: Box<dyn Iterator<Item = i64>> = match mapped {
-                Some(n) => Box::new(0..*n as i64),
-                None => Box::new(std::iter::once(-1)),
-            };
-            for index in indices {
-                self.ops.push(Op::Delete {
-                    key: keys::task_run(id, task, index),
-                });
-                self.ops.push(Op::Delete {
-                    key: keys::result(id, task, index),
-                });
-            }
-        }
+        self.delete_live_records(id, &t.tasks);
         true
     }
 
+    /// Deletes a finished run's live records (its record, its task runs' records and result
+    /// pointers) once its archive holds them.
+    pub(super) fn delete_live_records(&mut self, id: &str, tasks: &[TaskCount]) {
+        self.ops.push(Op::Delete { key: keys::run(id) });
+        for (task, mapped, count) in tasks {
+            for index in 0..*count {
+                let map_index = if *mapped { index as i64 } else { -1 };
+                self.ops.push(Op::Delete {
+                    key: keys::task_run(id, task, map_index),
+                });
+                self.ops.push(Op::Delete {
+                    key: keys::result(id, task, map_index),
+                });
+            }
+        }
+    }
+
+    /// Takes run `key` out of memory: its idempotency key names an archived run from now
+    /// on, and its summary stays for listing (with those a previous leader archived).
+    /// Returns the run and its summary.
+    pub(super) fn take_out(&mut self, key: super::RunKey) -> Option<(Run, pb::FlowRun)> {
+        let summary = self.run_view(self.runs.get(key)?);
+        let mut run = self.runs.remove(key)?;
+        if !run.idempotency_key.is_empty() {
+            self.idempotency.remove(&run.idempotency_key);
+            self.archived_idempotency
+                .insert(std::mem::take(&mut run.idempotency_key), run.id.0.clone());
+        }
+        self.archived_runs
+            .insert((summary.created_ms, run.id.0.clone()), summary.clone());
+        while self.archived_runs.len() > MAX_FINISHED_SUMMARIES {
+            self.archived_runs.pop_first();
+        }
+        Some((run, summary))
+    }
+
     /// The archive of a sealed run could not be written: forget it here (its records stay
-    /// in the state store, so that the next leader recovers and archives it).
-    pub fn abandon_sealed(&mut self, id: &str) {
-        if self.tombstones.remove(id).is_some() {
+    /// in the state store, so that the next leader recovers and archives it). False when
+    /// the run was not sealed.
+    pub fn abandon_sealed(&mut self, id: &str) -> bool {
+        let sealed = self.tombstones.remove(id).is_some();
+        if sealed {
             tracing::error!(run = %id, "a finished run's archive could not be written; it is left to the next leader");
         }
+        sealed
     }
 
     /// Whether a worker holds an attempt of run `key` (or its tag slots).

@@ -48,6 +48,19 @@ fn is_not_found(e: &Error) -> bool {
 }
 
 impl FlowApi {
+    /// A run the leader answered about, or, when it has left memory, its summary from its
+    /// archive.
+    async fn run_or_archived(
+        &self,
+        id: &str,
+        asked: Result<pb::FlowRun, Error>,
+    ) -> Result<Option<pb::FlowRun>, Status> {
+        match asked {
+            Err(e) if is_not_found(&e) => Ok(self.archived(id, e).await?.run),
+            other => Ok(Some(other?)),
+        }
+    }
+
     /// A finished run that has left the live state, from its archive; `missing` is the
     /// error to return when there is none.
     async fn archived(&self, run: &str, missing: Error) -> Result<pb::RunArchive, Status> {
@@ -59,18 +72,13 @@ impl FlowApi {
             self.results.root_uri(),
             crate::engine::keys::archive(run)
         );
-        let mut read = self.results.get(&uri).await;
-        if matches!(read, Err(baton_common::Error::NotFound(_))) {
-            // Just finished: its archive may be on its way to the store. Read again once it
-            // is there, or at once when it is not being written (it may have been written
-            // since the first read).
-            self.roles
-                .leader()?
-                .ask(|r| Command::AwaitArchive(run.to_string(), r))
-                .await?;
-            read = self.results.get(&uri).await;
-        }
-        match read {
+        // A run that just finished may have its archive on its way to the store: the leader
+        // answers once it is there (at once when it is not being written).
+        self.roles
+            .leader()?
+            .ask(|r| Command::AwaitArchive(run.to_string(), r))
+            .await?;
+        match self.results.get(&uri).await {
             Ok(bytes) => <pb::RunArchive as prost::Message>::decode(bytes.as_slice())
                 .map_err(|e| Status::internal(format!("archive of run `{run}` is damaged: {e}"))),
             Err(baton_common::Error::NotFound(_)) => Err(missing.into()),
@@ -210,10 +218,7 @@ impl FlowService for FlowApi {
             .leader()?
             .ask(|r| Command::GetRun(id.clone(), r))
             .await;
-        let run = match asked {
-            Err(e) if is_not_found(&e) => self.archived(&id, e).await?.run,
-            other => Some(other?),
-        };
+        let run = self.run_or_archived(&id, asked).await?;
         Ok(Response::new(pb::GetRunResponse { run }))
     }
 
@@ -319,10 +324,7 @@ impl FlowService for FlowApi {
             .ask(|r| Command::CancelRun(id.clone(), r))
             .await;
         // A finished run that left memory: cancelling it changes nothing.
-        let run = match asked {
-            Err(e) if is_not_found(&e) => self.archived(&id, e).await?.run,
-            other => Some(other?),
-        };
+        let run = self.run_or_archived(&id, asked).await?;
         Ok(Response::new(pb::CancelRunResponse { run }))
     }
 
