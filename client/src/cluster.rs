@@ -6,7 +6,6 @@ use super::ClientError;
 use baton_proto as pb;
 use futures::stream::{FuturesUnordered, StreamExt};
 use pb::flow_service_client::FlowServiceClient;
-use rand::Rng;
 use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::Duration;
@@ -24,7 +23,7 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 const ASK_TIMEOUT: Duration = Duration::from_secs(3);
 /// HTTP/2 keep-alive of open streams, so that a watch notices a leader that went silent.
 const KEEP_ALIVE: Duration = Duration::from_secs(5);
-/// First and longest delay between tries (before jitter).
+/// Longest delay of the first try and of any try (with jitter).
 pub(super) const MIN_BACKOFF: Duration = Duration::from_millis(100);
 pub(super) const MAX_BACKOFF: Duration = Duration::from_secs(2);
 /// Leader hints followed at once in a row, before hints wait for the backoff too.
@@ -79,22 +78,37 @@ pub(super) fn refused_up_front(sent: bool, status: &Status) -> bool {
 /// lead, or is still loading its state).
 pub use baton_proto::limits::REFUSED_METADATA;
 
-/// Exponential backoff (100 ms doubling to 2 s) with jitter: each delay is drawn from the
-/// upper half of its cap, so tries neither align across clients nor spin.
-#[derive(Default)]
+/// Exponential backoff (backon): delays from 50-100 ms doubling to 1-2 s, each drawn from
+/// the upper half of its cap, so tries neither align across clients nor spin. The same
+/// policy as the servers' (`baton_common::retry`), kept here so that the SDK depends on the
+/// protocol only.
 pub(super) struct Backoff {
-    step: u32,
+    delays: backon::ExponentialBackoff,
     hops: u32,
+}
+
+fn delays() -> backon::ExponentialBackoff {
+    use backon::BackoffBuilder;
+    backon::ExponentialBuilder::default()
+        .with_min_delay(MIN_BACKOFF / 2)
+        .with_max_delay(MAX_BACKOFF / 2)
+        .with_jitter()
+        .without_max_times()
+        .build()
+}
+
+impl Default for Backoff {
+    fn default() -> Self {
+        Backoff {
+            delays: delays(),
+            hops: 0,
+        }
+    }
 }
 
 impl Backoff {
     pub(super) fn next(&mut self) -> Duration {
-        let cap = MIN_BACKOFF
-            .saturating_mul(1u32 << self.step.min(16))
-            .min(MAX_BACKOFF);
-        self.step = self.step.saturating_add(1);
-        let cap_ms = u64::try_from(cap.as_millis()).unwrap_or(u64::MAX);
-        Duration::from_millis(rand::rng().random_range(cap_ms / 2..=cap_ms))
+        self.delays.next().unwrap_or(MAX_BACKOFF).min(MAX_BACKOFF)
     }
 
     /// The delay after a refusal that named the leader at `hint` (dialled at `dialled`): none

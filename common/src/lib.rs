@@ -5,6 +5,7 @@ pub mod error;
 pub mod flow;
 pub mod ids;
 pub mod result_store;
+pub mod retry;
 pub mod schedule;
 pub mod shutdown;
 pub mod state;

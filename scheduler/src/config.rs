@@ -5,8 +5,8 @@ use crate::store::embedded::SyncMode;
 use crate::{Error, Result};
 use std::path::PathBuf;
 
-/// The scheduler's defaults, stated once: the flags, [`SchedulerConfig::default`] and
-/// [`EngineConfig::default`] all take them from here.
+/// The scheduler's defaults, stated once: the flags (and so [`SchedulerConfig::default`])
+/// and [`EngineConfig::default`] take them from here.
 pub mod defaults {
     pub const HEARTBEAT_MS: u64 = 1_000;
     pub const WORKER_LEASE_MS: u64 = 10_000;
@@ -19,32 +19,55 @@ pub mod defaults {
     pub const DRAIN_MS: u64 = 5_000;
 }
 
-/// Everything the scheduler needs to start.
-#[derive(Clone, Debug)]
+/// Everything the scheduler needs to start, stated once: these are also its command-line
+/// flags and `BATON_*` variables (the binary flattens this into its arguments), and
+/// [`SchedulerConfig::validate`] names the flag of a bad value.
+#[derive(Clone, Debug, clap::Args)]
 pub struct SchedulerConfig {
-    /// Folder of the embedded state store (and of local results by default).
+    /// Folder for state (and local results).
+    #[arg(long, env = "BATON_DATA_DIR", default_value = ".baton")]
     pub data_dir: PathBuf,
-    /// Result store URI; default `file://<data_dir>/store`.
+    /// Result store URI (default: file://DATA_DIR/store).
+    #[arg(long, env = "BATON_RESULT_STORE")]
     pub result_store: Option<String>,
+    /// How often workers send heartbeats, in milliseconds.
+    #[arg(long = "heartbeat-ms", env = "BATON_HEARTBEAT_MS", default_value_t = defaults::HEARTBEAT_MS)]
     pub heartbeat_interval_ms: u64,
+    /// A disconnected or silent worker's attempts are dispatched again after this long.
+    #[arg(long, env = "BATON_WORKER_LEASE_MS", default_value_t = defaults::WORKER_LEASE_MS)]
     pub worker_lease_ms: u64,
+    /// After a restart, how long to wait for workers to report their running attempts.
+    #[arg(long, env = "BATON_ADOPT_GRACE_MS", default_value_t = defaults::ADOPT_GRACE_MS)]
     pub adopt_grace_ms: u64,
+    /// A task that no connected worker can run fails after this long.
+    #[arg(
+        long,
+        env = "BATON_UNRUNNABLE_TIMEOUT_MS",
+        default_value_t = defaults::UNRUNNABLE_TIMEOUT_MS
+    )]
     pub unrunnable_timeout_ms: u64,
-    /// Skip the fsync of the state log before a commit is acknowledged (by default every
-    /// group commit is fsynced, so that acknowledged state survives a power loss).
+    /// Do not fsync the state log before acknowledging a commit: faster, and survives a
+    /// crash of the process but not a power loss or an OS crash.
+    #[arg(long, env = "BATON_NO_FSYNC")]
     pub no_fsync: bool,
-    /// etcd client URLs; empty for single-node mode (embedded state).
+    /// etcd endpoints (comma-separated); enables cluster mode with leader election.
+    #[arg(long, env = "BATON_ETCD", value_delimiter = ',')]
     pub etcd: Vec<String>,
     /// The cluster's namespace in etcd (several clusters can share one etcd).
+    #[arg(long, env = "BATON_CLUSTER", default_value = "baton")]
     pub cluster: String,
     /// The address clients and workers dial to reach this replica (default: from the
     /// listen address).
+    #[arg(long, env = "BATON_ADVERTISE")]
     pub advertise: Option<String>,
     /// This replica's id (default: its advertised address).
+    #[arg(long, env = "BATON_REPLICA_ID")]
     pub replica_id: Option<String>,
-    /// The leadership lease in etcd.
+    /// The leadership lease in etcd, in milliseconds.
+    #[arg(long, env = "BATON_LEADER_LEASE_MS", default_value_t = defaults::LEADER_LEASE_MS)]
     pub leader_lease_ms: u64,
     /// Fault injection for tests (from `BATON_FAULT_*` variables; never set in production).
+    #[arg(skip = Faults::from_env())]
     pub faults: Faults,
 }
 
@@ -88,53 +111,47 @@ impl Faults {
 }
 
 impl Default for SchedulerConfig {
+    /// The flags' defaults, without reading the environment.
     fn default() -> Self {
-        SchedulerConfig {
-            data_dir: PathBuf::from(".baton"),
-            result_store: None,
-            heartbeat_interval_ms: defaults::HEARTBEAT_MS,
-            worker_lease_ms: defaults::WORKER_LEASE_MS,
-            adopt_grace_ms: defaults::ADOPT_GRACE_MS,
-            unrunnable_timeout_ms: defaults::UNRUNNABLE_TIMEOUT_MS,
-            no_fsync: false,
-            etcd: Vec::new(),
-            cluster: "baton".into(),
-            advertise: None,
-            replica_id: None,
-            leader_lease_ms: defaults::LEADER_LEASE_MS,
-            faults: Faults::default(),
-        }
+        use clap::{Args, FromArgMatches};
+        let command = SchedulerConfig::augment_args(clap::Command::new("defaults"));
+        // Flags read their variables only when asked to: strip `env` so that a default
+        // configuration does not depend on the process's environment.
+        let command = command.mut_args(|a| a.env(None::<&'static str>));
+        let matches = command.get_matches_from(["defaults"]);
+        let mut config = SchedulerConfig::from_arg_matches(&matches)
+            .expect("the flags' defaults are a valid configuration");
+        config.faults = Faults::default();
+        config
     }
 }
 
 impl SchedulerConfig {
     /// Checks the settings; the error names the bad key.
     pub fn validate(&self) -> Result<()> {
+        let bad = |m: &str| -> Result<()> { Err(Error::Config(m.into())) };
         if self.heartbeat_interval_ms == 0 {
-            return Err(Error::Config("heartbeat_interval_ms must be > 0".into()));
+            return bad("--heartbeat-ms must be > 0");
         }
-        if self.worker_lease_ms < 2 * self.heartbeat_interval_ms {
-            return Err(Error::Config(
-                "worker_lease_ms must be at least twice heartbeat_interval_ms".into(),
-            ));
+        if self.worker_lease_ms < self.heartbeat_interval_ms.saturating_mul(2) {
+            return bad("--worker-lease-ms must be at least twice --heartbeat-ms");
+        }
+        if self.unrunnable_timeout_ms == 0 {
+            return bad("--unrunnable-timeout-ms must be > 0");
         }
         if !self.etcd.is_empty() {
             if self.result_store.is_none() {
-                return Err(Error::Config(
-                    "result_store is required with etcd (every replica and worker must reach it, e.g. s3://bucket/prefix)".into(),
-                ));
+                return bad("--result-store is required with --etcd (every replica and worker must reach it, e.g. s3://bucket/prefix)");
             }
             if self.leader_lease_ms < 2_000 {
-                return Err(Error::Config(
-                    "leader_lease_ms must be at least 2000".into(),
-                ));
+                return bad("--leader-lease-ms must be at least 2000");
             }
             if self.cluster.trim_matches('/').is_empty() {
-                return Err(Error::Config("cluster must not be empty".into()));
+                return bad("--cluster must not be empty");
             }
         }
         if self.data_dir.as_os_str().is_empty() {
-            return Err(Error::Config("data_dir must not be empty".into()));
+            return bad("--data-dir must not be empty");
         }
         Ok(())
     }
@@ -167,5 +184,69 @@ impl SchedulerConfig {
             fault_duplicate_dispatch: self.faults.duplicate_dispatch.clone(),
             fault_crash_before_commit: self.faults.crash_before_commit.clone(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        config: SchedulerConfig,
+    }
+
+    fn parse(args: &[&str]) -> SchedulerConfig {
+        Cli::try_parse_from(std::iter::once("baton-scheduler").chain(args.iter().copied()))
+            .expect("flags")
+            .config
+    }
+
+    #[test]
+    fn defaults_are_the_flags_defaults_and_stated_once() {
+        let d = SchedulerConfig::default();
+        assert_eq!(d.heartbeat_interval_ms, defaults::HEARTBEAT_MS);
+        assert_eq!(d.worker_lease_ms, defaults::WORKER_LEASE_MS);
+        assert_eq!(d.adopt_grace_ms, defaults::ADOPT_GRACE_MS);
+        assert_eq!(d.unrunnable_timeout_ms, defaults::UNRUNNABLE_TIMEOUT_MS);
+        assert_eq!(d.leader_lease_ms, defaults::LEADER_LEASE_MS);
+        assert_eq!(d.data_dir, PathBuf::from(".baton"));
+        assert_eq!(d.cluster, "baton");
+        assert!(!d.no_fsync, "fsync is on by default");
+        let e = EngineConfig::default();
+        let from = d.engine(String::new());
+        assert_eq!(from.adopt_grace_ms, e.adopt_grace_ms);
+        assert_eq!(from.worker_lease_ms, e.worker_lease_ms);
+        assert_eq!(from.heartbeat_interval_ms, e.heartbeat_interval_ms);
+        assert_eq!(from.unrunnable_timeout_ms, e.unrunnable_timeout_ms);
+        d.validate().expect("the defaults are valid");
+    }
+
+    #[test]
+    fn flags_set_the_config_and_errors_name_the_flag() {
+        let c = parse(&[
+            "--heartbeat-ms",
+            "500",
+            "--etcd",
+            "http://a:2379,http://b:2379",
+        ]);
+        assert_eq!(c.heartbeat_interval_ms, 500);
+        assert_eq!(c.etcd.len(), 2);
+        let e = c.validate().expect_err("etcd without a result store");
+        assert!(e.to_string().contains("--result-store"), "{e}");
+        let e = parse(&["--heartbeat-ms", "0"])
+            .validate()
+            .expect_err("zero");
+        assert!(e.to_string().contains("--heartbeat-ms"), "{e}");
+        let e = parse(&["--heartbeat-ms", "3000", "--worker-lease-ms", "4000"])
+            .validate()
+            .expect_err("a lease shorter than two heartbeats");
+        assert!(e.to_string().contains("--worker-lease-ms"), "{e}");
+        let e = Cli::try_parse_from(["baton-scheduler", "--heartbeat-ms", "soon"])
+            .err()
+            .expect("not a number");
+        assert!(e.to_string().contains("--heartbeat-ms"), "{e}");
     }
 }

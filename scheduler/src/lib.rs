@@ -8,6 +8,7 @@ pub mod config;
 pub mod engine;
 pub mod error;
 pub mod leadership;
+mod load;
 pub mod logs;
 pub mod server;
 pub mod service;

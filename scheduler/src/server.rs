@@ -4,16 +4,14 @@
 
 use crate::actor;
 use crate::config::SchedulerConfig;
-use crate::engine::{keys, Engine, Recovered, RunRecord, TaskRunRecord};
+use crate::engine::Engine;
 use crate::leadership::{Role, Roles};
 use crate::service::{FlowApi, WorkerApi, MAX_MESSAGE_BYTES};
 use crate::store::{EmbeddedStore, EtcdConfig, EtcdStore, Leadership, StateStore};
 use crate::{Error, Result};
-use baton_common::flow::FlowSpec;
 use baton_common::result_store::{open_store, ResultStore};
 use baton_proto::flow_service_server::FlowServiceServer;
 use baton_proto::worker_service_server::WorkerServiceServer;
-use futures::StreamExt;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
@@ -153,6 +151,7 @@ async fn lead(
     roles: &Roles,
     shutdown: &CancellationToken,
 ) -> Result<()> {
+    let mut delays = baton_common::retry::CAMPAIGN.delays();
     loop {
         roles.set(Role::Follower);
         let won: Leadership = tokio::select! {
@@ -160,8 +159,9 @@ async fn lead(
                 Ok(l) => l,
                 Err(e) => {
                     tracing::error!(error = %e, "cannot become leader; retrying");
+                    let delay = delays.next().unwrap_or(baton_common::retry::CAMPAIGN.max);
                     tokio::select! {
-                        _ = tokio::time::sleep(Duration::from_secs(1)) => continue,
+                        _ = tokio::time::sleep(delay) => continue,
                         _ = shutdown.cancelled() => return Ok(()),
                     }
                 }
@@ -169,10 +169,11 @@ async fn lead(
             _ = shutdown.cancelled() => return Ok(()),
         };
         let epoch = won.epoch;
+        delays = baton_common::retry::CAMPAIGN.delays();
         roles.set(Role::Starting { epoch });
         tracing::info!(epoch, "elected; loading state");
         let recovered = tokio::select! {
-            r = load(state.as_ref(), results.as_ref()) => r,
+            r = crate::load::load(state.as_ref(), results.as_ref()) => r,
             _ = won.lost.cancelled() => Err(Error::Transport("leadership lost while loading".into())),
             _ = shutdown.cancelled() => return Ok(()),
         };
@@ -213,148 +214,4 @@ async fn lead(
             return Ok(());
         }
     }
-}
-
-/// `RUN/TASK/INDEX` of a task run key (without its prefix).
-fn split_task_run_key(rest: &str) -> Option<(String, String, i64)> {
-    let mut parts = rest.splitn(3, '/');
-    let (run, task, index) = (parts.next()?, parts.next()?, parts.next()?);
-    Some((run.to_string(), task.to_string(), index.parse().ok()?))
-}
-
-/// Reads flows, runs and task runs back; large values are read from the result store.
-async fn load(state: &dyn StateStore, results: &dyn ResultStore) -> Result<Recovered> {
-    let mut rec = Recovered::default();
-    for (key, value) in state.load(keys::FLOW_PREFIX).await? {
-        let version = key.rsplit('/').next().and_then(|v| v.parse().ok());
-        match (version, serde_json::from_slice::<FlowSpec>(&value)) {
-            (Some(v), Ok(spec)) => rec.flows.push((v, spec)),
-            _ => tracing::error!(%key, "skipping an unreadable flow record"),
-        }
-    }
-    for (key, value) in state.load(keys::IDEMPOTENCY_PREFIX).await? {
-        if let (Some(k), Ok(run)) = (
-            key.strip_prefix(keys::IDEMPOTENCY_PREFIX),
-            String::from_utf8(value),
-        ) {
-            rec.idempotency.push((k.to_string(), run));
-        }
-    }
-    for (key, value) in state.load(keys::CACHE_PREFIX).await? {
-        match serde_json::from_slice::<crate::engine::CacheEntry>(&value) {
-            Ok(e) => rec
-                .cache
-                .push((key[keys::CACHE_PREFIX.len()..].to_string(), e)),
-            Err(e) => tracing::error!(%key, error = %e, "skipping an unreadable cache entry"),
-        }
-    }
-    for (key, value) in state.load(keys::SCHEDULE_PREFIX).await? {
-        let mut parts = key[keys::SCHEDULE_PREFIX.len()..].splitn(2, '/');
-        let (Some(project), Some(flow)) = (parts.next(), parts.next()) else {
-            continue;
-        };
-        match serde_json::from_slice::<crate::engine::ScheduleRecord>(&value) {
-            Ok(r) => rec
-                .schedules
-                .push((project.to_string(), flow.to_string(), r)),
-            Err(e) => tracing::error!(%key, error = %e, "skipping an unreadable schedule record"),
-        }
-    }
-    for (key, value) in state.load(keys::FINISHED_PREFIX).await? {
-        match <baton_proto::FlowRun as prost::Message>::decode(value.as_slice()) {
-            Ok(r) => rec.finished.push((key, r)),
-            Err(e) => tracing::error!(%key, error = %e, "skipping an unreadable run summary"),
-        }
-    }
-    for (key, value) in state.load(keys::LIMIT_PREFIX).await? {
-        let tag = &key[keys::LIMIT_PREFIX.len()..];
-        match std::str::from_utf8(&value)
-            .ok()
-            .and_then(|v| v.parse::<u32>().ok())
-        {
-            Some(l) => rec.limits.push((tag.to_string(), l)),
-            None => tracing::error!(%key, "skipping an unreadable concurrency limit"),
-        }
-    }
-    for (key, value) in state.load(keys::RUN_PREFIX).await? {
-        match serde_json::from_slice::<RunRecord>(&value) {
-            Ok(r) => rec.runs.push(r),
-            Err(e) => tracing::error!(%key, error = %e, "skipping an unreadable run record"),
-        }
-    }
-    // Committed result pointers are the truth about completion (see
-    // `Recovered::apply_pointers`).
-    let mut pointers = std::collections::HashMap::new();
-    for (key, value) in state.load(keys::RESULT_PREFIX).await? {
-        let Some((run, task, index)) = split_task_run_key(&key[keys::RESULT_PREFIX.len()..]) else {
-            continue;
-        };
-        match serde_json::from_slice::<baton_common::result_store::ResultRef>(&value) {
-            Ok(r) => {
-                pointers.insert((run, task, index), r);
-            }
-            Err(e) => tracing::error!(%key, error = %e, "skipping an unreadable result pointer"),
-        }
-    }
-    for (key, value) in state.load("tr/").await? {
-        let Some((run, task, index)) = split_task_run_key(&key["tr/".len()..]) else {
-            continue;
-        };
-        match serde_json::from_slice::<TaskRunRecord>(&value) {
-            Ok(r) => rec.task_runs.push((run, task, index, r)),
-            Err(e) => tracing::error!(%key, error = %e, "skipping an unreadable task run record"),
-        }
-    }
-    rec.apply_pointers(pointers);
-    // Values too large to sit in their record are read back from the result store, many at
-    // a time. A JSON null result is 4 bytes: a missing (or, in older records, null) value of
-    // a larger result must be read.
-    let missing: Vec<usize> = rec
-        .task_runs
-        .iter()
-        .enumerate()
-        .filter(|(_, (_, _, _, r))| {
-            r.result.as_ref().is_some_and(|res| {
-                r.value.is_none() || (r.value == Some(serde_json::Value::Null) && res.size != 4)
-            })
-        })
-        .map(|(i, _)| i)
-        .collect();
-    let reads = missing.into_iter().filter_map(|i| {
-        let uri = rec.task_runs[i].3.result.as_ref()?.uri.clone();
-        Some(async move { (i, results.get(&uri).await.map_err(|e| (uri, e))) })
-    });
-    let read: Vec<_> = futures::stream::iter(reads)
-        .buffer_unordered(32)
-        .collect()
-        .await;
-    for (i, got) in read {
-        match got {
-            Ok(bytes) => rec.task_runs[i].3.value = serde_json::from_slice(&bytes).ok(),
-            Err((uri, e)) => tracing::error!(%uri, error = %e, "cannot read a result back"),
-        }
-    }
-    // Likewise the values of live cache entries too large for their record.
-    let now = baton_common::time::now_ms();
-    let wanted: Vec<(usize, String)> = rec
-        .cache
-        .iter()
-        .enumerate()
-        .filter(|(_, (_, e))| e.value.is_none() && (e.expires_ms == 0 || e.expires_ms > now))
-        .map(|(i, (_, e))| (i, e.result.uri.clone()))
-        .collect();
-    let reads = wanted
-        .into_iter()
-        .map(|(i, uri)| async move { (i, results.get(&uri).await.map_err(|err| (uri, err))) });
-    let read: Vec<_> = futures::stream::iter(reads)
-        .buffer_unordered(32)
-        .collect()
-        .await;
-    for (i, got) in read {
-        match got {
-            Ok(bytes) => rec.cache[i].1.value = serde_json::from_slice(&bytes).ok(),
-            Err((uri, e)) => tracing::warn!(%uri, error = %e, "cannot read a cached value back"),
-        }
-    }
-    Ok(rec)
 }

@@ -8,8 +8,6 @@ use super::{Actor, Command};
 const TRIM_AFTER_BYTES: usize = 8 << 20;
 /// While a large run is sealed, its freed memory is given back after this many task runs.
 const TRIM_EVERY_TASK_RUNS: usize = 100_000;
-/// Writes of one archive before it is given up (see `archive_abandoned`).
-const ARCHIVE_TRIES: u32 = 10;
 
 impl Actor {
     /// Writes a finished run's archive to the result store, then has the engine drop the
@@ -33,24 +31,18 @@ impl Actor {
         let tx = self.self_tx.clone();
         let id = run.0.clone();
         self.tasks.spawn(async move {
-            let key = crate::engine::keys::archive(&id);
-            // Shared with each try, never copied.
+            let key = crate::engine::tables::finished::archive(&id);
+            // Shared with the store's retries, never copied.
             let bytes = bytes::Bytes::from(bytes);
-            for tries in 0..ARCHIVE_TRIES {
-                match store
-                    .put(&key, bytes.clone(), "application/x-protobuf")
-                    .await
-                {
-                    Ok(_) | Err(baton_common::Error::AlreadyExists(_)) => {
-                        drop(bytes);
-                        let _ = tx.send(Command::Archived(id, size)).await;
-                        return;
-                    }
-                    Err(e) => {
-                        tracing::warn!(run = %id, error = %e, "cannot archive a finished run; retrying");
-                        let delay = std::time::Duration::from_millis(200 << tries.min(5));
-                        tokio::time::sleep(delay.min(std::time::Duration::from_secs(5))).await;
-                    }
+            // One write: the result store retries transient failures itself (see
+            // `baton_common::retry`).
+            match store.put(&key, bytes, "application/x-protobuf").await {
+                Ok(_) | Err(baton_common::Error::AlreadyExists(_)) => {
+                    let _ = tx.send(Command::Archived(id, size)).await;
+                    return;
+                }
+                Err(e) => {
+                    tracing::error!(run = %id, error = %e, "cannot archive a finished run");
                 }
             }
             let _ = tx.send(Command::ArchiveAbandoned(id)).await;

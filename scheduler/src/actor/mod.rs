@@ -216,7 +216,7 @@ impl Actor {
             Command::RegisterFlow(spec, schedule_active, reply) => {
                 let (project, flow) = (spec.project.clone(), spec.name.clone());
                 let key = format!("flows/{}/{}", spec.project, spec.name);
-                let json = serde_json::to_vec_pretty(&spec).unwrap_or_default();
+                let json = serde_json::to_vec_pretty(&spec);
                 let (version, created) = self.engine.register_flow(spec, schedule_active, now);
                 let r = (version, created, self.engine.schedule_view(&project, &flow));
                 let store = self.results.clone();
@@ -230,7 +230,11 @@ impl Actor {
                     // storage; the client hears back once it is there.
                     tasks.spawn(async move {
                         let key = format!("{key}/{}.json", r.0);
-                        match store.put(&key, json.into(), "application/json").await {
+                        let put = match json {
+                            Ok(json) => store.put(&key, json.into(), "application/json").await,
+                            Err(e) => Err(baton_common::Error::InvalidArgument(e.to_string())),
+                        };
+                        match put {
                             Ok(_) | Err(baton_common::Error::AlreadyExists(_)) => {}
                             Err(e) => {
                                 tracing::warn!(%key, error = %e, "cannot store the flow definition")

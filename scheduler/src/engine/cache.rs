@@ -2,10 +2,10 @@
 //! run with the same key (project, flow, task, cache version and resolved inputs) instead of
 //! being dispatched, until the entry expires. Entries live in the state store under `cache/`.
 
-use super::model::{keys, CacheEntry, TrRef, INLINE_VALUE_LIMIT};
+use super::model::{CacheEntry, TrRef, INLINE_VALUE_LIMIT};
+use super::tables;
 use super::Engine;
 use super::RunKey;
-use crate::store::Op;
 use baton_common::result_store::{checksum, ResultRef};
 use serde_json::Value;
 use std::sync::Arc;
@@ -45,9 +45,7 @@ impl Engine {
         let (entry, value) = self.cache.get(&key)?;
         if entry.expires_ms > 0 && now >= entry.expires_ms {
             self.cache.remove(&key);
-            self.ops.push(Op::Delete {
-                key: keys::cache(&key),
-            });
+            self.ops.push(tables::cache::delete(&key));
             return None;
         }
         Some((entry.result.clone(), value.clone()?))
@@ -83,12 +81,7 @@ impl Engine {
             run: run.id.0.clone(),
             task: task.name.clone(),
         };
-        if let Some(value) = self.encode("a cache entry", &entry) {
-            self.ops.push(Op::Put {
-                key: keys::cache(&key),
-                value,
-            });
-        }
+        self.write(tables::cache::put(&key, &entry));
         self.cache.insert(key, (entry, Some(value)));
     }
 }

@@ -1,10 +1,10 @@
 //! DAG progress: expanding a task into its task runs when its upstream tasks complete,
 //! finishing tasks, propagating failure downstream and finishing runs.
 
-use super::model::{keys, NodeState, Runner, TaskRun, TrRef};
+use super::model::{NodeState, Runner, TaskRun, TrRef};
+use super::tables;
 use super::Engine;
 use super::RunKey;
-use crate::store::Op;
 use baton_common::flow::{resolve_inputs, RunContext};
 use baton_common::state::{RunState, TaskState};
 use serde_json::Value;
@@ -108,12 +108,10 @@ impl Engine {
         }
         for (t, map_index) in hits {
             // The cache hit's own committed pointer: the same result object.
-            let result = self.tr_mut(t).result.as_deref().cloned();
-            if let Some(value) = self.encode("a result pointer", &result) {
-                self.ops.push(Op::Create {
-                    key: keys::result(&run_id, &task.name, map_index),
-                    value,
-                });
+            if let Some(result) = self.tr_mut(t).result.as_deref().cloned() {
+                self.write(tables::results::create(
+                    &run_id, &task.name, map_index, &result,
+                ));
             }
             self.mark_tr(t);
         }

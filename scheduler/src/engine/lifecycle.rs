@@ -1,9 +1,9 @@
 //! Attempt lifecycle: started, finished, failed with retries, timed out, lost with its
 //! worker, cancelled; and the timers that drive retries, timeouts and worker leases.
 
-use super::model::{keys, NodeState, TrRef};
+use super::model::{NodeState, TrRef};
+use super::tables;
 use super::{Engine, EngineError, Outcome, Outgoing, Timer};
-use crate::store::Op;
 use baton_common::ids::{AttemptKey, WorkerId};
 use baton_common::state::{RunState, TaskState};
 use baton_proto::{scheduler_message::Msg, SchedulerMessage};
@@ -110,14 +110,13 @@ impl Engine {
                 let run = &self.runs[t.run];
                 let node = &run.nodes[t.node as usize];
                 let map_index = if node.mapped { t.index as i64 } else { -1 };
-                let key = keys::result(
+                let op = tables::results::create(
                     &run.id.0,
                     &run.flow.spec.tasks[t.node as usize].name,
                     map_index,
+                    &result,
                 );
-                if let Some(value) = self.encode("a result pointer", &result) {
-                    self.ops.push(Op::Create { key, value });
-                }
+                self.write(op);
                 let ended_us = self.us(now);
                 let tr = self.tr_mut(t);
                 tr.state = TaskState::Completed;

@@ -3,9 +3,9 @@
 //! ended or the worker is lost (so a timed-out or cancelled attempt still holds its slot
 //! until it is really gone); a new leader counts the attempts it recovers as held.
 
-use super::model::{keys, TrRef};
+use super::model::TrRef;
+use super::tables;
 use super::{Engine, EngineError};
-use crate::store::Op;
 use baton_proto as pb;
 
 impl Engine {
@@ -76,10 +76,7 @@ impl Engine {
             )));
         }
         self.limits.insert(tag.to_string(), limit);
-        self.ops.push(Op::Put {
-            key: keys::limit(tag),
-            value: limit.to_string().into_bytes(),
-        });
+        self.ops.push(tables::limits::put(tag, limit));
         Ok(self.limit_view(tag, limit))
     }
 
@@ -88,9 +85,7 @@ impl Engine {
         if self.limits.remove(tag).is_none() {
             return false;
         }
-        self.ops.push(Op::Delete {
-            key: keys::limit(tag),
-        });
+        self.ops.push(tables::limits::delete(tag));
         true
     }
 

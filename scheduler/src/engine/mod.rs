@@ -15,13 +15,14 @@ mod schedule;
 mod seal;
 mod subflow;
 mod table;
+pub mod tables;
 #[cfg(test)]
 mod tests;
 mod view;
 
 pub use dispatch::WorkerRegistration;
 pub use model::{
-    keys, AttemptInfo, CacheEntry, ParentLink, RunRecord, Runner, TaskRunRecord, TrRef, Trigger,
+    AttemptInfo, CacheEntry, ParentLink, RunRecord, Runner, TaskRunRecord, TrRef, Trigger,
     INLINE_VALUE_LIMIT,
 };
 pub use recover::Recovered;
@@ -246,18 +247,6 @@ impl Engine {
         }
     }
 
-    /// Encodes a record for the state store; a failure is kept and fails the step.
-    fn encode<T: serde::Serialize>(&mut self, what: &str, value: &T) -> Option<Vec<u8>> {
-        match serde_json::to_vec(value) {
-            Ok(v) => Some(v),
-            Err(e) => {
-                self.encode_errors
-                    .push(format!("cannot encode {what}: {e}"));
-                None
-            }
-        }
-    }
-
     pub fn epoch(&self) -> u64 {
         self.epoch
     }
@@ -287,12 +276,7 @@ impl Engine {
         let schedule = spec.schedule.clone();
         let version = versions.len() as u32 + 1;
         versions.push(Arc::new(CompiledFlow::new(spec.clone(), version)));
-        if let Some(value) = self.encode("a flow definition", &spec) {
-            self.ops.push(Op::Put {
-                key: keys::flow(&spec.project, &spec.name, version),
-                value,
-            });
-        }
+        self.write(tables::flows::put(&spec, version));
         self.schedule_registered(key, schedule, true, schedule_active, now);
         (version, true)
     }
@@ -370,10 +354,8 @@ impl Engine {
         let slot = self.runs.insert(id.0.clone(), run);
         if !req.idempotency_key.is_empty() {
             self.idempotency.insert(req.idempotency_key.clone(), slot);
-            self.ops.push(Op::Put {
-                key: keys::idempotency(&req.idempotency_key),
-                value: id.0.clone().into_bytes(),
-            });
+            self.ops
+                .push(tables::idempotency::put(&req.idempotency_key, &id.0));
         }
         self.mark_run(slot);
         self.start_roots(slot, now);
@@ -446,14 +428,9 @@ impl Engine {
                 created_us: run.created_us,
                 ended_us: run.ended_us,
             };
-            match serde_json::to_vec(&rec) {
-                Ok(value) => ops.push(Op::Put {
-                    key: keys::run(&run.id.0),
-                    value,
-                }),
-                Err(e) => self
-                    .encode_errors
-                    .push(format!("cannot encode run `{}`: {e}", run.id.0)),
+            match tables::runs::put(&rec) {
+                Ok(op) => ops.push(op),
+                Err(e) => self.encode_errors.push(e.to_string()),
             }
             changed_runs.push(run.id.clone());
         }
@@ -477,12 +454,9 @@ impl Engine {
             let tr = &mut node.runs[t.index as usize];
             tr.dirty = false;
             let rec = TaskRunRecord::of(tr);
-            let key = keys::task_run(&run.id.0, task, map_index);
-            match serde_json::to_vec(&rec) {
-                Ok(value) => ops.push(Op::Put { key, value }),
-                Err(e) => self
-                    .encode_errors
-                    .push(format!("cannot encode task run `{key}`: {e}")),
+            match tables::task_runs::put(&run.id.0, task, map_index, &rec) {
+                Ok(op) => ops.push(op),
+                Err(e) => self.encode_errors.push(e.to_string()),
             }
             if !changed_runs.contains(&run.id) {
                 changed_runs.push(run.id.clone());
@@ -528,11 +502,8 @@ impl Engine {
     /// Keeps a finished run's summary in the state store for listing (the oldest beyond
     /// [`MAX_FINISHED_SUMMARIES`] go).
     fn keep_summary(&mut self, run: &baton_proto::FlowRun) {
-        let summary = keys::finished(run.created_ms, &run.id);
-        self.ops.push(Op::Put {
-            key: summary.clone(),
-            value: prost::Message::encode_to_vec(run),
-        });
+        let summary = tables::finished::key(run.created_ms, &run.id);
+        self.ops.push(tables::finished::put(summary.clone(), run));
         if self.finished_set.insert(summary.clone()) {
             self.finished_keys.push_back(summary);
         }

@@ -475,57 +475,6 @@ fn present_value<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Value>
     <Value as serde::Deserialize>::deserialize(d).map(Some)
 }
 
-/// State-store keys.
-pub mod keys {
-    pub fn run(id: &str) -> String {
-        format!("run/{id}")
-    }
-    pub const RUN_PREFIX: &str = "run/";
-    pub fn task_run(run: &str, task: &str, index: i64) -> String {
-        format!("tr/{run}/{task}/{index}")
-    }
-    pub fn task_run_prefix(run: &str) -> String {
-        format!("tr/{run}/")
-    }
-    pub fn flow(project: &str, flow: &str, version: u32) -> String {
-        format!("flow/{project}/{flow}/{version:08}")
-    }
-    pub const FLOW_PREFIX: &str = "flow/";
-    pub fn idempotency(key: &str) -> String {
-        format!("idem/{key}")
-    }
-    pub const IDEMPOTENCY_PREFIX: &str = "idem/";
-    /// A task run's committed result pointer: created once, never overwritten.
-    pub fn result(run: &str, task: &str, index: i64) -> String {
-        format!("res/{run}/{task}/{index}")
-    }
-    pub const RESULT_PREFIX: &str = "res/";
-    /// A cache entry (see [`super::CacheEntry`]); `key` is a hex SHA-256.
-    pub fn cache(key: &str) -> String {
-        format!("cache/{key}")
-    }
-    pub const CACHE_PREFIX: &str = "cache/";
-    /// A registered flow's schedule progress (see [`super::ScheduleRecord`]).
-    pub fn schedule(project: &str, flow: &str) -> String {
-        format!("sched/{project}/{flow}")
-    }
-    pub const SCHEDULE_PREFIX: &str = "sched/";
-    /// A concurrency limit on a task tag: its value is the limit as JSON.
-    pub fn limit(tag: &str) -> String {
-        format!("limit/{tag}")
-    }
-    pub const LIMIT_PREFIX: &str = "limit/";
-    /// A finished run's summary (a `FlowRun` message) for listing, once it is archived.
-    pub fn finished(created_ms: i64, run: &str) -> String {
-        format!("done/{created_ms:013}/{run}")
-    }
-    pub const FINISHED_PREFIX: &str = "done/";
-    /// The result-store key of a finished run's archive.
-    pub fn archive(run: &str) -> String {
-        format!("archive/runs/{run}.pb")
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::TaskRunRecord;

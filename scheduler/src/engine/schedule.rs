@@ -5,9 +5,9 @@
 //! already started is never started twice. Ticks missed while no leader ran are handled by
 //! the schedule's catch-up policy (see [`baton_common::schedule::due_ticks`]).
 
-use super::model::{keys, Trigger};
+use super::model::Trigger;
+use super::tables;
 use super::{Engine, EngineError, NewRun};
-use crate::store::Op;
 use baton_common::flow::ScheduleSpec;
 use baton_common::schedule::{due_ticks, CronSchedule};
 use baton_proto as pb;
@@ -88,9 +88,7 @@ impl Engine {
     ) {
         let Some(spec) = spec else {
             if self.schedules.remove(&key).is_some() {
-                self.ops.push(Op::Delete {
-                    key: keys::schedule(&key.0, &key.1),
-                });
+                self.ops.push(tables::schedules::delete(&key.0, &key.1));
             }
             return;
         };
@@ -113,12 +111,7 @@ impl Engine {
     }
 
     fn put_schedule(&mut self, key: FlowKey, state: ScheduleState) {
-        if let Some(value) = self.encode("a schedule", &state.record) {
-            self.ops.push(Op::Put {
-                key: keys::schedule(&key.0, &key.1),
-                value,
-            });
-        }
+        self.write(tables::schedules::put(&key.0, &key.1, &state.record));
         self.schedules.insert(key, state);
     }
 

@@ -3,10 +3,10 @@
 //! tombstone stays until the host has written the archive; then the run's live records are
 //! deleted from the state store (see [`Engine::archived`]).
 
-use super::model::{keys, Run};
+use super::model::Run;
+use super::tables;
 use super::view::{pending_row, row};
 use super::{Engine, MAX_FINISHED_SUMMARIES};
-use crate::store::Op;
 use baton_proto as pb;
 
 /// What is left of a sealed run until its archive is written.
@@ -93,16 +93,13 @@ impl Engine {
     /// Deletes a finished run's live records (its record, its task runs' records and result
     /// pointers) once its archive holds them.
     pub(super) fn delete_live_records(&mut self, id: &str, tasks: &[TaskCount]) {
-        self.ops.push(Op::Delete { key: keys::run(id) });
+        self.ops.push(tables::runs::delete(id));
         for (task, mapped, count) in tasks {
             for index in 0..*count {
                 let map_index = if *mapped { index as i64 } else { -1 };
-                self.ops.push(Op::Delete {
-                    key: keys::task_run(id, task, map_index),
-                });
-                self.ops.push(Op::Delete {
-                    key: keys::result(id, task, map_index),
-                });
+                self.ops
+                    .push(tables::task_runs::delete(id, task, map_index));
+                self.ops.push(tables::results::delete(id, task, map_index));
             }
         }
     }

@@ -407,31 +407,31 @@ async fn run(
     }
 }
 
+/// Chunk numbers tried past the one asked for, when earlier leaders used them.
+const CHUNK_NUMBERS_TRIED: u32 = 12;
+
 /// Writes a chunk; returns the number it was stored under (the next free one when an
-/// earlier leader used the number), or `None` after giving up.
+/// earlier leader used the number), or `None` after a failure (the result store retries
+/// transient failures itself, see `baton_common::retry`).
 async fn upload(store: &dyn ResultStore, c: &Chunk) -> Option<u32> {
     let body = bytes::Bytes::from(encode(&c.lines));
-    let mut chunk = c.chunk;
-    let mut delay = Duration::from_millis(200);
-    for _ in 0..12 {
+    for chunk in c.chunk..c.chunk.saturating_add(CHUNK_NUMBERS_TRIED) {
         let key = c.key.log_key(chunk);
         match store.put(&key, body.clone(), "application/x-ndjson").await {
             Ok(_) => return Some(chunk),
             Err(baton_common::Error::AlreadyExists(_)) => {
-                // Our own earlier try that timed out after all, or an earlier leader's.
+                // Our own earlier write, or an earlier leader's under this number.
                 let uri = format!("{}/{}", store.root_uri(), key);
                 if store.get(&uri).await.is_ok_and(|b| b == body) {
                     return Some(chunk);
                 }
-                chunk += 1;
             }
             Err(e) => {
-                tracing::warn!(%key, error = %e, "cannot store log lines; retrying");
-                tokio::time::sleep(delay).await;
-                delay = (delay * 2).min(Duration::from_secs(5));
+                tracing::error!(%key, error = %e, lines = c.lines.len(), "cannot store log lines");
+                return None;
             }
         }
     }
-    tracing::error!(attempt = %c.key, chunk = c.chunk, lines = c.lines.len(), "giving up storing log lines");
+    tracing::error!(attempt = %c.key, chunk = c.chunk, lines = c.lines.len(), "no free chunk number for log lines");
     None
 }

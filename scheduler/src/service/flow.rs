@@ -70,7 +70,7 @@ impl FlowApi {
         let uri = format!(
             "{}/{}",
             self.results.root_uri(),
-            crate::engine::keys::archive(run)
+            crate::engine::tables::finished::archive(run)
         );
         // A run that just finished may have its archive on its way to the store: the leader
         // answers once it is there (at once when it is not being written).

@@ -1,15 +1,16 @@
 //! Which scheduler replica to dial next, and how long to wait before dialling: the leader a
 //! refusing replica named comes first, otherwise the configured replicas are tried in turn,
-//! with exponential backoff and full jitter between failures.
+//! with the one retry policy's backoff (`baton_common::retry::DIAL`) between failures.
 
+use baton_common::retry;
 use rand::Rng;
 use std::time::Duration;
 
-/// First reconnection delay (before jitter).
-pub(super) const MIN_BACKOFF: Duration = Duration::from_millis(100);
-/// Longest reconnection delay (before jitter): short, so that a worker finds a new leader
-/// well within its lease.
-pub(super) const MAX_BACKOFF: Duration = Duration::from_secs(2);
+/// Shortest reconnection delay, after the first failure.
+pub(super) const MIN_BACKOFF: Duration = retry::DIAL.first;
+/// Longest reconnection delay (the policy's cap with its jitter of up to as much again):
+/// short, so that a worker finds a new leader well within its lease.
+pub(super) const MAX_BACKOFF: Duration = retry::DIAL.max.saturating_mul(2);
 /// Leader hints followed in a row at once, before hints wait their turn like any failure
 /// (so that two replicas naming each other cannot make the worker spin).
 const QUICK_HOPS: u32 = 2;
@@ -70,40 +71,40 @@ impl Dialer {
     }
 }
 
-/// Exponential backoff with full jitter.
-#[derive(Default)]
+/// The reconnection delays: the one retry policy's ([`retry::DIAL`]), started again after a
+/// welcome and at its cap after a refusal.
 pub(super) struct Backoff {
-    step: u32,
+    delays: retry::ExponentialBackoff,
+}
+
+impl Default for Backoff {
+    fn default() -> Self {
+        Backoff {
+            delays: retry::DIAL.delays(),
+        }
+    }
 }
 
 impl Backoff {
-    /// A random delay in `[0, min(MAX, MIN * 2^step)]`.
+    /// The next delay: from [`MIN_BACKOFF`] growing to at most [`MAX_BACKOFF`].
     pub(super) fn next(&mut self) -> Duration {
-        let cap = MIN_BACKOFF
-            .saturating_mul(1u32 << self.step.min(16))
-            .min(MAX_BACKOFF);
-        self.step = self.step.saturating_add(1);
-        jitter(cap)
+        self.delays.next().unwrap_or(MAX_BACKOFF).min(MAX_BACKOFF)
     }
 
     /// The delay before following a leader hint: short, and the backoff does not grow.
     pub(super) fn quick(&self) -> Duration {
-        jitter(MIN_BACKOFF / 2)
+        let cap_ms = u64::try_from(MIN_BACKOFF.as_millis() / 2).unwrap_or(u64::MAX);
+        Duration::from_millis(rand::rng().random_range(0..=cap_ms))
     }
 
     pub(super) fn reset(&mut self) {
-        self.step = 0;
+        self.delays = retry::DIAL.delays();
     }
 
+    /// From now on the longest delays (the scheduler refused this worker).
     pub(super) fn saturate(&mut self) {
-        self.step = 16;
+        self.delays = retry::Policy::endless(retry::DIAL.max, retry::DIAL.max).delays();
     }
-}
-
-/// A random duration in `[0, cap]`.
-fn jitter(cap: Duration) -> Duration {
-    let cap_ms = u64::try_from(cap.as_millis()).unwrap_or(u64::MAX);
-    Duration::from_millis(rand::rng().random_range(0..=cap_ms))
 }
 
 #[cfg(test)]
@@ -159,13 +160,20 @@ mod tests {
     }
 
     #[test]
-    fn backoff_grows_with_full_jitter_up_to_the_cap() {
+    fn backoff_grows_with_jitter_up_to_the_cap() {
         let mut b = Backoff::default();
+        let first = b.next();
+        assert!(
+            first >= MIN_BACKOFF && first <= MIN_BACKOFF * 2,
+            "{first:?}"
+        );
         for _ in 0..50 {
             assert!(b.next() <= MAX_BACKOFF);
         }
         b.reset();
-        assert!(b.next() <= MIN_BACKOFF);
+        assert!(b.next() <= MIN_BACKOFF * 2);
         assert!(b.quick() <= MIN_BACKOFF);
+        b.saturate();
+        assert!(b.next() >= retry::DIAL.max);
     }
 }

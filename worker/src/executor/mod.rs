@@ -24,8 +24,6 @@ use tokio_util::sync::CancellationToken;
 pub const MAX_RESULT_BYTES: usize = 16 << 20;
 /// Results up to this size also travel inline in `Finished`.
 pub const MAX_INLINE_BYTES: usize = 64 << 10;
-/// How many times a result upload is tried.
-const PUT_TRIES: u32 = 3;
 /// How long a cancelled or timed-out body may take to clean up (kill and reap) before it is
 /// dropped.
 const WIND_DOWN: Duration = Duration::from_secs(5);
@@ -190,31 +188,17 @@ pub async fn persist(
     };
     let bytes = bytes::Bytes::from(bytes);
     let object_key = key.result_key();
-    let mut delay = Duration::from_millis(50);
-    let mut tries = 0;
-    loop {
-        tries += 1;
-        match store.put(&object_key, bytes.clone(), "application/json").await {
-            Ok(r) => {
-                return Ok(proto::TaskSuccess {
-                    result: Some(r.into()),
-                    inline_value,
-                })
-            }
-            Err(baton_common::Error::AlreadyExists(uri)) => {
-                return Err(TaskError::fatal(format!(
-                    "the result of attempt {key} was already written at {uri}; results are never overwritten"
-                )))
-            }
-            Err(e) if tries >= PUT_TRIES => {
-                return Err(TaskError::retryable(format!("cannot write the result: {e}")))
-            }
-            Err(e) => {
-                tracing::warn!(attempt = %key, error = %e, "result upload failed, retrying");
-                tokio::time::sleep(delay).await;
-                delay *= 2;
-            }
-        }
+    // One try: the result store retries transient failures itself (see
+    // `baton_common::retry`); a failure left after that makes the attempt retryable.
+    match store.put(&object_key, bytes, "application/json").await {
+        Ok(r) => Ok(proto::TaskSuccess {
+            result: Some(r.into()),
+            inline_value,
+        }),
+        Err(baton_common::Error::AlreadyExists(uri)) => Err(TaskError::fatal(format!(
+            "the result of attempt {key} was already written at {uri}; results are never overwritten"
+        ))),
+        Err(e) => Err(TaskError::retryable(format!("cannot write the result: {e}"))),
     }
 }
 

@@ -1,15 +1,13 @@
 //! Failures of S3 requests: which are worth another try, and the crate errors they become.
 
+use crate::retry::{self, Retryable};
 use crate::{Error, Result};
 use aws_sdk_s3::config::http::HttpResponse;
 use aws_sdk_s3::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
 use std::future::Future;
 use std::io::ErrorKind;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
-use tokio::time::Instant;
-
-const FIRST_BACKOFF: Duration = Duration::from_millis(200);
-const MAX_BACKOFF: Duration = Duration::from_secs(2);
 
 /// Why one try of an operation failed.
 #[derive(Debug)]
@@ -71,26 +69,25 @@ impl Failure {
 
 pub(super) type Try<T> = std::result::Result<T, Failure>;
 
-/// Runs `op` until it succeeds, fails for good, or `retry_for` has passed; `op` is given
-/// whether an earlier try failed in a way that may have taken effect.
+/// Runs `op` until it succeeds, fails for good, or [`retry::S3`]'s delays add up to
+/// `retry_for`; `op` is given whether an earlier try failed in a way that may have taken
+/// effect. This is the only layer that retries S3 requests: the SDK's own retries are off.
 pub(super) async fn retrying<T, F, Fut>(retry_for: Duration, location: &str, mut op: F) -> Result<T>
 where
     F: FnMut(bool) -> Fut,
     Fut: Future<Output = Try<T>>,
 {
-    let deadline = Instant::now() + retry_for;
-    let mut delay = FIRST_BACKOFF;
-    let mut retried = false;
-    loop {
-        match op(retried).await {
-            Ok(v) => return Ok(v),
-            Err(Failure::Transient(message)) if Instant::now() + delay < deadline => {
-                tracing::warn!(%location, error = %message, "s3 request failed, retrying");
-                tokio::time::sleep(delay).await;
-                delay = (delay * 2).min(MAX_BACKOFF);
-                retried = true;
+    let retried = AtomicBool::new(false);
+    (|| op(retried.load(Ordering::Relaxed)))
+        .retry(retry::S3.for_at_most(retry_for).builder())
+        .sleep(tokio::time::sleep)
+        .when(|f| matches!(f, Failure::Transient(_)))
+        .notify(|f, delay| {
+            if let Failure::Transient(message) = f {
+                tracing::warn!(%location, error = %message, ?delay, "s3 request failed, retrying");
             }
-            Err(f) => return Err(f.into_error(location.to_string())),
-        }
-    }
+            retried.store(true, Ordering::Relaxed);
+        })
+        .await
+        .map_err(|f| f.into_error(location.to_string()))
 }

@@ -89,18 +89,16 @@ pub(super) fn parse_bool(v: &str) -> Option<bool> {
 }
 
 /// The SDK client for `options`: rustls (ring) HTTPS, the standard credential and region
-/// chains unless overridden, short connect timeouts and a few quick SDK retries (the store
-/// retries transient failures further).
+/// chains unless overridden, short connect timeouts and no SDK retries (the store retries
+/// transient failures, see `crate::retry`).
 pub(super) async fn sdk_client(options: &S3Options) -> Client {
     let http = aws_smithy_http_client::Builder::new()
         .tls_provider(tls::Provider::Rustls(
             tls::rustls_provider::CryptoMode::Ring,
         ))
         .build_https();
-    let retry = RetryConfig::standard()
-        .with_max_attempts(4)
-        .with_initial_backoff(Duration::from_millis(100))
-        .with_max_backoff(Duration::from_secs(2));
+    // The store retries transient failures itself (one layer, see `crate::retry`).
+    let retry = RetryConfig::disabled();
     let timeouts = TimeoutConfig::builder()
         .connect_timeout(Duration::from_secs(3))
         .operation_attempt_timeout(Duration::from_secs(60))

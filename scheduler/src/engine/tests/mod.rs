@@ -7,6 +7,7 @@
 use super::{
     Engine, EngineConfig, EngineError, NewRun, Outcome, Outgoing, Recovered, TaskRunRecord,
 };
+use crate::engine::tables;
 use crate::store::Op;
 use baton_common::flow::{parse_flow, ResourceSpec};
 use baton_common::ids::{AttemptKey, WorkerId};
@@ -477,71 +478,22 @@ impl VirtualCluster {
 
     /// What a restarted scheduler reads back from its state store.
     fn recovered(&self) -> Recovered {
-        let mut rec = Recovered::default();
-        let mut pointers = HashMap::new();
+        // The host's own reader: every table through `tables::Rows`.
+        let mut rows = tables::Rows::default();
         for (key, value) in &self.store {
-            let parts: Vec<&str> = key.split('/').collect();
-            match parts.as_slice() {
-                ["flow", _project, _flow, version] => rec.flows.push((
-                    version.parse().expect("a version"),
-                    serde_json::from_slice(value).expect("a flow record"),
-                )),
-                ["run", _id] => rec
-                    .runs
-                    .push(serde_json::from_slice(value).expect("a run record")),
-                ["tr", run, task, index] => rec.task_runs.push((
-                    run.to_string(),
-                    task.to_string(),
-                    index.parse().expect("a map index"),
-                    serde_json::from_slice(value).expect("a task run record"),
-                )),
-                ["idem", key @ ..] => rec.idempotency.push((
-                    key.join("/"),
-                    String::from_utf8(value.clone()).expect("an id"),
-                )),
-                ["done", _created, _id] => rec.finished.push((
-                    key.clone(),
-                    prost::Message::decode(value.as_slice()).expect("a run summary"),
-                )),
-                ["sched", project, flow] => rec.schedules.push((
-                    project.to_string(),
-                    flow.to_string(),
-                    serde_json::from_slice(value).expect("a schedule record"),
-                )),
-                ["limit", tag] => rec.limits.push((
-                    tag.to_string(),
-                    std::str::from_utf8(value)
-                        .expect("text")
-                        .parse()
-                        .expect("a limit"),
-                )),
-                ["cache", k] => rec.cache.push((
-                    k.to_string(),
-                    serde_json::from_slice(value).expect("a cache entry"),
-                )),
-                ["res", run, task, index] => {
-                    let pointer: ResultRef = serde_json::from_slice(value).expect("a pointer");
-                    if !self.torn {
-                        // Without a torn commit, a pointer matches its task run's record.
-                        let tr: TaskRunRecord = serde_json::from_slice(
-                            &self.store[&format!("tr/{run}/{task}/{index}")],
-                        )
-                        .expect("a task run record");
-                        assert_eq!(tr.result.as_ref(), Some(&pointer), "pointer of {key}");
-                    }
-                    pointers.insert(
-                        (
-                            run.to_string(),
-                            task.to_string(),
-                            index.parse().expect("a map index"),
-                        ),
-                        pointer,
-                    );
-                }
-                _ => panic!("unexpected key `{key}` in the state store"),
+            rows.add(key, value)
+                .unwrap_or_else(|e| panic!("a readable state store: {e}"));
+        }
+        if !self.torn {
+            // Without a torn commit, a pointer matches its task run's record.
+            for ((run, task, index), pointer) in rows.pointers() {
+                let key = tables::task_runs::key(run, task, *index);
+                let tr: TaskRunRecord =
+                    serde_json::from_slice(&self.store[&key]).expect("a task run record");
+                assert_eq!(tr.result.as_ref(), Some(pointer), "pointer of {key}");
             }
         }
-        rec.apply_pointers(pointers);
+        let mut rec = rows.finish();
         // The host reads the values of results whose records do not hold them; here they
         // are the values the virtual workers reported.
         for (_, _, _, r) in &mut rec.task_runs {

@@ -55,7 +55,7 @@ fn a_stale_or_duplicate_finished_is_not_committed() {
     assert_eq!(task_state(&t), pb::TaskState::Completed);
     assert_eq!(value_of(&t), committed);
     assert!(t.result.unwrap().uri.contains("attempt-2"));
-    let key = super::super::keys::task_run(&run, "t", -1);
+    let key = super::super::tables::task_runs::key(&run, "t", -1);
     let completions = c
         .ops
         .iter()

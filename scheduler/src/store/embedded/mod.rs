@@ -36,7 +36,22 @@ const COMPACT_MIN_BYTES: u64 = 64 << 20;
 /// A [`StateStore`] in a local folder, held by one process at a time.
 pub struct EmbeddedStore {
     requests: std::sync::mpsc::Sender<Request>,
+    /// The writer thread, joined on drop before the folder's lock is let go.
+    writer: Option<std::thread::JoinHandle<()>>,
     _lock: File,
+}
+
+impl Drop for EmbeddedStore {
+    /// Closes the store: the writer finishes what was asked of it (and waits for a
+    /// compaction in flight), then the folder's lock goes, so that the next store opened
+    /// there finds nobody writing in it.
+    fn drop(&mut self) {
+        let (closed, _) = std::sync::mpsc::channel();
+        drop(std::mem::replace(&mut self.requests, closed));
+        if let Some(writer) = self.writer.take() {
+            let _ = writer.join();
+        }
+    }
 }
 
 impl EmbeddedStore {
@@ -84,7 +99,7 @@ impl EmbeddedStore {
             log.set_len(found.valid)?;
             log.sync_all()?;
         }
-        let requests = writer::spawn(writer::Setup {
+        let (requests, writer) = writer::spawn(writer::Setup {
             dir: PathBuf::from(dir),
             sync,
             log,
@@ -94,6 +109,7 @@ impl EmbeddedStore {
         })?;
         Ok(EmbeddedStore {
             requests,
+            writer: Some(writer),
             _lock: lock,
         })
     }

@@ -84,7 +84,9 @@ struct Writer {
 }
 
 /// Starts the writer thread.
-pub(super) fn spawn(setup: Setup) -> Result<Sender<Request>, StoreError> {
+pub(super) fn spawn(
+    setup: Setup,
+) -> Result<(Sender<Request>, std::thread::JoinHandle<()>), StoreError> {
     let (tx, rx) = std::sync::mpsc::channel();
     let epoch = setup
         .map
@@ -117,10 +119,10 @@ pub(super) fn spawn(setup: Setup) -> Result<Sender<Request>, StoreError> {
         #[cfg(test)]
         fail_next_write: None,
     };
-    std::thread::Builder::new()
+    let thread = std::thread::Builder::new()
         .name("baton-state-writer".into())
         .spawn(move || writer.run(rx))?;
-    Ok(tx)
+    Ok((tx, thread))
 }
 
 impl Writer {
@@ -171,8 +173,13 @@ impl Writer {
                 self.start_compaction();
             }
         }
-        // A compaction still running finishes on its own; its snapshot is removed at the
-        // next open.
+        // A compaction still running is waited for and its snapshot removed, so that
+        // nothing writes in the folder once the store is closed (a store opened there next
+        // could otherwise take a half-written snapshot for its own).
+        if let Some(done) = self.compacting.take() {
+            let _ = done.recv();
+            let _ = std::fs::remove_file(self.dir.join("state.log.tmp"));
+        }
     }
 
     fn other(&mut self, req: Request) {

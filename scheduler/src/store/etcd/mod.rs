@@ -156,7 +156,9 @@ impl EtcdStore {
                 tracing::warn!(error = %e, "campaign failed; campaigning again");
                 self.pool.failed(&picked);
                 lease.revoke().await;
-                tokio::time::sleep(Duration::from_millis(300)).await;
+                // One delay of the campaign's policy: the caller campaigns again at once.
+                let delay = baton_common::retry::CAMPAIGN.delays().next();
+                tokio::time::sleep(delay.unwrap_or(baton_common::retry::CAMPAIGN.first)).await;
                 Ok(None)
             }
         }

@@ -71,7 +71,9 @@ impl Fence<'_> {
     }
 
     async fn commit_until_known(&self, ops: &[Op]) -> Result<(), StoreError> {
-        let mut backoff = Duration::from_millis(50);
+        // The transaction's outcome is checked between tries, so the loop is written out;
+        // its delays are the one retry policy's.
+        let mut delays = baton_common::retry::ETCD.delays();
         loop {
             if !(self.alive)() {
                 return Err(self.fenced(0));
@@ -105,8 +107,8 @@ impl Fence<'_> {
                     self.pool.failed(&picked);
                 }
             }
-            tokio::time::sleep(backoff).await;
-            backoff = (backoff * 2).min(Duration::from_secs(1));
+            let delay = delays.next().unwrap_or(baton_common::retry::ETCD.max);
+            tokio::time::sleep(delay).await;
         }
     }
 
