@@ -171,12 +171,19 @@ async fn a_failed_write_stops_the_scheduler_cleanly_and_loses_no_acknowledged_co
     assert!(acked.len() < 400, "the file size limit was never reached");
     // It stopped cleanly: alive, refusing work, the write failure in its log.
     assert!(cluster.scheduler.alive(), "{}", cluster.logs());
-    let refused = c
-        .run_source(fan_out(5), BTreeMap::new(), "after-the-failure".into())
-        .await;
+    // It keeps trying to lead, and a write small enough for the room left would still
+    // land ("until it can write again"); a run larger than any step written so far cannot.
+    let padded = fan_out(5).replace("tasks:", "parameters:\n  pad:\n    default: \"\"\ntasks:");
+    let big = BTreeMap::from([("pad".to_string(), format!("\"{}\"", "x".repeat(512 << 10)))]);
+    let refused = c.run_source(padded, big, "after-the-failure".into()).await;
+    assert!(
+        matches!(&refused, Err(e) if !e.to_string().contains("parameter")),
+        "refused for want of room, not for a bad flow: {refused:?}"
+    );
     assert!(
         refused.is_err(),
-        "a run was accepted after the failed write"
+        "a run was accepted after the failed write: {}",
+        cluster.logs()
     );
     let log = std::fs::read_to_string(&cluster.scheduler.log)?;
     assert!(log.contains("state log write failed"), "{log}");
