@@ -3,6 +3,7 @@
 //! worker sessions coming and going.
 
 use super::model::{AttemptInfo, Runner, TrRef};
+use super::registry::WorkerSlot;
 use super::{Engine, Outgoing, Timer};
 use baton_common::flow::ResourceSpec;
 use baton_common::ids::{AttemptKey, WorkerId};
@@ -10,6 +11,7 @@ use baton_common::state::{RunState, TaskState};
 use baton_proto::{scheduler_message::Msg, SchedulerMessage};
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::Arc;
 
 /// What a worker says of itself when it connects.
 #[derive(Clone, Debug)]
@@ -22,170 +24,13 @@ pub struct WorkerRegistration {
     pub address: String,
 }
 
-/// A worker as the engine sees it.
-#[derive(Debug)]
-pub(super) struct WorkerSlot {
-    pub id: WorkerId,
-    /// Its id, shared by the task runs it runs.
-    pub name: std::sync::Arc<str>,
-    pub session: u64,
-    pub labels: Vec<String>,
-    pub total: ResourceSpec,
-    pub free: ResourceSpec,
-    /// Attempts holding resources on this worker.
-    pub attempts: HashMap<(TrRef, u32), ResourceSpec>,
-    pub connected: bool,
-    pub draining: bool,
-    pub last_seen_ms: i64,
-    pub connected_ms: i64,
-    pub address: String,
-}
-
-impl WorkerSlot {
-    pub fn has_labels(&self, labels: &[String]) -> bool {
-        labels.iter().all(|l| self.labels.binary_search(l).is_ok())
-    }
-
-    fn fits(&self, r: &ResourceSpec) -> bool {
-        self.free.slots >= r.slots && self.free.gpus >= r.gpus && self.free.memory_mb >= r.memory_mb
-    }
-
-    pub fn could_ever_fit(&self, r: &ResourceSpec) -> bool {
-        self.total.slots >= r.slots
-            && self.total.gpus >= r.gpus
-            && self.total.memory_mb >= r.memory_mb
-    }
-
-    fn reserve(&mut self, key: (TrRef, u32), r: &ResourceSpec) {
-        self.free.slots = self.free.slots.saturating_sub(r.slots);
-        self.free.gpus = self.free.gpus.saturating_sub(r.gpus);
-        self.free.memory_mb = self.free.memory_mb.saturating_sub(r.memory_mb);
-        self.attempts.insert(key, r.clone());
-    }
-
-    pub fn release(&mut self, key: (TrRef, u32)) {
-        if let Some(r) = self.attempts.remove(&key) {
-            self.free.slots = (self.free.slots + r.slots).min(self.total.slots);
-            self.free.gpus = (self.free.gpus + r.gpus).min(self.total.gpus);
-            self.free.memory_mb = (self.free.memory_mb + r.memory_mb).min(self.total.memory_mb);
-        }
-    }
-}
-
-/// Ready task runs of one class: first in, first out within a priority, higher priorities
-/// first.
-#[derive(Debug, Default)]
-pub(super) struct ReadyQueue {
-    by_priority: BTreeMap<Reverse<i32>, VecDeque<TrRef>>,
-    len: usize,
-}
-
-impl ReadyQueue {
-    pub fn push(&mut self, priority: i32, t: TrRef) {
-        self.by_priority
-            .entry(Reverse(priority))
-            .or_default()
-            .push_back(t);
-        self.len += 1;
-    }
-
-    pub fn pop(&mut self) -> Option<TrRef> {
-        let mut entry = self.by_priority.first_entry()?;
-        let t = entry.get_mut().pop_front();
-        if entry.get().is_empty() {
-            entry.remove();
-        }
-        if t.is_some() {
-            self.len -= 1;
-        }
-        t
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len == 0
-    }
-
-    /// The priority of the task run `pop` would return.
-    pub fn head_priority(&self) -> Option<i32> {
-        self.by_priority.keys().next().map(|p| p.0)
-    }
-
-    /// Takes every queued task run with its priority, in queue order.
-    pub fn drain(&mut self) -> Vec<(i32, TrRef)> {
-        self.len = 0;
-        std::mem::take(&mut self.by_priority)
-            .into_iter()
-            .flat_map(|(p, q)| q.into_iter().map(move |t| (p.0, t)))
-            .collect()
-    }
-}
-
-/// Task runs that need the same labels, resources and tags, waiting in order.
-#[derive(Debug)]
-pub(super) struct Class {
-    pub labels: Vec<String>,
-    pub resources: ResourceSpec,
-    /// Tags, sorted: concurrency limits on them bound the class's attempts.
-    pub tags: Vec<String>,
-    pub queue: ReadyQueue,
-    /// When the class was found to have no worker able to run it (0: it has one).
-    pub unrunnable_since: i64,
-    pub reason: String,
-}
-
 impl Engine {
-    pub(super) fn class_for(
-        &mut self,
-        labels: &[String],
-        r: &ResourceSpec,
-        tags: &[String],
-    ) -> usize {
-        let mut tags = tags.to_vec();
-        tags.sort();
-        tags.dedup();
-        let key = (labels.to_vec(), r.clone(), tags);
-        if let Some(&c) = self.class_index.get(&key) {
-            return c;
-        }
-        let c = self.classes.len();
-        self.classes.push(Class {
-            labels: labels.to_vec(),
-            resources: r.clone(),
-            tags: key.2.clone(),
-            queue: ReadyQueue::default(),
-            unrunnable_since: 0,
-            reason: String::new(),
-        });
-        self.class_index.insert(key, c);
-        c
-    }
-
     /// Assigns ready task runs to workers with matching labels and free resources, higher
     /// priorities first across classes, within the concurrency limits of their tags.
     pub fn dispatch(&mut self, now: i64) {
-        let mut blocked = vec![false; self.classes.len()];
-        loop {
-            // The class whose head has the highest priority goes until its head falls below
-            // the next class's head, it is blocked (no worker, no tag slot) or empty.
-            let mut best: Option<(i32, usize)> = None;
-            let mut second: Option<i32> = None;
-            for (c, class) in self.classes.iter().enumerate() {
-                if blocked[c] {
-                    continue;
-                }
-                let Some(p) = class.queue.head_priority() else {
-                    continue;
-                };
-                match best {
-                    Some((bp, _)) if p <= bp => second = Some(second.map_or(p, |s| s.max(p))),
-                    _ => {
-                        second = best.map(|(bp, _)| second.map_or(bp, |s| s.max(bp)));
-                        best = Some((p, c));
-                    }
-                }
-            }
-            let Some((_, c)) = best else { break };
-            if !self.dispatch_class(c, second, now) {
+        let mut blocked = vec![false; self.registry.classes.len()];
+        while let Some((c, floor)) = self.registry.next_class(&blocked) {
+            if !self.dispatch_class(c, floor, now) {
                 blocked[c] = true;
             }
         }
@@ -195,7 +40,7 @@ impl Engine {
     /// stopped for want of a worker or a tag slot.
     fn dispatch_class(&mut self, c: usize, floor: Option<i32>, now: i64) -> bool {
         loop {
-            let Some(head) = self.classes[c].queue.head_priority() else {
+            let Some(head) = self.registry.classes[c].queue.head_priority() else {
                 return true;
             };
             if floor.is_some_and(|f| head < f) {
@@ -204,22 +49,10 @@ impl Engine {
             if !self.tags_free(c) {
                 return false;
             }
-            let class = &self.classes[c];
-            let worker = self
-                .workers
-                .values()
-                .filter(|w| {
-                    w.connected
-                        && !w.draining
-                        && w.has_labels(&class.labels)
-                        && w.fits(&class.resources)
-                })
-                .max_by_key(|w| (w.free.slots, std::cmp::Reverse(w.attempts.len())))
-                .map(|w| w.id.clone());
-            let Some(worker) = worker else {
+            let Some(worker) = self.registry.pick(c, None) else {
                 return false;
             };
-            let Some(t) = self.classes[c].queue.pop() else {
+            let Some(t) = self.registry.classes[c].queue.pop() else {
                 return true;
             };
             let ok = self
@@ -252,19 +85,7 @@ impl Engine {
         if !self.tags_free(c) {
             return;
         }
-        let class = &self.classes[c];
-        let other = self
-            .workers
-            .values()
-            .find(|w| {
-                w.id != *first
-                    && w.connected
-                    && !w.draining
-                    && w.has_labels(&class.labels)
-                    && w.fits(&class.resources)
-            })
-            .map(|w| w.id.clone());
-        if let Some(other) = other {
+        if let Some(other) = self.registry.pick(c, Some(first)) {
             tracing::warn!(task = name, worker = %other, "fault injection: duplicate dispatch");
             self.assign(t, &other, now);
         }
@@ -273,7 +94,7 @@ impl Engine {
     fn assign(&mut self, t: TrRef, worker: &WorkerId, now: i64) {
         let epoch = self.epoch;
         let assigned_us = self.us(now);
-        let Some(w) = self.workers.get_mut(worker) else {
+        let Some(w) = self.registry.workers.get_mut(worker) else {
             return;
         };
         let name = w.name.clone();
@@ -354,7 +175,7 @@ impl Engine {
         let mut labels = reg.labels.clone();
         labels.sort();
         labels.dedup();
-        let old = self.workers.remove(&reg.id);
+        let old = self.registry.workers.remove(&reg.id);
         let name: std::sync::Arc<str> = std::sync::Arc::from(reg.id.0.as_str());
         let mut slot = WorkerSlot {
             id: reg.id.clone(),
@@ -424,13 +245,13 @@ impl Engine {
                 })),
             },
         });
-        self.workers.insert(reg.id, slot);
+        self.registry.workers.insert(reg.id, slot);
     }
 
     /// A worker's session ended; its attempts are lost when its lease lapses.
     pub fn worker_disconnected(&mut self, id: &WorkerId, session: u64, now: i64) {
         let lease = self.cfg.worker_lease_ms as i64;
-        let Some(w) = self.workers.get_mut(id) else {
+        let Some(w) = self.registry.workers.get_mut(id) else {
             return;
         };
         if w.session != session {
@@ -438,7 +259,7 @@ impl Engine {
         }
         w.connected = false;
         if w.attempts.is_empty() {
-            self.workers.remove(id);
+            self.registry.workers.remove(id);
             return;
         }
         let at = (w.last_seen_ms + lease).max(now);
@@ -447,7 +268,7 @@ impl Engine {
 
     /// A message arrived from a worker's session.
     pub fn worker_seen(&mut self, id: &WorkerId, session: u64, now: i64) {
-        if let Some(w) = self.workers.get_mut(id) {
+        if let Some(w) = self.registry.workers.get_mut(id) {
             if w.session == session {
                 w.last_seen_ms = now;
             }
@@ -456,7 +277,7 @@ impl Engine {
 
     /// A worker takes no more tasks.
     pub fn worker_draining(&mut self, id: &WorkerId, session: u64) {
-        if let Some(w) = self.workers.get_mut(id) {
+        if let Some(w) = self.registry.workers.get_mut(id) {
             if w.session == session {
                 w.draining = true;
             }
@@ -471,7 +292,7 @@ impl Engine {
         if !expired {
             return;
         }
-        if let Some(w) = self.workers.remove(id) {
+        if let Some(w) = self.registry.workers.remove(id) {
             tracing::warn!(worker = %id, attempts = w.attempts.len(), "worker lease lapsed");
             for (t, attempt) in w.attempts.keys().copied() {
                 self.unhold((t, attempt));
@@ -482,19 +303,19 @@ impl Engine {
 
     /// Fails the task runs that no connected worker could ever run, after the timeout.
     pub(super) fn check_unrunnable(&mut self, now: i64) {
-        for c in 0..self.classes.len() {
-            let class = &self.classes[c];
+        for c in 0..self.registry.classes.len() {
+            let class = &self.registry.classes[c];
             if class.queue.is_empty() {
-                self.classes[c].unrunnable_since = 0;
+                self.registry.classes[c].unrunnable_since = 0;
                 continue;
             }
-            let runnable = self.workers.values().any(|w| {
+            let runnable = self.registry.workers.values().any(|w| {
                 w.connected
                     && !w.draining
                     && w.has_labels(&class.labels)
                     && w.could_ever_fit(&class.resources)
             });
-            let class = &mut self.classes[c];
+            let class = &mut self.registry.classes[c];
             if runnable {
                 class.unrunnable_since = 0;
                 class.reason.clear();
@@ -534,7 +355,7 @@ impl Engine {
                     }
                     // Each task run waits the whole timeout from when it became ready.
                     if now - tr.ready_since_ms.max(since) < timeout {
-                        self.classes[c].queue.push(priority, t);
+                        self.registry.classes[c].queue.push(priority, t);
                         continue;
                     }
                     tr.state = TaskState::Failed;
@@ -548,7 +369,7 @@ impl Engine {
 
     /// Why a ready task run of `class` waits, if it is stuck.
     pub(super) fn class_reason(&self, class: usize) -> String {
-        let Some(c) = self.classes.get(class) else {
+        let Some(c) = self.registry.classes.get(class) else {
             return String::new();
         };
         if !c.reason.is_empty() {

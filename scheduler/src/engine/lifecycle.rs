@@ -72,7 +72,7 @@ impl Engine {
         now: i64,
     ) -> bool {
         let t = self.locate(key);
-        if let (Some(t), Some(w)) = (t, self.workers.get_mut(worker)) {
+        if let (Some(t), Some(w)) = (t, self.registry.workers.get_mut(worker)) {
             w.release((t, key.attempt));
         }
         if let Some(t) = t {
@@ -203,7 +203,7 @@ impl Engine {
         }
         let class = run.nodes[t.node as usize].class;
         let priority = run.priority;
-        self.classes[class].queue.push(priority, t);
+        self.registry.classes[class].queue.push(priority, t);
     }
 
     /// A stable seed for the retry jitter of task run `t` (its run, task and index).
@@ -228,7 +228,7 @@ impl Engine {
             return;
         };
         let worker = WorkerId(name.to_string());
-        let Some(w) = self.workers.get(&worker) else {
+        let Some(w) = self.registry.workers.get(&worker) else {
             return;
         };
         let key = baton_proto::AttemptKey {

@@ -11,6 +11,7 @@ mod lifecycle;
 mod limits;
 mod model;
 mod recover;
+mod registry;
 mod schedule;
 mod seal;
 mod subflow;
@@ -35,7 +36,6 @@ use baton_common::flow::FlowSpec;
 use baton_common::ids::{RunId, WorkerId};
 use baton_common::result_store::ResultRef;
 use baton_common::state::RunState;
-use dispatch::{Class, WorkerSlot};
 use model::{CompiledFlow, NodeState, Run};
 use serde_json::Value;
 use std::cmp::Reverse;
@@ -166,9 +166,8 @@ pub struct Engine {
     /// [`MAX_FINISHED_SUMMARIES`]).
     finished_keys: std::collections::VecDeque<String>,
     finished_set: std::collections::HashSet<String>,
-    workers: BTreeMap<WorkerId, WorkerSlot>,
-    classes: Vec<Class>,
-    class_index: HashMap<(Vec<String>, baton_common::flow::ResourceSpec, Vec<String>), usize>,
+    /// Workers and the classes of ready task runs.
+    registry: registry::Registry,
     timers: BinaryHeap<Reverse<(i64, Timer)>>,
     ops: Vec<Op>,
     outgoing: Vec<Outgoing>,
@@ -178,15 +177,11 @@ pub struct Engine {
     touched_trs: Vec<TrRef>,
     pending_records: HashMap<(String, String, i64), TaskRunRecord>,
     /// Cache entries by key: the entry and its value.
-    cache: HashMap<String, (CacheEntry, Option<Arc<Value>>)>,
+    cache: cache::Cache,
     /// Schedules of registered flows.
     schedules: BTreeMap<(String, String), schedule::ScheduleState>,
-    /// Concurrency limits by tag.
-    limits: BTreeMap<String, u32>,
-    /// Slots in use by tag.
-    tag_use: HashMap<String, u32>,
-    /// Attempts holding tag slots, with their class (whose tags they hold).
-    held: HashMap<(TrRef, u32), usize>,
+    /// Concurrency limits by tag, and the attempts holding their slots.
+    limits: limits::Limits<(TrRef, u32)>,
     /// The host's clock in microseconds at this step (see [`Engine::set_clock_us`]).
     clock_us: i64,
     /// Records that could not be encoded this step: the step must not be committed.
@@ -209,9 +204,7 @@ impl Engine {
             archived_runs: BTreeMap::new(),
             finished_keys: std::collections::VecDeque::new(),
             finished_set: std::collections::HashSet::new(),
-            workers: BTreeMap::new(),
-            classes: Vec::new(),
-            class_index: HashMap::new(),
+            registry: registry::Registry::default(),
             timers: BinaryHeap::new(),
             ops: Vec::new(),
             outgoing: Vec::new(),
@@ -219,11 +212,9 @@ impl Engine {
             dirty_trs: Vec::new(),
             touched_trs: Vec::new(),
             pending_records: HashMap::new(),
-            cache: HashMap::new(),
+            cache: cache::Cache::default(),
             schedules: BTreeMap::new(),
-            limits: BTreeMap::new(),
-            tag_use: HashMap::new(),
-            held: HashMap::new(),
+            limits: limits::Limits::default(),
             clock_us: 0,
             encode_errors: Vec::new(),
             leaving: Vec::new(),

@@ -1,7 +1,7 @@
 //! Rebuilding the engine from the state store after a restart: flows, runs and task runs;
 //! attempts that were running wait for their workers to report them.
 
-use super::dispatch::WorkerSlot;
+use super::registry::WorkerSlot;
 use super::model::{
     CompiledFlow, NodeState, Run, RunRecord, Runner, TaskRun, TaskRunRecord, TrRef,
 };
@@ -102,11 +102,8 @@ impl Engine {
             }
         }
         self.recover_schedules(rec.schedules);
-        self.limits.extend(rec.limits);
-        for (key, entry) in rec.cache {
-            let value = entry.value.clone().map(Arc::new);
-            self.cache.insert(key, (entry, value));
-        }
+        self.limits.recover(rec.limits);
+        self.cache.recover(rec.cache);
         let mut by_run: HashMap<String, Vec<(String, i64, TaskRunRecord)>> = HashMap::new();
         for (run, task, index, r) in rec.task_runs {
             by_run.entry(run).or_default().push((task, index, r));
@@ -309,7 +306,7 @@ impl Engine {
                 .task(t.node as usize)
                 .resources
                 .clone();
-            let class = self.class_for(&labels, &resources, &tags);
+            let class = self.registry.class_for(&labels, &resources, &tags);
             self.hold(t, attempt, class);
         }
         let slot = self
