@@ -34,7 +34,13 @@ pub(super) struct Cache {
 
 impl Cache {
     /// The key of a cached task's result: a hex SHA-256 of what it depends on.
-    pub fn key(project: &str, flow: &str, task: &str, version: &str, inputs: &str) -> Option<String> {
+    pub fn key(
+        project: &str,
+        flow: &str,
+        task: &str,
+        version: &str,
+        inputs: &str,
+    ) -> Option<String> {
         let material = serde_json::to_vec(&(project, flow, task, version, inputs)).ok()?;
         let sum = checksum(&material);
         Some(sum.strip_prefix("sha256:").unwrap_or(&sum).to_string())
@@ -198,10 +204,16 @@ mod tests {
     fn recovered_entries_without_values_are_misses() {
         let mut c = Cache::default();
         c.recover([
-            ("a".to_string(), entry("file:///a", 0, Some(serde_json::json!([1])))),
+            (
+                "a".to_string(),
+                entry("file:///a", 0, Some(serde_json::json!([1]))),
+            ),
             ("b".to_string(), entry("file:///b", 0, None)),
         ]);
-        assert!(matches!(c.lookup("a", i64::MAX - 1), Lookup::Hit(..)), "never expires");
+        assert!(
+            matches!(c.lookup("a", i64::MAX - 1), Lookup::Hit(..)),
+            "never expires"
+        );
         assert_eq!(c.lookup("b", 0), Lookup::Miss);
     }
 }

@@ -30,7 +30,9 @@ impl Engine {
             let j = flow.spec.task_index(name)?;
             run.nodes[j].value.as_deref()
         });
-        let class = self.registry.class_for(&flow.labels[i], &task.resources, &task.tags);
+        let class = self
+            .registry
+            .class_for(&flow.labels[i], &task.resources, &task.tags);
         let run_id = self.runs[slot].id.0.clone();
         let resolved = match resolved {
             Ok(r) => r,

@@ -9,9 +9,7 @@ use baton_common::flow::ResourceSpec;
 use baton_common::ids::{AttemptKey, WorkerId};
 use baton_common::state::{RunState, TaskState};
 use baton_proto::{scheduler_message::Msg, SchedulerMessage};
-use std::cmp::Reverse;
-use std::collections::{BTreeMap, HashMap, VecDeque};
-use std::sync::Arc;
+use std::collections::HashMap;
 
 /// What a worker says of itself when it connects.
 #[derive(Clone, Debug)]
@@ -286,6 +284,7 @@ impl Engine {
 
     pub(super) fn worker_lease_expired(&mut self, id: &WorkerId, session: u64, now: i64) {
         let expired = self
+            .registry
             .workers
             .get(id)
             .is_some_and(|w| w.session == session && !w.connected);

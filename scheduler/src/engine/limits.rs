@@ -200,7 +200,10 @@ mod tests {
         l.set("gpu", 2).expect("a valid tag");
         l.hold(1, &gpu);
         l.hold(1, &gpu);
-        assert!(l.free(&gpu), "one attempt holds one slot, however often told");
+        assert!(
+            l.free(&gpu),
+            "one attempt holds one slot, however often told"
+        );
         l.hold(2, &gpu);
         assert!(!l.free(&gpu));
         assert_eq!(

@@ -1,10 +1,10 @@
 //! Rebuilding the engine from the state store after a restart: flows, runs and task runs;
 //! attempts that were running wait for their workers to report them.
 
-use super::registry::WorkerSlot;
 use super::model::{
     CompiledFlow, NodeState, Run, RunRecord, Runner, TaskRun, TaskRunRecord, TrRef,
 };
+use super::registry::WorkerSlot;
 use super::RunKey;
 use super::{Engine, Timer};
 use baton_common::flow::{FlowSpec, ResourceSpec};
@@ -310,6 +310,7 @@ impl Engine {
             self.hold(t, attempt, class);
         }
         let slot = self
+            .registry
             .workers
             .entry(worker.clone())
             .or_insert_with(|| WorkerSlot {

@@ -136,7 +136,6 @@ impl Engine {
 
     /// Whether a worker holds an attempt of run `key` (or its tag slots).
     pub(super) fn holds_attempts_of(&self, key: super::RunKey) -> bool {
-        self.registry.holds_run(key)
-            || self.limits.holders().any(|(t, _)| t.run == key)
+        self.registry.holds_run(key) || self.limits.holders().any(|(t, _)| t.run == key)
     }
 }

@@ -191,7 +191,8 @@ impl Engine {
 
     /// Connected (and recently lost) workers.
     pub fn workers(&self) -> Vec<pb::WorkerInfo> {
-        self.registry.workers
+        self.registry
+            .workers
             .values()
             .filter(|w| w.session != 0)
             .map(|w| pb::WorkerInfo {

@@ -47,12 +47,19 @@ fn refs() -> (TrRef, TrRef) {
 fn a_class_is_made_once_per_labels_resources_and_tags() {
     let mut r = Registry::default();
     let gpu = vec!["gpu".to_string()];
-    let a = r.class_for(&gpu, &resources(1, 1), &["x".into(), "y".into(), "x".into()]);
+    let a = r.class_for(
+        &gpu,
+        &resources(1, 1),
+        &["x".into(), "y".into(), "x".into()],
+    );
     let b = r.class_for(&gpu, &resources(1, 1), &["y".into(), "x".into()]);
     assert_eq!(a, b, "tags are a set");
     assert_eq!(&*r.classes[a].tags, ["x".to_string(), "y".to_string()]);
     assert_ne!(a, r.class_for(&gpu, &resources(2, 1), &[]));
-    assert_ne!(a, r.class_for(&[], &resources(1, 1), &["x".into(), "y".into()]));
+    assert_ne!(
+        a,
+        r.class_for(&[], &resources(1, 1), &["x".into(), "y".into()])
+    );
     assert_eq!(r.classes.len(), 3);
 }
 
@@ -67,7 +74,11 @@ fn the_class_with_the_highest_head_goes_until_the_next_head() {
     r.classes[high].queue.push(5, u);
     r.classes[high].queue.push(0, t);
     assert_eq!(r.next_class(&[false, false]), Some((high, Some(1))));
-    assert_eq!(r.next_class(&[false, true]), Some((low, None)), "blocked passed over");
+    assert_eq!(
+        r.next_class(&[false, true]),
+        Some((low, None)),
+        "blocked passed over"
+    );
     assert_eq!(r.classes[high].queue.pop(), Some(u));
     assert_eq!(r.next_class(&[false, false]), Some((low, Some(0))));
     // Ties go to the first class, which stops at the other's equal head.
