@@ -60,7 +60,7 @@ pub const ETCD: Policy = Policy::endless(Duration::from_millis(50), Duration::fr
 pub const CAMPAIGN: Policy = Policy::endless(Duration::from_millis(300), Duration::from_secs(5));
 /// A worker's connection to the schedulers: short, so that a worker finds a new leader well
 /// within its lease (delays reach up to twice `max` with their jitter).
-pub const DIAL: Policy = Policy::endless(Duration::from_millis(50), Duration::from_secs(1));
+pub const DIAL: Policy = Policy::endless(Duration::from_millis(50), Duration::from_millis(500));
 
 #[cfg(test)]
 mod tests {

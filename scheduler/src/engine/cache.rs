@@ -5,6 +5,7 @@
 //! [`Cache`] is the part that owns the entries (no engine inside, tested on its own below);
 //! the engine computes keys, asks it for hits and records new results in it.
 
+use super::held::HeldResult;
 use super::model::{CacheEntry, TrRef, INLINE_VALUE_LIMIT};
 use super::tables;
 use super::Engine;
@@ -124,7 +125,10 @@ impl Engine {
             return;
         };
         let tr = &run.nodes[node].runs[t.index as usize];
-        let (Some(result), Some(value)) = (tr.result.as_deref().cloned(), tr.value.clone()) else {
+        let (Some(result), Some(value)) = (
+            tr.result.as_deref().map(HeldResult::to_ref),
+            tr.value.clone(),
+        ) else {
             return;
         };
         let Some(inputs) = tr.inputs.as_ref().map(|i| i.json_for(t.index as usize)) else {

@@ -1,6 +1,7 @@
 //! DAG progress: expanding a task into its task runs when its upstream tasks complete,
 //! finishing tasks, propagating failure downstream and finishing runs.
 
+use super::held::HeldResult;
 use super::model::{NodeState, Runner, TaskRun, TrRef};
 use super::tables;
 use super::Engine;
@@ -85,7 +86,7 @@ impl Engine {
                 // Completed from the cache: no dispatch, no attempt.
                 tracing::debug!(run = %run_id, task = %task.name, index, "cache hit");
                 tr.state = TaskState::Completed;
-                tr.result = Some(Box::new(result));
+                tr.result = Some(Box::new(result.into()));
                 tr.value = Some(value);
                 tr.worker = Some(Runner::Cache);
                 tr.started_ms = now;
@@ -110,7 +111,7 @@ impl Engine {
         }
         for (t, map_index) in hits {
             // The cache hit's own committed pointer: the same result object.
-            if let Some(result) = self.tr_mut(t).result.as_deref().cloned() {
+            if let Some(result) = self.tr_mut(t).result.as_deref().map(HeldResult::to_ref) {
                 self.write(tables::results::create(
                     &run_id, &task.name, map_index, &result,
                 ));
@@ -146,6 +147,10 @@ impl Engine {
             NodeState::Cancelled
         } else if node.runs.iter().any(|t| t.state == TaskState::Skipped) {
             NodeState::Skipped
+        } else if run.flow.downstream[i].is_empty() {
+            // No task reads the node's value: a mapped node's list is not built (a
+            // sub-flow's parent builds it from the task runs when it needs it).
+            NodeState::Completed
         } else {
             let value = if node.mapped {
                 Value::Array(

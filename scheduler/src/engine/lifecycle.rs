@@ -120,7 +120,7 @@ impl Engine {
                 let ended_us = self.us(now);
                 let tr = self.tr_mut(t);
                 tr.state = TaskState::Completed;
-                tr.result = Some(Box::new(result));
+                tr.result = Some(Box::new(result.into()));
                 tr.value = Some(Arc::new(value));
                 tr.ended_ms = now;
                 tr.us.ended_us = ended_us;

@@ -7,6 +7,7 @@ mod cache;
 mod dag;
 mod dispatch;
 mod flows;
+mod held;
 mod lifecycle;
 mod limits;
 mod model;

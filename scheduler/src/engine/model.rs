@@ -1,5 +1,6 @@
 //! The engine's in-memory model of runs, task nodes and task runs, and their durable records.
 
+use super::held::HeldResult;
 use baton_common::flow::{FlowSpec, ResolvedInputs, TaskSpec};
 use baton_common::ids::RunId;
 use baton_common::result_store::ResultRef;
@@ -177,7 +178,7 @@ pub struct TaskRun {
     pub started_ms: i64,
     pub ended_ms: i64,
     /// Boxed: most task runs in memory at a time are queued, without a result.
-    pub result: Option<Box<ResultRef>>,
+    pub result: Option<Box<HeldResult>>,
     pub value: Option<Arc<Value>>,
     pub error: String,
     /// The inputs of its task, shared by all the task's runs (a mapped task's broadcast
@@ -449,7 +450,7 @@ impl TaskRunRecord {
             let small = tr
                 .result
                 .as_ref()
-                .is_none_or(|r| r.size as usize <= INLINE_VALUE_LIMIT);
+                .is_none_or(|r| r.size() as usize <= INLINE_VALUE_LIMIT);
             small.then(|| (**v).clone())
         });
         TaskRunRecord {
@@ -458,7 +459,7 @@ impl TaskRunRecord {
             worker: tr.worker_name(),
             started_ms: tr.started_ms,
             ended_ms: tr.ended_ms,
-            result: tr.result.as_deref().cloned(),
+            result: tr.result.as_deref().map(HeldResult::to_ref),
             value,
             error: tr.error.clone(),
             failures: tr.failures,

@@ -212,7 +212,7 @@ impl Engine {
             tr.worker = Runner::from_record(&rec.worker);
             tr.started_ms = rec.started_ms;
             tr.ended_ms = rec.ended_ms;
-            tr.result = rec.result.map(Box::new);
+            tr.result = rec.result.map(|r| Box::new(r.into()));
             tr.value = rec.value.map(Arc::new);
             tr.error = rec.error;
             tr.attempts = rec.attempts;
@@ -252,7 +252,7 @@ impl Engine {
         tr.error = rec.error;
         tr.started_ms = rec.started_ms;
         tr.ended_ms = rec.ended_ms;
-        tr.result = rec.result.map(Box::new);
+        tr.result = rec.result.map(|r| Box::new(r.into()));
         tr.value = rec.value.map(Arc::new);
         tr.child = rec.child;
         tr.us = rec.us;

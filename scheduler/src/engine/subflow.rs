@@ -240,7 +240,7 @@ impl Engine {
         if !node.mapped {
             if let Some(tr) = node.runs.first() {
                 if let (Some(r), Some(v)) = (&tr.result, &tr.value) {
-                    return Ok(((**r).clone(), (**v).clone()));
+                    return Ok((r.to_ref(), (**v).clone()));
                 }
             }
         }

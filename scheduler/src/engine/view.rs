@@ -234,7 +234,7 @@ pub(super) fn row(
         worker: tr.worker_name(),
         started_ms: tr.started_ms,
         ended_ms: tr.ended_ms,
-        result: tr.result.as_deref().cloned().map(Into::into),
+        result: tr.result.as_deref().map(|r| r.to_ref().into()),
         error: tr.error.clone(),
         value: match (&tr.value, with_value) {
             (Some(v), true) => v.to_string(),
