@@ -29,6 +29,9 @@ impl KeyHasher {
     }
 }
 
+/// Tables with room for more keys than this shrink when three quarters are empty.
+const SHRINK_ABOVE: usize = 1 << 16;
+
 pub(super) struct KeySizes {
     ids: KeyHasher,
     map: HashMap<KeyId, u32>,
@@ -56,7 +59,12 @@ impl KeySizes {
     }
 
     pub fn remove(&mut self, id: KeyId) -> Option<u32> {
-        self.map.remove(&id)
+        let removed = self.map.remove(&id);
+        // Room made for a large run's keys is given back once they are gone.
+        if self.map.capacity() > SHRINK_ABOVE && self.map.len() < self.map.capacity() / 4 {
+            self.map.shrink_to(self.map.len() * 2);
+        }
+        removed
     }
 }
 
@@ -80,5 +88,29 @@ mod tests {
         let id = s.id("tr/run/task/5");
         assert_eq!(s.remove(id), Some(6));
         assert!(!s.contains("tr/run/task/5"));
+    }
+
+    #[test]
+    fn room_for_a_large_run_is_given_back_once_its_keys_are_gone() {
+        let mut s = KeySizes::new();
+        let ids: Vec<_> = (0..200_000)
+            .map(|i| s.id(&format!("tr/run/task/{i}")))
+            .collect();
+        for &id in &ids {
+            s.insert(id, 1);
+        }
+        let full = s.map.capacity();
+        for &id in &ids[10..] {
+            assert_eq!(s.remove(id), Some(1));
+        }
+        assert_eq!(s.map.len(), 10);
+        assert!(
+            s.map.capacity() <= super::SHRINK_ABOVE && s.map.capacity() < full / 2,
+            "{} of {full}",
+            s.map.capacity()
+        );
+        for &id in &ids[..10] {
+            assert_eq!(s.remove(id), Some(1), "kept through the shrinking");
+        }
     }
 }

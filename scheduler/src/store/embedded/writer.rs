@@ -17,6 +17,9 @@ use std::sync::mpsc::{Receiver, Sender};
 use tokio::sync::oneshot;
 
 const EPOCH_KEY: &str = "meta/epoch";
+
+/// The group-commit buffer keeps at most this much room between groups.
+const BUF_KEEP: usize = 4 << 20;
 /// Most requests taken into one group.
 const MAX_GROUP: usize = 4096;
 
@@ -346,9 +349,14 @@ impl Writer {
         let written = self
             .write_buf()
             .and_then(|()| if sync { self.log.sync_data() } else { Ok(()) });
+        let len = self.buf.len() as u64;
+        if self.buf.capacity() > BUF_KEEP {
+            // A step that wrote a whole fan-out: its buffer is given back, not kept.
+            self.buf = Vec::new();
+        }
         match written {
             Ok(()) => {
-                self.log_bytes += self.buf.len() as u64;
+                self.log_bytes += len;
                 Ok(())
             }
             Err(e) => {
