@@ -31,7 +31,12 @@ pub struct SchedulerConfig {
     #[arg(long, env = "BATON_RESULT_STORE")]
     pub result_store: Option<String>,
     /// How often workers send heartbeats, in milliseconds.
-    #[arg(long = "heartbeat-ms", env = "BATON_HEARTBEAT_MS", default_value_t = defaults::HEARTBEAT_MS)]
+    #[arg(
+        long = "heartbeat-ms",
+        value_name = "MS",
+        env = "BATON_HEARTBEAT_MS",
+        default_value_t = defaults::HEARTBEAT_MS
+    )]
     pub heartbeat_interval_ms: u64,
     /// A disconnected or silent worker's attempts are dispatched again after this long.
     #[arg(long, env = "BATON_WORKER_LEASE_MS", default_value_t = defaults::WORKER_LEASE_MS)]
