@@ -71,8 +71,9 @@ pub struct SchedulerConfig {
     /// The leadership lease in etcd, in milliseconds.
     #[arg(long, env = "BATON_LEADER_LEASE_MS", default_value_t = defaults::LEADER_LEASE_MS)]
     pub leader_lease_ms: u64,
-    /// Fault injection for tests (from `BATON_FAULT_*` variables; never set in production).
-    #[arg(skip = Faults::from_env())]
+    /// Fault injection for tests: the binary reads it with [`Faults::from_env`] (never set
+    /// in production).
+    #[arg(skip)]
     pub faults: Faults,
 }
 
@@ -123,11 +124,10 @@ impl Default for SchedulerConfig {
         // Flags read their variables only when asked to: strip `env` so that a default
         // configuration does not depend on the process's environment.
         let command = command.mut_args(|a| a.env(None::<&'static str>));
-        let matches = command.get_matches_from(["defaults"]);
-        let mut config = SchedulerConfig::from_arg_matches(&matches)
-            .expect("the flags' defaults are a valid configuration");
-        config.faults = Faults::default();
-        config
+        command
+            .try_get_matches_from(["defaults"])
+            .and_then(|m| SchedulerConfig::from_arg_matches(&m))
+            .expect("the flags' defaults are a valid configuration")
     }
 }
 

@@ -26,7 +26,10 @@ async fn main() -> anyhow::Result<()> {
         libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
     }
     let a = Args::parse();
-    let config = a.config;
+    let config = baton_scheduler::SchedulerConfig {
+        faults: baton_scheduler::config::Faults::from_env(),
+        ..a.config
+    };
     // A bad combination of values is reported like a bad value: naming the flag, exit 2.
     if let Err(e) = config.validate() {
         clap::Error::raw(clap::error::ErrorKind::ValueValidation, format!("{e}\n")).exit();
