@@ -2,29 +2,39 @@
 //! gRPC over loopback exactly as separate processes would.
 
 use baton_scheduler::SchedulerConfig;
+use baton_worker::gpu::GpuChoice;
 use baton_worker::WorkerConfig;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-/// A worker to start: its labels and slots.
+/// A worker to start: its labels, slots and GPUs.
 #[derive(Clone, Debug)]
 pub struct WorkerSpec {
     pub labels: Vec<String>,
     pub slots: u32,
+    /// Which of the host's GPUs it offers (give each GPU to one worker only).
+    pub gpus: GpuChoice,
 }
 
 impl WorkerSpec {
-    /// Parses `LABEL[,LABEL...][:SLOTS]`.
+    /// Parses `LABEL[,LABEL...][:SLOTS[:GPUS]]`, GPUS being `auto`, `none` (the default) or
+    /// device indices such as `0,1`.
     pub fn parse(s: &str) -> Result<Self, String> {
-        let (labels, slots) = match s.rsplit_once(':') {
-            Some((l, n)) => (
-                l,
-                n.parse()
-                    .map_err(|_| format!("worker `{s}`: slots `{n}` is not a number"))?,
-            ),
-            None => (s, default_slots()),
+        let mut parts = s.splitn(3, ':');
+        let labels = parts.next().unwrap_or_default();
+        let slots = match parts.next() {
+            Some(n) => n
+                .parse()
+                .map_err(|_| format!("worker `{s}`: slots `{n}` is not a number"))?,
+            None => default_slots(),
+        };
+        let gpus = match parts.next() {
+            Some(g) => g
+                .parse()
+                .map_err(|e| format!("worker `{s}`: gpus `{g}`: {e}"))?,
+            None => GpuChoice::None,
         };
         let labels: Vec<String> = labels
             .split(',')
@@ -35,7 +45,11 @@ impl WorkerSpec {
         if slots == 0 {
             return Err(format!("worker `{s}`: slots must be at least 1"));
         }
-        Ok(WorkerSpec { labels, slots })
+        Ok(WorkerSpec {
+            labels,
+            slots,
+            gpus,
+        })
     }
 }
 
@@ -45,16 +59,19 @@ fn default_slots() -> u32 {
         .unwrap_or(2)
 }
 
-/// The default workers of `baton dev`: one `local`, one `local,trainer`.
+/// The default workers of `baton dev`: one `local`, one `local,trainer` with the host's GPUs
+/// (if it has any).
 pub fn default_workers() -> Vec<WorkerSpec> {
     vec![
         WorkerSpec {
             labels: vec!["local".into()],
             slots: default_slots(),
+            gpus: GpuChoice::None,
         },
         WorkerSpec {
             labels: vec!["local".into(), "trainer".into()],
             slots: default_slots(),
+            gpus: GpuChoice::Auto,
         },
     ]
 }
@@ -98,11 +115,14 @@ impl EmbeddedCluster {
             }
         }));
         for (i, w) in workers.iter().enumerate() {
+            let gpus = baton_worker::gpu::offered(&w.gpus)
+                .map_err(|e| EmbeddedError::Worker(format!("gpus `{}`: {e}", w.gpus)))?;
             let config = WorkerConfig {
                 id: format!("dev-{}-{}", w.labels.join("-"), i + 1),
                 schedulers: vec![format!("http://{addr}")],
                 labels: w.labels.clone(),
                 slots: w.slots,
+                gpus,
                 ..WorkerConfig::default()
             };
             config

@@ -278,34 +278,87 @@ fn task_json(t: &pb::TaskRun) -> Value {
     v
 }
 
-/// The table of `baton workers`.
+/// The table of `baton workers`, then one line per GPU: its device, and the attempt holding
+/// it or `free`.
 pub fn workers_table(ws: &[pb::WorkerInfo]) -> String {
     let rows: Vec<Vec<String>> = ws
         .iter()
         .map(|w| {
-            let r = w.resources.unwrap_or_default();
-            let f = w.free.unwrap_or_default();
+            let r = w.resources.clone().unwrap_or_default();
+            let f = w.free.clone().unwrap_or_default();
             vec![
                 w.id.clone(),
                 w.labels.join(","),
                 format!("{}/{}", f.slots, r.slots),
-                r.gpus.to_string(),
+                format!("{}/{}", f.gpus, r.gpus),
                 w.running.to_string(),
                 w.address.clone(),
             ]
         })
         .collect();
-    table(
+    let mut out = table(
         &[
             "WORKER",
             "LABELS",
             "FREE SLOTS",
-            "GPUS",
+            "FREE GPUS",
             "RUNNING",
             "ADDRESS",
         ],
         &rows,
-    )
+    );
+    let gpus: Vec<Vec<String>> = ws
+        .iter()
+        .flat_map(|w| {
+            let devices = w.resources.clone().unwrap_or_default().devices;
+            devices.into_iter().map(move |d| {
+                let holder = w
+                    .gpus_held
+                    .iter()
+                    .find(|h| h.gpus.contains(&d.index))
+                    .and_then(|h| h.key.as_ref())
+                    .map_or_else(|| "free".to_string(), attempt_name);
+                vec![
+                    w.id.clone(),
+                    d.index.to_string(),
+                    if d.name.is_empty() {
+                        "-".into()
+                    } else {
+                        d.name.clone()
+                    },
+                    if d.memory_mb == 0 {
+                        "-".into()
+                    } else {
+                        format!("{} MB", d.memory_mb)
+                    },
+                    if d.uuid.is_empty() {
+                        "-".into()
+                    } else {
+                        d.uuid.clone()
+                    },
+                    holder,
+                ]
+            })
+        })
+        .collect();
+    if !gpus.is_empty() {
+        out.push('\n');
+        out.push_str(&table(
+            &["WORKER", "GPU", "NAME", "MEMORY", "UUID", "HELD BY"],
+            &gpus,
+        ));
+    }
+    out
+}
+
+/// `run/task[index]#attempt`.
+fn attempt_name(k: &pb::AttemptKey) -> String {
+    let index = if k.map_index >= 0 {
+        format!("[{}]", k.map_index)
+    } else {
+        String::new()
+    };
+    format!("{}/{}{index}#{}", k.run_id, k.task, k.attempt)
 }
 
 /// What `baton leader` prints: the leader, its epoch, who answered, then the replicas.

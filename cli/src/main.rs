@@ -43,8 +43,9 @@ enum Cmd {
         /// Folder for state and local results.
         #[arg(long, default_value = ".baton/dev")]
         data: PathBuf,
-        /// A worker as LABELS[:SLOTS], e.g. `local,trainer:4`; repeat for more
-        /// (default: `local` and `local,trainer`).
+        /// A worker as LABELS[:SLOTS[:GPUS]], e.g. `local,trainer:4:auto`; GPUS is `auto`,
+        /// `none` (the default) or device indices such as `0,1`; repeat for more (default:
+        /// `local`, and `local,trainer` with the host's GPUs).
         #[arg(long = "worker")]
         workers: Vec<String>,
     },
@@ -114,6 +115,8 @@ enum ResultCmd {
 fn main() {
     // The process shim of a task of an embedded worker (`baton dev`) runs here and exits.
     baton_worker::shim::init();
+    // Before any thread starts: CUDA numbers devices as NVML does (embedded workers).
+    baton_worker::gpu::use_pci_bus_order();
     cli_main()
 }
 

@@ -1,6 +1,7 @@
 //! The worker's typed configuration, its defaults and its validation.
 
 use crate::error::{Error, Result};
+use crate::gpu::Gpu;
 
 /// Where a worker connects by default.
 pub const DEFAULT_SCHEDULER: &str = "http://127.0.0.1:7070";
@@ -18,7 +19,8 @@ pub struct WorkerConfig {
     pub labels: Vec<String>,
     /// Concurrent task slots.
     pub slots: u32,
-    pub gpus: u32,
+    /// The GPUs offered to tasks (see [`crate::gpu`]); each attempt is pinned to its own.
+    pub gpus: Vec<Gpu>,
     pub memory_mb: u64,
     /// When no leader has been heard from for longer than this (measured from the last
     /// message received from a leader), running tasks are cancelled.
@@ -34,7 +36,7 @@ impl Default for WorkerConfig {
             schedulers: vec![DEFAULT_SCHEDULER.to_string()],
             labels: vec!["local".to_string()],
             slots: default_slots(),
-            gpus: 0,
+            gpus: Vec::new(),
             memory_mb: default_memory_mb(),
             leader_lease_ms: DEFAULT_LEADER_LEASE_MS,
             drain_timeout_ms: 30_000,
@@ -73,6 +75,12 @@ impl WorkerConfig {
         }
         if self.slots == 0 {
             return Err(Error::config("slots", "must be at least 1"));
+        }
+        if self.gpus.len() > baton_common::flow::MAX_GPUS as usize {
+            return Err(Error::config(
+                "gpus",
+                format!("at most {} GPUs", baton_common::flow::MAX_GPUS),
+            ));
         }
         if self.leader_lease_ms < 100 {
             return Err(Error::config(

@@ -6,6 +6,7 @@ pub mod config;
 pub mod connection;
 pub mod error;
 pub mod executor;
+pub mod gpu;
 pub mod shim;
 pub mod task;
 

@@ -5,6 +5,7 @@
 use baton_worker::config::{
     default_id, default_memory_mb, default_slots, DEFAULT_LEADER_LEASE_MS, DEFAULT_SCHEDULER,
 };
+use baton_worker::gpu::{self, GpuChoice};
 use baton_worker::WorkerConfig;
 use clap::Parser;
 use std::process::ExitCode;
@@ -32,9 +33,10 @@ struct Args {
     /// Concurrent task slots [default: the number of CPUs].
     #[arg(long, env = "BATON_WORKER_SLOTS")]
     slots: Option<u32>,
-    /// GPUs offered to tasks.
-    #[arg(long, env = "BATON_WORKER_GPUS", default_value_t = 0)]
-    gpus: u32,
+    /// GPUs offered to tasks: `auto` (every NVIDIA GPU NVML finds; none without a driver),
+    /// `none`, or device indices such as `0,2`. Each attempt is pinned to its own devices.
+    #[arg(long, env = "BATON_WORKER_GPUS", default_value = "auto")]
+    gpus: GpuChoice,
     /// Memory offered to tasks, in MiB [default: the host's memory].
     #[arg(long, env = "BATON_WORKER_MEMORY_MB")]
     memory_mb: Option<u64>,
@@ -52,36 +54,46 @@ struct Args {
 }
 
 impl Args {
-    fn into_config(self) -> WorkerConfig {
+    fn into_config(self) -> Result<WorkerConfig, String> {
         let trimmed = |v: Vec<String>| -> Vec<String> {
             v.into_iter()
                 .map(|s| s.trim().to_string())
                 .filter(|s| !s.is_empty())
                 .collect()
         };
-        WorkerConfig {
+        let gpus = gpu::offered(&self.gpus).map_err(|e| format!("--gpus {}: {e}", self.gpus))?;
+        Ok(WorkerConfig {
             id: self.id.unwrap_or_else(default_id),
             schedulers: trimmed(self.scheduler),
             labels: trimmed(self.labels),
             slots: self.slots.unwrap_or_else(default_slots),
-            gpus: self.gpus,
+            gpus,
             memory_mb: self.memory_mb.unwrap_or_else(default_memory_mb),
             leader_lease_ms: self.leader_lease_ms,
             drain_timeout_ms: self.drain_timeout_ms,
-        }
+        })
     }
 }
 
 fn main() -> ExitCode {
     // A process shim of a task, started by a worker, runs here and exits.
     baton_worker::shim::init();
+    // Before any thread starts: CUDA numbers devices as NVML does.
+    gpu::use_pci_bus_order();
     worker_main()
 }
 
 #[tokio::main]
 async fn worker_main() -> ExitCode {
-    let config = Args::parse().into_config();
+    let args = Args::parse();
     baton_common::telemetry::init("info");
+    let config = match args.into_config() {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("baton-worker: {e}");
+            return ExitCode::from(2);
+        }
+    };
     match serve(config).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

@@ -1,5 +1,6 @@
 //! What an executing task sees: its attempt, the result store, cancellation and a log sink.
 
+use crate::gpu::Gpu;
 use baton_common::ids::AttemptKey;
 use baton_common::result_store::ResultStore;
 use std::sync::Arc;
@@ -26,7 +27,18 @@ pub struct TaskContext {
     pub scheduled_start_ms: i64,
     /// Cancelled when the attempt is cancelled, times out or the worker stops.
     pub cancel: CancellationToken,
+    /// The GPUs pinned to this attempt.
+    pub gpus: GpuGrant,
     logs: mpsc::UnboundedSender<TaskLog>,
+}
+
+/// The GPUs an attempt may use.
+#[derive(Clone, Debug, Default)]
+pub struct GpuGrant {
+    /// The devices pinned to it.
+    pub pinned: Arc<[Gpu]>,
+    /// Whether its worker has GPUs at all (a task without any is then kept off them).
+    pub worker_has_gpus: bool,
 }
 
 impl TaskContext {
@@ -42,8 +54,15 @@ impl TaskContext {
             store,
             scheduled_start_ms,
             cancel,
+            gpus: GpuGrant::default(),
             logs,
         }
+    }
+
+    /// The same context with GPUs pinned.
+    pub fn with_gpus(mut self, gpus: GpuGrant) -> Self {
+        self.gpus = gpus;
+        self
     }
 
     /// Sends a log line to the scheduler.

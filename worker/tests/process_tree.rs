@@ -68,7 +68,7 @@ async fn run(
         ..Default::default()
     };
     let (tx, _rx) = mpsc::unbounded_channel();
-    execute(key(), assign, store, cancel, tx).await
+    execute(key(), assign, Default::default(), store, cancel, tx).await
 }
 
 /// Like [`run`], failing the test instead of hanging.

@@ -23,6 +23,7 @@ pub const BUILTINS: &[&str] = &[
     "train_ridge",
     "evaluate",
     "cleanup",
+    "ridge_benchmark",
 ];
 
 /// A validated flow definition.
@@ -222,7 +223,17 @@ pub struct ResourceSpec {
     pub gpus: u32,
     #[serde(default)]
     pub memory_mb: u64,
+    /// The memory each of the task's GPUs must have (0: any GPU).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub gpu_memory_mb: u64,
 }
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
+}
+
+/// The most GPUs one task may ask for (and one worker may offer).
+pub const MAX_GPUS: u32 = 64;
 
 impl Default for ResourceSpec {
     fn default() -> Self {
@@ -230,6 +241,7 @@ impl Default for ResourceSpec {
             slots: 1,
             gpus: 0,
             memory_mb: 0,
+            gpu_memory_mb: 0,
         }
     }
 }

@@ -119,6 +119,8 @@ struct RawResources {
     gpus: u32,
     #[serde(default)]
     memory_mb: u64,
+    #[serde(default)]
+    gpu_memory_mb: u64,
 }
 
 #[derive(Deserialize)]
@@ -243,6 +245,7 @@ fn convert_task(t: RawTask, project: &str) -> Result<TaskSpec> {
             slots: r.slots.unwrap_or(1),
             gpus: r.gpus,
             memory_mb: r.memory_mb,
+            gpu_memory_mb: r.gpu_memory_mb,
         },
     };
     let retries = match t.retries {

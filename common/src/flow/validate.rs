@@ -133,6 +133,18 @@ fn check_task(spec: &FlowSpec, names: &HashSet<&str>, t: &TaskSpec) -> Result<()
     if t.resources.slots == 0 {
         return Err(at("resources.slots", "must be at least 1".into()));
     }
+    if t.resources.gpus > super::MAX_GPUS {
+        return Err(at(
+            "resources.gpus",
+            format!("must be at most {}", super::MAX_GPUS),
+        ));
+    }
+    if t.resources.gpu_memory_mb > 0 && t.resources.gpus == 0 {
+        return Err(at(
+            "resources.gpu_memory_mb",
+            "asks memory of GPUs, but `gpus` is 0: ask for at least one GPU".into(),
+        ));
+    }
     if let Some(c) = &t.cache {
         if c.version.len() > 128 {
             return Err(at("cache.version", "must be at most 128 characters".into()));

@@ -3,7 +3,7 @@
 //! worker sessions coming and going.
 
 use super::model::{AttemptInfo, Runner, TrRef};
-use super::registry::WorkerSlot;
+use super::registry::{Gpu, Gpus, WorkerSlot};
 use super::{Engine, Outgoing, Timer};
 use baton_common::flow::ResourceSpec;
 use baton_common::ids::{AttemptKey, WorkerId};
@@ -20,6 +20,10 @@ pub struct WorkerRegistration {
     /// Attempts it is still running (or finished without an acknowledgement).
     pub running: Vec<AttemptKey>,
     pub address: String,
+    /// Its GPUs (`resources.gpus` counts them; missing ones are known by index only).
+    pub devices: Vec<Gpu>,
+    /// The GPUs that attempts in `running` hold.
+    pub gpus_held: HashMap<AttemptKey, Vec<u32>>,
 }
 
 impl Engine {
@@ -127,7 +131,12 @@ impl Engine {
         if task.timeout_ms > 0 {
             tr.deadline_ms = now + task.timeout_ms as i64;
         }
-        w.reserve((t, attempt), &task.resources);
+        let pinned = w.reserve((t, attempt), &task.resources, &[]);
+        let devices = pinned
+            .iter()
+            .filter_map(|&i| w.gpus.device(i))
+            .map(gpu_to_wire)
+            .collect();
         let session = w.session;
         let class = node.class;
         let msg = SchedulerMessage {
@@ -146,6 +155,8 @@ impl Engine {
                     slots: task.resources.slots,
                     gpus: task.resources.gpus,
                     memory_mb: task.resources.memory_mb,
+                    devices,
+                    gpu_memory_mb: task.resources.gpu_memory_mb,
                 }),
                 traceparent: String::new(),
                 scheduled_start_ms: run.scheduled_start_ms,
@@ -175,13 +186,17 @@ impl Engine {
         labels.dedup();
         let old = self.registry.workers.remove(&reg.id);
         let name: std::sync::Arc<str> = std::sync::Arc::from(reg.id.0.as_str());
+        let gpus = Gpus::new(reg.devices.clone(), reg.resources.gpus);
+        let mut total = reg.resources.clone();
+        total.gpus = gpus.len() as u32;
         let mut slot = WorkerSlot {
             id: reg.id.clone(),
             name: name.clone(),
             session,
             labels,
-            total: reg.resources.clone(),
-            free: reg.resources.clone(),
+            free: total.clone(),
+            total,
+            gpus,
             attempts: HashMap::new(),
             connected: true,
             draining: false,
@@ -199,7 +214,8 @@ impl Engine {
                         .task(t.node as usize)
                         .resources
                         .clone();
-                    slot.reserve((t, key.attempt), &r);
+                    let held = reg.gpus_held.get(key).map_or(&[][..], Vec::as_slice);
+                    slot.reserve((t, key.attempt), &r, held);
                     let class = self.runs[t.run].nodes[t.node as usize].class;
                     self.hold(t, key.attempt, class);
                     adopted.push(t);
@@ -322,12 +338,17 @@ impl Engine {
             }
             if class.unrunnable_since == 0 {
                 class.unrunnable_since = now;
+                let r = &class.resources;
+                let gpus = match (r.gpus, r.gpu_memory_mb) {
+                    (0, _) => String::new(),
+                    (n, 0) => format!(", {n} GPU(s)"),
+                    (n, m) => format!(", {n} GPU(s) of at least {m} MB each"),
+                };
                 class.reason = format!(
-                    "no connected worker has labels [{}] and resources of {} slot(s), {} gpu(s), {} MB",
+                    "no connected worker has labels [{}] and resources of {} slot(s){gpus}, {} MB",
                     class.labels.join(", "),
-                    class.resources.slots,
-                    class.resources.gpus,
-                    class.resources.memory_mb
+                    r.slots,
+                    r.memory_mb
                 );
                 tracing::warn!(reason = %class.reason, "tasks cannot be placed");
             }
@@ -375,5 +396,15 @@ impl Engine {
             return c.reason.clone();
         }
         self.limit_reason(class)
+    }
+}
+
+/// A GPU as the wire shows it.
+pub(super) fn gpu_to_wire(g: &Gpu) -> baton_proto::GpuDevice {
+    baton_proto::GpuDevice {
+        index: g.index,
+        uuid: g.uuid.clone(),
+        name: g.name.clone(),
+        memory_mb: g.memory_mb,
     }
 }

@@ -28,6 +28,7 @@ pub use model::{
     INLINE_VALUE_LIMIT,
 };
 pub use recover::Recovered;
+pub use registry::Gpu;
 pub use schedule::ScheduleRecord;
 pub use table::RunKey;
 

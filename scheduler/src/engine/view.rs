@@ -1,5 +1,6 @@
 //! Read-only views of the engine's state as wire messages.
 
+use super::dispatch::gpu_to_wire;
 use super::model::{Node, NodeState, Run, TaskRun, TrRef};
 use super::{Engine, EngineError};
 use baton_common::state::TaskState;
@@ -189,6 +190,18 @@ impl Engine {
         self.runs.get(t.run).map(|r| r.id.0.as_str())
     }
 
+    /// The wire key of attempt `attempt` of task run `t` (None: its run has left memory).
+    pub(super) fn attempt_key(&self, t: TrRef, attempt: u32) -> Option<pb::AttemptKey> {
+        let run = self.runs.get(t.run)?;
+        let node = run.nodes.get(t.node as usize)?;
+        Some(pb::AttemptKey {
+            run_id: run.id.0.clone(),
+            task: run.flow.task(t.node as usize).name.clone(),
+            map_index: if node.mapped { t.index as i64 } else { -1 },
+            attempt,
+        })
+    }
+
     /// Connected (and recently lost) workers.
     pub fn workers(&self) -> Vec<pb::WorkerInfo> {
         self.registry
@@ -202,15 +215,30 @@ impl Engine {
                     slots: w.total.slots,
                     gpus: w.total.gpus,
                     memory_mb: w.total.memory_mb,
+                    devices: w.gpus.devices().iter().map(gpu_to_wire).collect(),
+                    gpu_memory_mb: 0,
                 }),
                 free: Some(pb::Resources {
                     slots: w.free.slots,
                     gpus: w.free.gpus,
                     memory_mb: w.free.memory_mb,
+                    devices: w.gpus.free().map(gpu_to_wire).collect(),
+                    gpu_memory_mb: 0,
                 }),
                 running: w.attempts.len() as u32,
                 connected_ms: w.connected_ms,
                 address: w.address.clone(),
+                gpus_held: w
+                    .gpus
+                    .holdings()
+                    .into_iter()
+                    .filter_map(|((t, attempt), gpus)| {
+                        Some(pb::AttemptGpus {
+                            key: Some(self.attempt_key(t, attempt)?),
+                            gpus,
+                        })
+                    })
+                    .collect(),
             })
             .collect()
     }

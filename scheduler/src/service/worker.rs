@@ -3,9 +3,10 @@
 //! unbounded channel, bounded in practice by the credit each worker grants.
 
 use crate::actor::Command;
+use crate::engine::Gpu;
 use crate::engine::WorkerRegistration;
 use crate::leadership::Roles;
-use baton_common::flow::ResourceSpec;
+use baton_common::flow::{ResourceSpec, MAX_GPUS};
 use baton_common::ids::{AttemptKey, WorkerId};
 use baton_proto as pb;
 use pb::worker_message::Msg as Up;
@@ -50,17 +51,61 @@ fn registration(r: pb::Register, address: String) -> Result<WorkerRegistration, 
             "register: `resources.slots` must be at least 1",
         ));
     }
+    let devices = gpus(&res)?;
+    let gpus_held = r
+        .gpus_held
+        .iter()
+        .filter_map(|h| Some((AttemptKey::from(h.key.as_ref()?), h.gpus.clone())))
+        .collect();
     Ok(WorkerRegistration {
         id: WorkerId(r.worker_id),
         labels: r.labels,
         resources: ResourceSpec {
             slots: res.slots,
-            gpus: res.gpus,
+            gpus: res.gpus.max(devices.len() as u32),
             memory_mb: res.memory_mb,
+            gpu_memory_mb: 0,
         },
         running: r.running.iter().map(AttemptKey::from).collect(),
         address,
+        devices,
+        gpus_held,
     })
+}
+
+/// The longest GPU uuid or name a worker may register.
+const MAX_GPU_TEXT: usize = 256;
+
+/// Checks the GPUs a worker registers: at most [`MAX_GPUS`], distinct indices, bounded text.
+fn gpus(res: &pb::Resources) -> Result<Vec<Gpu>, Status> {
+    if res.gpus > MAX_GPUS || res.devices.len() > MAX_GPUS as usize {
+        return Err(Status::invalid_argument(format!(
+            "register: a worker may offer at most {MAX_GPUS} GPUs"
+        )));
+    }
+    let mut seen = std::collections::HashSet::new();
+    let mut out = Vec::with_capacity(res.devices.len());
+    for d in &res.devices {
+        if !seen.insert(d.index) {
+            return Err(Status::invalid_argument(format!(
+                "register: GPU index {} is given twice",
+                d.index
+            )));
+        }
+        if d.uuid.len() > MAX_GPU_TEXT || d.name.len() > MAX_GPU_TEXT {
+            return Err(Status::invalid_argument(format!(
+                "register: GPU {}: uuid and name must be at most {MAX_GPU_TEXT} bytes",
+                d.index
+            )));
+        }
+        out.push(Gpu {
+            index: d.index,
+            uuid: d.uuid.clone(),
+            name: d.name.clone(),
+            memory_mb: d.memory_mb,
+        });
+    }
+    Ok(out)
 }
 
 type Down = Pin<Box<dyn Stream<Item = Result<pb::SchedulerMessage, Status>> + Send>>;

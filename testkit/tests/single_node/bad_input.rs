@@ -172,8 +172,7 @@ async fn bad_input_is_refused_clearly() -> anyhow::Result<()> {
             worker_id: "z".into(),
             resources: Some(pb::Resources {
                 slots: 0,
-                gpus: 0,
-                memory_mb: 0,
+                ..Default::default()
             }),
             ..Default::default()
         })),

@@ -2,9 +2,8 @@
 //! `evaluate` and `cleanup`, passing CSV and JSON artifacts through the result store.
 
 use super::inputs::Inputs;
-use super::{blocking, dataset, ridge, store_error};
+use super::{blocking, dataset, device, ridge, store_error};
 use crate::task::{TaskContext, TaskError, TaskResult};
-use candle_core::Device;
 use serde_json::{json, Value};
 
 /// The most points `generate_dataset` makes.
@@ -138,9 +137,10 @@ pub(super) async fn train_ridge(inputs: Value, ctx: &TaskContext) -> TaskResult 
         return Err(inputs.error("alpha", format!("must be >= 0, got {alpha}")));
     }
     let text = read_text(F, ctx, "train", &uri).await?;
+    let (device, on) = device::for_attempt(F, ctx)?;
     let bytes = blocking(F, move || {
         let rows = parse_rows(F, "train", &uri, &text)?;
-        let model = ridge::fit_ridge(&rows, alpha, &Device::Cpu).map_err(|e| {
+        let model = ridge::fit_ridge(&rows, alpha, &device).map_err(|e| {
             TaskError::fatal(format!("{F}: cannot fit input `train` (`{uri}`): {e}"))
         })?;
         if !model.intercept.is_finite() || model.weights.iter().any(|w| !w.is_finite()) {
@@ -153,7 +153,7 @@ pub(super) async fn train_ridge(inputs: Value, ctx: &TaskContext) -> TaskResult 
     })
     .await?;
     let model_uri = put_artifact(F, ctx, "model.json", bytes, "application/json").await?;
-    tracing::info!(alpha, model = %model_uri, "trained a ridge model");
+    tracing::info!(alpha, model = %model_uri, device = %on, "trained a ridge model");
     Ok(Value::String(model_uri))
 }
 
@@ -165,6 +165,7 @@ pub(super) async fn evaluate(inputs: Value, ctx: &TaskContext) -> TaskResult {
     let test_uri = inputs.location("test")?;
     let model_text = read_text(F, ctx, "model", &model_uri).await?;
     let test_text = read_text(F, ctx, "test", &test_uri).await?;
+    let (device, on) = device::for_attempt(F, ctx)?;
     let uri = model_uri;
     let (alpha, score) = blocking(F, move || {
         let model: ridge::Model = serde_json::from_str(&model_text).map_err(|e| {
@@ -190,7 +191,9 @@ pub(super) async fn evaluate(inputs: Value, ctx: &TaskContext) -> TaskResult {
                 row.len()
             )));
         }
-        Ok((model.alpha, ridge::r2(&model, &rows)))
+        let score = ridge::r2_on(&model, &rows, &device)
+            .map_err(|e| TaskError::retryable(format!("{F}: cannot score on {on}: {e}")))?;
+        Ok((model.alpha, score))
     })
     .await?;
     Ok(json!({ "alpha": alpha, "r2": score }))

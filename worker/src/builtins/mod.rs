@@ -5,7 +5,9 @@
 //! The data generation, split and ridge fit are also plain functions here, for tests elsewhere.
 
 mod basic;
+mod bench;
 mod dataset;
+mod device;
 mod inputs;
 mod ml;
 mod ridge;
@@ -13,7 +15,7 @@ mod ridge;
 mod tests;
 
 pub use dataset::{generate_points, parse_csv, split_rows, test_count, to_csv};
-pub use ridge::{fit_ridge, r2, Model};
+pub use ridge::{fit_ridge, fit_tensor, r2, r2_on, r2_tensor, Model, GPU_TOLERANCE};
 
 use crate::task::{TaskContext, TaskError, TaskResult};
 use baton_common::Error as StoreError;
@@ -37,6 +39,7 @@ pub async fn run_builtin(
         "train_ridge" => ml::train_ridge(inputs, ctx).await,
         "evaluate" => ml::evaluate(inputs, ctx).await,
         "cleanup" => ml::cleanup(inputs, ctx).await,
+        "ridge_benchmark" => bench::ridge_benchmark(inputs, ctx).await,
         other => Err(TaskError::fatal(format!(
             "unknown built-in function `{other}`"
         ))),

@@ -357,3 +357,67 @@ async fn ml_bad_inputs_are_fatal_and_name_the_input() {
         &["train_ridge", "`train`", "no rows"],
     );
 }
+
+#[tokio::test]
+async fn ridge_benchmark_fits_generated_data_and_reports_its_times() {
+    let f = Fixture::new();
+    for dtype in ["f64", "f32"] {
+        let r = f
+            .run(
+                "ridge_benchmark",
+                json!({"n": 4000, "features": 6, "alpha": 0.0, "dtype": dtype}),
+            )
+            .await
+            .expect("the benchmark runs");
+        assert_eq!(r["device"], "cpu");
+        assert_eq!(r["n"], 4000);
+        assert_eq!(r["features"], 6);
+        assert_eq!(r["dtype"], dtype);
+        assert!(r["generate_s"].as_f64().is_some_and(|s| s >= 0.0), "{r}");
+        assert!(r["fit_s"].as_f64().is_some_and(|s| s >= 0.0), "{r}");
+        // 4,000 rows with noise 0.1: the weights come back within a few hundredths.
+        let error = r["max_weight_error"].as_f64().expect("a number");
+        assert!(error < 0.02, "{r}");
+    }
+    fatal_containing(
+        f.run("ridge_benchmark", json!({"n": 1 << 28, "features": 8}))
+            .await,
+        &["ridge_benchmark", "`n`", "at most"],
+    );
+    fatal_containing(
+        f.run("ridge_benchmark", json!({"n": 10, "dtype": "f16"}))
+            .await,
+        &["`dtype`"],
+    );
+    fatal_containing(
+        f.run("ridge_benchmark", json!({"n": 10, "device": "tpu"}))
+            .await,
+        &["`device`"],
+    );
+}
+
+#[test]
+fn the_tensor_score_used_on_gpus_matches_the_exact_one() {
+    // The tensor path of `r2_on` (used on GPUs) computed on the CPU device agrees with `r2`.
+    let rows = generate_points(9, 500, 3);
+    let model = fit_ridge(&rows, 0.5, &candle_core::Device::Cpu).unwrap();
+    let exact = r2(&model, &rows);
+    let data: Vec<f64> = rows.iter().flatten().copied().collect();
+    let tensor =
+        candle_core::Tensor::from_vec(data, (rows.len(), 4), &candle_core::Device::Cpu).unwrap();
+    let again = fit_tensor(&tensor, 0.5).unwrap();
+    assert_eq!(
+        again, model,
+        "the same data as a tensor fits the same model"
+    );
+    assert_eq!(
+        r2_on(&model, &rows, &candle_core::Device::Cpu).unwrap(),
+        exact
+    );
+    let tensor_score = r2_tensor(&model, &rows, &candle_core::Device::Cpu).unwrap();
+    assert!(
+        (tensor_score - exact).abs() <= GPU_TOLERANCE * exact.abs(),
+        "{tensor_score} vs {exact}"
+    );
+    assert!(exact > 0.0 && exact < 1.0, "{exact}");
+}

@@ -124,6 +124,12 @@ struct Worker {
     /// The last time a leader was heard from (see [`Worker::leader_lost`]); the leader
     /// lease runs from here while no leader is connected.
     leader_seen: Instant,
+    /// The GPUs (device indices) of attempts whose body has not ended: held until it has,
+    /// even when the attempt was cancelled or forgotten, so that no two attempts' processes
+    /// ever share a device.
+    gpu_holds: HashMap<AttemptKey, Vec<u32>>,
+    /// Assignments whose GPUs are still held by an ending attempt, in arrival order.
+    gpu_waiting: Vec<proto::Assign>,
 }
 
 impl Worker {
@@ -142,6 +148,8 @@ impl Worker {
             drain: None,
             connected: false,
             leader_seen: Instant::now(),
+            gpu_holds: HashMap::new(),
+            gpu_waiting: Vec::new(),
         };
         (worker, Inbox { finished, logs })
     }
@@ -215,9 +223,22 @@ impl Worker {
     fn cancel(&mut self, key: &AttemptKey, reason: TaskError) {
         if let Some(r) = self.running.get_mut(key) {
             tracing::info!(attempt = %key, reason = %reason.message, "cancelling attempt");
-            r.reason = Some(reason);
+            r.reason = Some(reason.clone());
             r.cancel.cancel();
         }
+        // One still waiting for its GPUs never starts.
+        if self.take_waiting(key) {
+            let fin = crate::executor::finished(key, Err(reason));
+            let _ = self.finished_tx.send((key.clone(), fin));
+        }
+    }
+
+    /// Removes `key` from the attempts waiting for GPUs; whether it was there.
+    fn take_waiting(&mut self, key: &AttemptKey) -> bool {
+        let before = self.gpu_waiting.len();
+        self.gpu_waiting
+            .retain(|a| a.key.as_ref().map(AttemptKey::from).as_ref() != Some(key));
+        self.gpu_waiting.len() != before
     }
 
     /// Stops an attempt and forgets it and its result: nothing about it is reported.
@@ -225,6 +246,7 @@ impl Worker {
         if let Some(r) = self.running.remove(key) {
             r.cancel.cancel();
         }
+        self.take_waiting(key);
         self.unacked.remove(key);
     }
 

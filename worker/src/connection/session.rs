@@ -5,7 +5,8 @@
 use super::outbound::{log_batch, Outbound};
 use super::{writer, Backoff, Inbox, Running, Worker};
 use crate::executor;
-use crate::task::{TaskError, TaskLog};
+use crate::gpu::Gpu;
+use crate::task::{GpuGrant, TaskError, TaskLog};
 use baton_common::ids::AttemptKey;
 use baton_common::result_store::open_store;
 use baton_common::time::now_ms;
@@ -246,8 +247,10 @@ impl Worker {
             labels: c.labels.clone(),
             resources: Some(proto::Resources {
                 slots: c.slots,
-                gpus: c.gpus,
+                gpus: c.gpus.len() as u32,
                 memory_mb: c.memory_mb,
+                devices: c.gpus.iter().map(Gpu::to_wire).collect(),
+                gpu_memory_mb: 0,
             }),
             running: self
                 .running
@@ -256,6 +259,7 @@ impl Worker {
                 .map(Into::into)
                 .collect(),
             max_epoch: self.max_epoch,
+            gpus_held: self.gpus_held(),
         }
     }
 
@@ -341,8 +345,13 @@ impl Worker {
                     while let Ok(line) = inbox.logs.try_recv() {
                         out.send_logs(log_batch(line, &mut inbox.logs))?;
                     }
+                    // Its body has ended: its GPUs are free for waiting assignments.
+                    let freed = self.gpu_holds.remove(&key).is_some();
                     if let Some(fin) = self.on_finished(key, fin) {
                         out.send(Up::Finished(fin)).await?;
+                    }
+                    if freed {
+                        self.start_waiting(out).await?;
                     }
                 }
                 Event::Log(first) => out.send_logs(log_batch(first, &mut inbox.logs))?,
@@ -418,11 +427,76 @@ impl Worker {
         if let Some(fin) = self.unacked.get(&key) {
             return out.send(Up::Finished(fin.clone())).await;
         }
-        let Some((_, store)) = &self.store else {
+        if self
+            .gpu_waiting
+            .iter()
+            .any(|a| a.key.as_ref() == Some(&proto_key))
+        {
+            return Ok(());
+        }
+        if self.store.is_none() {
             tracing::warn!(attempt = %key, "no result store yet, not starting the assignment");
             return Ok(());
+        }
+        self.running.insert(
+            key.clone(),
+            Running {
+                cancel: self.root.child_token(),
+                reason: None,
+            },
+        );
+        self.place(key, assign, out).await
+    }
+
+    /// Starts an admitted attempt on its GPUs, or lets it wait while another attempt's
+    /// processes still hold one of them, or fails it when it names a GPU this worker lacks.
+    async fn place(
+        &mut self,
+        key: AttemptKey,
+        assign: proto::Assign,
+        out: &Outbound,
+    ) -> Result<(), Lost> {
+        let wanted: Vec<u32> = assign
+            .resources
+            .iter()
+            .flat_map(|r| r.devices.iter().map(|d| d.index))
+            .collect();
+        let mut pinned = Vec::with_capacity(wanted.len());
+        for i in &wanted {
+            match self.config.gpus.iter().find(|g| g.index == *i) {
+                Some(g) => pinned.push(g.clone()),
+                None => {
+                    let error = TaskError::retryable(format!(
+                        "the scheduler pinned GPU {i}, which this worker does not offer"
+                    ));
+                    let fin = executor::finished(&key, Err(error));
+                    let _ = self.finished_tx.send((key, fin));
+                    return Ok(());
+                }
+            }
+        }
+        let busy = self
+            .gpu_holds
+            .iter()
+            .find(|(k, held)| **k != key && held.iter().any(|g| wanted.contains(g)));
+        if let Some((holder, _)) = busy {
+            tracing::info!(attempt = %key, holder = %holder, "waiting for GPUs still held by an ending attempt");
+            self.gpu_waiting.push(assign);
+            return Ok(());
+        }
+        let Some((_, store)) = &self.store else {
+            return Ok(());
         };
-        let cancel = self.root.child_token();
+        let Some(cancel) = self.running.get(&key).map(|r| r.cancel.clone()) else {
+            return Ok(());
+        };
+        if !wanted.is_empty() {
+            self.gpu_holds.insert(key.clone(), wanted);
+        }
+        let grant = GpuGrant {
+            pinned: pinned.into(),
+            worker_has_gpus: !self.config.gpus.is_empty(),
+        };
         let span = tracing::info_span!(
             "attempt",
             run = %key.run,
@@ -431,28 +505,66 @@ impl Worker {
             attempt = key.attempt
         );
         let body = {
-            let (key, store, cancel) = (key.clone(), store.clone(), cancel.clone());
+            let (key, store) = (key.clone(), store.clone());
             let (finished, logs) = (self.finished_tx.clone(), self.logs_tx.clone());
             async move {
-                let fin = executor::execute(key.clone(), assign, store, cancel, logs).await;
+                let fin = executor::execute(key.clone(), assign, grant, store, cancel, logs).await;
                 let _ = finished.send((key, fin));
             }
         };
-        self.running.insert(
-            key,
-            Running {
-                cancel,
-                reason: None,
-            },
-        );
         tokio::spawn(body.instrument(span));
         let at_us = baton_common::time::now_us();
         out.send(Up::Started(proto::Started {
-            key: Some(proto_key),
+            key: Some((&key).into()),
             at_ms: at_us.div_euclid(1000),
             at_us,
         }))
         .await
+    }
+
+    /// Starts the assignments that waited for GPUs now free (a cancelled one reports so).
+    async fn start_waiting(&mut self, out: &Outbound) -> Result<(), Lost> {
+        for assign in std::mem::take(&mut self.gpu_waiting) {
+            let Some(key) = assign.key.as_ref().map(AttemptKey::from) else {
+                continue;
+            };
+            match self.running.get(&key) {
+                None => continue,
+                Some(r) if r.cancel.is_cancelled() => {
+                    let reason = r
+                        .reason
+                        .clone()
+                        .unwrap_or_else(|| TaskError::fatal(executor::CANCELLED));
+                    let fin = executor::finished(&key, Err(reason));
+                    let _ = self.finished_tx.send((key, fin));
+                }
+                Some(_) => self.place(key, assign, out).await?,
+            }
+        }
+        Ok(())
+    }
+
+    /// The GPUs of attempts still running or waiting, for a new leader.
+    fn gpus_held(&self) -> Vec<proto::AttemptGpus> {
+        let held = self.gpu_holds.iter().map(|(k, g)| (k.clone(), g.clone()));
+        let waiting = self.gpu_waiting.iter().filter_map(|a| {
+            let key = AttemptKey::from(a.key.as_ref()?);
+            let gpus = a
+                .resources
+                .as_ref()?
+                .devices
+                .iter()
+                .map(|d| d.index)
+                .collect();
+            Some((key, gpus))
+        });
+        held.chain(waiting)
+            .filter(|(k, _)| self.running.contains_key(k))
+            .map(|(k, gpus)| proto::AttemptGpus {
+                key: Some((&k).into()),
+                gpus,
+            })
+            .collect()
     }
 }
 

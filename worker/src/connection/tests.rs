@@ -162,7 +162,7 @@ impl Harness {
             schedulers: schedulers(address),
             labels: vec!["local".into()],
             slots: 4,
-            gpus: 0,
+            gpus: Vec::new(),
             memory_mb: 1024,
             leader_lease_ms: lease_ms,
             drain_timeout_ms,

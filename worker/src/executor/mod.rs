@@ -6,7 +6,7 @@ mod process;
 
 pub use process::kill_all_groups;
 
-use crate::task::{TaskContext, TaskError, TaskLog, TaskResult};
+use crate::task::{GpuGrant, TaskContext, TaskError, TaskLog, TaskResult};
 use baton_common::flow::TaskKind;
 use baton_common::ids::AttemptKey;
 use baton_common::result_store::ResultStore;
@@ -85,6 +85,7 @@ fn parse_kind(spec: &str) -> Result<TaskKind, TaskError> {
 pub async fn execute(
     key: AttemptKey,
     assign: proto::Assign,
+    gpus: GpuGrant,
     store: Arc<dyn ResultStore>,
     cancel: CancellationToken,
     logs: mpsc::UnboundedSender<TaskLog>,
@@ -97,7 +98,8 @@ pub async fn execute(
                 job.scheduled_start_ms,
                 cancel.child_token(),
                 logs,
-            );
+            )
+            .with_gpus(gpus);
             AssertUnwindSafe(run_and_store(&job, &ctx, &cancel))
                 .catch_unwind()
                 .await

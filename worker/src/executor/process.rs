@@ -77,6 +77,9 @@ pub(super) async fn run(
     ] {
         env.insert(name.to_string(), value);
     }
+    for (name, value) in crate::gpu::task_env(&ctx.gpus.pinned, ctx.gpus.worker_has_gpus) {
+        env.insert(name.to_string(), value);
+    }
     let spec = Spec {
         command: command.to_string(),
         args: args.to_vec(),

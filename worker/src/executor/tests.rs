@@ -48,10 +48,22 @@ async fn run(
     timeout_ms: u64,
     cancel: CancellationToken,
 ) -> (proto::Finished, Vec<TaskLog>) {
+    run_with_gpus(f, spec, inputs, timeout_ms, cancel, Default::default()).await
+}
+
+async fn run_with_gpus(
+    f: &Fixture,
+    spec: Value,
+    inputs: Value,
+    timeout_ms: u64,
+    cancel: CancellationToken,
+    gpus: crate::task::GpuGrant,
+) -> (proto::Finished, Vec<TaskLog>) {
     let (tx, mut rx) = mpsc::unbounded_channel();
     let fin = execute(
         key(),
         assign(spec, inputs, timeout_ms),
+        gpus,
         f.store.clone(),
         cancel,
         tx,
@@ -141,6 +153,45 @@ async fn process_gets_its_inputs_on_stdin_and_its_env() {
 }
 
 /// Whether `pid` is gone (or a zombie nobody reaps, as in containers without an init).
+#[tokio::test]
+async fn a_process_task_sees_exactly_its_pinned_gpus() {
+    let f = fixture();
+    let devices = crate::gpu::simulated("16000,16000,16000").unwrap();
+    let script = sh(r#"printf '"%s|%s"\n' "${CUDA_VISIBLE_DEVICES-unset}" "${BATON_GPUS-unset}""#);
+    let grant = crate::task::GpuGrant {
+        pinned: vec![devices[0].clone(), devices[2].clone()].into(),
+        worker_has_gpus: true,
+    };
+    let (fin, _) = run_with_gpus(
+        &f,
+        script.clone(),
+        json!({}),
+        0,
+        CancellationToken::new(),
+        grant,
+    )
+    .await;
+    let expected = format!("\"{},{}|0,2\"", devices[0].uuid, devices[2].uuid);
+    assert_eq!(success(&fin).inline_value, expected);
+    // A task without GPUs on a GPU worker sees none; on a worker without GPUs nothing is set.
+    let none = crate::task::GpuGrant {
+        pinned: Vec::new().into(),
+        worker_has_gpus: true,
+    };
+    let (fin, _) = run_with_gpus(
+        &f,
+        script.clone(),
+        json!({}),
+        0,
+        CancellationToken::new(),
+        none,
+    )
+    .await;
+    assert_eq!(success(&fin).inline_value, "\"|\"");
+    let (fin, _) = run(&f, script, json!({}), 0, CancellationToken::new()).await;
+    assert_eq!(success(&fin).inline_value, "\"unset|unset\"");
+}
+
 fn gone(pid: i32) -> bool {
     // SAFETY: signal 0 only checks that the process exists.
     if unsafe { libc::kill(pid, 0) } != 0 {

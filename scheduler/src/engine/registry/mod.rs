@@ -3,6 +3,11 @@
 //! labels, resources and tags). It decides which class goes next and which worker takes
 //! it; the engine (dispatch.rs) does the assigning. No engine inside: tested on its own.
 
+mod gpus;
+
+pub use gpus::Gpu;
+pub(super) use gpus::Gpus;
+
 use super::model::TrRef;
 use super::RunKey;
 use baton_common::flow::ResourceSpec;
@@ -105,6 +110,8 @@ pub(super) struct WorkerSlot {
     pub free: ResourceSpec,
     /// Attempts holding resources on this worker.
     pub attempts: HashMap<(TrRef, u32), ResourceSpec>,
+    /// Its GPUs and the attempts pinned to them (`total.gpus` counts them).
+    pub gpus: Gpus,
     pub connected: bool,
     pub draining: bool,
     pub last_seen_ms: i64,
@@ -118,26 +125,36 @@ impl WorkerSlot {
     }
 
     pub fn fits(&self, r: &ResourceSpec) -> bool {
-        self.free.slots >= r.slots && self.free.gpus >= r.gpus && self.free.memory_mb >= r.memory_mb
+        self.free.slots >= r.slots
+            && self.free.memory_mb >= r.memory_mb
+            && (r.gpus == 0 || self.gpus.free_fitting(r.gpu_memory_mb) >= r.gpus as usize)
     }
 
     pub fn could_ever_fit(&self, r: &ResourceSpec) -> bool {
         self.total.slots >= r.slots
-            && self.total.gpus >= r.gpus
             && self.total.memory_mb >= r.memory_mb
+            && (r.gpus == 0 || self.gpus.fitting(r.gpu_memory_mb) >= r.gpus as usize)
     }
 
-    pub fn reserve(&mut self, key: (TrRef, u32), r: &ResourceSpec) {
+    /// Takes `r` for attempt `key` and pins its GPUs (the devices in `prefer` first, when
+    /// free); returns the pinned device indices. The caller has checked [`Self::fits`].
+    pub fn reserve(&mut self, key: (TrRef, u32), r: &ResourceSpec, prefer: &[u32]) -> Vec<u32> {
+        let pinned = self
+            .gpus
+            .pin(key, r.gpus, r.gpu_memory_mb, prefer)
+            .unwrap_or_default();
         self.free.slots = self.free.slots.saturating_sub(r.slots);
-        self.free.gpus = self.free.gpus.saturating_sub(r.gpus);
+        self.free.gpus = self.gpus.free().count() as u32;
         self.free.memory_mb = self.free.memory_mb.saturating_sub(r.memory_mb);
         self.attempts.insert(key, r.clone());
+        pinned
     }
 
     pub fn release(&mut self, key: (TrRef, u32)) {
         if let Some(r) = self.attempts.remove(&key) {
+            self.gpus.unpin(key);
             self.free.slots = (self.free.slots + r.slots).min(self.total.slots);
-            self.free.gpus = (self.free.gpus + r.gpus).min(self.total.gpus);
+            self.free.gpus = self.gpus.free().count() as u32;
             self.free.memory_mb = (self.free.memory_mb + r.memory_mb).min(self.total.memory_mb);
         }
     }

@@ -8,6 +8,7 @@ fn resources(slots: u32, gpus: u32) -> ResourceSpec {
         slots,
         gpus,
         memory_mb: 0,
+        gpu_memory_mb: 0,
     }
 }
 
@@ -20,6 +21,7 @@ fn worker(id: &str, labels: &[&str], total: ResourceSpec) -> WorkerSlot {
         session: 1,
         labels,
         free: total.clone(),
+        gpus: Gpus::new(Vec::new(), total.gpus),
         total,
         attempts: HashMap::new(),
         connected: true,
@@ -95,7 +97,7 @@ fn the_worker_with_room_and_labels_and_the_most_free_slots_is_picked() {
     assert_eq!(r.pick(gpu_class, None), None, "no workers");
     let mut small = worker("small", &["gpu"], resources(2, 1));
     let big = worker("big", &[], resources(8, 0));
-    small.reserve((t, 1), &resources(1, 1));
+    small.reserve((t, 1), &resources(1, 1), &[]);
     r.workers.insert(small.id.clone(), small);
     r.workers.insert(big.id.clone(), big);
     assert_eq!(r.pick(gpu_class, None), None, "its one GPU is taken");
@@ -116,4 +118,40 @@ fn the_worker_with_room_and_labels_and_the_most_free_slots_is_picked() {
     let small = r.workers.get_mut(&WorkerId("small".into())).expect("known");
     small.connected = false;
     assert_eq!(r.pick(any_class, None), None, "nor does a disconnected one");
+}
+
+#[test]
+fn gpus_are_pinned_to_one_attempt_each_smallest_sufficient_first() {
+    let (t, u) = refs();
+    let dev = |index, memory_mb| Gpu {
+        index,
+        uuid: format!("GPU-{index}"),
+        name: "Sim".into(),
+        memory_mb,
+    };
+    let mut g = Gpus::new(vec![dev(2, 80_000), dev(0, 16_000), dev(1, 40_000)], 3);
+    assert_eq!(g.len(), 3);
+    assert_eq!(g.fitting(30_000), 2);
+    // 30 GB: the 40 GB device, not the 80 GB one.
+    assert_eq!(g.pin((t, 1), 1, 30_000, &[]), Some(vec![1]));
+    assert_eq!(g.free_fitting(30_000), 1);
+    // Two of any size: the smallest free ones.
+    assert_eq!(g.pin((u, 1), 2, 0, &[]), Some(vec![0, 2]));
+    assert_eq!(g.free().count(), 0);
+    assert_eq!(g.pin((u, 2), 1, 0, &[]), None, "none left");
+    assert_eq!(g.holdings(), vec![((u, 1), vec![0, 2]), ((t, 1), vec![1])]);
+    g.unpin((u, 1));
+    assert_eq!(g.free().count(), 2);
+    // Preferred devices go first when free.
+    assert_eq!(g.pin((u, 3), 1, 0, &[2]), Some(vec![2]));
+}
+
+#[test]
+fn a_count_without_devices_means_anonymous_devices() {
+    let g = Gpus::new(vec![Gpu::anonymous(1)], 3);
+    let indices: Vec<u32> = g.devices().iter().map(|d| d.index).collect();
+    assert_eq!(indices, vec![0, 1, 2]);
+    // Unknown memory meets no memory requirement.
+    assert_eq!(g.fitting(1), 0);
+    assert_eq!(g.fitting(0), 3);
 }

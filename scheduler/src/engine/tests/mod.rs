@@ -21,6 +21,7 @@ mod caching;
 mod dataflow;
 mod dispatch;
 mod failures;
+mod gpus;
 mod limits;
 mod memory;
 mod requests;
@@ -60,6 +61,8 @@ struct Assignment {
     timeout_ms: u64,
     /// When it was sent.
     at: i64,
+    /// The GPUs pinned to it (device indices).
+    gpus: Vec<u32>,
 }
 
 impl Assignment {
@@ -94,6 +97,8 @@ struct VWorker {
     connected: bool,
     labels: Vec<String>,
     resources: ResourceSpec,
+    /// Its GPUs, when given as devices.
+    devices: Vec<super::Gpu>,
     /// Attempts assigned to it and not yet reported finished.
     running: Vec<Assignment>,
     /// The Welcome of its latest session.
@@ -188,6 +193,18 @@ impl VirtualCluster {
     // --- workers ---
 
     fn connect(&mut self, id: &str, labels: &[&str], slots: u32, gpus: u32) -> u64 {
+        self.connect_with_gpus(id, labels, slots, gpus, Vec::new())
+    }
+
+    /// A worker offering GPU devices (`gpus` counts them and any anonymous ones).
+    fn connect_with_gpus(
+        &mut self,
+        id: &str,
+        labels: &[&str],
+        slots: u32,
+        gpus: u32,
+        devices: Vec<super::Gpu>,
+    ) -> u64 {
         self.workers.insert(
             id.to_string(),
             VWorker {
@@ -198,7 +215,9 @@ impl VirtualCluster {
                     slots,
                     gpus,
                     memory_mb: 0,
+                    gpu_memory_mb: 0,
                 },
+                devices,
                 running: Vec::new(),
                 welcome: None,
             },
@@ -223,8 +242,16 @@ impl VirtualCluster {
             id: WorkerId(id.to_string()),
             labels: w.labels.clone(),
             resources: w.resources.clone(),
+            gpus_held: running
+                .iter()
+                .filter_map(|k| {
+                    let a = w.running.iter().find(|a| &a.key == k)?;
+                    Some((k.clone(), a.gpus.clone()))
+                })
+                .collect(),
             running,
             address: format!("vw://{id}"),
+            devices: w.devices.clone(),
         };
         self.engine.worker_connected(reg, session, self.now);
         self.drain();
@@ -319,6 +346,11 @@ impl VirtualCluster {
                         inputs: serde_json::from_str(&a.inputs).expect("inputs JSON"),
                         timeout_ms: a.timeout_ms,
                         at: self.now,
+                        gpus: a
+                            .resources
+                            .iter()
+                            .flat_map(|r| r.devices.iter().map(|d| d.index))
+                            .collect(),
                     };
                     w.running.push(asg.clone());
                     self.assigns.push(asg.clone());
