@@ -8,7 +8,7 @@
 #   CUDA_COMPUTE_CAP=90   the GPU generation to build kernels for (default: nvidia-smi's)
 #   BATON_CUDA_TOOLKIT=DIR use this toolkit root instead (holding bin/nvcc, include, lib64)
 # Prints the folder of the binaries. To run them, the CUDA libraries (cuBLAS, cuRAND, NVRTC)
-# must be found at run time: scripts/cuda-env.sh prints the LD_LIBRARY_PATH that does it.
+# must be found at run time: scripts/cuda-env.sh prints an LD_LIBRARY_PATH that does it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if [ -n "${BATON_CUDA_TOOLKIT:-}" ]; then

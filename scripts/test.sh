@@ -27,6 +27,17 @@ cargo fmt --all -- --check
 log "lints"
 cargo clippy --workspace --all-targets -- -D warnings
 
+log "cuda feature"
+# The worker's `cuda` feature (candle on CUDA) builds only with a CUDA toolkit; the rest of
+# the suite is CPU-only. scripts/build-cuda.sh fetches a toolkit from PyPI for a real build,
+# and scripts/gpu-check.sh is the check to run on a GPU host.
+if command -v nvcc >/dev/null 2>&1 || [ -x "${CUDA_HOME:-/nonexistent}/bin/nvcc" ]; then
+  CUDA_COMPUTE_CAP="${CUDA_COMPUTE_CAP:-90}" cargo check -p baton-worker --features cuda
+else
+  echo "skipped: no CUDA toolkit here (no nvcc on PATH, no CUDA_HOME), so the \`cuda\` feature"
+  echo "is not compiled; scripts/build-cuda.sh builds it with CUDA from NVIDIA's PyPI wheels"
+fi
+
 log "build"
 # One build of everything the tests run, with the features the tests need: the test targets,
 # and the binaries that testkit's integration tests start (baton-scheduler, baton-worker,

@@ -143,9 +143,22 @@ impl Cluster {
         .await
     }
 
-    /// Starts a worker with an id, labels (comma-separated), slots and extra args.
+    /// Starts a worker with an id, labels (comma-separated) and slots.
     pub fn add_worker(&mut self, id: &str, labels: &str, slots: u32) -> anyhow::Result<usize> {
-        let args = vec![
+        self.add_worker_with(id, labels, slots, &[], &[])
+    }
+
+    /// Starts a worker with an id, labels (comma-separated), slots, extra args and extra
+    /// environment variables.
+    pub fn add_worker_with(
+        &mut self,
+        id: &str,
+        labels: &str,
+        slots: u32,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> anyhow::Result<usize> {
+        let mut args = vec![
             "--id".to_string(),
             id.to_string(),
             "--scheduler".to_string(),
@@ -155,9 +168,15 @@ impl Cluster {
             "--slots".to_string(),
             slots.to_string(),
         ];
-        let node = Node::spawn(
+        args.extend(extra.iter().map(|a| a.to_string()));
+        let env: Vec<(String, String)> = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        let node = Node::spawn_env(
             "baton-worker",
             &args,
+            &env,
             self.dir.path().join(format!("worker-{id}.log")),
         )?;
         self.workers.push(node);

@@ -15,6 +15,7 @@ mod durability;
 mod faults;
 mod flow_of_flows;
 mod flows;
+mod gpus;
 mod grpc_meta;
 mod latency;
 mod lifecycle;

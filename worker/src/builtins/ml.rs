@@ -166,6 +166,7 @@ pub(super) async fn evaluate(inputs: Value, ctx: &TaskContext) -> TaskResult {
     let model_text = read_text(F, ctx, "model", &model_uri).await?;
     let test_text = read_text(F, ctx, "test", &test_uri).await?;
     let (device, on) = device::for_attempt(F, ctx)?;
+    let logged = on.clone();
     let uri = model_uri;
     let (alpha, score) = blocking(F, move || {
         let model: ridge::Model = serde_json::from_str(&model_text).map_err(|e| {
@@ -196,6 +197,7 @@ pub(super) async fn evaluate(inputs: Value, ctx: &TaskContext) -> TaskResult {
         Ok((model.alpha, score))
     })
     .await?;
+    tracing::info!(alpha, r2 = score, device = %logged, "scored a ridge model");
     Ok(json!({ "alpha": alpha, "r2": score }))
 }
 
