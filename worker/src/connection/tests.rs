@@ -142,6 +142,24 @@ impl Harness {
         drain_timeout_ms: u64,
         schedulers: impl FnOnce(String) -> Vec<String>,
     ) -> Harness {
+        Harness::start_full(lease_ms, drain_timeout_ms, schedulers, Vec::new()).await
+    }
+
+    /// Starts the fake leader and a worker offering `gpus`.
+    async fn start_with_gpus(
+        lease_ms: u64,
+        drain_timeout_ms: u64,
+        gpus: Vec<crate::gpu::Gpu>,
+    ) -> Harness {
+        Harness::start_full(lease_ms, drain_timeout_ms, |leader| vec![leader], gpus).await
+    }
+
+    async fn start_full(
+        lease_ms: u64,
+        drain_timeout_ms: u64,
+        schedulers: impl FnOnce(String) -> Vec<String>,
+        gpus: Vec<crate::gpu::Gpu>,
+    ) -> Harness {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let address = format!("http://{}", listener.local_addr().unwrap());
         let (tx, conns) = mpsc::unbounded_channel();
@@ -162,7 +180,7 @@ impl Harness {
             schedulers: schedulers(address),
             labels: vec!["local".into()],
             slots: 4,
-            gpus: Vec::new(),
+            gpus,
             memory_mb: 1024,
             leader_lease_ms: lease_ms,
             drain_timeout_ms,
@@ -596,4 +614,74 @@ async fn a_quiet_leader_is_vouched_for_by_the_keep_alive_until_the_stream_fails(
     assert!(!w.tick(deadline + Duration::from_secs(60)));
     assert!(!cancel.is_cancelled());
     assert_eq!(w.next_wakeup(), None);
+}
+
+/// An assignment pinned to GPUs (device indices of the worker).
+fn assign_on(task: &str, spec: serde_json::Value, inputs: serde_json::Value, gpus: &[u32]) -> Down {
+    Down::Assign(proto::Assign {
+        key: Some(key(task)),
+        task_spec: spec.to_string(),
+        inputs: inputs.to_string(),
+        resources: Some(proto::Resources {
+            slots: 1,
+            gpus: gpus.len() as u32,
+            devices: gpus
+                .iter()
+                .map(|&index| proto::GpuDevice {
+                    index,
+                    ..Default::default()
+                })
+                .collect(),
+            ..Default::default()
+        }),
+        ..Default::default()
+    })
+}
+
+#[tokio::test]
+async fn a_gpu_still_held_by_an_ending_attempt_is_not_given_to_another() {
+    let gpus = crate::gpu::simulated("24000").unwrap();
+    let mut h = Harness::start_with_gpus(10_000, 1_000, gpus.clone()).await;
+    let mut c = h.conn().await;
+    let r = c.register().await;
+    let res = r.resources.unwrap();
+    assert_eq!(res.gpus, 1);
+    assert_eq!(res.devices.len(), 1);
+    assert_eq!(res.devices[0].uuid, gpus[0].uuid);
+    assert_eq!(res.devices[0].memory_mb, 24_000);
+    c.welcome(5, &h.store, vec![]);
+
+    // `a` holds GPU 0; `b` is pinned to it too (a confused or new leader): it waits.
+    c.send(
+        5,
+        assign_on("a", builtin("sleep"), json!({"ms": 400}), &[0]),
+    );
+    assert_eq!(started_key(&c.next().await), Some("a"));
+    c.send(
+        5,
+        assign_on("b", builtin("echo"), json!({"value": 1}), &[0]),
+    );
+    // `c` names a GPU the worker does not have: it fails, retryably, without starting.
+    c.send(
+        5,
+        assign_on("c", builtin("echo"), json!({"value": 1}), &[7]),
+    );
+    match expect_finished(c.next().await, "c") {
+        Outcome::Failure(f) => {
+            assert!(f.error.contains("GPU 7"), "{}", f.error);
+            assert!(f.retryable);
+        }
+        other => panic!("{other:?}"),
+    }
+    // `b` starts only after `a` ended.
+    assert!(matches!(
+        expect_finished(c.next().await, "a"),
+        Outcome::Success(_)
+    ));
+    assert_eq!(started_key(&c.next().await), Some("b"));
+    assert!(matches!(
+        expect_finished(c.next().await, "b"),
+        Outcome::Success(_)
+    ));
+    h.shutdown.cancel();
 }
