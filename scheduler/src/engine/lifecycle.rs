@@ -337,7 +337,7 @@ impl Engine {
                     if self.is_current_attempt(t, attempt) {
                         let ms = self.runs[t.run].flow.task(t.node as usize).timeout_ms;
                         self.send_cancel(t, "timed out");
-                        let child = self.tr_mut(t).child.clone();
+                        let child = self.children.of(t).map(str::to_string);
                         self.fail_attempt(t, format!("timed out after {ms} ms"), true, now);
                         if let Some(child) = child {
                             self.cancel_children(vec![child], now);

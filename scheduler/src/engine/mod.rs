@@ -4,6 +4,7 @@
 //! for workers. It does no I/O, so it is tested with virtual workers and virtual time.
 
 mod cache;
+mod children;
 mod dag;
 mod dispatch;
 mod flows;
@@ -170,6 +171,8 @@ pub struct Engine {
     finished_set: std::collections::HashSet<String>,
     /// Workers and the classes of ready task runs.
     registry: registry::Registry,
+    /// The child runs of sub-flow task runs.
+    children: children::Children,
     timers: BinaryHeap<Reverse<(i64, Timer)>>,
     ops: Vec<Op>,
     outgoing: Vec<Outgoing>,
@@ -207,6 +210,7 @@ impl Engine {
             finished_keys: std::collections::VecDeque::new(),
             finished_set: std::collections::HashSet::new(),
             registry: registry::Registry::default(),
+            children: children::Children::default(),
             timers: BinaryHeap::new(),
             ops: Vec::new(),
             outgoing: Vec::new(),
@@ -446,7 +450,7 @@ impl Engine {
             let map_index = if node.mapped { t.index as i64 } else { -1 };
             let tr = &mut node.runs[t.index as usize];
             tr.dirty = false;
-            let rec = TaskRunRecord::of(tr);
+            let rec = TaskRunRecord::of(tr, self.children.of(*t));
             match tables::task_runs::put(&run.id.0, task, map_index, &rec) {
                 Ok(op) => ops.push(op),
                 Err(e) => self.encode_errors.push(e.to_string()),

@@ -193,8 +193,6 @@ pub struct TaskRun {
     pub deadline_ms: i64,
     /// When the task run became ready (for the unrunnable check).
     pub ready_since_ms: i64,
-    /// A sub-flow task run: the child run of its current attempt.
-    pub child: Option<String>,
     pub us: Timings,
     pub dirty: bool,
 }
@@ -224,7 +222,6 @@ impl TaskRun {
             attempts: Vec::new(),
             deadline_ms: 0,
             ready_since_ms: 0,
-            child: None,
             us: Timings::default(),
             dirty: false,
         }
@@ -445,7 +442,8 @@ pub struct TaskRunRecord {
 pub const INLINE_VALUE_LIMIT: usize = 64 * 1024;
 
 impl TaskRunRecord {
-    pub fn of(tr: &TaskRun) -> Self {
+    /// The record of `tr`; `child` is the child run of a sub-flow task run's attempt.
+    pub fn of(tr: &TaskRun, child: Option<&str>) -> Self {
         let value = tr.value.as_ref().and_then(|v| {
             let small = tr
                 .result
@@ -465,7 +463,7 @@ impl TaskRunRecord {
             failures: tr.failures,
             lost: tr.lost,
             attempts: tr.attempts.clone(),
-            child: tr.child.clone(),
+            child: child.map(str::to_string),
             us: tr.us,
         }
     }

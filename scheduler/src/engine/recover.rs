@@ -216,8 +216,15 @@ impl Engine {
             tr.value = rec.value.map(Arc::new);
             tr.error = rec.error;
             tr.attempts = rec.attempts;
-            tr.child = rec.child;
             tr.us = rec.us;
+            if let Some(child) = &rec.child {
+                let t = TrRef {
+                    run: slot,
+                    node: i as u32,
+                    index: run.nodes[i].runs.len() as u32,
+                };
+                self.children.link(t, child);
+            }
             run.nodes[i].runs.push(tr);
         }
         let cancelled = run.state == baton_common::state::RunState::Cancelled;
@@ -254,7 +261,9 @@ impl Engine {
         tr.ended_ms = rec.ended_ms;
         tr.result = rec.result.map(|r| Box::new(r.into()));
         tr.value = rec.value.map(Arc::new);
-        tr.child = rec.child;
+        if let Some(child) = &rec.child {
+            self.children.link(t, child);
+        }
         tr.us = rec.us;
         if let Some(Runner::Cache) = Runner::from_record(&rec.worker) {
             tr.worker = Some(Runner::Cache);

@@ -8,6 +8,8 @@ use super::tables;
 use super::view::{pending_row, row};
 use super::{Engine, MAX_FINISHED_SUMMARIES};
 use baton_proto as pb;
+use std::collections::HashMap;
+use std::sync::Arc;
 
 /// What is left of a sealed run until its archive is written.
 #[derive(Debug)]
@@ -51,7 +53,7 @@ impl Engine {
         if !self.runs[key].state.is_terminal() || self.holds_attempts_of(key) {
             return None;
         }
-        let (mut run, summary) = self.take_out(key)?;
+        let (mut run, summary, children) = self.take_out(key)?;
         let tasks = task_counts(&run);
         let mut buf = Vec::new();
         prost::encoding::message::encode(1, &summary, &mut buf);
@@ -63,7 +65,8 @@ impl Engine {
             }
             // Each task run's heap is freed as soon as its row is written.
             for (j, tr) in node.runs.into_iter().enumerate() {
-                let r = row(id, task, node.mapped, j, &tr, true);
+                let child = children.get(&(i as u32, j as u32)).map(|c| &**c);
+                let r = row(id, task, node.mapped, j, &tr, true, child);
                 prost::encoding::message::encode(2, &r, &mut buf);
                 if (j + 1) % every == 0 {
                     freed();
@@ -106,10 +109,16 @@ impl Engine {
 
     /// Takes run `key` out of memory: its idempotency key names an archived run from now
     /// on, and its summary stays for listing (with those a previous leader archived).
-    /// Returns the run and its summary.
-    pub(super) fn take_out(&mut self, key: super::RunKey) -> Option<(Run, pb::FlowRun)> {
+    /// Returns the run, its summary and the child runs of its sub-flow task runs by (node,
+    /// index).
+    #[allow(clippy::type_complexity)]
+    pub(super) fn take_out(
+        &mut self,
+        key: super::RunKey,
+    ) -> Option<(Run, pb::FlowRun, HashMap<(u32, u32), Arc<str>>)> {
         let summary = self.run_view(self.runs.get(key)?);
         let mut run = self.runs.remove(key)?;
+        let children = self.children.take_run(key);
         if !run.idempotency_key.is_empty() {
             self.idempotency.remove(&run.idempotency_key);
             self.archived_idempotency
@@ -120,7 +129,7 @@ impl Engine {
         while self.archived_runs.len() > MAX_FINISHED_SUMMARIES {
             self.archived_runs.pop_first();
         }
-        Some((run, summary))
+        Some((run, summary, children))
     }
 
     /// The archive of a sealed run could not be written: forget it here (its records stay

@@ -97,7 +97,7 @@ impl Engine {
         };
         match self.create_run(req, now) {
             Ok((id, _)) => {
-                self.tr_mut(t).child = Some(id.0.clone());
+                self.children.link(t, &id.0);
                 match self.runs.key_of(&id.0) {
                     // Found again after a restart, already finished: settle now.
                     Some(slot) if self.runs[slot].state.is_terminal() => {
@@ -148,27 +148,20 @@ impl Engine {
     /// Sub-flow task runs of live runs that wait for a child that is gone (it could not be
     /// recovered): their attempt fails (retryably) so that they do not wait forever.
     pub(super) fn fail_orphaned_waits(&mut self, now: i64) {
-        let mut lost = Vec::new();
-        for (slot, run) in self.runs.iter() {
-            if run.state.is_terminal() {
-                continue;
-            }
-            for (n, node) in run.nodes.iter().enumerate() {
-                for (i, tr) in node.runs.iter().enumerate() {
-                    let waiting = matches!(tr.state, TaskState::Assigned | TaskState::Running);
-                    if let (true, Some(child)) = (waiting, &tr.child) {
-                        if !self.runs.contains_id(child) {
-                            let t = TrRef {
-                                run: slot,
-                                node: n as u32,
-                                index: i as u32,
-                            };
-                            lost.push((t, child.clone()));
-                        }
-                    }
-                }
-            }
-        }
+        let lost: Vec<(TrRef, String)> = self
+            .children
+            .iter()
+            .filter(|(t, child)| {
+                let waiting = self
+                    .runs
+                    .get(t.run)
+                    .filter(|run| !run.state.is_terminal())
+                    .and_then(|run| run.tr(t.node, t.index))
+                    .is_some_and(|tr| matches!(tr.state, TaskState::Assigned | TaskState::Running));
+                waiting && !self.runs.contains_id(child)
+            })
+            .map(|(t, child)| (t, child.to_string()))
+            .collect();
         for (t, child) in lost {
             self.fail_attempt(t, format!("child run {child} was lost"), true, now);
         }
@@ -194,10 +187,10 @@ impl Engine {
             node: node as u32,
             index: link.map_index.max(0) as u32,
         };
-        let waiting = parent.tr(t.node, t.index).is_some_and(|tr| {
-            tr.child.as_deref() == Some(child_id.as_str())
-                && matches!(tr.state, TaskState::Assigned | TaskState::Running)
-        });
+        let waiting = self.children.of(t) == Some(child_id.as_str())
+            && parent
+                .tr(t.node, t.index)
+                .is_some_and(|tr| matches!(tr.state, TaskState::Assigned | TaskState::Running));
         if !waiting {
             return;
         }
@@ -263,12 +256,14 @@ impl Engine {
 
     /// The child runs of run `slot`'s sub-flow task runs that are still running.
     pub(super) fn running_children(&self, slot: RunKey) -> Vec<String> {
-        self.runs[slot]
-            .nodes
-            .iter()
-            .flat_map(|n| n.runs.iter())
-            .filter(|tr| !tr.state.is_terminal())
-            .filter_map(|tr| tr.child.clone())
+        let run = &self.runs[slot];
+        self.children
+            .of_run(slot)
+            .filter(|(t, _)| {
+                run.tr(t.node, t.index)
+                    .is_some_and(|tr| !tr.state.is_terminal())
+            })
+            .map(|(_, child)| child.to_string())
             .collect()
     }
 

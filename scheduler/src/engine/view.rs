@@ -89,13 +89,22 @@ impl Engine {
         with_value: bool,
     ) -> pb::TaskRun {
         let n = &run.nodes[node];
+        let task = run.flow.task(node);
+        // Only a sub-flow task run has a child run.
+        let child = match task.kind {
+            baton_common::flow::TaskKind::Flow { .. } => {
+                self.runs.key_of(&run.id.0).and_then(|key| {
+                    self.children.of(TrRef {
+                        run: key,
+                        node: node as u32,
+                        index: index as u32,
+                    })
+                })
+            }
+            _ => None,
+        };
         let mut row = row(
-            &run.id.0,
-            &run.flow.task(node).name,
-            n.mapped,
-            index,
-            tr,
-            with_value,
+            &run.id.0, &task.name, n.mapped, index, tr, with_value, child,
         );
         if tr.state == TaskState::Ready {
             row.waiting_reason = self.class_reason(n.class).to_string();
@@ -252,6 +261,7 @@ pub(super) fn row(
     index: usize,
     tr: &TaskRun,
     with_value: bool,
+    child: Option<&str>,
 ) -> pb::TaskRun {
     pb::TaskRun {
         run_id: run_id.to_string(),
@@ -280,7 +290,7 @@ pub(super) fn row(
                 error: a.error.clone(),
             })
             .collect(),
-        child_run_id: tr.child.clone().unwrap_or_default(),
+        child_run_id: child.unwrap_or_default().to_string(),
         ready_us: tr.us.ready_us,
         assigned_us: tr.us.assigned_us,
         started_us: tr.us.started_us,

@@ -184,3 +184,11 @@ fn a_sealed_run_whose_archive_was_given_up_is_recovered_by_the_next_leader() {
     c.restart();
     assert_eq!(run_state(&c.run(&id)), pb::RunState::Completed);
 }
+
+#[test]
+fn a_task_run_stays_small() {
+    // A million-task fan-out holds a million of these: every field is paid for each of them
+    // (sub-flow links, for one, live in the engine's `Children`, not in every task run).
+    let size = std::mem::size_of::<crate::engine::model::TaskRun>();
+    assert!(size <= 176, "a TaskRun is {size} bytes");
+}
