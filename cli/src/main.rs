@@ -117,6 +117,8 @@ fn main() {
     baton_worker::shim::init();
     // Before any thread starts: CUDA numbers devices as NVML does (embedded workers).
     baton_worker::gpu::use_pci_bus_order();
+    // The embedded scheduler's memory of finished runs goes back to the system.
+    baton_scheduler::alloc::tune();
     cli_main()
 }
 

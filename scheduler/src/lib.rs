@@ -4,6 +4,7 @@
 pub mod actor;
 #[cfg(test)]
 mod actor_tests;
+pub mod alloc;
 pub mod config;
 pub mod engine;
 pub mod error;

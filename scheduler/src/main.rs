@@ -15,8 +15,14 @@ struct Args {
     config: baton_scheduler::SchedulerConfig,
 }
 
+fn main() -> anyhow::Result<()> {
+    // Before any thread starts: memory of finished runs goes back to the system.
+    baton_scheduler::alloc::tune();
+    serve()
+}
+
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
+async fn serve() -> anyhow::Result<()> {
     baton_common::telemetry::init("info");
     // A file grown past the process's size limit is a write error to report (the state
     // store cuts its log back and stops taking work), not a signal that kills the process.

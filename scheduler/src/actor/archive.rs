@@ -5,7 +5,7 @@ use super::{Actor, Command};
 
 /// An archive at least this large gives its freed memory back to the operating system
 /// once its run has left memory (the allocator would otherwise keep it for reuse).
-const TRIM_AFTER_BYTES: usize = 8 << 20;
+const TRIM_AFTER_BYTES: usize = 512 << 10;
 /// While a large run is sealed, its freed memory is given back after this many task runs.
 const TRIM_EVERY_TASK_RUNS: usize = 100_000;
 
@@ -83,12 +83,4 @@ impl Actor {
     }
 }
 
-/// Returns the allocator's free memory to the operating system (glibc keeps freed memory
-/// of a large run in its arenas otherwise, and the leader's resident memory never drops).
-fn trim() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: malloc_trim only walks the allocator's own free lists; it takes no pointers.
-    unsafe {
-        libc::malloc_trim(0);
-    }
-}
+use crate::alloc::trim;
