@@ -192,10 +192,7 @@ impl Engine {
     /// Task run `t` is ready: queued for a worker, or, for a sub-flow, its child started.
     pub(super) fn make_ready(&mut self, t: TrRef, now: i64) {
         let ready_us = self.us(now);
-        self.tr_mut(t).us = super::model::Timings {
-            ready_us,
-            ..Default::default()
-        };
+        self.tr_mut(t).ready_at(ready_us);
         let run = &self.runs[t.run];
         if run.flow.task(t.node as usize).is_subflow() {
             self.start_child(t, now);

@@ -169,21 +169,38 @@ impl Runner {
 }
 
 /// One task run (one map index of one task of one run).
+///
+/// Compact until it first runs: a queued task run is its state, attempt number, shared
+/// inputs and when it became ready (48 bytes); the rest ([`Live`]: who ran it, times, result,
+/// error, attempts) is allocated when first written. Its fields read through `Deref` (a
+/// queued task run reads as an empty `Live`, allocating nothing) and are written through
+/// `DerefMut` (which allocates the `Live` part on the first write).
 #[derive(Clone, Debug)]
 pub struct TaskRun {
     pub state: TaskState,
+    pub dirty: bool,
     /// The current (or last) attempt number; 0 before the first dispatch.
     pub attempt: u32,
-    pub worker: Option<Runner>,
-    pub started_ms: i64,
-    pub ended_ms: i64,
-    /// Boxed: most task runs in memory at a time are queued, without a result.
-    pub result: Option<Box<HeldResult>>,
-    pub value: Option<Arc<Value>>,
-    pub error: String,
     /// The inputs of its task, shared by all the task's runs (a mapped task's broadcast
     /// inputs are held once, not once per element); `None` once it cannot run again.
     pub inputs: Option<Arc<ResolvedInputs>>,
+    /// When the task run became ready (for the unrunnable check).
+    pub ready_since_ms: i64,
+    /// When its inputs were known and it could be dispatched (µs).
+    pub ready_us: i64,
+    live: Option<Box<Live>>,
+}
+
+/// What a task run holds once it has run (or been settled without running).
+#[derive(Clone, Debug, Default)]
+pub struct Live {
+    pub worker: Option<Runner>,
+    pub started_ms: i64,
+    pub ended_ms: i64,
+    /// Boxed: a task run that failed or is running has none.
+    pub result: Option<Box<HeldResult>>,
+    pub value: Option<Arc<Value>>,
+    pub error: String,
     /// Failures that count against the retry policy.
     pub failures: u32,
     /// Attempts lost with their worker (not counted against retries).
@@ -191,10 +208,51 @@ pub struct TaskRun {
     pub attempts: Vec<AttemptInfo>,
     /// The current attempt's deadline (unix ms), 0 for none.
     pub deadline_ms: i64,
-    /// When the task run became ready (for the unrunnable check).
-    pub ready_since_ms: i64,
-    pub us: Timings,
-    pub dirty: bool,
+    /// Its current attempt's microsecond timings (when it became ready is the task run's
+    /// own `ready_us`).
+    pub us: AttemptTimings,
+}
+
+/// When the current attempt was assigned, started and ended, in Unix microseconds (0: not
+/// yet).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct AttemptTimings {
+    pub assigned_us: i64,
+    pub started_us: i64,
+    pub ended_us: i64,
+}
+
+/// What a task run that never ran reads as.
+static NOT_RUN: Live = Live {
+    worker: None,
+    started_ms: 0,
+    ended_ms: 0,
+    result: None,
+    value: None,
+    error: String::new(),
+    failures: 0,
+    lost: 0,
+    attempts: Vec::new(),
+    deadline_ms: 0,
+    us: AttemptTimings {
+        assigned_us: 0,
+        started_us: 0,
+        ended_us: 0,
+    },
+};
+
+impl std::ops::Deref for TaskRun {
+    type Target = Live;
+
+    fn deref(&self) -> &Live {
+        self.live.as_deref().unwrap_or(&NOT_RUN)
+    }
+}
+
+impl std::ops::DerefMut for TaskRun {
+    fn deref_mut(&mut self) -> &mut Live {
+        self.live.get_or_insert_with(Default::default)
+    }
 }
 
 impl TaskRun {
@@ -209,21 +267,49 @@ impl TaskRun {
     pub fn new(inputs: Option<Arc<ResolvedInputs>>) -> Self {
         TaskRun {
             state: TaskState::Ready,
-            attempt: 0,
-            worker: None,
-            started_ms: 0,
-            ended_ms: 0,
-            result: None,
-            value: None,
-            error: String::new(),
-            inputs,
-            failures: 0,
-            lost: 0,
-            attempts: Vec::new(),
-            deadline_ms: 0,
-            ready_since_ms: 0,
-            us: Timings::default(),
             dirty: false,
+            attempt: 0,
+            inputs,
+            ready_since_ms: 0,
+            ready_us: 0,
+            live: None,
+        }
+    }
+
+    /// Whether it holds only its queued part.
+    pub fn is_compact(&self) -> bool {
+        self.live.is_none()
+    }
+
+    /// Its microsecond timings.
+    pub fn timings(&self) -> Timings {
+        Timings {
+            ready_us: self.ready_us,
+            assigned_us: self.us.assigned_us,
+            started_us: self.us.started_us,
+            ended_us: self.us.ended_us,
+        }
+    }
+
+    /// Sets its microsecond timings (allocating its `Live` part only when one is set past
+    /// `ready_us`).
+    pub fn set_timings(&mut self, t: Timings) {
+        self.ready_us = t.ready_us;
+        let rest = AttemptTimings {
+            assigned_us: t.assigned_us,
+            started_us: t.started_us,
+            ended_us: t.ended_us,
+        };
+        if rest != AttemptTimings::default() || self.live.is_some() {
+            self.us = rest;
+        }
+    }
+
+    /// Became ready again at `ready_us`: its earlier attempt's timings are cleared.
+    pub fn ready_at(&mut self, ready_us: i64) {
+        self.ready_us = ready_us;
+        if let Some(live) = self.live.as_mut() {
+            live.us = AttemptTimings::default();
         }
     }
 }
@@ -464,7 +550,7 @@ impl TaskRunRecord {
             lost: tr.lost,
             attempts: tr.attempts.clone(),
             child: child.map(str::to_string),
-            us: tr.us,
+            us: tr.timings(),
         }
     }
 }

@@ -216,7 +216,7 @@ impl Engine {
             tr.value = rec.value.map(Arc::new);
             tr.error = rec.error;
             tr.attempts = rec.attempts;
-            tr.us = rec.us;
+            tr.set_timings(rec.us);
             if let Some(child) = &rec.child {
                 let t = TrRef {
                     run: slot,
@@ -264,7 +264,7 @@ impl Engine {
         if let Some(child) = &rec.child {
             self.children.link(t, child);
         }
-        tr.us = rec.us;
+        tr.set_timings(rec.us);
         if let Some(Runner::Cache) = Runner::from_record(&rec.worker) {
             tr.worker = Some(Runner::Cache);
         }

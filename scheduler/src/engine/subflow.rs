@@ -53,9 +53,10 @@ impl Engine {
         tr.started_ms = now;
         tr.error.clear();
         // Exactly one more: a first push would reserve room for four (288 bytes a task run).
+        let number = tr.attempt;
         tr.attempts.reserve_exact(1);
         tr.attempts.push(AttemptInfo {
-            number: tr.attempt,
+            number,
             worker: std::sync::Arc::from(Runner::Subflow.name()),
             started_ms: now,
             ended_ms: 0,

@@ -291,7 +291,7 @@ pub(super) fn row(
             })
             .collect(),
         child_run_id: child.unwrap_or_default().to_string(),
-        ready_us: tr.us.ready_us,
+        ready_us: tr.ready_us,
         assigned_us: tr.us.assigned_us,
         started_us: tr.us.started_us,
         ended_us: tr.us.ended_us,
