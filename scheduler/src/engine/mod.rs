@@ -15,6 +15,7 @@ mod model;
 mod recover;
 mod registry;
 mod schedule;
+mod schedules;
 mod seal;
 mod subflow;
 mod table;
@@ -184,7 +185,7 @@ pub struct Engine {
     /// Cache entries by key: the entry and its value.
     cache: cache::Cache,
     /// Schedules of registered flows.
-    schedules: BTreeMap<(String, String), schedule::ScheduleState>,
+    schedules: schedules::Schedules,
     /// Concurrency limits by tag, and the attempts holding their slots.
     limits: limits::Limits<(TrRef, u32)>,
     /// The host's clock in microseconds at this step (see [`Engine::set_clock_us`]).
@@ -219,7 +220,7 @@ impl Engine {
             touched_trs: Vec::new(),
             pending_records: HashMap::new(),
             cache: cache::Cache::default(),
-            schedules: BTreeMap::new(),
+            schedules: schedules::Schedules::default(),
             limits: limits::Limits::default(),
             clock_us: 0,
             encode_errors: Vec::new(),
