@@ -25,7 +25,7 @@ pub struct ScheduleRecord {
 }
 
 impl Engine {
-    /// A flow version was registered: take up its schedule (see [`Schedules::register`]).
+    /// A flow version was registered: take up its schedule (see `Schedules::register`).
     pub(super) fn schedule_registered(
         &mut self,
         key: FlowKey,
