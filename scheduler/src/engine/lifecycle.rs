@@ -71,7 +71,19 @@ impl Engine {
         outcome: Outcome,
         now: i64,
     ) -> bool {
-        let t = self.locate(key);
+        // Only the worker an attempt was given to may report on it (a worker that reconnected
+        // holds its attempts again); anyone else's report is acknowledged and ignored.
+        let t = self.locate(key).filter(|&t| {
+            let holds = self
+                .registry
+                .workers
+                .get(worker)
+                .is_some_and(|w| w.attempts.contains_key(&(t, key.attempt)));
+            if !holds {
+                tracing::warn!(attempt = %key, worker = %worker, "ignoring a result from a worker that was not given this attempt");
+            }
+            holds
+        });
         if let (Some(t), Some(w)) = (t, self.registry.workers.get_mut(worker)) {
             w.release((t, key.attempt));
         }

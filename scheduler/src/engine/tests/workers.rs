@@ -304,3 +304,45 @@ fn runs_archived_by_a_previous_leader_are_still_listed() {
     );
     assert_eq!(c.engine.list_runs(1).len(), 1);
 }
+
+#[test]
+fn only_the_worker_given_an_attempt_may_report_on_it() {
+    let mut c = VirtualCluster::new();
+    c.register(
+        r#"
+name: one
+tasks:
+  - name: a
+    builtin: echo
+    inputs: {value: 1}
+"#,
+    );
+    c.connect("given", &[], 1, 0);
+    let run = c.start("one", json!({}));
+    let a = c.step()[0].clone();
+    assert_eq!(a.worker, "given");
+    // Another worker (connected later, so not given the attempt) forges its result.
+    c.connect("forger", &[], 1, 0);
+    let mut forged = a.clone();
+    forged.worker = "forger".into();
+    forged.session = c.workers["forger"].session;
+    assert!(
+        !c.succeed_with(&forged, json!("forged")),
+        "a result from a worker that was not given the attempt is not committed"
+    );
+    assert_eq!(
+        task_state(&c.task(&run, "a", -1)),
+        pb::TaskState::Assigned,
+        "the attempt still runs on its worker"
+    );
+    // The forger's report released nothing: `given` still holds its one slot.
+    assert!(c.step().is_empty());
+    assert!(c.succeed(&a), "the real result is committed");
+    let tr = c.task(&run, "a", -1);
+    assert_eq!(task_state(&tr), pb::TaskState::Completed);
+    assert_eq!(
+        value_of(&tr),
+        json!({"value": 1}),
+        "the real value, not the forged one"
+    );
+}
