@@ -1,5 +1,6 @@
 //! `FlowService`: flows, runs, task runs, workers and results for clients.
 
+use super::bounds;
 use crate::actor::Command;
 use crate::engine::NewRun;
 use crate::leadership::Roles;
@@ -135,6 +136,7 @@ impl FlowService for FlowApi {
         req: Request<pb::RegisterFlowRequest>,
     ) -> Result<Response<pb::RegisterFlowResponse>, Status> {
         let req = req.into_inner();
+        bounds::check_len("source", &req.source, bounds::MAX_FLOW_SOURCE_BYTES)?;
         let spec = parse_flow(&req.source).map_err(Error::from)?;
         let (project, flow) = (spec.project.clone(), spec.name.clone());
         let (version, created, schedule) = self
@@ -156,7 +158,15 @@ impl FlowService for FlowApi {
         req: Request<pb::CreateRunRequest>,
     ) -> Result<Response<pb::CreateRunResponse>, Status> {
         let req = req.into_inner();
-        let params = parse_params(req.parameters.into_iter().collect())?;
+        bounds::check_len("project", &req.project, bounds::MAX_NAME_BYTES)?;
+        bounds::check_len("flow", &req.flow, bounds::MAX_NAME_BYTES)?;
+        bounds::check_len(
+            "idempotency_key",
+            &req.idempotency_key,
+            bounds::MAX_IDEMPOTENCY_KEY_BYTES,
+        )?;
+        bounds::check_len("source", &req.source, bounds::MAX_FLOW_SOURCE_BYTES)?;
+        let params = parse_params(bounds::bounded_parameters(req.parameters)?)?;
         let (project, flow, version) = if req.source.is_empty() {
             require("flow", &req.flow)?;
             let project = if req.project.is_empty() {

@@ -2,6 +2,7 @@
 //! actor and map its errors to statuses.
 
 mod admin;
+pub mod bounds;
 mod flow;
 mod worker;
 

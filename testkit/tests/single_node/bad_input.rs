@@ -195,3 +195,46 @@ async fn bad_input_is_refused_clearly() -> anyhow::Result<()> {
     assert_eq!(c.wait(&run.id).await?.state, pb::RunState::Completed as i32);
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversized_keys_and_parameters_are_refused_at_the_edge() -> anyhow::Result<()> {
+    let mut cluster = Cluster::start(&[]).await?;
+    cluster.add_worker("w", "local", 2)?;
+    let c = Client::connect(&cluster.url()).await?;
+    // A 2 MiB idempotency key (over etcd's default request size in a cluster).
+    let key = "k".repeat(2 << 20);
+    let err = c
+        .run_source(GOOD.to_string(), BTreeMap::new(), key)
+        .await
+        .expect_err("a 2 MiB idempotency key accepted");
+    assert_eq!(code(&err), tonic::Code::InvalidArgument, "{err}");
+    let text = err.to_string();
+    assert!(
+        text.contains("`idempotency_key`") && text.contains("512"),
+        "{text}"
+    );
+    assert!(
+        text.len() < 400,
+        "the error echoes the key: {} bytes",
+        text.len()
+    );
+    // 14 parameters of 120,000 characters each (1.7 MB together, over the 1 MiB limit).
+    let params: BTreeMap<String, String> = (0..14)
+        .map(|i| (format!("p{i}"), format!("\"{}\"", "v".repeat(120_000))))
+        .collect();
+    let err = c
+        .run_source(GOOD.to_string(), params, String::new())
+        .await
+        .expect_err("1.7 MB of parameters accepted");
+    assert_eq!(code(&err), tonic::Code::InvalidArgument, "{err}");
+    assert!(err.to_string().contains("`parameters`"), "{err}");
+    // The scheduler goes on serving: a normal run completes.
+    let run = c
+        .run_source(GOOD.to_string(), BTreeMap::new(), String::new())
+        .await?
+        .run
+        .expect("a run");
+    let done = tokio::time::timeout(std::time::Duration::from_secs(30), c.wait(&run.id)).await??;
+    cluster.assert_completed(&done);
+    Ok(())
+}

@@ -1,0 +1,113 @@
+//! Sizes of what clients send, bounded at the edge: a request over a limit is refused with
+//! INVALID_ARGUMENT naming the field and the limit (quoting at most a short prefix of the
+//! value) before anything reaches the engine or the state store. A run's record must fit
+//! one state-store transaction (etcd takes 1.5 MiB by default), so that no request can make
+//! a commit fail and depose the leader.
+
+use std::collections::BTreeMap;
+use tonic::Status;
+
+/// Projects, flow names, run ids and parameter names.
+pub const MAX_NAME_BYTES: usize = 256;
+/// A run's idempotency key.
+pub const MAX_IDEMPOTENCY_KEY_BYTES: usize = 512;
+/// How many parameters a run may be given.
+pub const MAX_PARAMETERS: usize = 1_000;
+/// All of a run's parameter values together (JSON text).
+pub const MAX_PARAMETERS_BYTES: usize = 1024 * 1024;
+/// A flow definition's text.
+pub const MAX_FLOW_SOURCE_BYTES: usize = 1024 * 1024;
+/// How much of an offending value an error quotes.
+const QUOTE_CHARS: usize = 24;
+
+/// Refuses `value` of field `field` when it is longer than `max` bytes.
+pub fn check_len(field: &str, value: &str, max: usize) -> Result<(), Status> {
+    if value.len() <= max {
+        return Ok(());
+    }
+    Err(Status::invalid_argument(format!(
+        "`{field}` is {} bytes, over the limit of {max} bytes (it starts with \"{}\")",
+        value.len(),
+        quote(value)
+    )))
+}
+
+/// Refuses parameters over [`MAX_PARAMETERS`], with a name over [`MAX_NAME_BYTES`], or
+/// whose values together are over [`MAX_PARAMETERS_BYTES`].
+pub fn check_parameters<'a>(
+    params: impl IntoIterator<Item = (&'a String, &'a String)>,
+) -> Result<(), Status> {
+    let mut count = 0usize;
+    let mut total = 0usize;
+    for (name, value) in params {
+        count += 1;
+        check_len("parameters: a name", name, MAX_NAME_BYTES)?;
+        total = total.saturating_add(name.len() + value.len());
+    }
+    if count > MAX_PARAMETERS {
+        return Err(Status::invalid_argument(format!(
+            "`parameters` has {count} entries, over the limit of {MAX_PARAMETERS}"
+        )));
+    }
+    if total > MAX_PARAMETERS_BYTES {
+        return Err(Status::invalid_argument(format!(
+            "`parameters` are {total} bytes together, over the limit of {MAX_PARAMETERS_BYTES} bytes: \
+             pass large data as a location in the result store instead"
+        )));
+    }
+    Ok(())
+}
+
+/// The first characters of `value`, for an error message.
+pub fn quote(value: &str) -> String {
+    let mut q: String = value
+        .chars()
+        .take(QUOTE_CHARS)
+        .map(|c| if c.is_control() { '?' } else { c })
+        .collect();
+    if value.chars().count() > QUOTE_CHARS {
+        q.push('…');
+    }
+    q
+}
+
+/// The parameters as a map with their bounds checked.
+pub fn bounded_parameters(
+    raw: impl IntoIterator<Item = (String, String)>,
+) -> Result<BTreeMap<String, String>, Status> {
+    let map: BTreeMap<String, String> = raw.into_iter().collect();
+    check_parameters(&map)?;
+    Ok(map)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn over_a_limit_is_refused_naming_the_field_and_quoting_little() {
+        assert!(check_len("idempotency_key", "abc", 3).is_ok());
+        let long = "k".repeat(2 << 20);
+        let e = check_len("idempotency_key", &long, MAX_IDEMPOTENCY_KEY_BYTES).unwrap_err();
+        assert_eq!(e.code(), tonic::Code::InvalidArgument);
+        assert!(e.message().contains("`idempotency_key`"), "{}", e.message());
+        assert!(e.message().contains("512 bytes"), "{}", e.message());
+        assert!(e.message().len() < 200, "{}", e.message());
+        assert_eq!(quote("a\nb"), "a?b");
+    }
+
+    #[test]
+    fn parameters_are_bounded_in_number_name_and_total_size() {
+        let value = "\"x\"".to_string();
+        let many: Vec<(String, String)> = (0..=MAX_PARAMETERS)
+            .map(|i| (format!("p{i}"), value.clone()))
+            .collect();
+        assert!(bounded_parameters(many).is_err());
+        let big = vec![("a".to_string(), "1".repeat(MAX_PARAMETERS_BYTES))];
+        let e = bounded_parameters(big).unwrap_err();
+        assert!(e.message().contains("`parameters`"), "{}", e.message());
+        let long_name = vec![("n".repeat(300), value.clone())];
+        assert!(bounded_parameters(long_name).is_err());
+        assert!(bounded_parameters(vec![("alpha".into(), "0.5".into())]).is_ok());
+    }
+}
