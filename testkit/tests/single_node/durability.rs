@@ -187,7 +187,21 @@ async fn a_failed_write_stops_the_scheduler_cleanly_and_loses_no_acknowledged_co
     );
     let log = std::fs::read_to_string(&cluster.scheduler.log)?;
     assert!(log.contains("state log write failed"), "{log}");
+    // The engine stopped on its own: the replica stepped down without a panic and
+    // campaigned again (a second election), still alive.
+    let path = cluster.scheduler.log.clone();
+    let log = eventually(Duration::from_secs(20), "a second election", || {
+        let path = path.clone();
+        async move {
+            let log = std::fs::read_to_string(path).ok()?;
+            (log.contains("engine stopped; stepping down")
+                && log.matches("elected; loading state").count() >= 2)
+                .then_some(log)
+        }
+    })
+    .await?;
     assert!(!log.contains("panicked"), "{log}");
+    assert!(cluster.scheduler.alive(), "{}", cluster.logs());
 
     // Room again: restart without the limit; every acknowledged run is there, every run
     // seen completed is still completed, and the others complete now.
