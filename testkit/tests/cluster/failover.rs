@@ -313,3 +313,53 @@ async fn leader_killed_between_upload_and_commit_commits_after_takeover() -> any
     poller.abort();
     Ok(())
 }
+
+/// Oversized requests on the 3-replica cluster (issue reproductions: a 2 MiB idempotency key
+/// wedged the leader retrying an etcd transaction over etcd's request limit; 1.7 MB of
+/// parameters forced a failover and left a phantom run): refused with INVALID_ARGUMENT, the
+/// same leader at the same epoch, and other clients served meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversized_requests_are_refused_without_a_failover() -> anyhow::Result<()> {
+    let _one = serial().await;
+    let c = cluster(HaConfig::default(), &[("w1", "local", 4)]).await?;
+    let (leader, epoch) = c.wait_leader(Duration::from_secs(30), None).await?;
+    let client = leader_client(&c, Duration::from_secs(10)).await?;
+    let status = |e: baton_client::ClientError| match e {
+        baton_client::ClientError::Status(s) => s,
+        other => tonic::Status::unknown(other.to_string()),
+    };
+    let flow = fan_out("edge", 3, 1);
+    // Bounded: before the limits, this call hung while the leader retried forever.
+    let limit = Duration::from_secs(30);
+    let err = tokio::time::timeout(
+        limit,
+        client.run_source(flow.clone(), Default::default(), "k".repeat(2 << 20)),
+    )
+    .await?
+    .map(|_| ())
+    .map_err(status)
+    .expect_err("a 2 MiB idempotency key accepted");
+    assert_eq!(err.code(), tonic::Code::InvalidArgument, "{err:?}");
+    assert!(
+        err.message().contains("`idempotency_key`"),
+        "{}",
+        err.message()
+    );
+    let params: std::collections::BTreeMap<String, String> = (0..14)
+        .map(|i| (format!("p{i}"), format!("\"{}\"", "v".repeat(120_000))))
+        .collect();
+    let err = tokio::time::timeout(
+        limit,
+        client.run_source(flow.clone(), params, String::new()),
+    )
+    .await?
+    .map(|_| ())
+    .map_err(status)
+    .expect_err("1.7 MB of parameters accepted");
+    assert_eq!(err.code(), tonic::Code::InvalidArgument, "{err:?}");
+    // Served meanwhile, by the same leader at the same epoch.
+    let run = start_run(&c, &flow, "after-the-oversized").await?;
+    check_fan_out(&c, &Ledger::default(), &run, 3).await?;
+    assert_eq!(c.leader().await, Some((leader, epoch)), "{}", c.logs());
+    Ok(())
+}
