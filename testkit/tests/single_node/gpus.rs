@@ -189,3 +189,72 @@ tasks:
     );
     Ok(())
 }
+
+/// The evaluate task runs' R² of a finished ridge sweep, by alpha.
+async fn scores(c: &Client, run: &str) -> anyhow::Result<Vec<(String, String)>> {
+    let mut out: Vec<(String, String)> = c
+        .task_runs(run, true)
+        .await?
+        .into_iter()
+        .filter(|t| t.task == "evaluate")
+        .map(|t| {
+            let v: serde_json::Value = serde_json::from_str(&t.value).unwrap_or_default();
+            (v["alpha"].to_string(), v["r2"].to_string())
+        })
+        .collect();
+    out.sort();
+    Ok(out)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_gpu_ridge_sweep_example_pins_a_gpu_per_fit_and_scores_as_the_cpu_run(
+) -> anyhow::Result<()> {
+    let mut cluster = Cluster::start(&[]).await?;
+    cluster.add_worker("w-local", "local", 2)?;
+    // Simulated GPUs: the pinning is real, the computation (without `cuda`) on the CPU.
+    cluster.add_worker_with(
+        "w-gpu",
+        "local,trainer",
+        4,
+        &[],
+        &[("BATON_SIMULATED_GPUS", "16000")],
+    )?;
+    let url = cluster.url();
+    let c = Client::connect(&url).await?;
+    eventually(Duration::from_secs(20), "two workers", || {
+        let c = c.clone();
+        async move { (c.workers().await.ok()?.len() == 2).then_some(()) }
+    })
+    .await?;
+    let example = |name: &str| {
+        std::fs::read_to_string(format!("{}/../examples/{name}", env!("CARGO_MANIFEST_DIR")))
+    };
+    let mut ids = Vec::new();
+    for file in ["ridge_sweep.yaml", "ridge_sweep_gpu.yaml"] {
+        let run = c
+            .run_source(example(file)?, BTreeMap::new(), String::new())
+            .await?
+            .run
+            .expect("a run");
+        let done = tokio::time::timeout(Duration::from_secs(60), c.wait(&run.id)).await??;
+        cluster.assert_completed(&done);
+        ids.push(run.id);
+    }
+    let cpu = scores(&c, &ids[0]).await?;
+    assert_eq!(cpu.len(), 6, "{cpu:?}");
+    assert_eq!(scores(&c, &ids[1]).await?, cpu);
+    // Every fit and score of the GPU run ran on the GPU worker, one at a time on its GPU.
+    let trs = c.task_runs(&ids[1], false).await?;
+    let pinned: Vec<&pb::TaskRun> = trs
+        .iter()
+        .filter(|t| t.task == "train" || t.task == "evaluate")
+        .collect();
+    assert_eq!(pinned.len(), 12);
+    assert!(pinned.iter().all(|t| t.worker == "w-gpu"), "{pinned:?}");
+    let mut spans: Vec<(i64, i64)> = pinned.iter().map(|t| (t.started_us, t.ended_us)).collect();
+    spans.sort();
+    for w in spans.windows(2) {
+        assert!(w[1].0 >= w[0].1, "two GPU attempts overlapped: {spans:?}");
+    }
+    Ok(())
+}
