@@ -27,8 +27,8 @@ command -v python3 >/dev/null || { echo "python3 with pip is needed to fetch the
 mkdir -p "${dir}/wheels"
 minor="${version#*.}"
 next="${version%%.*}.$((minor + 1))"
-# Each wheel at the newest patch release of this CUDA version (curand numbers its own).
-curand_minor="${minor}"
+# Each wheel at the newest patch release of this CUDA version (cuRAND numbers its own: 10.4.N
+# goes with CUDA 13.N).
 packages=(
   "nvidia-cuda-nvcc>=${version},<${next}"
   "nvidia-nvvm>=${version},<${next}"
@@ -37,7 +37,7 @@ packages=(
   "nvidia-cuda-runtime>=${version},<${next}"
   "nvidia-cuda-nvrtc>=${version},<${next}"
   "nvidia-cublas>=${version},<${next}"
-  "nvidia-curand>=10.4.${curand_minor},<10.4.$((curand_minor + 1))"
+  "nvidia-curand>=10.4.${minor},<10.4.$((minor + 1))"
 )
 echo "fetching CUDA ${version} wheels into ${dir}/wheels" >&2
 python3 -m pip download --quiet --no-deps --only-binary=:all: --python-version 3.12 \

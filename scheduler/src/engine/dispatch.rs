@@ -135,8 +135,7 @@ impl Engine {
         let pinned = w.reserve((t, attempt), &task.resources, &[]);
         let devices = pinned
             .iter()
-            .filter_map(|&i| w.gpus.device(i))
-            .map(gpu_to_wire)
+            .filter_map(|&i| w.gpus.device(i).cloned())
             .collect();
         let session = w.session;
         let class = node.class;
@@ -397,15 +396,5 @@ impl Engine {
             return c.reason.clone();
         }
         self.limit_reason(class)
-    }
-}
-
-/// A GPU as the wire shows it.
-pub(super) fn gpu_to_wire(g: &Gpu) -> baton_proto::GpuDevice {
-    baton_proto::GpuDevice {
-        index: g.index,
-        uuid: g.uuid.clone(),
-        name: g.name.clone(),
-        memory_mb: g.memory_mb,
     }
 }

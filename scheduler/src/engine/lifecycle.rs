@@ -74,19 +74,16 @@ impl Engine {
         // Only the worker an attempt was given to may report on it (a worker that reconnected
         // holds its attempts again); anyone else's report is acknowledged and ignored.
         let t = self.locate(key).filter(|&t| {
-            let holds = self
+            let held = self
                 .registry
                 .workers
-                .get(worker)
-                .is_some_and(|w| w.attempts.contains_key(&(t, key.attempt)));
-            if !holds {
+                .get_mut(worker)
+                .is_some_and(|w| w.release((t, key.attempt)));
+            if !held {
                 tracing::warn!(attempt = %key, worker = %worker, "ignoring a result from a worker that was not given this attempt");
             }
-            holds
+            held
         });
-        if let (Some(t), Some(w)) = (t, self.registry.workers.get_mut(worker)) {
-            w.release((t, key.attempt));
-        }
         if let Some(t) = t {
             self.unhold((t, key.attempt));
         }
@@ -240,16 +237,11 @@ impl Engine {
         let Some(w) = self.registry.workers.get(&worker) else {
             return;
         };
-        let key = baton_proto::AttemptKey {
-            run_id: run.id.0.clone(),
-            task: run.flow.task(t.node as usize).name.clone(),
-            map_index: if node.mapped { t.index as i64 } else { -1 },
-            attempt: tr.attempt,
-        };
+        let key = self.attempt_key(t, tr.attempt);
         let msg = SchedulerMessage {
             epoch: self.epoch,
             msg: Some(Msg::Cancel(baton_proto::Cancel {
-                key: Some(key),
+                key,
                 reason: reason.to_string(),
             })),
         };

@@ -31,7 +31,7 @@ pub use model::{
 };
 pub use recover::Recovered;
 pub use registry::Gpu;
-pub use schedule::ScheduleRecord;
+pub use schedules::ScheduleRecord;
 pub use table::RunKey;
 
 use crate::config::defaults;

@@ -6,23 +6,11 @@
 //! the schedule's catch-up policy (see [`baton_common::schedule::due_ticks`]).
 
 use super::model::Trigger;
-use super::schedules::FlowKey;
+use super::schedules::{FlowKey, ScheduleRecord};
 use super::tables;
 use super::{Engine, EngineError, NewRun};
 use baton_common::flow::ScheduleSpec;
 use baton_proto as pb;
-use serde::{Deserialize, Serialize};
-
-/// The durable progress of a flow's schedule.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-pub struct ScheduleRecord {
-    pub active: bool,
-    /// Every tick at or before this time (unix ms) was handled.
-    pub through_ms: i64,
-    /// The latest tick a run was started for (0: none yet).
-    #[serde(default)]
-    pub last_tick_ms: i64,
-}
 
 impl Engine {
     /// A flow version was registered: take up its schedule (see `Schedules::register`).

@@ -2,11 +2,22 @@
 //! next tick; which ticks are due at a time, by the schedule's catch-up policy. No engine
 //! inside (the engine starts the due ticks' runs and writes the records): tested on its own.
 
-use super::schedule::ScheduleRecord;
 use baton_common::flow::ScheduleSpec;
 use baton_common::schedule::{due_ticks, CronSchedule};
 use baton_proto as pb;
+use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
+
+/// The durable progress of a flow's schedule.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct ScheduleRecord {
+    pub active: bool,
+    /// Every tick at or before this time (unix ms) was handled.
+    pub through_ms: i64,
+    /// The latest tick a run was started for (0: none yet).
+    #[serde(default)]
+    pub last_tick_ms: i64,
+}
 
 /// A flow: (project, name).
 pub(super) type FlowKey = (String, String);

@@ -1,6 +1,5 @@
 //! Read-only views of the engine's state as wire messages.
 
-use super::dispatch::gpu_to_wire;
 use super::model::{Node, NodeState, Run, TaskRun, TrRef};
 use super::{Engine, EngineError};
 use baton_common::state::TaskState;
@@ -224,14 +223,14 @@ impl Engine {
                     slots: w.total.slots,
                     gpus: w.total.gpus,
                     memory_mb: w.total.memory_mb,
-                    devices: w.gpus.devices().iter().map(gpu_to_wire).collect(),
+                    devices: w.gpus.devices().to_vec(),
                     gpu_memory_mb: 0,
                 }),
                 free: Some(pb::Resources {
                     slots: w.free.slots,
                     gpus: w.free.gpus,
                     memory_mb: w.free.memory_mb,
-                    devices: w.gpus.free().map(gpu_to_wire).collect(),
+                    devices: w.gpus.free().cloned().collect(),
                     gpu_memory_mb: 0,
                 }),
                 running: w.attempts.len() as u32,

@@ -32,32 +32,6 @@ pub fn check_len(field: &str, value: &str, max: usize) -> Result<(), Status> {
     )))
 }
 
-/// Refuses parameters over [`MAX_PARAMETERS`], with a name over [`MAX_NAME_BYTES`], or
-/// whose values together are over [`MAX_PARAMETERS_BYTES`].
-pub fn check_parameters<'a>(
-    params: impl IntoIterator<Item = (&'a String, &'a String)>,
-) -> Result<(), Status> {
-    let mut count = 0usize;
-    let mut total = 0usize;
-    for (name, value) in params {
-        count += 1;
-        check_len("parameters: a name", name, MAX_NAME_BYTES)?;
-        total = total.saturating_add(name.len() + value.len());
-    }
-    if count > MAX_PARAMETERS {
-        return Err(Status::invalid_argument(format!(
-            "`parameters` has {count} entries, over the limit of {MAX_PARAMETERS}"
-        )));
-    }
-    if total > MAX_PARAMETERS_BYTES {
-        return Err(Status::invalid_argument(format!(
-            "`parameters` are {total} bytes together, over the limit of {MAX_PARAMETERS_BYTES} bytes: \
-             pass large data as a location in the result store instead"
-        )));
-    }
-    Ok(())
-}
-
 /// The first characters of `value`, for an error message.
 pub fn quote(value: &str) -> String {
     let mut q: String = value
@@ -71,12 +45,29 @@ pub fn quote(value: &str) -> String {
     q
 }
 
-/// The parameters as a map with their bounds checked.
+/// The parameters as a map, refused when over [`MAX_PARAMETERS`], with a name over
+/// [`MAX_NAME_BYTES`], or with values together over [`MAX_PARAMETERS_BYTES`].
 pub fn bounded_parameters(
     raw: impl IntoIterator<Item = (String, String)>,
 ) -> Result<BTreeMap<String, String>, Status> {
     let map: BTreeMap<String, String> = raw.into_iter().collect();
-    check_parameters(&map)?;
+    if map.len() > MAX_PARAMETERS {
+        return Err(Status::invalid_argument(format!(
+            "`parameters` has {} entries, over the limit of {MAX_PARAMETERS}",
+            map.len()
+        )));
+    }
+    let mut total = 0usize;
+    for (name, value) in &map {
+        check_len("parameters: a name", name, MAX_NAME_BYTES)?;
+        total = total.saturating_add(name.len() + value.len());
+    }
+    if total > MAX_PARAMETERS_BYTES {
+        return Err(Status::invalid_argument(format!(
+            "`parameters` are {total} bytes together, over the limit of {MAX_PARAMETERS_BYTES} bytes: \
+             pass large data as a location in the result store instead"
+        )));
+    }
     Ok(map)
 }
 

@@ -84,7 +84,6 @@ fn gpus(res: &pb::Resources) -> Result<Vec<Gpu>, Status> {
         )));
     }
     let mut seen = std::collections::HashSet::new();
-    let mut out = Vec::with_capacity(res.devices.len());
     for d in &res.devices {
         if !seen.insert(d.index) {
             return Err(Status::invalid_argument(format!(
@@ -98,14 +97,8 @@ fn gpus(res: &pb::Resources) -> Result<Vec<Gpu>, Status> {
                 d.index
             )));
         }
-        out.push(Gpu {
-            index: d.index,
-            uuid: d.uuid.clone(),
-            name: d.name.clone(),
-            memory_mb: d.memory_mb,
-        });
     }
-    Ok(out)
+    Ok(res.devices.clone())
 }
 
 type Down = Pin<Box<dyn Stream<Item = Result<pb::SchedulerMessage, Status>> + Send>>;

@@ -175,8 +175,27 @@ tasks:
         .await?
         .run
         .expect("a run");
-    // It waits for the device, saying so.
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // It waits, ready, because the only GPU is held by the holder's attempt.
+    eventually(
+        Duration::from_secs(20),
+        "the next task to wait for the GPU",
+        || {
+            let c = c.clone();
+            let (first, second) = (first.id.clone(), second.id.clone());
+            async move {
+                let waiting = c.task_runs(&second, false).await.ok()?;
+                let w = c.workers().await.ok()?.into_iter().next()?;
+                let held_by_holder = w.gpus_held.iter().any(|h| {
+                    h.key.as_ref().is_some_and(|k| k.run_id == first) && h.gpus == vec![0]
+                });
+                (waiting.first()?.state == pb::TaskState::Ready as i32
+                    && w.free.as_ref()?.gpus == 0
+                    && held_by_holder)
+                    .then_some(())
+            }
+        },
+    )
+    .await?;
     let waiting = c.task_runs(&second.id, false).await?;
     assert_eq!(waiting[0].state, pb::TaskState::Ready as i32, "{waiting:?}");
     c.cancel_run(&first.id).await?;

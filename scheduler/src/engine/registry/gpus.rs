@@ -7,32 +7,21 @@ use super::super::model::TrRef;
 /// An attempt: a task run and its attempt number.
 pub(in crate::engine) type AttemptRef = (TrRef, u32);
 
-/// One GPU of a worker, as it registered it.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Gpu {
-    /// The worker host's device index (NVML's: PCI bus order).
-    pub index: u32,
-    /// "GPU-..."; empty for a device given only by number.
-    pub uuid: String,
-    pub name: String,
-    /// 0: unknown (such a device meets no `gpu_memory_mb` requirement).
-    pub memory_mb: u64,
+/// One GPU of a worker, as it registered it (memory 0: unknown, meeting no
+/// `gpu_memory_mb` requirement).
+pub use baton_proto::GpuDevice as Gpu;
+
+/// A device known only by its index.
+pub fn anonymous(index: u32) -> Gpu {
+    Gpu {
+        index,
+        ..Default::default()
+    }
 }
 
-impl Gpu {
-    /// A device known only by its index.
-    pub fn anonymous(index: u32) -> Self {
-        Gpu {
-            index,
-            uuid: String::new(),
-            name: String::new(),
-            memory_mb: 0,
-        }
-    }
-
-    fn meets(&self, memory_mb: u64) -> bool {
-        memory_mb == 0 || self.memory_mb >= memory_mb
-    }
+/// Whether `d` has at least `memory_mb` (0: any device).
+fn meets(d: &Gpu, memory_mb: u64) -> bool {
+    memory_mb == 0 || d.memory_mb >= memory_mb
 }
 
 /// A worker's GPUs and their holders.
@@ -51,7 +40,7 @@ impl Gpus {
             while devices.iter().any(|d| d.index == next) {
                 next += 1;
             }
-            devices.push(Gpu::anonymous(next));
+            devices.push(anonymous(next));
         }
         devices.sort_by_key(|d| d.index);
         let holders = vec![None; devices.len()];
@@ -73,7 +62,7 @@ impl Gpus {
 
     /// Devices with at least `memory_mb` (0: any), held or not.
     pub fn fitting(&self, memory_mb: u64) -> usize {
-        self.devices.iter().filter(|d| d.meets(memory_mb)).count()
+        self.devices.iter().filter(|d| meets(d, memory_mb)).count()
     }
 
     /// Devices with at least `memory_mb` (0: any) that no attempt holds.
@@ -81,7 +70,7 @@ impl Gpus {
         self.devices
             .iter()
             .zip(&self.holders)
-            .filter(|(d, h)| h.is_none() && d.meets(memory_mb))
+            .filter(|(d, h)| h.is_none() && meets(d, memory_mb))
             .count()
     }
 
@@ -110,7 +99,7 @@ impl Gpus {
             return Some(Vec::new());
         }
         let mut candidates: Vec<usize> = (0..self.devices.len())
-            .filter(|&i| self.holders[i].is_none() && self.devices[i].meets(memory_mb))
+            .filter(|&i| self.holders[i].is_none() && meets(&self.devices[i], memory_mb))
             .collect();
         if candidates.len() < n {
             return None;

@@ -150,13 +150,16 @@ impl WorkerSlot {
         pinned
     }
 
-    pub fn release(&mut self, key: (TrRef, u32)) {
-        if let Some(r) = self.attempts.remove(&key) {
-            self.gpus.unpin(key);
-            self.free.slots = (self.free.slots + r.slots).min(self.total.slots);
-            self.free.gpus = self.gpus.free().count() as u32;
-            self.free.memory_mb = (self.free.memory_mb + r.memory_mb).min(self.total.memory_mb);
-        }
+    /// Gives back what attempt `key` holds; false when it holds nothing here.
+    pub fn release(&mut self, key: (TrRef, u32)) -> bool {
+        let Some(r) = self.attempts.remove(&key) else {
+            return false;
+        };
+        self.gpus.unpin(key);
+        self.free.slots = (self.free.slots + r.slots).min(self.total.slots);
+        self.free.gpus = self.gpus.free().count() as u32;
+        self.free.memory_mb = (self.free.memory_mb + r.memory_mb).min(self.total.memory_mb);
+        true
     }
 }
 

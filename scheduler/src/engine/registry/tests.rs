@@ -148,7 +148,7 @@ fn gpus_are_pinned_to_one_attempt_each_smallest_sufficient_first() {
 
 #[test]
 fn a_count_without_devices_means_anonymous_devices() {
-    let g = Gpus::new(vec![Gpu::anonymous(1)], 3);
+    let g = Gpus::new(vec![gpus::anonymous(1)], 3);
     let indices: Vec<u32> = g.devices().iter().map(|d| d.index).collect();
     assert_eq!(indices, vec![0, 1, 2]);
     // Unknown memory meets no memory requirement.
