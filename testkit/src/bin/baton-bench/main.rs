@@ -185,6 +185,10 @@ struct Chain {
     gaps: Vec<f64>,
     /// Each task's dispatch wait: assigned after ready (ms).
     waits: Vec<f64>,
+    /// Each task's phases after it was assigned (ms): started after assigned (to the
+    /// worker), ended after started (on the worker), and the next task's ready after this
+    /// one's end (the report back and the commit).
+    phases: [Vec<f64>; 3],
 }
 
 impl Bench<'_> {
@@ -284,7 +288,9 @@ impl Bench<'_> {
         })
         .await?;
         let mut ends: Vec<Option<i64>> = vec![None; n];
+        let mut readies: Vec<i64> = vec![0; n];
         let mut waits = Vec::with_capacity(n);
+        let mut phases: [Vec<f64>; 3] = Default::default();
         for t in &trs {
             let i: usize = t
                 .task
@@ -304,7 +310,10 @@ impl Bench<'_> {
                 );
             }
             *slot = Some(t.ended_us);
+            readies[i] = t.ready_us;
             waits.push((t.assigned_us - t.ready_us) as f64 / 1000.0);
+            phases[0].push((t.started_us - t.assigned_us) as f64 / 1000.0);
+            phases[1].push((t.ended_us - t.started_us) as f64 / 1000.0);
         }
         let ends: Vec<i64> = ends
             .into_iter()
@@ -317,6 +326,11 @@ impl Bench<'_> {
             .windows(2)
             .map(|w| (w[1] - w[0]) as f64 / 1000.0)
             .collect();
+        phases[2] = ends
+            .iter()
+            .zip(readies.iter().skip(1))
+            .map(|(end, ready)| (ready - end) as f64 / 1000.0)
+            .collect();
         let recorded = Duration::from_micros(
             u64::try_from(done.run.ended_us - done.run.created_us).unwrap_or(0),
         );
@@ -325,6 +339,7 @@ impl Bench<'_> {
             recorded,
             gaps,
             waits,
+            phases,
         })
     }
 }
@@ -540,6 +555,19 @@ async fn bench(args: &Args) -> Result<Report> {
         "ms",
         3,
     );
+    let mut phases = [
+        ("to_worker", "to the worker p50 (assigned -> started)"),
+        ("on_worker", "on the worker p50 (started -> ended)"),
+        ("back", "back to the next task p50 (ended -> next ready)"),
+    ]
+    .map(|(id, what)| {
+        Figure::new(
+            &format!("chain_{chain_len}_{id}_p50_ms"),
+            &format!("chain of {chain_len} no-op tasks: {what}"),
+            "ms",
+            3,
+        )
+    });
     let mut chain_wall = Figure::new(
         &format!("chain_{chain_len}_wall_s"),
         &format!("chain of {chain_len} no-op tasks: wall time"),
@@ -576,8 +604,13 @@ async fn bench(args: &Args) -> Result<Report> {
             .samples
             .push(percentile(&c.waits, 99.0).unwrap_or(0.0));
         chain_wall.samples.push(wall.as_secs_f64());
+        for (figure, values) in phases.iter_mut().zip(&c.phases) {
+            figure.samples.push(percentile(values, 50.0).unwrap_or(0.0));
+        }
     }
-    figures.extend([p50, p99, per_task, wait50, wait99, mean, chain_wall]);
+    figures.extend([p50, p99, per_task, wait50, wait99]);
+    figures.extend(phases);
+    figures.extend([mean, chain_wall]);
 
     let mut ridge = Figure::new("ridge_sweep_wall_s", "ridge sweep: wall time", "s", 3);
     let mut ridge_recorded = Figure::new(
