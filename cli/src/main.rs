@@ -29,8 +29,56 @@ struct Cli {
         default_value = "http://127.0.0.1:7070"
     )]
     scheduler: String,
+    /// The token to show the scheduler (from `baton token new`), when it requires one.
+    #[arg(long, global = true, env = "BATON_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    /// A file holding the token (its first line).
+    #[arg(
+        long,
+        global = true,
+        env = "BATON_TOKEN_FILE",
+        conflicts_with = "token"
+    )]
+    token_file: Option<PathBuf>,
     #[command(subcommand)]
     cmd: Cmd,
+}
+
+/// Where the scheduler is and the token to show it.
+pub(crate) struct Target {
+    pub addr: String,
+    pub token: Option<String>,
+}
+
+impl Target {
+    fn new(cli: &Cli) -> anyhow::Result<Target> {
+        let token = match (&cli.token, &cli.token_file) {
+            (Some(t), _) => Some(t.clone()),
+            (None, Some(f)) => Some(baton_common::token::read_file(f)?),
+            (None, None) => None,
+        };
+        Ok(Target {
+            addr: cli.scheduler.clone(),
+            token,
+        })
+    }
+
+    /// The same token, another address (an embedded scheduler).
+    pub(crate) fn at(&self, addr: String) -> Target {
+        Target {
+            addr,
+            token: self.token.clone(),
+        }
+    }
+
+    pub(crate) async fn connect(&self) -> anyhow::Result<Client> {
+        let addr = &self.addr;
+        Client::connect_with_token(&[addr.clone()], self.token.as_deref())
+            .await
+            .with_context(|| {
+                format!("is a scheduler running at {addr}? (start one with `baton dev`)")
+            })
+    }
 }
 
 #[derive(Subcommand, Debug)]
@@ -94,6 +142,30 @@ enum Cmd {
         #[command(subcommand)]
         cmd: ResultCmd,
     },
+    /// Tokens for a scheduler with authentication on.
+    Token {
+        #[command(subcommand)]
+        cmd: TokenCmd,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum TokenCmd {
+    /// Make a random token: prints it, then the entry for the scheduler's tokens file
+    /// (which holds only the token's SHA-256).
+    New {
+        /// `admin` (everything), `client` (submit runs, read) or `worker` (connect as a
+        /// worker).
+        #[arg(long)]
+        role: String,
+        /// Who holds it; for a worker, the worker id it may register as (a trailing `*`:
+        /// any id with that prefix).
+        #[arg(long)]
+        name: String,
+        /// Append the entry to this tokens file (created if missing) and print only the token.
+        #[arg(long)]
+        append: Option<PathBuf>,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -136,13 +208,36 @@ async fn cli_main() {
     std::process::exit(code);
 }
 
-async fn connect(addr: &str) -> anyhow::Result<Client> {
-    Client::connect(addr)
-        .await
-        .with_context(|| format!("is a scheduler running at {addr}? (start one with `baton dev`)"))
+/// `baton token new`.
+fn new_token(role: &str, name: &str, append: Option<&std::path::Path>) -> anyhow::Result<i32> {
+    use baton_scheduler::auth::{tokens, Role};
+    let role = Role::parse(role)
+        .with_context(|| "--role must be `admin`, `client` or `worker`".to_string())?;
+    let token = tokens::generate();
+    let entry = tokens::entry(role, name, &token);
+    // The entry must be one the scheduler takes (it checks the name).
+    tokens::Table::parse(&entry).map_err(|e| anyhow::anyhow!("--name: {e}"))?;
+    match append {
+        Some(path) => {
+            let mut f = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)
+                .with_context(|| format!("cannot open {}", path.display()))?;
+            writeln!(f, "{entry}").with_context(|| format!("cannot write {}", path.display()))?;
+            println!("{token}");
+        }
+        None => {
+            println!("{token}");
+            println!("{entry}");
+        }
+    }
+    Ok(0)
 }
 
 async fn execute(cli: Cli) -> anyhow::Result<i32> {
+    let target = Target::new(&cli)?;
+    let connect = |_: &str| target.connect();
     match cli.cmd {
         Cmd::Dev {
             listen,
@@ -177,7 +272,7 @@ async fn execute(cli: Cli) -> anyhow::Result<i32> {
             cluster.stop().await;
             Ok(0)
         }
-        Cmd::Run(args) => run::run(&cli.scheduler, args).await,
+        Cmd::Run(args) => run::run(&target, args).await,
         Cmd::Flow { cmd } => flow::execute(&connect(&cli.scheduler).await?, cmd).await,
         Cmd::Runs { limit } => {
             let runs = connect(&cli.scheduler).await?.list_runs(limit).await?;
@@ -193,6 +288,9 @@ async fn execute(cli: Cli) -> anyhow::Result<i32> {
             println!("{}", format::run_line(&r));
             Ok(0)
         }
+        Cmd::Token {
+            cmd: TokenCmd::New { role, name, append },
+        } => new_token(&role, &name, append.as_deref()),
         Cmd::Workers => {
             let ws = connect(&cli.scheduler).await?.workers().await?;
             print!("{}", format::workers_table(&ws));
@@ -217,7 +315,7 @@ async fn execute(cli: Cli) -> anyhow::Result<i32> {
         Cmd::Result {
             cmd: ResultCmd::Get { location, direct },
         } => {
-            let data = get_result(&cli.scheduler, &location, direct).await?;
+            let data = get_result(&target, &location, direct).await?;
             let mut out = std::io::stdout().lock();
             out.write_all(&data)?;
             if !data.ends_with(b"\n") {
@@ -230,7 +328,8 @@ async fn execute(cli: Cli) -> anyhow::Result<i32> {
 
 /// Reads a result through the scheduler, or an s3:// location straight from its bucket with
 /// `--direct` or when no scheduler answers.
-async fn get_result(scheduler: &str, location: &str, direct: bool) -> anyhow::Result<Vec<u8>> {
+async fn get_result(target: &Target, location: &str, direct: bool) -> anyhow::Result<Vec<u8>> {
+    let scheduler = &target.addr;
     let s3 = location.starts_with("s3://");
     if direct && !s3 {
         anyhow::bail!(
@@ -238,7 +337,7 @@ async fn get_result(scheduler: &str, location: &str, direct: bool) -> anyhow::Re
         );
     }
     if !direct {
-        match connect(scheduler).await {
+        match target.connect().await {
             Ok(c) => return Ok(c.get_result(location).await?.data),
             Err(e) if !s3 => return Err(e),
             Err(_) => eprintln!("no scheduler answers at {scheduler}: reading {location} directly"),

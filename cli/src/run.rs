@@ -2,7 +2,7 @@
 
 use anyhow::Context;
 use baton_cli::embedded::{default_workers, EmbeddedCluster};
-use baton_cli::{client::is_finished, format, Client};
+use baton_cli::{client::is_finished, format};
 use baton_common::flow::MAX_FLOW_FILE_BYTES;
 use baton_common::state::{run_state_name, task_state_name};
 use baton_proto as pb;
@@ -87,7 +87,7 @@ pub fn read_flow(path: &PathBuf) -> anyhow::Result<String> {
     String::from_utf8(bytes).with_context(|| format!("{} is not UTF-8 text", path.display()))
 }
 
-pub async fn run(scheduler: &str, args: RunArgs) -> anyhow::Result<i32> {
+pub async fn run(scheduler: &crate::Target, args: RunArgs) -> anyhow::Result<i32> {
     let source = match &args.file {
         Some(file) => read_flow(file)?,
         None => String::new(),
@@ -98,11 +98,11 @@ pub async fn run(scheduler: &str, args: RunArgs) -> anyhow::Result<i32> {
     } else {
         None
     };
-    let addr = cluster
-        .as_ref()
-        .map(|c| c.url())
-        .unwrap_or_else(|| scheduler.to_string());
-    let result = submit(&addr, source, params, &args).await;
+    let target = match &cluster {
+        Some(c) => scheduler.at(c.url()),
+        None => scheduler.at(scheduler.addr.clone()),
+    };
+    let result = submit(&target, source, params, &args).await;
     if let Some(c) = cluster {
         c.stop().await;
     }
@@ -110,14 +110,12 @@ pub async fn run(scheduler: &str, args: RunArgs) -> anyhow::Result<i32> {
 }
 
 async fn submit(
-    addr: &str,
+    target: &crate::Target,
     source: String,
     params: BTreeMap<String, String>,
     args: &RunArgs,
 ) -> anyhow::Result<i32> {
-    let client = Client::connect(addr)
-        .await
-        .with_context(|| format!("is a scheduler running at {addr}? (or pass --embedded)"))?;
+    let client = target.connect().await.context("or pass --embedded")?;
     let key = if args.idempotency_key.is_empty() {
         uuid::Uuid::new_v4().to_string()
     } else {

@@ -9,6 +9,8 @@ use pb::flow_service_client::FlowServiceClient;
 use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::Duration;
+use tonic::metadata::{Ascii, MetadataValue};
+use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Status};
 
@@ -43,6 +45,10 @@ pub(super) fn normalize(addr: &str) -> Result<String, ClientError> {
     } else {
         format!("http://{addr}")
     };
+    if url.starts_with("https://") {
+        // Never plaintext to an address that asks for TLS.
+        return Err(ClientError::Tls(url));
+    }
     Endpoint::from_shared(url.clone()).map_err(|_| ClientError::Address(url.clone()))?;
     Ok(url)
 }
@@ -127,10 +133,41 @@ impl Backoff {
     }
 }
 
+/// A `FlowService` client that sends this client's token with every call.
+pub(super) type Api = FlowServiceClient<InterceptedService<Channel, Bearer>>;
+
+/// Adds `authorization: Bearer <token>` to every call (nothing without a token).
+#[derive(Clone, Default)]
+pub(super) struct Bearer(Option<MetadataValue<Ascii>>);
+
+impl Bearer {
+    /// The header for `token`; a token that cannot be a header value is an error that
+    /// does not show it.
+    pub(super) fn new(token: Option<&str>) -> Result<Bearer, ClientError> {
+        match token.map(str::trim).filter(|t| !t.is_empty()) {
+            None => Ok(Bearer(None)),
+            Some(t) => format!("Bearer {t}")
+                .parse()
+                .map(|v| Bearer(Some(v)))
+                .map_err(|_| ClientError::Token),
+        }
+    }
+}
+
+impl tonic::service::Interceptor for Bearer {
+    fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, Status> {
+        if let Some(v) = &self.0 {
+            req.metadata_mut().insert("authorization", v.clone());
+        }
+        Ok(req)
+    }
+}
+
 /// The replicas and what is known of their leader.
 pub(super) struct Cluster {
     replicas: Vec<String>,
     state: Mutex<State>,
+    bearer: Bearer,
 }
 
 #[derive(Default)]
@@ -157,10 +194,11 @@ fn names_itself(report: &pb::GetLeaderResponse) -> bool {
 }
 
 impl Cluster {
-    pub(super) fn new(replicas: Vec<String>) -> Self {
+    pub(super) fn new(replicas: Vec<String>, bearer: Bearer) -> Self {
         Cluster {
             replicas,
             state: Mutex::new(State::default()),
+            bearer,
         }
     }
 
@@ -173,7 +211,7 @@ impl Cluster {
     }
 
     /// A client for `addr` over its (lazily connected, shared) channel.
-    pub(super) fn client(&self, addr: &str) -> Result<FlowServiceClient<Channel>, ClientError> {
+    pub(super) fn client(&self, addr: &str) -> Result<Api, ClientError> {
         let mut state = self.lock();
         let channel = match state.channels.get(addr) {
             Some(c) => c.clone(),
@@ -192,7 +230,10 @@ impl Cluster {
         // The limit binds what this client accepts; what it sends is bounded by the server,
         // which refuses an oversized request with a clear status (a client-side encoding
         // limit would only reset the stream).
-        Ok(FlowServiceClient::new(channel).max_decoding_message_size(MAX_MESSAGE))
+        Ok(
+            FlowServiceClient::with_interceptor(channel, self.bearer.clone())
+                .max_decoding_message_size(MAX_MESSAGE),
+        )
     }
 
     /// The replica believed to lead, if any.

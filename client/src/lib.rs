@@ -18,14 +18,12 @@ pub use logs::format_entry;
 pub use watch::RunWatch;
 
 use baton_proto as pb;
-use cluster::{leader_hint, refused_up_front, retryable, Backoff, Cluster};
-use pb::flow_service_client::FlowServiceClient;
+use cluster::{leader_hint, refused_up_front, retryable, Api, Backoff, Bearer, Cluster};
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::time::Instant;
-use tonic::transport::Channel;
 
 /// How long calls are retried by default while the leader cannot be reached.
 pub const DEFAULT_RETRY_FOR: Duration = Duration::from_secs(30);
@@ -39,6 +37,10 @@ pub enum ClientError {
     Status(#[from] tonic::Status),
     #[error("invalid address `{0}`")]
     Address(String),
+    #[error("`{0}` asks for TLS, which this client does not speak yet: use http:// on a trusted network, or a TLS-terminating proxy")]
+    Tls(String),
+    #[error("the token is not a valid header value (printable ASCII)")]
+    Token,
 }
 
 /// A connection to a baton cluster; cheap to clone (clones share the connections and what
@@ -71,6 +73,16 @@ impl Client {
     /// Connects to a cluster given its replica addresses (each may also be a
     /// comma-separated list; empty entries are skipped).
     pub async fn connect_any(addrs: &[String]) -> Result<Self, ClientError> {
+        Client::connect_with_token(addrs, None).await
+    }
+
+    /// Connects as [`Client::connect_any`] does, sending `token` (as `authorization: Bearer`)
+    /// with every call, as a scheduler with authentication on requires.
+    pub async fn connect_with_token(
+        addrs: &[String],
+        token: Option<&str>,
+    ) -> Result<Self, ClientError> {
+        let bearer = Bearer::new(token)?;
         let mut replicas = Vec::new();
         for a in addrs.iter().flat_map(|a| a.split(',')) {
             if a.trim().is_empty() {
@@ -84,7 +96,7 @@ impl Client {
         if replicas.is_empty() {
             return Err(ClientError::Address(addrs.join(",")));
         }
-        let cluster = Arc::new(Cluster::new(replicas));
+        let cluster = Arc::new(Cluster::new(replicas, bearer));
         if let Err(status) = cluster.leader().await {
             return Err(ClientError::Connect {
                 addr: cluster.replicas().join(","),
@@ -121,7 +133,7 @@ impl Client {
     /// Sends a call to the leader; tries again as the retry policy allows.
     async fn call<T, F, Fut>(&self, retry: Retry, mut f: F) -> Result<T, ClientError>
     where
-        F: FnMut(FlowServiceClient<Channel>) -> Fut,
+        F: FnMut(Api) -> Fut,
         Fut: Future<Output = Result<tonic::Response<T>, tonic::Status>>,
     {
         let started = Instant::now();

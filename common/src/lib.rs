@@ -11,5 +11,6 @@ pub mod shutdown;
 pub mod state;
 pub mod telemetry;
 pub mod time;
+pub mod token;
 
 pub use error::{Error, Result};

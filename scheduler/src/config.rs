@@ -1,9 +1,11 @@
 //! The scheduler's typed configuration.
 
+use crate::auth::{Source, Tokens};
 use crate::engine::EngineConfig;
 use crate::store::embedded::SyncMode;
 use crate::{Error, Result};
 use std::path::PathBuf;
+use std::sync::Arc;
 
 /// The scheduler's defaults, stated once: the flags (and so [`SchedulerConfig::default`])
 /// and [`EngineConfig::default`] take them from here.
@@ -71,6 +73,22 @@ pub struct SchedulerConfig {
     /// The leadership lease in etcd, in milliseconds.
     #[arg(long, env = "BATON_LEADER_LEASE_MS", default_value_t = defaults::LEADER_LEASE_MS)]
     pub leader_lease_ms: u64,
+    /// Who may call: token table entries `ROLE NAME sha256:HEX` (roles admin, client,
+    /// worker), separated by `;` or newlines; `baton token new` makes them.
+    #[arg(
+        long,
+        env = "BATON_TOKENS",
+        hide_env_values = true,
+        conflicts_with = "tokens_file"
+    )]
+    pub tokens: Option<String>,
+    /// A file of token table entries, one per line; reloaded when it changes.
+    #[arg(long, env = "BATON_TOKENS_FILE")]
+    pub tokens_file: Option<PathBuf>,
+    /// Serve without authentication even beyond loopback or as a cluster, where it is
+    /// otherwise required: anyone who reaches the port can then run commands on workers.
+    #[arg(long, env = "BATON_INSECURE")]
+    pub insecure: bool,
     /// Fault injection for tests: the binary reads it with [`Faults::from_env`] (never set
     /// in production).
     #[arg(skip)]
@@ -161,6 +179,40 @@ impl SchedulerConfig {
         Ok(())
     }
 
+    /// The token table in force, or `None` when authentication is off: off is allowed only
+    /// for a single node listening on loopback, or with `--insecure`.
+    pub fn auth(&self, listen: std::net::SocketAddr) -> Result<Option<Arc<Tokens>>> {
+        let source = match (&self.tokens, &self.tokens_file) {
+            (Some(t), _) => Some((Source::Inline(t.clone()), "--tokens")),
+            (None, Some(f)) => Some((Source::File(f.clone()), "--tokens-file")),
+            (None, None) => None,
+        };
+        if let Some((source, flag)) = source {
+            return Tokens::load(source)
+                .map(Some)
+                .map_err(|e| Error::Config(format!("{flag}: {e}")));
+        }
+        let exposed = if !self.etcd.is_empty() {
+            Some("runs as a cluster (--etcd)".to_string())
+        } else if !listen.ip().is_loopback() {
+            Some(format!("listens on {listen}, beyond loopback"))
+        } else {
+            None
+        };
+        match exposed {
+            Some(why) if !self.insecure => Err(Error::Config(format!(
+                "authentication is required: this scheduler {why}. Give --tokens-file (entries                  from `baton token new`), or --insecure to serve without authentication"
+            ))),
+            Some(why) => {
+                tracing::warn!(
+                    "INSECURE: this scheduler {why} without authentication (--insecure): anyone                      who reaches its port can submit flows, run commands on its workers, pose                      as a worker and read every result"
+                );
+                Ok(None)
+            }
+            None => Ok(None),
+        }
+    }
+
     /// The result store URI in effect.
     pub fn result_store_uri(&self) -> String {
         self.result_store.clone().unwrap_or_else(|| {
@@ -249,9 +301,35 @@ mod tests {
             .validate()
             .expect_err("a lease shorter than two heartbeats");
         assert!(e.to_string().contains("--worker-lease-ms"), "{e}");
+        let e = parse(&["--tokens", "admin ops hunter2"])
+            .auth(([127, 0, 0, 1], 7070).into())
+            .err()
+            .expect("a plain token");
+        assert!(e.to_string().contains("--tokens: tokens, line 1"), "{e}");
+        assert!(!e.to_string().contains("hunter2"), "{e}");
         let e = Cli::try_parse_from(["baton-scheduler", "--heartbeat-ms", "soon"])
             .err()
             .expect("not a number");
         assert!(e.to_string().contains("--heartbeat-ms"), "{e}");
+    }
+
+    #[test]
+    fn authentication_is_required_beyond_loopback_and_in_a_cluster() {
+        let loopback: std::net::SocketAddr = ([127, 0, 0, 1], 7070).into();
+        let any: std::net::SocketAddr = ([0, 0, 0, 0], 7070).into();
+        assert!(
+            parse(&[]).auth(loopback).unwrap().is_none(),
+            "dev stays open"
+        );
+        let e = parse(&[]).auth(any).err().expect("exposed");
+        assert!(e.to_string().contains("--tokens-file"), "{e}");
+        assert!(e.to_string().contains("--insecure"), "{e}");
+        let cluster = ["--etcd", "http://e:2379", "--result-store", "s3://b/p"];
+        let e = parse(&cluster).auth(loopback).err().expect("a cluster");
+        assert!(e.to_string().contains("--etcd"), "{e}");
+        assert!(parse(&["--insecure"]).auth(any).unwrap().is_none());
+        let entry = crate::auth::tokens::entry(crate::auth::Role::Admin, "ops", "t");
+        let tokens = parse(&["--tokens", &entry]).auth(any).unwrap().expect("on");
+        assert!(tokens.identify("t").is_some());
     }
 }

@@ -5,6 +5,7 @@ pub mod actor;
 #[cfg(test)]
 mod actor_tests;
 pub mod alloc;
+pub mod auth;
 pub mod config;
 pub mod engine;
 pub mod error;

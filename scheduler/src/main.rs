@@ -45,6 +45,11 @@ async fn serve() -> anyhow::Result<()> {
     // The second signal exits at once; the first lets the scheduler stop serving and
     // step down (its state is committed step by step, so there is nothing to flush).
     baton_common::shutdown::on_signals(shutdown.clone(), || {})?;
-    baton_scheduler::serve(config, listener, shutdown).await?;
-    Ok(())
+    match baton_scheduler::serve(config, listener, shutdown).await {
+        // Settings that cannot serve here (e.g. no authentication beyond loopback): exit 2.
+        Err(e @ baton_scheduler::Error::Config(_)) => {
+            clap::Error::raw(clap::error::ErrorKind::ValueValidation, format!("{e}\n")).exit()
+        }
+        other => Ok(other?),
+    }
 }

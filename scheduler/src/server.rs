@@ -3,6 +3,7 @@
 //! engine's actor while leading, and on losing leadership drop everything and campaign again.
 
 use crate::actor;
+use crate::auth::AuthLayer;
 use crate::config::SchedulerConfig;
 use crate::engine::Engine;
 use crate::leadership::{Role, Roles};
@@ -26,6 +27,11 @@ pub async fn serve(
 ) -> Result<()> {
     config.validate()?;
     let addr = listener.local_addr()?;
+    let tokens = config.auth(addr)?;
+    if let Some(t) = &tokens {
+        t.watch(shutdown.clone());
+        tracing::info!("authentication on: every call but health checks needs a token");
+    }
     let advertise = config
         .advertise
         .clone()
@@ -58,6 +64,7 @@ pub async fn serve(
     let mut server = tokio::spawn(
         tonic::transport::Server::builder()
             .http2_keepalive_interval(Some(Duration::from_secs(5)))
+            .layer(AuthLayer::new(tokens))
             .add_service(flow)
             .add_service(worker)
             .add_service(health)

@@ -70,6 +70,32 @@ impl Replica {
     }
 }
 
+/// The cluster's tokens: an admin token for clients and one worker token for every worker,
+/// and the tokens file the schedulers read (only their hashes).
+struct ClusterTokens {
+    admin: String,
+    worker: String,
+    file: PathBuf,
+}
+
+impl ClusterTokens {
+    fn write(dir: &std::path::Path) -> anyhow::Result<ClusterTokens> {
+        use baton_scheduler::auth::{tokens, Role};
+        let (admin, worker) = (tokens::generate(), tokens::generate());
+        let file = dir.join("tokens");
+        let entries = [
+            tokens::entry(Role::Admin, "tests", &admin),
+            tokens::entry(Role::Worker, "*", &worker),
+        ];
+        std::fs::write(&file, entries.join("\n"))?;
+        Ok(ClusterTokens {
+            admin,
+            worker,
+            file,
+        })
+    }
+}
+
 /// (replica index, epoch) seen by the poller, in order.
 pub type EpochLog = Arc<Mutex<Vec<(usize, u64)>>>;
 
@@ -82,6 +108,7 @@ pub struct HaCluster {
     pub s3: S3Server,
     pub epochs: EpochLog,
     stop_poll: Arc<std::sync::atomic::AtomicBool>,
+    tokens: ClusterTokens,
     // Last, so that processes die before their folder goes.
     pub dir: tempfile::TempDir,
 }
@@ -111,7 +138,9 @@ impl HaCluster {
         }
         let epochs: EpochLog = Arc::default();
         let stop_poll = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let tokens = ClusterTokens::write(dir.path())?;
         let mut c = HaCluster {
+            tokens,
             cfg,
             replicas,
             workers: Vec::new(),
@@ -132,6 +161,11 @@ impl HaCluster {
     /// The result store all nodes use.
     pub fn result_store(&self) -> String {
         self.s3.uri("cluster")
+    }
+
+    /// The admin token every client of the cluster shows (its schedulers require tokens).
+    pub fn token(&self) -> &str {
+        &self.tokens.admin
     }
 
     fn spawn_scheduler(&mut self, i: usize) -> anyhow::Result<()> {
@@ -162,6 +196,8 @@ impl HaCluster {
             (self.cfg.worker_lease_ms / 4).max(100).to_string(),
             "--adopt-grace-ms".to_string(),
             self.cfg.adopt_grace_ms.to_string(),
+            "--tokens-file".to_string(),
+            self.tokens.file.display().to_string(),
         ];
         args.extend(self.cfg.scheduler_args.iter().cloned());
         let generation = r.generation;
@@ -269,10 +305,12 @@ impl HaCluster {
             "--leader-lease-ms".to_string(),
             self.cfg.worker_leader_lease_ms.to_string(),
         ];
+        let mut env = self.s3.env();
+        env.push(("BATON_TOKEN".to_string(), self.tokens.worker.clone()));
         let node = Node::spawn_env(
             "baton-worker",
             &args,
-            &self.s3.env(),
+            &env,
             self.dir.path().join(format!("worker-{id}.log")),
         )?;
         self.workers.push(node);

@@ -27,6 +27,9 @@ pub struct WorkerConfig {
     pub leader_lease_ms: u64,
     /// How long a draining worker waits for its running tasks before cancelling them.
     pub drain_timeout_ms: u64,
+    /// The token shown to the scheduler, when it requires one (a `worker` token naming
+    /// this worker's id).
+    pub token: Option<baton_common::token::Token>,
 }
 
 impl Default for WorkerConfig {
@@ -40,6 +43,7 @@ impl Default for WorkerConfig {
             memory_mb: default_memory_mb(),
             leader_lease_ms: DEFAULT_LEADER_LEASE_MS,
             drain_timeout_ms: 30_000,
+            token: None,
         }
     }
 }

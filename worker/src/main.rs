@@ -2,6 +2,7 @@
 //! handling, and runs [`baton_worker::run`]; started with a hidden argument, it is the
 //! process shim of a task instead (see [`baton_worker::shim`]).
 
+use baton_common::token::Token;
 use baton_worker::config::{
     default_id, default_memory_mb, default_slots, DEFAULT_LEADER_LEASE_MS, DEFAULT_SCHEDULER,
 };
@@ -51,7 +52,18 @@ struct Args {
     /// On shutdown, how long running tasks may take before they are cancelled.
     #[arg(long, env = "BATON_WORKER_DRAIN_TIMEOUT_MS", default_value_t = 30_000)]
     drain_timeout_ms: u64,
+    /// The token to show the scheduler when it requires one (a `worker` token from `baton
+    /// token new` naming this worker's id); also read from BATON_TOKEN, which the worker
+    /// then removes from its environment so that no task inherits it.
+    #[arg(long)]
+    token: Option<String>,
+    /// A file holding the token (its first line).
+    #[arg(long, env = "BATON_TOKEN_FILE", conflicts_with = "token")]
+    token_file: Option<std::path::PathBuf>,
 }
+
+/// BATON_TOKEN, taken out of the environment before any thread starts.
+static TOKEN_ENV: std::sync::OnceLock<Option<Token>> = std::sync::OnceLock::new();
 
 impl Args {
     fn into_config(self) -> Result<WorkerConfig, String> {
@@ -62,6 +74,13 @@ impl Args {
                 .collect()
         };
         let gpus = gpu::offered(&self.gpus).map_err(|e| format!("--gpus {}: {e}", self.gpus))?;
+        let token = match (self.token, &self.token_file) {
+            (Some(t), _) => Some(Token::new(t)),
+            (None, Some(f)) => Some(Token::new(
+                baton_common::token::read_file(f).map_err(|e| format!("--token-file: {e}"))?,
+            )),
+            (None, None) => TOKEN_ENV.get().cloned().flatten(),
+        };
         Ok(WorkerConfig {
             id: self.id.unwrap_or_else(default_id),
             schedulers: trimmed(self.scheduler),
@@ -71,6 +90,7 @@ impl Args {
             memory_mb: self.memory_mb.unwrap_or_else(default_memory_mb),
             leader_lease_ms: self.leader_lease_ms,
             drain_timeout_ms: self.drain_timeout_ms,
+            token,
         })
     }
 }
@@ -80,6 +100,7 @@ fn main() -> ExitCode {
     baton_worker::shim::init();
     // Before any thread starts: CUDA numbers devices as NVML does.
     gpu::use_pci_bus_order();
+    let _ = TOKEN_ENV.set(baton_common::token::take_env("BATON_TOKEN"));
     worker_main()
 }
 

@@ -347,10 +347,13 @@ impl Actor {
 
     fn worker_message(&mut self, id: &WorkerId, session: u64, m: Up, now: i64) {
         match m {
+            // A worker reports only on attempts it was given: anything else is ignored.
             Up::Started(s) => {
                 if let Some(k) = s.key.as_ref() {
-                    self.engine
-                        .task_started(&AttemptKey::from(k), s.at_ms, s.at_us);
+                    let key = AttemptKey::from(k);
+                    if self.engine.holds(id, session, &key) {
+                        self.engine.task_started(&key, s.at_ms, s.at_us);
+                    }
                 }
             }
             Up::Finished(f) => {
@@ -359,7 +362,20 @@ impl Actor {
                 }
                 self.finished(id, session, f, now)
             }
-            Up::Logs(l) => self.logs.lines(l),
+            Up::Logs(mut l) => {
+                let before = l.lines.len();
+                l.lines.retain(|line| {
+                    line.key
+                        .as_ref()
+                        .is_some_and(|k| self.engine.holds(id, session, &AttemptKey::from(k)))
+                });
+                if l.lines.len() < before {
+                    tracing::debug!(worker = %id, dropped = before - l.lines.len(), "ignoring log lines for attempts this worker was not given");
+                }
+                if !l.lines.is_empty() {
+                    self.logs.lines(l);
+                }
+            }
             Up::Draining(_) => self.engine.worker_draining(id, session),
             Up::Batch(b) => {
                 for inner in b.messages.into_iter().filter_map(|m| m.msg) {

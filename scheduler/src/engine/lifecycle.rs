@@ -40,6 +40,18 @@ impl Engine {
             })
     }
 
+    /// Whether worker `id`, in `session`, was given attempt `key` and has not reported it
+    /// ended: only then may it report on it (started, log lines).
+    pub fn holds(&self, id: &WorkerId, session: u64, key: &AttemptKey) -> bool {
+        let Some(t) = self.locate(key) else {
+            return false;
+        };
+        self.registry
+            .workers
+            .get(id)
+            .is_some_and(|w| w.session == session && w.attempts.contains_key(&(t, key.attempt)))
+    }
+
     /// The worker started an attempt.
     pub fn task_started(&mut self, key: &AttemptKey, at_ms: i64, at_us: i64) {
         if let Some(t) = self.locate(key) {

@@ -2,7 +2,9 @@
 //! forwards the worker's messages to the engine; the engine's messages flow back through an
 //! unbounded channel, bounded in practice by the credit each worker grants.
 
+use super::bounds::quote;
 use crate::actor::Command;
+use crate::auth::Identity;
 use crate::engine::Gpu;
 use crate::engine::WorkerRegistration;
 use crate::leadership::Roles;
@@ -113,6 +115,7 @@ impl WorkerService for WorkerApi {
     ) -> Result<Response<Self::ConnectStream>, Status> {
         let actor = self.roles.leader()?;
         let address = req.remote_addr().map(|a| a.to_string()).unwrap_or_default();
+        let identity = req.extensions().get::<Identity>().cloned();
         let mut inbound = req.into_inner();
         let first = tokio::time::timeout(Duration::from_secs(10), inbound.message())
             .await
@@ -125,6 +128,14 @@ impl WorkerService for WorkerApi {
                 ))
             }
         };
+        // A worker's token binds the ids it may take: nobody registers as another worker.
+        if let Some(who) = identity.filter(|who| !who.may_be_worker(&reg.id.0)) {
+            return Err(Status::permission_denied(format!(
+                "the token of worker `{}` may not register as worker `{}`",
+                who.name,
+                quote(&reg.id.0)
+            )));
+        }
         let session = self.next_session.fetch_add(1, Ordering::Relaxed);
         let id = reg.id.clone();
         let (tx, rx) = tokio::sync::mpsc::unbounded_channel();

@@ -45,6 +45,7 @@ async fn ridge_sweep_runs_on_the_cluster_with_results_in_s3() -> anyhow::Result<
             .args(["result", "get", uri])
             .envs(c.s3.env())
             .env("BATON_SCHEDULER", c.scheduler_list())
+            .env("BATON_TOKEN", c.token())
             .output()?;
         assert!(
             out.status.success(),

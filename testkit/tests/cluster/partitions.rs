@@ -11,16 +11,17 @@ use std::time::{Duration, Instant};
 
 /// Whether replica `url` serves a leader-only call (`ListWorkers`) now: `Some(true)` if it
 /// answers, `Some(false)` if it refuses, `None` if it cannot be reached.
-async fn serves_as_leader(url: &str) -> Option<bool> {
+async fn serves_as_leader(url: &str, token: &str) -> Option<bool> {
     let endpoint = tonic::transport::Endpoint::from_shared(url.to_string())
         .ok()?
         .connect_timeout(Duration::from_millis(500))
         .timeout(Duration::from_secs(1));
     let channel = endpoint.connect().await.ok()?;
-    match FlowServiceClient::new(channel)
-        .list_workers(pb::ListWorkersRequest {})
-        .await
-    {
+    let mut request = tonic::Request::new(pb::ListWorkersRequest {});
+    request
+        .metadata_mut()
+        .insert("authorization", format!("Bearer {token}").parse().ok()?);
+    match FlowServiceClient::new(channel).list_workers(request).await {
         Ok(_) => Some(true),
         Err(s) if s.code() == tonic::Code::Unavailable => Some(false),
         Err(_) => None,
@@ -52,14 +53,15 @@ async fn leader_cut_from_etcd_steps_down_at_its_lease_deadline() -> anyhow::Resu
     // and in what it serves, by its lease deadline (plus a few seconds of slack).
     let lease = Duration::from_millis(c.cfg.leader_lease_ms);
     let limit = lease + Duration::from_secs(4);
+    let token = c.token().to_string();
     let stepped = eventually(limit, "the cut leader to stop claiming leadership", || {
-        let (old_url, old_front) = (old_url.clone(), old_front.clone());
+        let (old_url, old_front, token) = (old_url.clone(), old_front.clone(), token.clone());
         async move {
             let info = leader_info(&old_url).await?;
             if info.leader_address == old_front {
                 return None;
             }
-            (!serves_as_leader(&old_url).await?).then_some(())
+            (!serves_as_leader(&old_url, &token).await?).then_some(())
         }
     })
     .await;

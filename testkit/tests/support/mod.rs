@@ -54,7 +54,7 @@ pub fn fan_out_total(n: usize) -> f64 {
 /// A client of whichever replica leads now (dialled directly).
 pub async fn leader_client(c: &HaCluster, limit: Duration) -> anyhow::Result<Client> {
     let (i, _) = c.wait_leader(limit, None).await?;
-    Ok(Client::connect(&c.replicas[i].url()).await?)
+    Ok(Client::connect_with_token(&[c.replicas[i].url()], Some(c.token())).await?)
 }
 
 /// Runs `f` against the leader, re-resolving the leader after errors, until `limit`.
@@ -176,11 +176,14 @@ impl Ledger {
     /// Polls the runs' task runs in the background until the returned guard is dropped.
     pub fn watch(&self, c: &HaCluster, runs: Vec<String>) -> tokio::task::JoinHandle<()> {
         let urls = c.urls();
+        let token = c.token().to_string();
         let ledger = self.clone();
         tokio::spawn(async move {
             loop {
                 for url in &urls {
-                    let Ok(client) = Client::connect(url).await else {
+                    let Ok(client) =
+                        Client::connect_with_token(std::slice::from_ref(url), Some(&token)).await
+                    else {
                         continue;
                     };
                     let client = client.with_retry_for(Duration::from_secs(1));

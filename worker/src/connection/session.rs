@@ -217,10 +217,17 @@ impl Worker {
             stall: self.lease(),
         };
         out.send(Up::Register(self.register())).await?;
-        let mut inbound = client
-            .connect(ReceiverStream::new(wire_rx))
-            .await?
-            .into_inner();
+        let mut request = tonic::Request::new(ReceiverStream::new(wire_rx));
+        if let Some(token) = &self.config.token {
+            let value = format!("Bearer {}", token.expose())
+                .parse()
+                .map_err(|_| Lost {
+                    fatal: true,
+                    ..Lost::new("the token is not a valid header value (printable ASCII)")
+                })?;
+            request.metadata_mut().insert("authorization", value);
+        }
+        let mut inbound = client.connect(request).await?.into_inner();
         let first = inbound
             .message()
             .await?

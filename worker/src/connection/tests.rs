@@ -184,6 +184,7 @@ impl Harness {
             memory_mb: 1024,
             leader_lease_ms: lease_ms,
             drain_timeout_ms,
+            token: None,
         };
         let shutdown = CancellationToken::new();
         let worker = tokio::spawn(run(config, shutdown.clone()));

@@ -127,7 +127,7 @@ impl HaBench {
             finished: false,
         };
         // Calls are retried across a change of leader for longer than a failover takes.
-        let client = Client::connect(&b.cluster.scheduler_list())
+        let client = Client::connect_with_token(&b.cluster.urls(), Some(b.cluster.token()))
             .await?
             .with_retry_for(FAILOVER_STEP_TIMEOUT);
         guarded(
