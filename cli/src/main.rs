@@ -73,7 +73,7 @@ impl Target {
 
     pub(crate) async fn connect(&self) -> anyhow::Result<Client> {
         let addr = &self.addr;
-        Client::connect_with_token(&[addr.clone()], self.token.as_deref())
+        Client::connect_with_token(std::slice::from_ref(addr), self.token.as_deref())
             .await
             .with_context(|| {
                 format!("is a scheduler running at {addr}? (start one with `baton dev`)")
