@@ -70,6 +70,10 @@ impl Replica {
     }
 }
 
+/// The admin token of every [`HaCluster`] (fixed, so that [`crate::baton_cli`] can send it;
+/// a scheduler without authentication ignores it).
+pub const TEST_ADMIN_TOKEN: &str = "baton_test_admin_token_of_the_testkit_clusters";
+
 /// The cluster's tokens: an admin token for clients and one worker token for every worker,
 /// and the tokens file the schedulers read (only their hashes).
 struct ClusterTokens {
@@ -81,7 +85,7 @@ struct ClusterTokens {
 impl ClusterTokens {
     fn write(dir: &std::path::Path) -> anyhow::Result<ClusterTokens> {
         use baton_scheduler::auth::{tokens, Role};
-        let (admin, worker) = (tokens::generate(), tokens::generate());
+        let (admin, worker) = (TEST_ADMIN_TOKEN.to_string(), tokens::generate());
         let file = dir.join("tokens");
         let entries = [
             tokens::entry(Role::Admin, "tests", &admin),

@@ -27,6 +27,7 @@ pub fn baton_cli(scheduler: &str, args: &[&str]) -> anyhow::Result<(i32, String,
         .arg("--scheduler")
         .arg(scheduler)
         .args(args)
+        .env("BATON_TOKEN", crate::ha::TEST_ADMIN_TOKEN)
         .output()?;
     Ok((
         out.status.code().unwrap_or(-1),

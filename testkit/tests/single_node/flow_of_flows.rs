@@ -340,7 +340,7 @@ async fn flow_of_flows_survives_a_leader_killed_while_children_run() -> anyhow::
         .to_string();
 
     let (old, epoch) = c.wait_leader(Duration::from_secs(10), None).await?;
-    let old_client = Client::connect(&c.replicas[old].url()).await?;
+    let old_client = Client::connect_with_token(&[c.replicas[old].url()], Some(c.token())).await?;
     let p = parent.clone();
     let waiting = eventually(Duration::from_secs(30), "six child runs", || {
         let (client, p) = (&old_client, p.clone());

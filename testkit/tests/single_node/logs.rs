@@ -180,6 +180,7 @@ async fn baton_logs_follow_goes_on_through_a_leader_failover() -> anyhow::Result
     let all = c.urls().join(",");
     let mut follow = Command::new(bin_path("baton")?)
         .args(["--scheduler", &all, "logs", &run, "--follow"])
+        .env("BATON_TOKEN", c.token())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()?;
