@@ -123,6 +123,8 @@ impl EmbeddedCluster {
                 labels: w.labels.clone(),
                 slots: w.slots,
                 gpus,
+                // A local cluster of one's own: its flows' commands run as oneself.
+                allow_process: true,
                 ..WorkerConfig::default()
             };
             config

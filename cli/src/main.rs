@@ -338,7 +338,16 @@ async fn get_result(target: &Target, location: &str, direct: bool) -> anyhow::Re
     }
     if !direct {
         match target.connect().await {
-            Ok(c) => return Ok(c.get_result(location).await?.data),
+            Ok(c) => match c.get_result(location).await {
+                Ok(r) => return Ok(r.data),
+                // Not in the cluster's store: read with this machine's own credentials.
+                Err(baton_cli::client::ClientError::Status(s))
+                    if s3 && s.code() == tonic::Code::PermissionDenied =>
+                {
+                    eprintln!("{}: reading {location} directly", s.message());
+                }
+                Err(e) => return Err(e.into()),
+            },
             Err(e) if !s3 => return Err(e),
             Err(_) => eprintln!("no scheduler answers at {scheduler}: reading {location} directly"),
         }

@@ -308,6 +308,8 @@ impl HaCluster {
             slots.to_string(),
             "--leader-lease-ms".to_string(),
             self.cfg.worker_leader_lease_ms.to_string(),
+            "--allow".to_string(),
+            "process".to_string(),
         ];
         let mut env = self.s3.env();
         env.push(("BATON_TOKEN".to_string(), self.tokens.worker.clone()));

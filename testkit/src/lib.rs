@@ -168,6 +168,10 @@ impl Cluster {
             "--slots".to_string(),
             slots.to_string(),
         ];
+        // Tests run process tasks: workers allow them unless a test says otherwise.
+        if !extra.iter().any(|a| a.starts_with("--allow")) {
+            args.extend(["--allow".to_string(), "process".to_string()]);
+        }
         args.extend(extra.iter().map(|a| a.to_string()));
         let env: Vec<(String, String)> = env
             .iter()

@@ -30,6 +30,9 @@ pub struct WorkerConfig {
     /// The token shown to the scheduler, when it requires one (a `worker` token naming
     /// this worker's id).
     pub token: Option<baton_common::token::Token>,
+    /// Whether process tasks may run here (built-ins always may): a worker on a sensitive
+    /// host runs only the built-in library.
+    pub allow_process: bool,
 }
 
 impl Default for WorkerConfig {
@@ -44,6 +47,7 @@ impl Default for WorkerConfig {
             leader_lease_ms: DEFAULT_LEADER_LEASE_MS,
             drain_timeout_ms: 30_000,
             token: None,
+            allow_process: false,
         }
     }
 }

@@ -60,6 +60,10 @@ struct Args {
     /// A file holding the token (its first line).
     #[arg(long, env = "BATON_TOKEN_FILE", conflicts_with = "token")]
     token_file: Option<std::path::PathBuf>,
+    /// Kinds of task to run besides built-ins, comma-separated: `process` lets flows run
+    /// commands on this host. By default only the built-in library runs.
+    #[arg(long, env = "BATON_WORKER_ALLOW", value_delimiter = ',')]
+    allow: Vec<String>,
 }
 
 /// BATON_TOKEN, taken out of the environment before any thread starts.
@@ -74,6 +78,22 @@ impl Args {
                 .collect()
         };
         let gpus = gpu::offered(&self.gpus).map_err(|e| format!("--gpus {}: {e}", self.gpus))?;
+        let mut allow_process = false;
+        for kind in self
+            .allow
+            .iter()
+            .map(|k| k.trim())
+            .filter(|k| !k.is_empty())
+        {
+            match kind {
+                baton_common::flow::PROCESS_EXECUTOR => allow_process = true,
+                other => {
+                    return Err(format!(
+                        "--allow: `{other}` is not a kind of task this worker can run (process)"
+                    ))
+                }
+            }
+        }
         let token = match (self.token, &self.token_file) {
             (Some(t), _) => Some(Token::new(t)),
             (None, Some(f)) => Some(Token::new(
@@ -91,6 +111,7 @@ impl Args {
             leader_lease_ms: self.leader_lease_ms,
             drain_timeout_ms: self.drain_timeout_ms,
             token,
+            allow_process,
         })
     }
 }

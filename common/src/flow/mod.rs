@@ -1,9 +1,17 @@
 //! Flow specs: the validated model of a flow file, its parsing and its input resolution.
 
+mod depth;
 mod parse;
 mod resolve;
 mod validate;
 
+pub use depth::MAX_FLOW_NESTING;
+
+/// The executor name a worker registers to run process tasks (`--allow process`).
+pub const PROCESS_EXECUTOR: &str = "process";
+/// The label the scheduler gives a worker that runs process tasks, and requires of every
+/// process task; workers may not claim labels with this prefix themselves.
+pub const EXECUTOR_LABEL_PREFIX: &str = "baton:";
 pub use parse::{parse_flow, MAX_FLOW_FILE_BYTES};
 pub use resolve::{bind_parameters, resolve_inputs, InputError, ResolvedInputs, RunContext};
 

@@ -151,6 +151,12 @@ pub fn parse_flow(source: &str) -> Result<FlowSpec> {
     if source.trim().is_empty() {
         return Err(invalid("flow file is empty"));
     }
+    if super::depth::nesting_depth(source, super::MAX_FLOW_NESTING) > super::MAX_FLOW_NESTING {
+        return Err(invalid(format!(
+            "flow file nests lists and maps more than {} deep",
+            super::MAX_FLOW_NESTING
+        )));
+    }
     let raw: RawFlow = serde_yaml_ng::from_str(source).map_err(|e| invalid(format!("{e}")))?;
     let mut tasks = Vec::with_capacity(raw.tasks.len());
     for (i, t) in raw.tasks.into_iter().enumerate() {

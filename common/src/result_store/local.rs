@@ -72,6 +72,13 @@ impl LocalStore {
         move |source| {
             if source.kind() == std::io::ErrorKind::NotFound {
                 Error::NotFound(format!("file://{}", path.display()))
+            } else if source.kind() == std::io::ErrorKind::PermissionDenied
+                || source.raw_os_error() == Some(libc::ELOOP)
+            {
+                // A planted link (or a file the store may not read): said without the path.
+                Error::InvalidArgument(
+                    "the location is not a plain object in this store (a symbolic link?)".into(),
+                )
             } else {
                 Error::Io {
                     location: path.display().to_string(),
@@ -136,16 +143,21 @@ impl ResultStore for LocalStore {
 
     async fn get(&self, uri: &str) -> Result<Vec<u8>> {
         let (path, range) = self.locate(uri)?;
-        match range {
-            None => tokio::fs::read(&path).await.map_err(Self::io(&path)),
-            Some((offset, len)) => {
-                let p = path.clone();
-                tokio::task::spawn_blocking(move || read_packed(&p, offset, len))
-                    .await
-                    .map_err(|e| Self::io(&path)(std::io::Error::other(e)))?
-                    .map_err(Self::io(&path))
+        let (root, p) = (self.root.clone(), path.clone());
+        tokio::task::spawn_blocking(move || {
+            let mut f = open_inside(&root, &p)?;
+            match range {
+                None => {
+                    let mut data = Vec::new();
+                    std::io::Read::read_to_end(&mut f, &mut data)?;
+                    Ok(data)
+                }
+                Some((offset, len)) => read_packed(&f, offset, len),
             }
-        }
+        })
+        .await
+        .map_err(|e| Self::io(&path)(std::io::Error::other(e)))?
+        .map_err(Self::io(&path))
     }
 
     async fn exists(&self, uri: &str) -> Result<bool> {
@@ -175,6 +187,24 @@ impl ResultStore for LocalStore {
 /// Writes a new file at `path`, all at once: the data goes to a temporary file beside it,
 /// which is then linked into place (failing with `AlreadyExists` rather than overwrite).
 /// A reader never sees a partly written object, and a failed write leaves nothing behind.
+/// Opens `path` for reading only if it lies inside `root` once symbolic links are resolved,
+/// and is not a link itself: a task that plants a link in a local store cannot make the
+/// scheduler (or `baton result get`) read other files of its host.
+fn open_inside(root: &Path, path: &Path) -> std::io::Result<std::fs::File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let real = path.canonicalize()?;
+    if !real.starts_with(root) {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::PermissionDenied,
+            "the location leads out of the store through a symbolic link",
+        ));
+    }
+    std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(&real)
+}
+
 fn write_new(path: &Path, data: &[u8]) -> std::io::Result<()> {
     use std::io::Write;
     let (Some(dir), Some(name)) = (path.parent(), path.file_name()) else {
@@ -210,6 +240,33 @@ fn write_new(path: &Path, data: &[u8]) -> std::io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn a_planted_symbolic_link_is_never_followed() {
+        let dir = tempfile::tempdir().unwrap();
+        let outside = dir.path().join("secret");
+        std::fs::write(&outside, "host file").unwrap();
+        let store = LocalStore::new(dir.path().join("store")).unwrap();
+        let root = store.root.clone();
+        std::fs::create_dir_all(root.join("results/r")).unwrap();
+        // A link as the object, and a link as one of its folders.
+        std::os::unix::fs::symlink(&outside, root.join("results/r/a.json")).unwrap();
+        std::os::unix::fs::symlink(dir.path(), root.join("results/d")).unwrap();
+        for uri in [
+            format!("file://{}/results/r/a.json", root.display()),
+            format!("file://{}/results/d/secret", root.display()),
+            format!("file://{}/results/r/a.json#0+4", root.display()),
+        ] {
+            let e = store.get(&uri).await.expect_err("followed a link");
+            assert!(matches!(e, Error::InvalidArgument(_)), "{uri}: {e}");
+            assert!(!e.to_string().contains("host file"));
+        }
+        let put = store
+            .put("results/r/b.json", bytes::Bytes::from_static(b"ok"), "x")
+            .await
+            .unwrap();
+        assert_eq!(store.get(&put.uri).await.unwrap(), b"ok");
+    }
 
     #[tokio::test]
     async fn put_never_overwrites_and_refuses_escapes() {

@@ -89,13 +89,3 @@ pub async fn open_store(uri: &str) -> Result<Arc<dyn ResultStore>> {
     }
     Ok(Arc::new(LocalStore::new(uri)?))
 }
-
-/// Reads any result location: through `store`, or, for an `s3://` location when `store` is
-/// not itself an S3 store, through an S3 client configured from the environment (so a
-/// single-node scheduler can still serve results that were written to S3).
-pub async fn read_any(store: &dyn ResultStore, uri: &str) -> Result<Vec<u8>> {
-    if uri.starts_with("s3://") && !store.root_uri().starts_with("s3://") {
-        return S3Store::open(uri).await?.get(uri).await;
-    }
-    store.get(uri).await
-}

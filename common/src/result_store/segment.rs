@@ -6,7 +6,7 @@
 
 use std::fs::{File, OpenOptions};
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Mutex;
 
 /// Objects up to this size under `results/` are packed into segments.
@@ -93,7 +93,7 @@ pub fn parse_packed(path: &str) -> Option<(&str, u64, u64)> {
 }
 
 /// Reads `len` bytes at `offset` of a segment file.
-pub fn read_packed(path: &Path, offset: u64, len: u64) -> std::io::Result<Vec<u8>> {
+pub fn read_packed(f: &File, offset: u64, len: u64) -> std::io::Result<Vec<u8>> {
     use std::os::unix::fs::FileExt;
     if len > PACK_LIMIT as u64 {
         return Err(std::io::Error::new(
@@ -101,7 +101,6 @@ pub fn read_packed(path: &Path, offset: u64, len: u64) -> std::io::Result<Vec<u8
             "packed object longer than the pack limit",
         ));
     }
-    let f = File::open(path)?;
     let mut buf = vec![0u8; len as usize];
     f.read_exact_at(&mut buf, offset)?;
     Ok(buf)

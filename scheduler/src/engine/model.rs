@@ -56,6 +56,14 @@ impl CompiledFlow {
             .iter()
             .map(|t| {
                 let mut l: Vec<String> = spec.labels.iter().chain(&t.labels).cloned().collect();
+                if matches!(t.kind, baton_common::flow::TaskKind::Process { .. }) {
+                    // Only workers started with `--allow process` run commands.
+                    l.push(format!(
+                        "{}{}",
+                        baton_common::flow::EXECUTOR_LABEL_PREFIX,
+                        baton_common::flow::PROCESS_EXECUTOR
+                    ));
+                }
                 l.sort();
                 l.dedup();
                 l

@@ -17,6 +17,8 @@ pub const MAX_PARAMETERS: usize = 1_000;
 pub const MAX_PARAMETERS_BYTES: usize = 1024 * 1024;
 /// A flow definition's text.
 pub const MAX_FLOW_SOURCE_BYTES: usize = 1024 * 1024;
+/// A result location (`file://…` or `s3://…`).
+pub const MAX_LOCATION_BYTES: usize = 4096;
 /// How much of an offending value an error quotes.
 const QUOTE_CHARS: usize = 24;
 

@@ -6,7 +6,7 @@ use crate::engine::NewRun;
 use crate::leadership::Roles;
 use crate::Error;
 use baton_common::flow::parse_flow;
-use baton_common::result_store::{read_any, ResultStore};
+use baton_common::result_store::ResultStore;
 use baton_proto as pb;
 use pb::flow_service_server::FlowService;
 use std::collections::BTreeMap;
@@ -29,6 +29,15 @@ impl FlowApi {
     pub(super) fn roles(&self) -> &Roles {
         &self.roles
     }
+}
+
+/// Parses a flow definition on the blocking pool, so that a large one never holds up the
+/// threads that serve workers' streams and other clients.
+async fn parse_off_runtime(source: String) -> Result<baton_common::flow::FlowSpec, Status> {
+    tokio::task::spawn_blocking(move || parse_flow(&source))
+        .await
+        .map_err(|_| Status::internal("parsing the flow definition did not finish"))?
+        .map_err(|e| Status::from(Error::from(e)))
 }
 
 fn parse_params(
@@ -137,7 +146,7 @@ impl FlowService for FlowApi {
     ) -> Result<Response<pb::RegisterFlowResponse>, Status> {
         let req = req.into_inner();
         bounds::check_len("source", &req.source, bounds::MAX_FLOW_SOURCE_BYTES)?;
-        let spec = parse_flow(&req.source).map_err(Error::from)?;
+        let spec = parse_off_runtime(req.source).await?;
         let (project, flow) = (spec.project.clone(), spec.name.clone());
         let (version, created, schedule) = self
             .roles
@@ -176,7 +185,7 @@ impl FlowService for FlowApi {
             };
             (project, req.flow, req.version)
         } else {
-            let spec = parse_flow(&req.source).map_err(Error::from)?;
+            let spec = parse_off_runtime(req.source).await?;
             let (project, flow) = (spec.project.clone(), spec.name.clone());
             let (version, _, _) = self
                 .roles
@@ -352,9 +361,18 @@ impl FlowService for FlowApi {
     ) -> Result<Response<pb::GetResultResponse>, Status> {
         let uri = req.into_inner().uri;
         require("uri", &uri)?;
-        let data = read_any(self.results.as_ref(), &uri)
-            .await
-            .map_err(Error::from)?;
+        bounds::check_len("uri", &uri, bounds::MAX_LOCATION_BYTES)?;
+        // Only this cluster's own store: never another bucket or file with the scheduler's
+        // credentials (`baton result get --direct` reads elsewhere with the caller's own).
+        let root = self.results.root_uri();
+        if !uri.starts_with(&format!("{}/", root.trim_end_matches('/'))) {
+            return Err(Status::permission_denied(format!(
+                "`{}` is not in this cluster's result store; read it with your own \
+                 credentials (`baton result get --direct`)",
+                bounds::quote(&uri)
+            )));
+        }
+        let data = self.results.get(&uri).await.map_err(Error::from)?;
         let content_type = if uri.ends_with(".json") {
             "application/json"
         } else if uri.ends_with(".csv") {

@@ -2,13 +2,16 @@
 //! forwards the worker's messages to the engine; the engine's messages flow back through an
 //! unbounded channel, bounded in practice by the credit each worker grants.
 
-use super::bounds::quote;
+use super::bounds::{self, quote};
 use crate::actor::Command;
 use crate::auth::Identity;
 use crate::engine::Gpu;
 use crate::engine::WorkerRegistration;
 use crate::leadership::Roles;
-use baton_common::flow::{ResourceSpec, MAX_GPUS};
+use baton_common::flow::{ResourceSpec, EXECUTOR_LABEL_PREFIX, MAX_GPUS, PROCESS_EXECUTOR};
+
+/// Most labels a worker may register.
+const MAX_LABELS: usize = 64;
 use baton_common::ids::{AttemptKey, WorkerId};
 use baton_proto as pb;
 use pb::worker_message::Msg as Up;
@@ -41,11 +44,38 @@ fn registration(r: pb::Register, address: String) -> Result<WorkerRegistration, 
     if r.worker_id.trim().is_empty() {
         return Err(Status::invalid_argument("register: missing `worker_id`"));
     }
+    bounds::check_len("worker_id", &r.worker_id, bounds::MAX_NAME_BYTES)?;
     if crate::engine::Runner::is_reserved(&r.worker_id) {
         return Err(Status::invalid_argument(format!(
             "register: `worker_id` `{}` is reserved (it stands for no worker in task runs)",
-            r.worker_id
+            quote(&r.worker_id)
         )));
+    }
+    if r.labels.len() > MAX_LABELS {
+        return Err(Status::invalid_argument(format!(
+            "register: a worker may have at most {MAX_LABELS} labels"
+        )));
+    }
+    for label in &r.labels {
+        bounds::check_len("labels", label, bounds::MAX_NAME_BYTES)?;
+        if label.starts_with(EXECUTOR_LABEL_PREFIX) {
+            return Err(Status::invalid_argument(format!(
+                "register: labels starting with `{EXECUTOR_LABEL_PREFIX}` are the scheduler's \
+                 (`{}`); allow executors with `executors`",
+                quote(label)
+            )));
+        }
+    }
+    let mut labels = r.labels;
+    for executor in &r.executors {
+        if executor != PROCESS_EXECUTOR {
+            return Err(Status::invalid_argument(format!(
+                "register: unknown executor `{}` (known: {PROCESS_EXECUTOR})",
+                quote(executor)
+            )));
+        }
+        // Process tasks require this label: only workers that allow them get them.
+        labels.push(format!("{EXECUTOR_LABEL_PREFIX}{executor}"));
     }
     let res = r.resources.unwrap_or_default();
     if res.slots == 0 {
@@ -61,7 +91,7 @@ fn registration(r: pb::Register, address: String) -> Result<WorkerRegistration, 
         .collect();
     Ok(WorkerRegistration {
         id: WorkerId(r.worker_id),
-        labels: r.labels,
+        labels,
         resources: ResourceSpec {
             slots: res.slots,
             gpus: res.gpus.max(devices.len() as u32),

@@ -201,3 +201,54 @@ async fn https_is_never_spoken_as_plaintext() -> anyhow::Result<()> {
     assert!(matches!(e, ClientError::Tls(_)), "{e}");
     Ok(())
 }
+
+/// A process task reaches only a worker started with `--allow process`: on a worker that
+/// runs built-ins only it waits, saying why, and runs once a worker that allows it comes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn process_tasks_run_only_where_workers_allow_them() -> anyhow::Result<()> {
+    let mut cluster = Cluster::start(&[]).await?;
+    cluster.add_worker_with("builtins-only", "local", 2, &["--allow="], &[])?;
+    let c = Client::connect(&cluster.url()).await?;
+    let flow = r#"
+name: proc
+tasks:
+  - name: first
+    builtin: echo
+    inputs: {value: 1}
+  - name: cmd
+    process: {command: /bin/sh, args: ["-c", "cat >/dev/null; echo 7"]}
+    after: [first]
+"#;
+    let run = c
+        .run_source(flow.into(), BTreeMap::new(), String::new())
+        .await?
+        .run
+        .expect("a run");
+    let waiting =
+        baton_testkit::eventually(Duration::from_secs(30), "the process task to wait", || {
+            let c = c.clone();
+            let id = run.id.clone();
+            async move {
+                let trs = c.task_runs(&id, false).await.ok()?;
+                let first = trs.iter().find(|t| t.task == "first")?;
+                let cmd = trs.iter().find(|t| t.task == "cmd")?;
+                (first.state == pb::TaskState::Completed as i32 && !cmd.waiting_reason.is_empty())
+                    .then(|| cmd.clone())
+            }
+        })
+        .await?;
+    assert!(
+        waiting.waiting_reason.contains("baton:process"),
+        "{}",
+        waiting.waiting_reason
+    );
+    assert!(waiting.worker.is_empty(), "{waiting:?}");
+    cluster.add_worker("allows", "local", 2)?;
+    let done = tokio::time::timeout(Duration::from_secs(60), c.wait(&run.id)).await??;
+    cluster.assert_completed(&done);
+    let trs = c.task_runs(&run.id, true).await?;
+    let cmd = trs.iter().find(|t| t.task == "cmd").expect("cmd");
+    assert_eq!(cmd.worker, "allows");
+    assert_eq!(cmd.value, "7");
+    Ok(())
+}

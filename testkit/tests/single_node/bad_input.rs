@@ -238,3 +238,38 @@ async fn oversized_keys_and_parameters_are_refused_at_the_edge() -> anyhow::Resu
     cluster.assert_completed(&done);
     Ok(())
 }
+
+/// A 200 KB flow nested 100,000 deep (it once stalled the scheduler for 16–19 s and cost
+/// its workers their leader) is refused at once, while a run of another client completes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deeply_nested_flow_is_refused_quickly() -> anyhow::Result<()> {
+    let mut cluster = Cluster::start(&[]).await?;
+    cluster.add_worker("w", "local", 2)?;
+    let c = Client::connect(&cluster.url()).await?;
+    let deep = format!(
+        "name: deep\ntasks:\n  - name: a\n    builtin: echo\n    inputs: {{value: {}1{}}}\n",
+        "[".repeat(100_000),
+        "]".repeat(100_000)
+    );
+    assert!(deep.len() > 200_000);
+    let started = std::time::Instant::now();
+    let other = {
+        let c = c.clone();
+        tokio::spawn(async move {
+            let run = c
+                .run_source(GOOD.into(), BTreeMap::new(), String::new())
+                .await?
+                .run
+                .ok_or_else(|| anyhow::anyhow!("no run"))?;
+            anyhow::Ok(c.wait(&run.id).await?)
+        })
+    };
+    expect_invalid(&c, &deep, "more than 64 deep").await;
+    let took = started.elapsed();
+    let done = other.await??;
+    cluster.assert_completed(&done);
+    // A figure, not a timing assertion: the refusal is a linear scan.
+    eprintln!("the nested flow was refused in {took:?}");
+    assert!(cluster.scheduler.alive());
+    Ok(())
+}

@@ -267,6 +267,11 @@ impl Worker {
                 .collect(),
             max_epoch: self.max_epoch,
             gpus_held: self.gpus_held(),
+            executors: if c.allow_process {
+                vec![baton_common::flow::PROCESS_EXECUTOR.to_string()]
+            } else {
+                Vec::new()
+            },
         }
     }
 
@@ -489,6 +494,17 @@ impl Worker {
         if let Some((holder, _)) = busy {
             tracing::info!(attempt = %key, holder = %holder, "waiting for GPUs still held by an ending attempt");
             self.gpu_waiting.push(assign);
+            return Ok(());
+        }
+        if !self.config.allow_process && executor::is_process(&assign) {
+            // The scheduler sends processes only to workers that allow them; an older one
+            // might not.
+            let error = TaskError::fatal(
+                "this worker does not run process tasks (start it with --allow process)",
+            );
+            let _ = self
+                .finished_tx
+                .send((key.clone(), executor::finished(&key, Err(error))));
             return Ok(());
         }
         let Some((_, store)) = &self.store else {

@@ -185,6 +185,7 @@ impl Harness {
             leader_lease_ms: lease_ms,
             drain_timeout_ms,
             token: None,
+            allow_process: true,
         };
         let shutdown = CancellationToken::new();
         let worker = tokio::spawn(run(config, shutdown.clone()));

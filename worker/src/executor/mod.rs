@@ -68,6 +68,11 @@ impl Job {
 
 /// Parses a task spec: a [`TaskKind`] (`{"kind": "builtin", ...}`), or an object holding one
 /// under `kind` (a whole task spec).
+/// Whether an assignment's task is a process (which a worker runs only when allowed to).
+pub fn is_process(assign: &proto::Assign) -> bool {
+    matches!(parse_kind(&assign.task_spec), Ok(TaskKind::Process { .. }))
+}
+
 fn parse_kind(spec: &str) -> Result<TaskKind, TaskError> {
     let value: Value = serde_json::from_str(spec)
         .map_err(|e| TaskError::fatal(format!("the task spec is not JSON: {e}")))?;
