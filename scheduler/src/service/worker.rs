@@ -9,9 +9,6 @@ use crate::engine::Gpu;
 use crate::engine::WorkerRegistration;
 use crate::leadership::Roles;
 use baton_common::flow::{ResourceSpec, EXECUTOR_LABEL_PREFIX, MAX_GPUS, PROCESS_EXECUTOR};
-
-/// Most labels a worker may register.
-const MAX_LABELS: usize = 64;
 use baton_common::ids::{AttemptKey, WorkerId};
 use baton_proto as pb;
 use pb::worker_message::Msg as Up;
@@ -22,6 +19,9 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio_stream::{Stream, StreamExt};
 use tonic::{Request, Response, Status, Streaming};
+
+/// Most labels a worker may register.
+const MAX_LABELS: usize = 64;
 
 /// The worker-facing service.
 pub struct WorkerApi {

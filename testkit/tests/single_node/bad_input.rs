@@ -135,7 +135,7 @@ async fn bad_input_is_refused_clearly() -> anyhow::Result<()> {
         .get_result("file:///etc/passwd")
         .await
         .expect_err("outside the store");
-    assert_eq!(code(&err), tonic::Code::InvalidArgument);
+    assert_eq!(code(&err), tonic::Code::PermissionDenied);
     let mut params = BTreeMap::new();
     params.insert("nope".to_string(), "{not json".to_string());
     let err = c
