@@ -64,7 +64,7 @@ fn unhex(s: &str) -> Option<[u8; 32]> {
 
 /// Whether `name` may name a token's holder: letters, digits, `.`, `_`, `-`, and for a
 /// worker a trailing `*` (any worker id with that prefix).
-fn valid_name(name: &str) -> bool {
+pub fn valid_name(name: &str) -> bool {
     let body = name.strip_suffix('*').unwrap_or(name);
     !name.is_empty()
         && name.len() <= MAX_NAME
