@@ -74,6 +74,9 @@ pub(crate) struct Spec {
     pub command: String,
     pub args: Vec<String>,
     pub env: BTreeMap<String, String>,
+    /// Variables of the shim's environment the command does not get.
+    #[serde(default)]
+    pub withheld: Vec<String>,
 }
 
 /// What the shim tells the worker, one JSON line each.
@@ -205,6 +208,9 @@ mod imp {
                 libc::prctl(libc::PR_SET_NAME, c"baton-shim".as_ptr(), 0, 0, 0);
             }
             let mut cmd = std::process::Command::new(&spec.command);
+            for name in &spec.withheld {
+                cmd.env_remove(name);
+            }
             cmd.args(&spec.args).envs(&spec.env).process_group(0);
             let mask = self.signals.original;
             // SAFETY: between fork and exec the closure only calls sigprocmask

@@ -175,6 +175,10 @@ pub enum TaskKind {
         /// retried as the retry policy allows).
         #[serde(default, skip_serializing_if = "Vec::is_empty")]
         fatal_exit_codes: Vec<i32>,
+        /// Whether the worker's AWS credentials (`AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`,
+        /// `AWS_SESSION_TOKEN`, …) reach the process; by default they do not.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        aws_credentials: bool,
     },
     /// A sub-flow: each task run starts a run of a registered flow with the task's inputs as
     /// its parameters, waits for it and yields the result of the child's task `result`.

@@ -108,6 +108,8 @@ struct RawProcess {
     env: BTreeMap<String, String>,
     #[serde(default)]
     fatal_exit_codes: Vec<i32>,
+    #[serde(default)]
+    aws_credentials: bool,
 }
 
 #[derive(Deserialize)]
@@ -220,6 +222,7 @@ fn convert_task(t: RawTask, project: &str) -> Result<TaskSpec> {
             args: p.args,
             env: p.env,
             fatal_exit_codes: p.fatal_exit_codes,
+            aws_credentials: p.aws_credentials,
         },
         (None, None, Some(f)) => TaskKind::Flow {
             project: f.project.unwrap_or_else(|| project.to_string()),

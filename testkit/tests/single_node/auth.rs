@@ -252,3 +252,51 @@ tasks:
     assert_eq!(cmd.value, "7");
     Ok(())
 }
+
+/// A worker's AWS credentials reach a process task only when the task asks for them
+/// (`aws_credentials: true`); its baton token never does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn credentials_reach_process_tasks_only_when_asked_for() -> anyhow::Result<()> {
+    let mut cluster = Cluster::start(&[]).await?;
+    let secret = "sekrit-aws-value";
+    cluster.add_worker_with(
+        "w",
+        "local",
+        2,
+        &[],
+        &[
+            ("AWS_SECRET_ACCESS_KEY", secret),
+            ("AWS_ACCESS_KEY_ID", "AKIDEXAMPLE"),
+            ("BATON_TOKEN", "a-worker-token"),
+        ],
+    )?;
+    let c = Client::connect(&cluster.url()).await?;
+    let show = r#"cat >/dev/null; printf '"%s/%s"' "${AWS_SECRET_ACCESS_KEY:-none}" "${BATON_TOKEN:-none}""#;
+    let flow = format!(
+        r#"
+name: creds
+tasks:
+  - name: plain
+    process: {{command: /bin/sh, args: ["-c", {show:?}]}}
+  - name: asks
+    process: {{command: /bin/sh, args: ["-c", {show:?}], aws_credentials: true}}
+"#
+    );
+    let run = c
+        .run_source(flow, BTreeMap::new(), String::new())
+        .await?
+        .run
+        .expect("a run");
+    let done = tokio::time::timeout(Duration::from_secs(60), c.wait(&run.id)).await??;
+    cluster.assert_completed(&done);
+    let trs = c.task_runs(&run.id, true).await?;
+    let value = |task: &str| {
+        trs.iter()
+            .find(|t| t.task == task)
+            .map(|t| t.value.clone())
+            .unwrap_or_default()
+    };
+    assert_eq!(value("plain"), "\"none/none\"");
+    assert_eq!(value("asks"), format!("\"{secret}/none\""));
+    Ok(())
+}

@@ -170,7 +170,17 @@ async fn run_body(job: &Job, ctx: &TaskContext) -> TaskResult {
             args,
             env,
             fatal_exit_codes,
-        } => process::run(command, args, env, fatal_exit_codes, &job.inputs, ctx).await,
+            aws_credentials,
+        } => {
+            let withheld = process::withheld_env(*aws_credentials);
+            let cmd = process::Command {
+                command,
+                args,
+                env,
+                withheld: &withheld,
+            };
+            process::run(cmd, fatal_exit_codes, &job.inputs, ctx).await
+        }
         TaskKind::Flow { .. } => Err(TaskError::fatal(
             "a sub-flow task is run by the scheduler, not by a worker",
         )),

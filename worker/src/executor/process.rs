@@ -52,15 +52,57 @@ pub(crate) const PIPE_GRACE: Duration = Duration::from_secs(1);
 /// How long the worker waits for a shim to kill and reap what a task left behind.
 const SHIM_EXIT_WAIT: Duration = Duration::from_secs(5);
 
-/// Runs `command` and returns the JSON value of its last non-empty stdout line.
+/// The worker's credentials that never reach a process task: AWS's unless the task asks for
+/// them (`aws_credentials: true`), and baton's own tokens always.
+const AWS_CREDENTIALS: &[&str] = &[
+    "AWS_ACCESS_KEY_ID",
+    "AWS_SECRET_ACCESS_KEY",
+    "AWS_SESSION_TOKEN",
+    "AWS_SECURITY_TOKEN",
+    "AWS_WEB_IDENTITY_TOKEN_FILE",
+    "AWS_CONTAINER_CREDENTIALS_FULL_URI",
+    "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI",
+    "AWS_CONTAINER_AUTHORIZATION_TOKEN",
+];
+const BATON_SECRETS: &[&str] = &["BATON_TOKEN", "BATON_TOKENS"];
+
+/// The worker's environment variables a process task does not get.
+pub(super) fn withheld_env(aws_credentials: bool) -> Vec<String> {
+    let aws = if aws_credentials {
+        &[][..]
+    } else {
+        AWS_CREDENTIALS
+    };
+    BATON_SECRETS
+        .iter()
+        .chain(aws)
+        .map(|s| s.to_string())
+        .collect()
+}
+
+/// A process task's command line and environment.
+pub(super) struct Command<'a> {
+    pub command: &'a str,
+    pub args: &'a [String],
+    /// Set on top of the worker's environment.
+    pub env: &'a BTreeMap<String, String>,
+    /// Removed from the worker's environment (see [`withheld_env`]).
+    pub withheld: &'a [String],
+}
+
+/// Runs the command and returns the JSON value of its last non-empty stdout line.
 pub(super) async fn run(
-    command: &str,
-    args: &[String],
-    env: &BTreeMap<String, String>,
+    cmd: Command<'_>,
     fatal_exit_codes: &[i32],
     inputs: &Value,
     ctx: &TaskContext,
 ) -> TaskResult {
+    let Command {
+        command,
+        args,
+        env,
+        withheld,
+    } = cmd;
     let key = &ctx.key;
     let mut env = env.clone();
     for (name, value) in [
@@ -84,6 +126,7 @@ pub(super) async fn run(
         command: command.to_string(),
         args: args.to_vec(),
         env,
+        withheld: withheld.to_vec(),
     };
     let started = tokio::select! {
         biased;
@@ -641,6 +684,9 @@ impl DirectTask {
 
 fn start_direct(spec: &Spec) -> Result<Started, TaskError> {
     let mut cmd = tokio::process::Command::new(&spec.command);
+    for name in &spec.withheld {
+        cmd.env_remove(name);
+    }
     cmd.args(&spec.args)
         .envs(&spec.env)
         .stdin(Stdio::piped())
