@@ -241,7 +241,6 @@ fn new_token(role: &str, name: &str, append: Option<&std::path::Path>) -> anyhow
 
 async fn execute(cli: Cli) -> anyhow::Result<i32> {
     let target = Target::new(&cli)?;
-    let connect = |_: &str| target.connect();
     match cli.cmd {
         Cmd::Dev {
             listen,
@@ -277,18 +276,18 @@ async fn execute(cli: Cli) -> anyhow::Result<i32> {
             Ok(0)
         }
         Cmd::Run(args) => run::run(&target, args).await,
-        Cmd::Flow { cmd } => flow::execute(&connect(&cli.scheduler).await?, cmd).await,
+        Cmd::Flow { cmd } => flow::execute(&target.connect().await?, cmd).await,
         Cmd::Runs { limit } => {
-            let runs = connect(&cli.scheduler).await?.list_runs(limit).await?;
+            let runs = target.connect().await?.list_runs(limit).await?;
             print!("{}", format::runs_table(&runs));
             Ok(0)
         }
-        Cmd::Schedule { cmd } => schedule::execute(&connect(&cli.scheduler).await?, cmd).await,
-        Cmd::Limit { cmd } => limit::execute(&connect(&cli.scheduler).await?, cmd).await,
-        Cmd::Show { run, json } => show::execute(&connect(&cli.scheduler).await?, &run, json).await,
-        Cmd::Logs(args) => logs::execute(&connect(&cli.scheduler).await?, args).await,
+        Cmd::Schedule { cmd } => schedule::execute(&target.connect().await?, cmd).await,
+        Cmd::Limit { cmd } => limit::execute(&target.connect().await?, cmd).await,
+        Cmd::Show { run, json } => show::execute(&target.connect().await?, &run, json).await,
+        Cmd::Logs(args) => logs::execute(&target.connect().await?, args).await,
         Cmd::Cancel { run } => {
-            let r = connect(&cli.scheduler).await?.cancel_run(&run).await?;
+            let r = target.connect().await?.cancel_run(&run).await?;
             println!("{}", format::run_line(&r));
             Ok(0)
         }
@@ -296,12 +295,12 @@ async fn execute(cli: Cli) -> anyhow::Result<i32> {
             cmd: TokenCmd::New { role, name, append },
         } => new_token(&role, &name, append.as_deref()),
         Cmd::Workers => {
-            let ws = connect(&cli.scheduler).await?.workers().await?;
+            let ws = target.connect().await?.workers().await?;
             print!("{}", format::workers_table(&ws));
             Ok(0)
         }
         Cmd::Leader { json } => {
-            let report = connect(&cli.scheduler).await?.leader().await?;
+            let report = target.connect().await?.leader().await?;
             if json {
                 println!(
                     "{}",

@@ -98,11 +98,14 @@ pub async fn run(scheduler: &crate::Target, args: RunArgs) -> anyhow::Result<i32
     } else {
         None
     };
-    let target = match &cluster {
-        Some(c) => scheduler.at(c.url()),
-        None => scheduler.at(scheduler.addr.clone()),
-    };
-    let result = submit(&target, source, params, &args).await;
+    let embedded = cluster.as_ref().map(|c| scheduler.at(c.url()));
+    let result = submit(
+        embedded.as_ref().unwrap_or(scheduler),
+        source,
+        params,
+        &args,
+    )
+    .await;
     if let Some(c) = cluster {
         c.stop().await;
     }

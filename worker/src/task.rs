@@ -27,18 +27,20 @@ pub struct TaskContext {
     pub scheduled_start_ms: i64,
     /// Cancelled when the attempt is cancelled, times out or the worker stops.
     pub cancel: CancellationToken,
-    /// The GPUs pinned to this attempt.
-    pub gpus: GpuGrant,
+    /// What its worker grants this attempt.
+    pub grant: Grant,
     logs: mpsc::UnboundedSender<TaskLog>,
 }
 
-/// The GPUs an attempt may use.
+/// What a worker grants an attempt: the GPUs it may use, and whether it may run a process.
 #[derive(Clone, Debug, Default)]
-pub struct GpuGrant {
+pub struct Grant {
     /// The devices pinned to it.
     pub pinned: Arc<[Gpu]>,
     /// Whether its worker has GPUs at all (a task without any is then kept off them).
     pub worker_has_gpus: bool,
+    /// Whether a process task may run (the worker was started with `--allow process`).
+    pub processes: bool,
 }
 
 impl TaskContext {
@@ -54,14 +56,14 @@ impl TaskContext {
             store,
             scheduled_start_ms,
             cancel,
-            gpus: GpuGrant::default(),
+            grant: Grant::default(),
             logs,
         }
     }
 
-    /// The same context with GPUs pinned.
-    pub fn with_gpus(mut self, gpus: GpuGrant) -> Self {
-        self.gpus = gpus;
+    /// The same context with what the worker grants the attempt.
+    pub fn with_grant(mut self, grant: Grant) -> Self {
+        self.grant = grant;
         self
     }
 

@@ -364,10 +364,20 @@ impl Actor {
             }
             Up::Logs(mut l) => {
                 let before = l.lines.len();
+                // A batch's lines mostly share a key: each key is looked up once in a row.
+                let mut last: Option<(pb::AttemptKey, bool)> = None;
                 l.lines.retain(|line| {
-                    line.key
-                        .as_ref()
-                        .is_some_and(|k| self.engine.holds(id, session, &AttemptKey::from(k)))
+                    let Some(k) = line.key.as_ref() else {
+                        return false;
+                    };
+                    match &last {
+                        Some((seen, held)) if seen == k => *held,
+                        _ => {
+                            let held = self.engine.holds(id, session, &AttemptKey::from(k));
+                            last = Some((k.clone(), held));
+                            held
+                        }
+                    }
                 });
                 if l.lines.len() < before {
                     tracing::debug!(worker = %id, dropped = before - l.lines.len(), "ignoring log lines for attempts this worker was not given");

@@ -73,8 +73,6 @@ enum Access {
     Roles(&'static [Role]),
 }
 
-const WORKER_SERVICE: &str = "/baton.v1.WorkerService/";
-const FLOW_SERVICE: &str = "/baton.v1.FlowService/";
 /// `FlowService` methods that change the cluster's configuration or other people's runs.
 const ADMIN_METHODS: &[&str] = &[
     "RegisterFlow",
@@ -84,21 +82,21 @@ const ADMIN_METHODS: &[&str] = &[
     "CancelRun",
 ];
 
+/// Who may call a method, by its gRPC path (`/SERVICE/METHOD`).
 fn access(path: &str) -> Access {
-    if path.starts_with("/grpc.health.v1.Health/") {
-        Access::Open
-    } else if path.starts_with(WORKER_SERVICE) {
-        Access::Roles(&[Role::Worker])
-    } else if let Some(method) = path.strip_prefix(FLOW_SERVICE) {
-        if method == "GetLeader" {
-            Access::Open
-        } else if ADMIN_METHODS.contains(&method) {
-            Access::Roles(&[Role::Admin])
-        } else {
-            Access::Roles(&[Role::Client, Role::Admin])
-        }
-    } else {
-        Access::AnyRole
+    use baton_proto::{flow_service_server as flow, worker_service_server as worker};
+    use tonic_health::pb::health_server as health;
+    let (service, method) = path
+        .strip_prefix('/')
+        .and_then(|p| p.split_once('/'))
+        .unwrap_or(("", ""));
+    match service {
+        health::SERVICE_NAME => Access::Open,
+        worker::SERVICE_NAME => Access::Roles(&[Role::Worker]),
+        flow::SERVICE_NAME if method == "GetLeader" => Access::Open,
+        flow::SERVICE_NAME if ADMIN_METHODS.contains(&method) => Access::Roles(&[Role::Admin]),
+        flow::SERVICE_NAME => Access::Roles(&[Role::Client, Role::Admin]),
+        _ => Access::AnyRole,
     }
 }
 
@@ -163,8 +161,8 @@ mod tests {
     #[test]
     fn each_role_reaches_its_methods_only() {
         let t = tokens();
-        let flow = |m: &str| format!("{FLOW_SERVICE}{m}");
-        let worker = format!("{WORKER_SERVICE}Connect");
+        let flow = |m: &str| format!("/baton.v1.FlowService/{m}");
+        let worker = "/baton.v1.WorkerService/Connect".to_string();
         let code = |path: &str, token: Option<&str>| {
             let h = token.map(bearer);
             check(&t, path, h.as_deref())

@@ -39,27 +39,14 @@ pub fn hash(token: &str) -> [u8; 32] {
 /// A fresh random token: `baton_` and 64 hex digits (256 bits).
 pub fn generate() -> String {
     let bytes: [u8; 32] = rand::random();
-    format!("baton_{}", hex(&bytes))
+    let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    format!("baton_{hex}")
 }
 
 /// The table entry for `token` held by `name` in `role`.
 pub fn entry(role: Role, name: &str, token: &str) -> String {
-    format!("{} {name} sha256:{}", role.as_str(), hex(&hash(token)))
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-fn unhex(s: &str) -> Option<[u8; 32]> {
-    if s.len() != 64 || !s.is_ascii() {
-        return None;
-    }
-    let mut out = [0u8; 32];
-    for (i, o) in out.iter_mut().enumerate() {
-        *o = u8::from_str_radix(&s[2 * i..2 * i + 2], 16).ok()?;
-    }
-    Some(out)
+    let digest = baton_common::result_store::checksum(token.as_bytes());
+    format!("{} {name} {digest}", role.as_str())
 }
 
 /// Whether `name` may name a token's holder: letters, digits, `.`, `_`, `-`, and for a
@@ -105,11 +92,8 @@ impl Table {
                     "a name is 1-128 letters, digits, `.`, `_` or `-` (a worker's may end in `*`)",
                 ));
             }
-            let digest = digest
-                .strip_prefix("sha256:")
-                .and_then(unhex)
-                .ok_or_else(|| {
-                    bad("the token must be given as sha256: and 64 hex digits, never in plain text")
+            let digest = crate::engine::held::parse_sha256(digest).ok_or_else(|| {
+                    bad("the token must be given as sha256: and 64 lowercase hex digits, never in plain text")
                 })?;
             if by_hash.len() >= MAX_ENTRIES {
                 return Err(TokenError::TooMany);
@@ -196,31 +180,39 @@ impl Tokens {
             return;
         };
         let tokens = self.clone();
-        let mut seen = self.loaded;
         tokio::spawn(async move {
+            let mut seen = tokens.loaded;
             loop {
                 tokio::select! {
                     _ = tokio::time::sleep(RELOAD_EVERY) => {}
                     _ = stop.cancelled() => return,
                 }
-                let now = stamp(&path);
-                if now == seen {
-                    continue;
-                }
-                seen = now;
-                let p = path.clone();
-                match tokio::task::spawn_blocking(move || read(&p)).await {
-                    Ok(Ok(table)) => {
-                        tracing::info!(entries = table.len(), "token file reloaded");
-                        tokens.replace(table);
-                    }
-                    Ok(Err(e)) => {
-                        tracing::error!(error = %e, "token file not reloaded; the tokens in force stay")
-                    }
-                    Err(e) => tracing::error!(error = %e, "token file not reloaded"),
+                let (t, p) = (tokens.clone(), path.clone());
+                match tokio::task::spawn_blocking(move || t.check(&p, seen)).await {
+                    Ok(now) => seen = now,
+                    Err(e) => tracing::error!(error = %e, "token file not checked"),
                 }
             }
         });
+    }
+
+    /// One check of the token file: when its stamp differs from `seen`, reads it and puts
+    /// it in force, or keeps the table in force if it is bad. Returns the stamp now seen.
+    fn check(&self, path: &Path, seen: Option<(SystemTime, u64)>) -> Option<(SystemTime, u64)> {
+        let now = stamp(path);
+        if now == seen {
+            return seen;
+        }
+        match read(path) {
+            Ok(table) => {
+                tracing::info!(entries = table.len(), "token file reloaded");
+                self.replace(table);
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "token file not reloaded; the tokens in force stay")
+            }
+        }
+        now
     }
 }
 
@@ -287,28 +279,43 @@ mod tests {
         assert_eq!(a.len(), "baton_".len() + 64);
     }
 
+    #[test]
+    fn a_changed_file_is_reloaded_and_a_bad_one_is_not() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("tokens");
+        std::fs::write(&path, entry(Role::Client, "a", "one")).unwrap();
+        let tokens = Tokens::load(Source::File(path.clone())).unwrap();
+        assert!(tokens.identify("one").is_some());
+        let seen = tokens.check(&path, tokens.loaded);
+        assert_eq!(seen, tokens.loaded, "unchanged: nothing read");
+        // A longer name: the length changes even where the clock is coarse.
+        std::fs::write(&path, entry(Role::Client, "bb", "two")).unwrap();
+        let seen = tokens.check(&path, seen);
+        assert!(tokens.identify("two").is_some(), "reloaded");
+        assert!(tokens.identify("one").is_none(), "the old token is gone");
+        std::fs::write(&path, "garbage that is not an entry").unwrap();
+        let seen_bad = tokens.check(&path, seen);
+        assert_ne!(seen_bad, seen, "the bad file was read");
+        assert!(
+            tokens.identify("two").is_some(),
+            "a bad file changes nothing"
+        );
+    }
+
     #[tokio::test]
-    async fn a_changed_file_is_reloaded_and_a_bad_one_is_not() {
+    async fn the_watch_reloads_a_changed_file() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("tokens");
         std::fs::write(&path, entry(Role::Client, "a", "one")).unwrap();
         let tokens = Tokens::load(Source::File(path.clone())).unwrap();
         let stop = tokio_util::sync::CancellationToken::new();
         tokens.watch(stop.clone());
-        assert!(tokens.identify("one").is_some());
-        std::fs::write(&path, entry(Role::Client, "b", "two-longer")).unwrap();
-        let deadline = std::time::Instant::now() + Duration::from_secs(10);
-        while tokens.identify("two-longer").is_none() {
+        std::fs::write(&path, entry(Role::Client, "bb", "two")).unwrap();
+        let deadline = std::time::Instant::now() + RELOAD_EVERY * 10;
+        while tokens.identify("two").is_none() {
             assert!(std::time::Instant::now() < deadline, "not reloaded");
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        assert!(tokens.identify("one").is_none(), "the old token is gone");
-        std::fs::write(&path, "garbage that is not an entry").unwrap();
-        tokio::time::sleep(RELOAD_EVERY * 3).await;
-        assert!(
-            tokens.identify("two-longer").is_some(),
-            "a bad file changes nothing"
-        );
         stop.cancel();
     }
 }

@@ -31,19 +31,23 @@ enum ContentType {
     Text(Box<str>),
 }
 
+/// The 32 bytes of `sha256:` and 64 lowercase hex digits (the form
+/// [`baton_common::result_store::checksum`] writes), or `None` for any other text.
+pub(crate) fn parse_sha256(text: &str) -> Option<[u8; 32]> {
+    let hex = text.strip_prefix(SHA256_PREFIX)?;
+    if hex.len() != 64 {
+        return None;
+    }
+    let mut out = [0u8; 32];
+    for (i, pair) in hex.as_bytes().chunks(2).enumerate() {
+        out[i] = (digit(pair[0])? << 4) | digit(pair[1])?;
+    }
+    Some(out)
+}
+
 impl Checksum {
     fn parse(text: &str) -> Checksum {
-        let digest = text.strip_prefix(SHA256_PREFIX).and_then(|hex| {
-            if hex.len() != 64 {
-                return None;
-            }
-            let mut out = [0u8; 32];
-            for (i, pair) in hex.as_bytes().chunks(2).enumerate() {
-                out[i] = (digit(pair[0])? << 4) | digit(pair[1])?;
-            }
-            Some(out)
-        });
-        match digest {
+        match parse_sha256(text) {
             Some(d) => Checksum::Sha256(d),
             None => Checksum::Text(text.into()),
         }

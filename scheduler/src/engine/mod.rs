@@ -8,7 +8,7 @@ mod children;
 mod dag;
 mod dispatch;
 mod flows;
-mod held;
+pub(crate) mod held;
 mod lifecycle;
 mod limits;
 mod model;

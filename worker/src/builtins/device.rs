@@ -7,7 +7,7 @@ use candle_core::Device;
 /// The device for `ctx`'s attempt, and how to name it in logs and results (`cuda:N` by the
 /// GPU's host index, or `cpu`).
 pub fn for_attempt(function: &str, ctx: &TaskContext) -> Result<(Device, String), TaskError> {
-    let Some(gpu) = ctx.gpus.pinned.iter().find(|g| !g.simulated) else {
+    let Some(gpu) = ctx.grant.pinned.iter().find(|g| !g.simulated) else {
         return Ok((Device::Cpu, "cpu".into()));
     };
     open(function, gpu)

@@ -6,7 +6,7 @@ use super::outbound::{log_batch, Outbound};
 use super::{writer, Backoff, Inbox, Running, Worker};
 use crate::executor;
 use crate::gpu::Gpu;
-use crate::task::{GpuGrant, TaskError, TaskLog};
+use crate::task::{Grant, TaskError, TaskLog};
 use baton_common::ids::AttemptKey;
 use baton_common::result_store::open_store;
 use baton_common::time::now_ms;
@@ -496,17 +496,6 @@ impl Worker {
             self.gpu_waiting.push(assign);
             return Ok(());
         }
-        if !self.config.allow_process && executor::is_process(&assign) {
-            // The scheduler sends processes only to workers that allow them; an older one
-            // might not.
-            let error = TaskError::fatal(
-                "this worker does not run process tasks (start it with --allow process)",
-            );
-            let _ = self
-                .finished_tx
-                .send((key.clone(), executor::finished(&key, Err(error))));
-            return Ok(());
-        }
         let Some((_, store)) = &self.store else {
             return Ok(());
         };
@@ -516,9 +505,10 @@ impl Worker {
         if !wanted.is_empty() {
             self.gpu_holds.insert(key.clone(), wanted);
         }
-        let grant = GpuGrant {
+        let grant = Grant {
             pinned: pinned.into(),
             worker_has_gpus: !self.config.gpus.is_empty(),
+            processes: self.config.allow_process,
         };
         let span = tracing::info_span!(
             "attempt",

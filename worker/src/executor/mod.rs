@@ -6,7 +6,7 @@ mod process;
 
 pub use process::kill_all_groups;
 
-use crate::task::{GpuGrant, TaskContext, TaskError, TaskLog, TaskResult};
+use crate::task::{Grant, TaskContext, TaskError, TaskLog, TaskResult};
 use baton_common::flow::TaskKind;
 use baton_common::ids::AttemptKey;
 use baton_common::result_store::ResultStore;
@@ -68,11 +68,6 @@ impl Job {
 
 /// Parses a task spec: a [`TaskKind`] (`{"kind": "builtin", ...}`), or an object holding one
 /// under `kind` (a whole task spec).
-/// Whether an assignment's task is a process (which a worker runs only when allowed to).
-pub fn is_process(assign: &proto::Assign) -> bool {
-    matches!(parse_kind(&assign.task_spec), Ok(TaskKind::Process { .. }))
-}
-
 fn parse_kind(spec: &str) -> Result<TaskKind, TaskError> {
     let value: Value = serde_json::from_str(spec)
         .map_err(|e| TaskError::fatal(format!("the task spec is not JSON: {e}")))?;
@@ -90,7 +85,7 @@ fn parse_kind(spec: &str) -> Result<TaskKind, TaskError> {
 pub async fn execute(
     key: AttemptKey,
     assign: proto::Assign,
-    gpus: GpuGrant,
+    grant: Grant,
     store: Arc<dyn ResultStore>,
     cancel: CancellationToken,
     logs: mpsc::UnboundedSender<TaskLog>,
@@ -104,7 +99,7 @@ pub async fn execute(
                 cancel.child_token(),
                 logs,
             )
-            .with_gpus(gpus);
+            .with_grant(grant);
             AssertUnwindSafe(run_and_store(&job, &ctx, &cancel))
                 .catch_unwind()
                 .await
@@ -172,6 +167,13 @@ async fn run_body(job: &Job, ctx: &TaskContext) -> TaskResult {
             fatal_exit_codes,
             aws_credentials,
         } => {
+            // The scheduler sends processes only to workers that allow them; an older one
+            // might not.
+            if !ctx.grant.processes {
+                return Err(TaskError::fatal(
+                    "this worker does not run process tasks (start it with --allow process)",
+                ));
+            }
             let withheld = process::withheld_env(*aws_credentials);
             let cmd = process::Command {
                 command,

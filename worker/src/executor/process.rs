@@ -119,7 +119,7 @@ pub(super) async fn run(
     ] {
         env.insert(name.to_string(), value);
     }
-    for (name, value) in crate::gpu::task_env(&ctx.gpus.pinned, ctx.gpus.worker_has_gpus) {
+    for (name, value) in crate::gpu::task_env(&ctx.grant.pinned, ctx.grant.worker_has_gpus) {
         env.insert(name.to_string(), value);
     }
     let spec = Spec {

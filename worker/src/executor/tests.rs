@@ -48,7 +48,11 @@ async fn run(
     timeout_ms: u64,
     cancel: CancellationToken,
 ) -> (proto::Finished, Vec<TaskLog>) {
-    run_with_gpus(f, spec, inputs, timeout_ms, cancel, Default::default()).await
+    let grant = crate::task::Grant {
+        processes: true,
+        ..Default::default()
+    };
+    run_with_gpus(f, spec, inputs, timeout_ms, cancel, grant).await
 }
 
 async fn run_with_gpus(
@@ -57,7 +61,7 @@ async fn run_with_gpus(
     inputs: Value,
     timeout_ms: u64,
     cancel: CancellationToken,
-    gpus: crate::task::GpuGrant,
+    gpus: crate::task::Grant,
 ) -> (proto::Finished, Vec<TaskLog>) {
     let (tx, mut rx) = mpsc::unbounded_channel();
     let fin = execute(
@@ -136,6 +140,27 @@ async fn process_non_json_last_line_is_a_fatal_error() {
 }
 
 #[tokio::test]
+async fn a_process_is_refused_where_processes_are_not_allowed() {
+    let f = fixture();
+    let dir = tempfile::tempdir().unwrap();
+    let marker = dir.path().join("ran");
+    let script = sh(&format!("touch {}; echo 1", marker.display()));
+    let (fin, _) = run_with_gpus(
+        &f,
+        script,
+        json!({}),
+        0,
+        CancellationToken::new(),
+        Default::default(),
+    )
+    .await;
+    let e = failure(&fin);
+    assert!(!e.retryable);
+    assert!(e.error.contains("--allow process"), "{}", e.error);
+    assert!(!marker.exists(), "the command ran");
+}
+
+#[tokio::test]
 async fn process_gets_its_inputs_on_stdin_and_its_env() {
     let f = fixture();
     let inputs = json!({"x": [1, 2, 3], "name": "é"});
@@ -158,9 +183,10 @@ async fn a_process_task_sees_exactly_its_pinned_gpus() {
     let f = fixture();
     let devices = crate::gpu::simulated("16000,16000,16000").unwrap();
     let script = sh(r#"printf '"%s|%s"\n' "${CUDA_VISIBLE_DEVICES-unset}" "${BATON_GPUS-unset}""#);
-    let grant = crate::task::GpuGrant {
+    let grant = crate::task::Grant {
         pinned: vec![devices[0].clone(), devices[2].clone()].into(),
         worker_has_gpus: true,
+        processes: true,
     };
     let (fin, _) = run_with_gpus(
         &f,
@@ -174,9 +200,10 @@ async fn a_process_task_sees_exactly_its_pinned_gpus() {
     let expected = format!("\"{},{}|0,2\"", devices[0].uuid, devices[2].uuid);
     assert_eq!(success(&fin).inline_value, expected);
     // A task without GPUs on a GPU worker sees none; on a worker without GPUs nothing is set.
-    let none = crate::task::GpuGrant {
+    let none = crate::task::Grant {
         pinned: Vec::new().into(),
         worker_has_gpus: true,
+        processes: true,
     };
     let (fin, _) = run_with_gpus(
         &f,
