@@ -68,7 +68,12 @@ async fn run(
         ..Default::default()
     };
     let (tx, _rx) = mpsc::unbounded_channel();
-    execute(key(), assign, Default::default(), store, cancel, tx).await
+    // A worker started with `--allow process`.
+    let grant = baton_worker::task::Grant {
+        processes: true,
+        ..Default::default()
+    };
+    execute(key(), assign, grant, store, cancel, tx).await
 }
 
 /// Like [`run`], failing the test instead of hanging.
