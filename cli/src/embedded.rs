@@ -125,6 +125,7 @@ impl EmbeddedCluster {
                 gpus,
                 // A local cluster of one's own: its flows' commands run as oneself.
                 allow_process: true,
+                secrets: baton_worker::secrets::Secrets::from_env(None),
                 ..WorkerConfig::default()
             };
             config

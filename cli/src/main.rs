@@ -189,6 +189,8 @@ fn main() {
     baton_worker::shim::init();
     // Before any thread starts: CUDA numbers devices as NVML does (embedded workers).
     baton_worker::gpu::use_pci_bus_order();
+    // Embedded workers take their secrets (BATON_SECRET_*) out of the environment.
+    baton_worker::secrets::take_env();
     // The embedded scheduler's memory of finished runs goes back to the system.
     baton_scheduler::alloc::tune();
     cli_main()

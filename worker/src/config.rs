@@ -33,6 +33,8 @@ pub struct WorkerConfig {
     /// Whether process tasks may run here (built-ins always may): a worker on a sensitive
     /// host runs only the built-in library.
     pub allow_process: bool,
+    /// Where the values of tasks' `{secret: NAME}` inputs come from.
+    pub secrets: crate::secrets::Secrets,
 }
 
 impl Default for WorkerConfig {
@@ -48,6 +50,7 @@ impl Default for WorkerConfig {
             drain_timeout_ms: 30_000,
             token: None,
             allow_process: false,
+            secrets: Default::default(),
         }
     }
 }

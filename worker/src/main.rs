@@ -64,6 +64,12 @@ struct Args {
     /// commands on this host. By default only the built-in library runs.
     #[arg(long, env = "BATON_WORKER_ALLOW", value_delimiter = ',')]
     allow: Vec<String>,
+    /// Where tasks' `{secret: NAME}` inputs are found besides BATON_SECRET_<NAME> variables
+    /// (which the worker takes out of its environment at start): a file of NAME=VALUE lines,
+    /// or a folder with one file per secret (as Docker and Kubernetes mount secrets). Read
+    /// when a task needs a secret, so a changed value needs no restart.
+    #[arg(long, env = "BATON_WORKER_SECRETS")]
+    secrets: Option<std::path::PathBuf>,
 }
 
 /// BATON_TOKEN, taken out of the environment before any thread starts.
@@ -112,6 +118,7 @@ impl Args {
             drain_timeout_ms: self.drain_timeout_ms,
             token,
             allow_process,
+            secrets: baton_worker::secrets::Secrets::from_env(self.secrets),
         })
     }
 }
@@ -122,6 +129,7 @@ fn main() -> ExitCode {
     // Before any thread starts: CUDA numbers devices as NVML does.
     gpu::use_pci_bus_order();
     let _ = TOKEN_ENV.set(baton_common::token::take_env("BATON_TOKEN"));
+    baton_worker::secrets::take_env();
     worker_main()
 }
 

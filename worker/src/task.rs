@@ -1,6 +1,7 @@
 //! What an executing task sees: its attempt, the result store, cancellation and a log sink.
 
 use crate::gpu::Gpu;
+use crate::secrets::{Redactor, Secrets};
 use baton_common::ids::AttemptKey;
 use baton_common::result_store::ResultStore;
 use std::sync::Arc;
@@ -29,6 +30,8 @@ pub struct TaskContext {
     pub cancel: CancellationToken,
     /// What its worker grants this attempt.
     pub grant: Grant,
+    /// Masks the values of the attempt's secrets in what it logs.
+    pub redactor: Arc<Redactor>,
     logs: mpsc::UnboundedSender<TaskLog>,
 }
 
@@ -41,6 +44,8 @@ pub struct Grant {
     pub worker_has_gpus: bool,
     /// Whether a process task may run (the worker was started with `--allow process`).
     pub processes: bool,
+    /// Where its secret inputs come from.
+    pub secrets: Secrets,
 }
 
 impl TaskContext {
@@ -57,6 +62,7 @@ impl TaskContext {
             scheduled_start_ms,
             cancel,
             grant: Grant::default(),
+            redactor: Arc::default(),
             logs,
         }
     }
@@ -67,13 +73,23 @@ impl TaskContext {
         self
     }
 
-    /// Sends a log line to the scheduler.
+    /// The same context masking `redactor`'s secret values in its log lines.
+    pub fn with_redactor(mut self, redactor: Redactor) -> Self {
+        self.redactor = Arc::new(redactor);
+        self
+    }
+
+    /// Sends a log line to the scheduler, any secret value in it masked.
     pub fn log(&self, stream: &'static str, line: impl Into<String>) {
+        let mut line = line.into();
+        if !self.redactor.is_empty() {
+            line = self.redactor.redact(line);
+        }
         let _ = self.logs.send(TaskLog {
             key: self.key.clone(),
             at_ms: baton_common::time::now_ms(),
             stream,
-            line: line.into(),
+            line,
         });
     }
 

@@ -211,6 +211,10 @@ pub enum Input {
     Flatten(Vec<Input>),
     /// A value of the run itself (one of [`CONTEXT_KEYS`]), e.g. its scheduled start.
     Context(String),
+    /// A secret of the worker that runs the task, by name: resolved there (from
+    /// `BATON_SECRET_<NAME>` or its secrets file), never sent through the scheduler. The
+    /// scheduler sends `null` in its place and names it in the task spec ([`TaskSecrets`]).
+    Secret(String),
 }
 
 impl Input {
@@ -222,8 +226,57 @@ impl Input {
                 }
             }
             Input::Flatten(items) => items.iter().for_each(|i| i.upstream(out)),
-            Input::Param(_) | Input::Value(_) | Input::Context(_) => {}
+            Input::Param(_) | Input::Value(_) | Input::Context(_) | Input::Secret(_) => {}
         }
+    }
+}
+
+/// The most characters in a secret's name.
+pub const MAX_SECRET_NAME: usize = 128;
+
+/// Whether `name` may name a secret: letters, digits and `_`, not starting with a digit
+/// (it is also the tail of an environment variable, `BATON_SECRET_<NAME>`).
+pub fn valid_secret_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= MAX_SECRET_NAME
+        && !name.starts_with(|c: char| c.is_ascii_digit())
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+}
+
+/// A task's kind as an assignment carries it, with the secrets its worker puts in its
+/// inputs: `{"kind": {...}, "secrets": {"input": "NAME"}}`, or the bare kind when it has
+/// none (so the common case costs nothing).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TaskSecrets {
+    pub kind: TaskKind,
+    /// Input name → secret name.
+    pub secrets: BTreeMap<String, String>,
+}
+
+impl TaskSpec {
+    /// The task's secret inputs: input name → secret name.
+    pub fn secrets(&self) -> BTreeMap<String, String> {
+        self.inputs
+            .iter()
+            .filter_map(|(name, i)| match i {
+                Input::Secret(s) => Some((name.clone(), s.clone())),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// The JSON an assignment carries as its task spec: the kind, with the secrets if any.
+    pub fn assignment_json(&self) -> String {
+        let secrets = self.secrets();
+        let json = if secrets.is_empty() {
+            serde_json::to_string(&self.kind)
+        } else {
+            serde_json::to_string(&TaskSecrets {
+                kind: self.kind.clone(),
+                secrets,
+            })
+        };
+        json.unwrap_or_default()
     }
 }
 

@@ -352,6 +352,14 @@ fn convert_input(v: &Value) -> std::result::Result<Input, String> {
             Value::String(c) => Ok(Input::Context(c.clone())),
             other => Err(format!("`context` must be a name, got {other}")),
         },
+        ["secret"] => match &m["secret"] {
+            Value::String(s) if super::valid_secret_name(s) => Ok(Input::Secret(s.clone())),
+            Value::String(_) => Err(format!(
+                "`secret` must name a secret: 1-{} letters, digits or `_`, not starting with a digit",
+                super::MAX_SECRET_NAME
+            )),
+            other => Err(format!("`secret` must be a name, got {}", super::resolve::kind_of(other))),
+        },
         ["flatten"] => match &m["flatten"] {
             Value::Array(items) => Ok(Input::Flatten(
                 items
@@ -362,7 +370,7 @@ fn convert_input(v: &Value) -> std::result::Result<Input, String> {
             other => Err(format!("`flatten` must be a list of inputs, got {other}")),
         },
         _ => Err(format!(
-            "expected one of {{param}}, {{result}}, {{result, index}}, {{value}}, {{context}} or {{flatten}}; got keys {keys:?} (write a literal mapping as {{value: ...}})"
+            "expected one of {{param}}, {{result}}, {{result, index}}, {{value}}, {{context}}, {{secret}} or {{flatten}}; got keys {keys:?} (write a literal mapping as {{value: ...}})"
         )),
     }
 }

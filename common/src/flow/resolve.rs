@@ -99,7 +99,7 @@ pub struct InputError {
     pub message: String,
 }
 
-fn kind_of(v: &Value) -> &'static str {
+pub(super) fn kind_of(v: &Value) -> &'static str {
     match v {
         Value::Null => "null",
         Value::Bool(_) => "a boolean",
@@ -200,6 +200,8 @@ fn eval<'a>(
             .cloned()
             .ok_or_else(|| format!("parameter `{p}` has no value")),
         Input::Value(v) => Ok(v.clone()),
+        // Resolved by the worker, which alone holds it.
+        Input::Secret(_) => Ok(Value::Null),
         Input::Result(t) => result(t)
             .cloned()
             .ok_or_else(|| format!("task `{t}` has no result")),

@@ -116,6 +116,20 @@ fn check_task(spec: &FlowSpec, names: &HashSet<&str>, t: &TaskSpec) -> Result<()
     }
     for (name, input) in &t.inputs {
         check_input(spec, names, t, input).map_err(|m| at(&format!("input `{name}`"), m))?;
+        if let Input::Secret(_) = input {
+            if t.map.contains(name) {
+                return Err(at(
+                    &format!("input `{name}`"),
+                    "a secret cannot be mapped".into(),
+                ));
+            }
+            if matches!(t.kind, TaskKind::Flow { .. }) {
+                return Err(at(
+                    &format!("input `{name}`"),
+                    "a sub-flow task cannot take a secret (its child's tasks can, by name)".into(),
+                ));
+            }
+        }
     }
     for m in &t.map {
         if !t.inputs.contains_key(m) {
@@ -175,9 +189,13 @@ fn check_input(
         }
         Input::Flatten(items) => {
             for i in items {
+                if let Input::Secret(_) = i {
+                    return Err("a secret is a whole input, not part of a `flatten`".into());
+                }
                 check_input(spec, names, t, i)?;
             }
         }
+        Input::Secret(_) => {}
         Input::Value(_) => {}
         Input::Context(c) => {
             if !CONTEXT_KEYS.contains(&c.as_str()) {
@@ -258,4 +276,59 @@ fn find_cycle(
         cur = next;
     }
     path.iter().map(|&i| tasks[i].name.clone()).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::flow::{parse_flow, Input, TaskSecrets};
+
+    fn flow(inputs: &str, extra: &str) -> String {
+        format!(
+            "name: s\ntasks:\n  - name: t\n    process: {{command: sh}}\n    inputs: {inputs}\n{extra}"
+        )
+    }
+
+    #[test]
+    fn a_secret_input_is_named_in_the_assignment_and_nowhere_else() {
+        let spec = parse_flow(&flow("{key: {secret: API_KEY}, n: 1}", "")).expect("parsed");
+        let t = &spec.tasks[0];
+        assert_eq!(t.inputs["key"], Input::Secret("API_KEY".into()));
+        let sent: TaskSecrets =
+            serde_json::from_str(&t.assignment_json()).expect("a kind with secrets");
+        assert_eq!(sent.secrets["key"], "API_KEY");
+        assert_eq!(sent.kind, t.kind);
+        // The inputs the scheduler resolves hold null in its place.
+        let r = crate::flow::resolve_inputs(t, &Default::default(), &Default::default(), |_| None)
+            .expect("resolved");
+        assert_eq!(r.fixed["key"], serde_json::Value::Null);
+        // Without secrets, the bare kind as before.
+        let plain = parse_flow(&flow("{n: 1}", "")).expect("parsed");
+        assert_eq!(
+            plain.tasks[0].assignment_json(),
+            serde_json::to_string(&plain.tasks[0].kind).expect("json")
+        );
+    }
+
+    #[test]
+    fn secrets_are_whole_named_unmapped_inputs() {
+        let bad = [
+            (flow("{key: {secret: 9LIVES}}", ""), "must name a secret"),
+            (flow("{key: {secret: a-b}}", ""), "must name a secret"),
+            (flow("{key: {secret: [A]}}", ""), "must be a name"),
+            (
+                flow("{key: {secret: K}}", "    map: [key]\n"),
+                "cannot be mapped",
+            ),
+            (
+                flow("{key: {flatten: [{secret: K}]}}", ""),
+                "not part of a `flatten`",
+            ),
+        ];
+        for (source, needle) in bad {
+            let e = parse_flow(&source).expect_err(&source).to_string();
+            assert!(e.contains(needle), "{source}: {e}");
+        }
+        let long = format!("{{key: {{secret: {}}}}}", "A".repeat(129));
+        assert!(parse_flow(&flow(&long, "")).is_err());
+    }
 }

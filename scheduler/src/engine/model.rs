@@ -49,7 +49,7 @@ impl CompiledFlow {
         let kind_json = spec
             .tasks
             .iter()
-            .map(|t| Arc::from(serde_json::to_string(&t.kind).unwrap_or_default()))
+            .map(|t| Arc::from(t.assignment_json()))
             .collect();
         let labels = spec
             .tasks

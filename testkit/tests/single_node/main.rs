@@ -26,4 +26,5 @@ mod python_client;
 mod retries;
 mod ridge_sweep;
 mod schedules;
+mod secrets;
 mod values;

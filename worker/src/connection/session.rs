@@ -509,6 +509,7 @@ impl Worker {
             pinned: pinned.into(),
             worker_has_gpus: !self.config.gpus.is_empty(),
             processes: self.config.allow_process,
+            secrets: self.config.secrets.clone(),
         };
         let span = tracing::info_span!(
             "attempt",

@@ -186,6 +186,7 @@ impl Harness {
             drain_timeout_ms,
             token: None,
             allow_process: true,
+            secrets: Default::default(),
         };
         let shutdown = CancellationToken::new();
         let worker = tokio::spawn(run(config, shutdown.clone()));

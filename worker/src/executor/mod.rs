@@ -6,6 +6,7 @@ mod process;
 
 pub use process::kill_all_groups;
 
+use crate::secrets::Redactor;
 use crate::task::{Grant, TaskContext, TaskError, TaskLog, TaskResult};
 use baton_common::flow::TaskKind;
 use baton_common::ids::AttemptKey;
@@ -13,6 +14,7 @@ use baton_common::result_store::ResultStore;
 use baton_proto as proto;
 use futures::FutureExt;
 use serde_json::Value;
+use std::collections::BTreeMap;
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::Duration;
@@ -41,12 +43,16 @@ pub struct Job {
     /// 0: no timeout.
     pub timeout_ms: u64,
     pub scheduled_start_ms: i64,
+    /// Secret inputs: input name → secret name, resolved on this worker.
+    pub secrets: BTreeMap<String, String>,
+    /// `BATON_SECRET_<NAME>` → value of the resolved secrets, for a process's environment.
+    pub secret_env: BTreeMap<String, String>,
 }
 
 impl Job {
     /// Decodes `assign` for attempt `key`; a malformed spec or input is a fatal task error.
     pub fn decode(key: AttemptKey, assign: &proto::Assign) -> Result<Job, TaskError> {
-        let kind = parse_kind(&assign.task_spec)?;
+        let (kind, secrets) = parse_kind(&assign.task_spec)?;
         let inputs = if assign.inputs.trim().is_empty() {
             Value::Object(Default::default())
         } else {
@@ -62,22 +68,32 @@ impl Job {
             inputs,
             timeout_ms: assign.timeout_ms,
             scheduled_start_ms: assign.scheduled_start_ms,
+            secrets,
+            secret_env: BTreeMap::new(),
         })
     }
 }
 
 /// Parses a task spec: a [`TaskKind`] (`{"kind": "builtin", ...}`), or an object holding one
-/// under `kind` (a whole task spec).
-fn parse_kind(spec: &str) -> Result<TaskKind, TaskError> {
+/// under `kind` (a whole task spec, or a kind with its secret inputs under `secrets`).
+fn parse_kind(spec: &str) -> Result<(TaskKind, BTreeMap<String, String>), TaskError> {
     let value: Value = serde_json::from_str(spec)
         .map_err(|e| TaskError::fatal(format!("the task spec is not JSON: {e}")))?;
-    let value = match value {
+    let (value, secrets) = match value {
         Value::Object(mut o) if o.get("kind").is_some_and(Value::is_object) => {
-            o.remove("kind").unwrap_or_default()
+            let secrets = match o.remove("secrets") {
+                None => BTreeMap::new(),
+                Some(s) => serde_json::from_value(s).map_err(|e| {
+                    TaskError::fatal(format!("the task spec's secrets are invalid: {e}"))
+                })?,
+            };
+            (o.remove("kind").unwrap_or_default(), secrets)
         }
-        other => other,
+        other => (other, BTreeMap::new()),
     };
-    serde_json::from_value(value).map_err(|e| TaskError::fatal(format!("invalid task spec: {e}")))
+    let kind = serde_json::from_value(value)
+        .map_err(|e| TaskError::fatal(format!("invalid task spec: {e}")))?;
+    Ok((kind, secrets))
 }
 
 /// Runs `assign` as attempt `key` and returns its `Finished` message. `cancel` stops the
@@ -90,23 +106,37 @@ pub async fn execute(
     cancel: CancellationToken,
     logs: mpsc::UnboundedSender<TaskLog>,
 ) -> proto::Finished {
+    let mut redactor = Redactor::default();
     let outcome = match Job::decode(key.clone(), &assign) {
-        Ok(job) => {
-            let ctx = TaskContext::new(
-                key.clone(),
-                store,
-                job.scheduled_start_ms,
-                cancel.child_token(),
-                logs,
-            )
-            .with_grant(grant);
-            AssertUnwindSafe(run_and_store(&job, &ctx, &cancel))
-                .catch_unwind()
-                .await
-                .unwrap_or_else(|panic| Err(TaskError::retryable(panic_message(&panic))))
-        }
+        Ok(mut job) => match grant.secrets.resolve(&job.secrets, &mut job.inputs) {
+            Ok(resolved) => {
+                job.secret_env = resolved.env;
+                redactor = resolved.redactor;
+                let ctx = TaskContext::new(
+                    key.clone(),
+                    store,
+                    job.scheduled_start_ms,
+                    cancel.child_token(),
+                    logs,
+                )
+                .with_grant(grant)
+                .with_redactor(redactor.clone());
+                AssertUnwindSafe(run_and_store(&job, &ctx, &cancel))
+                    .catch_unwind()
+                    .await
+                    .unwrap_or_else(|panic| Err(TaskError::retryable(panic_message(&panic))))
+            }
+            Err(e) => Err(e),
+        },
         Err(e) => Err(e),
     };
+    // An error message (a process's stderr tail, a built-in's message) is stored and shown.
+    let outcome = outcome.map_err(|mut e| {
+        if !redactor.is_empty() {
+            e.message = redactor.redact(e.message);
+        }
+        e
+    });
     finished(&key, outcome)
 }
 
@@ -117,7 +147,7 @@ pub async fn run_and_store(
     cancel: &CancellationToken,
 ) -> Result<proto::TaskSuccess, TaskError> {
     let value = run_with_limits(job, ctx, cancel).await?;
-    persist(ctx.store.as_ref(), &job.key, &value).await
+    persist_checked(ctx.store.as_ref(), &job.key, &value, &ctx.redactor).await
 }
 
 /// Runs the body until it ends, `cancel` fires or the timeout passes. `ctx.cancel` must be a
@@ -175,6 +205,17 @@ async fn run_body(job: &Job, ctx: &TaskContext) -> TaskResult {
                 ));
             }
             let withheld = process::withheld_env(*aws_credentials);
+            let with_secrets;
+            let env = if job.secret_env.is_empty() {
+                env
+            } else {
+                with_secrets = env
+                    .iter()
+                    .chain(&job.secret_env)
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .collect::<BTreeMap<_, _>>();
+                &with_secrets
+            };
             let cmd = process::Command {
                 command,
                 args,
@@ -195,10 +236,27 @@ pub async fn persist(
     key: &AttemptKey,
     value: &Value,
 ) -> Result<proto::TaskSuccess, TaskError> {
+    persist_checked(store, key, value, &Redactor::default()).await
+}
+
+/// [`persist`], refusing a result that holds the value of one of the attempt's secrets: a
+/// secret is never stored.
+async fn persist_checked(
+    store: &dyn ResultStore,
+    key: &AttemptKey,
+    value: &Value,
+    secrets: &Redactor,
+) -> Result<proto::TaskSuccess, TaskError> {
     let bytes = serde_json::to_vec(value)
         .map_err(|e| TaskError::fatal(format!("the result cannot be serialized: {e}")))?;
     if bytes.len() > MAX_RESULT_BYTES {
         return Err(too_large());
+    }
+    if let Some(name) = secrets.found_in(&bytes) {
+        return Err(TaskError::fatal(format!(
+            "the result holds the value of secret `{name}`: secrets are never stored (return \
+             something derived from it instead)"
+        )));
     }
     let inline_value = if bytes.len() <= MAX_INLINE_BYTES {
         String::from_utf8(bytes.clone()).unwrap_or_default()

@@ -53,7 +53,8 @@ pub(crate) const PIPE_GRACE: Duration = Duration::from_secs(1);
 const SHIM_EXIT_WAIT: Duration = Duration::from_secs(5);
 
 /// The worker's credentials that never reach a process task: AWS's unless the task asks for
-/// them (`aws_credentials: true`), and baton's own tokens always.
+/// them (`aws_credentials: true`), and baton's own tokens and secrets always (a task gets
+/// the secrets it takes as inputs, set again on top).
 const AWS_CREDENTIALS: &[&str] = &[
     "AWS_ACCESS_KEY_ID",
     "AWS_SECRET_ACCESS_KEY",
@@ -73,10 +74,15 @@ pub(super) fn withheld_env(aws_credentials: bool) -> Vec<String> {
     } else {
         AWS_CREDENTIALS
     };
+    // A worker embedded in another program may still have its secrets in the environment.
+    let secrets = std::env::vars_os()
+        .filter_map(|(k, _)| k.into_string().ok())
+        .filter(|k| k.starts_with(crate::secrets::ENV_PREFIX));
     BATON_SECRETS
         .iter()
         .chain(aws)
         .map(|s| s.to_string())
+        .chain(secrets)
         .collect()
 }
 

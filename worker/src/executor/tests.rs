@@ -187,6 +187,7 @@ async fn a_process_task_sees_exactly_its_pinned_gpus() {
         pinned: vec![devices[0].clone(), devices[2].clone()].into(),
         worker_has_gpus: true,
         processes: true,
+        ..Default::default()
     };
     let (fin, _) = run_with_gpus(
         &f,
@@ -204,6 +205,7 @@ async fn a_process_task_sees_exactly_its_pinned_gpus() {
         pinned: Vec::new().into(),
         worker_has_gpus: true,
         processes: true,
+        ..Default::default()
     };
     let (fin, _) = run_with_gpus(
         &f,
@@ -369,4 +371,77 @@ printf '{"done": true}'
     unsafe {
         libc::kill(pid, libc::SIGKILL);
     }
+}
+
+/// A task's `{secret: NAME}` input: its value is in the process's inputs and environment,
+/// masked in its log lines and error, and a result holding it is refused; other secrets of
+/// the worker stay out of the task's environment.
+#[tokio::test]
+async fn secrets_reach_the_task_and_nothing_that_leaves_the_worker() {
+    let f = fixture();
+    let secrets = crate::secrets::Secrets::new(
+        std::collections::BTreeMap::from([
+            ("API".to_string(), "s3cr3t-v4lue".to_string()),
+            ("OTHER".to_string(), "not-asked-for".to_string()),
+        ]),
+        None,
+    );
+    let grant = crate::task::Grant {
+        processes: true,
+        secrets,
+        ..Default::default()
+    };
+    let with_secret = |script: &str| json!({"kind": sh(script), "secrets": {"key": "API"}});
+    let script = r#"read -r inputs; echo "env $BATON_SECRET_API other ${BATON_SECRET_OTHER-unset}"; echo "stdin $inputs" >&2; printf '"%s"\n' "${#BATON_SECRET_API}""#;
+    let (fin, logs) = run_with_gpus(
+        &f,
+        with_secret(script),
+        json!({"key": null}),
+        0,
+        CancellationToken::new(),
+        grant.clone(),
+    )
+    .await;
+    assert_eq!(success(&fin).inline_value, "\"12\"");
+    let lines: Vec<&str> = logs.iter().map(|l| l.line.as_str()).collect();
+    assert!(lines.contains(&"env *** other unset"), "{lines:?}");
+    assert!(lines.contains(&"stdin {\"key\":\"***\"}"), "{lines:?}");
+    // The error of a failed process quotes its stderr: masked too.
+    let (fin, _) = run_with_gpus(
+        &f,
+        with_secret(r#"echo "bad key $BATON_SECRET_API" >&2; exit 3"#),
+        json!({"key": null}),
+        0,
+        CancellationToken::new(),
+        grant.clone(),
+    )
+    .await;
+    let e = failure(&fin);
+    assert!(e.error.contains("bad key ***"), "{}", e.error);
+    assert!(!e.error.contains("s3cr3t"), "{}", e.error);
+    // A result holding the value is refused, and nothing is stored.
+    let (fin, _) = run_with_gpus(
+        &f,
+        with_secret(r#"printf '{"leak": "%s"}\n' "$BATON_SECRET_API""#),
+        json!({"key": null}),
+        0,
+        CancellationToken::new(),
+        grant.clone(),
+    )
+    .await;
+    let e = failure(&fin);
+    assert!(e.error.contains("secret `API`"), "{}", e.error);
+    assert!(!e.retryable);
+    assert!(f.store.get(&key().result_key()).await.is_err());
+    // A secret the worker lacks fails the attempt, naming it.
+    let (fin, _) = run_with_gpus(
+        &f,
+        json!({"kind": sh("echo 1"), "secrets": {"key": "MISSING"}}),
+        json!({"key": null}),
+        0,
+        CancellationToken::new(),
+        grant,
+    )
+    .await;
+    assert!(failure(&fin).error.contains("`MISSING`"));
 }
