@@ -19,6 +19,14 @@ pub mod defaults {
     /// On shutdown or loss of leadership, how long background work (archive and result
     /// writes, open connections) may take to finish before it is cut off.
     pub const DRAIN_MS: u64 = 5_000;
+    /// Client calls in flight per caller, streams included.
+    pub const CLIENT_CONCURRENCY: u32 = 512;
+    /// Client calls in flight per connection.
+    pub const CONNECTION_CONCURRENCY: u32 = 256;
+    /// Client calls in flight from all clients together.
+    pub const CLIENT_TOTAL_CONCURRENCY: u32 = 4_096;
+    /// Client calls a second per caller (bursts to twice this).
+    pub const CLIENT_RATE: u32 = 2_000;
 }
 
 /// Everything the scheduler needs to start, stated once: these are also its command-line
@@ -89,6 +97,29 @@ pub struct SchedulerConfig {
     /// otherwise required: anyone who reaches the port can then run commands on workers.
     #[arg(long, env = "BATON_INSECURE")]
     pub insecure: bool,
+    /// Client calls in flight per caller (a token, or an IP address without
+    /// authentication), watch and log streams included; more are refused with
+    /// RESOURCE_EXHAUSTED. 0: no limit. Workers' streams are never limited.
+    #[arg(long, env = "BATON_CLIENT_CONCURRENCY", default_value_t = defaults::CLIENT_CONCURRENCY)]
+    pub client_concurrency: u32,
+    /// Client calls in flight per connection. 0: no limit.
+    #[arg(
+        long,
+        env = "BATON_CONNECTION_CONCURRENCY",
+        default_value_t = defaults::CONNECTION_CONCURRENCY
+    )]
+    pub connection_concurrency: u32,
+    /// Client calls in flight from all clients together. 0: no limit.
+    #[arg(
+        long,
+        env = "BATON_CLIENT_TOTAL_CONCURRENCY",
+        default_value_t = defaults::CLIENT_TOTAL_CONCURRENCY
+    )]
+    pub client_total_concurrency: u32,
+    /// Client calls a second per caller, sustained (a caller may burst to twice this).
+    /// 0: no limit.
+    #[arg(long, env = "BATON_CLIENT_RATE", default_value_t = defaults::CLIENT_RATE)]
+    pub client_rate: u32,
     /// Fault injection for tests: the binary reads it with [`Faults::from_env`] (never set
     /// in production).
     #[arg(skip)]
@@ -181,6 +212,16 @@ impl SchedulerConfig {
 
     /// The token table in force, or `None` when authentication is off: off is allowed only
     /// for a single node listening on loopback, or with `--insecure`.
+    /// The load-shedding limits of the client API.
+    pub fn shed_limits(&self) -> crate::shed::ShedLimits {
+        crate::shed::ShedLimits {
+            per_caller: self.client_concurrency,
+            per_connection: self.connection_concurrency,
+            total: self.client_total_concurrency,
+            rate: self.client_rate,
+        }
+    }
+
     pub fn auth(&self, listen: std::net::SocketAddr) -> Result<Option<Arc<Tokens>>> {
         let source = match (&self.tokens, &self.tokens_file) {
             (Some(t), _) => Some((Source::Inline(t.clone()), "--tokens")),

@@ -14,6 +14,7 @@ mod load;
 pub mod logs;
 pub mod server;
 pub mod service;
+pub mod shed;
 pub mod store;
 
 pub use config::SchedulerConfig;

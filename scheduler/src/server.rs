@@ -8,6 +8,7 @@ use crate::config::SchedulerConfig;
 use crate::engine::Engine;
 use crate::leadership::{Role, Roles};
 use crate::service::{FlowApi, WorkerApi, MAX_MESSAGE_BYTES};
+use crate::shed::{ShedLayer, Shedder};
 use crate::store::{EmbeddedStore, EtcdConfig, EtcdStore, Leadership, StateStore};
 use crate::{Error, Result};
 use baton_common::result_store::{open_store, ResultStore};
@@ -64,7 +65,11 @@ pub async fn serve(
     let mut server = tokio::spawn(
         tonic::transport::Server::builder()
             .http2_keepalive_interval(Some(Duration::from_secs(5)))
-            .layer(AuthLayer::new(tokens))
+            .layer(
+                tower::ServiceBuilder::new()
+                    .layer(AuthLayer::new(tokens))
+                    .layer(ShedLayer::new(Shedder::new(config.shed_limits()))),
+            )
             .add_service(flow)
             .add_service(worker)
             .add_service(health)

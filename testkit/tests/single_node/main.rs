@@ -27,4 +27,5 @@ mod retries;
 mod ridge_sweep;
 mod schedules;
 mod secrets;
+mod shedding;
 mod values;
