@@ -1,6 +1,8 @@
 //! Flow specs: the validated model of a flow file, its parsing and its input resolution.
 
 mod depth;
+#[cfg(test)]
+mod fuzz;
 mod parse;
 mod resolve;
 mod validate;

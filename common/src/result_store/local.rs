@@ -164,7 +164,9 @@ impl ResultStore for LocalStore {
         let (path, range) = self.locate(uri)?;
         match (tokio::fs::metadata(&path).await, range) {
             (Ok(_), None) => Ok(true),
-            (Ok(m), Some((offset, len))) => Ok(m.len() >= offset + len),
+            (Ok(m), Some((offset, len))) => {
+                Ok(offset.checked_add(len).is_some_and(|end| m.len() >= end))
+            }
             (Err(_), _) => Ok(false),
         }
     }

@@ -2,6 +2,8 @@
 //! implementations. Objects are written once under keys that include the attempt, and
 //! never overwritten.
 
+#[cfg(test)]
+mod fuzz;
 mod local;
 mod s3;
 mod segment;
