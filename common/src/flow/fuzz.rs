@@ -202,7 +202,10 @@ proptest! {
             return Ok(());
         };
         check_valid(&spec);
-        let _ = spec.tasks.iter().map(|t| t.assignment_json()).count();
+        for t in &spec.tasks {
+            let sent: Value = serde_json::from_str(&t.assignment_json()).expect("JSON");
+            prop_assert!(sent.is_object());
+        }
         let Ok(params) = bind_parameters(&spec, given) else {
             return Ok(());
         };
