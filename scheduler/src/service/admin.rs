@@ -1,6 +1,7 @@
 //! `FlowService` calls that configure the cluster: flow schedules on and off, concurrency
 //! limits on task tags.
 
+use super::bounds;
 use super::flow::{require, FlowApi};
 use crate::actor::Command;
 use baton_proto as pb;
@@ -12,6 +13,8 @@ impl FlowApi {
         req: pb::SetScheduleRequest,
     ) -> Result<Response<pb::SetScheduleResponse>, Status> {
         require("flow", &req.flow)?;
+        bounds::check_len("flow", &req.flow, bounds::MAX_NAME_BYTES)?;
+        bounds::check_len("project", &req.project, bounds::MAX_NAME_BYTES)?;
         let project = if req.project.is_empty() {
             "default".to_string()
         } else {
@@ -35,6 +38,7 @@ impl FlowApi {
         req: pb::SetConcurrencyLimitRequest,
     ) -> Result<Response<pb::ConcurrencyLimit>, Status> {
         require("tag", &req.tag)?;
+        bounds::check_len("tag", &req.tag, bounds::MAX_NAME_BYTES)?;
         let limit = self
             .roles()
             .leader()?
@@ -48,6 +52,7 @@ impl FlowApi {
         req: pb::DeleteConcurrencyLimitRequest,
     ) -> Result<Response<pb::DeleteConcurrencyLimitResponse>, Status> {
         require("tag", &req.tag)?;
+        bounds::check_len("tag", &req.tag, bounds::MAX_NAME_BYTES)?;
         let deleted = self
             .roles()
             .leader()?

@@ -34,6 +34,28 @@ pub fn check_len(field: &str, value: &str, max: usize) -> Result<(), Status> {
     )))
 }
 
+/// The longest run id taken (the scheduler makes 16-character ids).
+pub const MAX_RUN_ID_BYTES: usize = 64;
+
+/// Refuses anything that cannot be a run id (1-64 letters, digits, `-` or `_`) before it
+/// is looked up anywhere: ids name files and keys in the stores.
+pub fn run_id(value: &str) -> Result<(), Status> {
+    if value.is_empty() {
+        return Err(Status::invalid_argument("missing field `run_id`"));
+    }
+    let ok = value.len() <= MAX_RUN_ID_BYTES
+        && value
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+    if ok {
+        return Ok(());
+    }
+    Err(Status::invalid_argument(format!(
+        "`run_id` \"{}\" is not a run id (1-{MAX_RUN_ID_BYTES} letters, digits, `-` or `_`)",
+        quote(value)
+    )))
+}
+
 /// The first characters of `value`, for an error message.
 pub fn quote(value: &str) -> String {
     let mut q: String = value

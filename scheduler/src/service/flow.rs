@@ -231,7 +231,7 @@ impl FlowService for FlowApi {
         req: Request<pb::GetRunRequest>,
     ) -> Result<Response<pb::GetRunResponse>, Status> {
         let id = req.into_inner().run_id;
-        require("run_id", &id)?;
+        bounds::run_id(&id)?;
         let asked = self
             .roles
             .leader()?
@@ -261,7 +261,7 @@ impl FlowService for FlowApi {
         req: Request<pb::WatchRunRequest>,
     ) -> Result<Response<Self::WatchRunStream>, Status> {
         let req = req.into_inner();
-        require("run_id", &req.run_id)?;
+        bounds::run_id(&req.run_id)?;
         let (tx, rx) = tokio::sync::mpsc::channel(256);
         let asked = self
             .roles
@@ -295,7 +295,7 @@ impl FlowService for FlowApi {
         req: Request<pb::ListTaskRunsRequest>,
     ) -> Result<Response<pb::ListTaskRunsResponse>, Status> {
         let req = req.into_inner();
-        require("run_id", &req.run_id)?;
+        bounds::run_id(&req.run_id)?;
         let limit = match req.limit {
             0 => MAX_TASK_RUNS_PAGE,
             n => (n as usize).min(MAX_TASK_RUNS_PAGE),
@@ -336,7 +336,7 @@ impl FlowService for FlowApi {
         req: Request<pb::CancelRunRequest>,
     ) -> Result<Response<pb::CancelRunResponse>, Status> {
         let id = req.into_inner().run_id;
-        require("run_id", &id)?;
+        bounds::run_id(&id)?;
         let asked = self
             .roles
             .leader()?
@@ -398,6 +398,7 @@ impl FlowService for FlowApi {
         req: Request<pb::ListFlowsRequest>,
     ) -> Result<Response<pb::ListFlowsResponse>, Status> {
         let project = req.into_inner().project;
+        bounds::check_len("project", &project, bounds::MAX_NAME_BYTES)?;
         let flows = self
             .roles
             .leader()?
@@ -412,6 +413,8 @@ impl FlowService for FlowApi {
     ) -> Result<Response<pb::GetFlowResponse>, Status> {
         let req = req.into_inner();
         require("flow", &req.flow)?;
+        bounds::check_len("flow", &req.flow, bounds::MAX_NAME_BYTES)?;
+        bounds::check_len("project", &req.project, bounds::MAX_NAME_BYTES)?;
         let project = if req.project.is_empty() {
             "default".to_string()
         } else {
@@ -432,7 +435,8 @@ impl FlowService for FlowApi {
         req: Request<pb::GetLogsRequest>,
     ) -> Result<Response<Self::GetLogsStream>, Status> {
         let req = req.into_inner();
-        require("run_id", &req.run_id)?;
+        bounds::run_id(&req.run_id)?;
+        bounds::check_len("task", &req.task, bounds::MAX_NAME_BYTES)?;
         let leader = self.roles.leader()?;
         let run = req.run_id.clone();
         let asked = leader

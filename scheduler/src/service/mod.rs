@@ -4,6 +4,8 @@
 mod admin;
 pub mod bounds;
 mod flow;
+#[cfg(test)]
+mod fuzz;
 mod worker;
 
 pub use flow::FlowApi;

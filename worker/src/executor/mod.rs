@@ -2,6 +2,8 @@
 //! built-in function or a process) under the attempt's timeout and cancellation, writes the
 //! result to the store under the attempt's own key and builds the `Finished` message.
 
+#[cfg(test)]
+mod fuzz;
 mod process;
 
 pub use process::kill_all_groups;
