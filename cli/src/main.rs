@@ -40,6 +40,16 @@ struct Cli {
         conflicts_with = "token"
     )]
     token_file: Option<PathBuf>,
+    /// TLS: the CA that signs the scheduler's certificate (PEM); addresses without a scheme
+    /// then mean https://.
+    #[arg(long, global = true, env = "BATON_TLS_CA")]
+    tls_ca: Option<PathBuf>,
+    /// Mutual TLS: your certificate chain (PEM), with --tls-key.
+    #[arg(long, global = true, env = "BATON_TLS_CERT", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// Mutual TLS: the certificate's private key (PEM).
+    #[arg(long, global = true, env = "BATON_TLS_KEY", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
     #[command(subcommand)]
     cmd: Cmd,
 }
@@ -48,6 +58,7 @@ struct Cli {
 pub(crate) struct Target {
     pub addr: String,
     pub token: Option<String>,
+    pub tls: Option<baton_cli::client::tls::TlsFiles>,
 }
 
 impl Target {
@@ -57,9 +68,15 @@ impl Target {
             (None, Some(f)) => Some(baton_common::token::read_file(f)?),
             (None, None) => None,
         };
+        let tls = baton_cli::client::tls::TlsFiles {
+            ca: cli.tls_ca.clone(),
+            cert: cli.tls_cert.clone(),
+            key: cli.tls_key.clone(),
+        };
         Ok(Target {
             addr: cli.scheduler.clone(),
             token,
+            tls: Some(tls).filter(|t| t.is_set()),
         })
     }
 
@@ -68,16 +85,19 @@ impl Target {
         Target {
             addr,
             token: self.token.clone(),
+            tls: None,
         }
     }
 
     pub(crate) async fn connect(&self) -> anyhow::Result<Client> {
         let addr = &self.addr;
-        Client::connect_with_token(std::slice::from_ref(addr), self.token.as_deref())
-            .await
-            .with_context(|| {
-                format!("is a scheduler running at {addr}? (start one with `baton dev`)")
-            })
+        Client::connect_with(
+            std::slice::from_ref(addr),
+            self.token.as_deref(),
+            self.tls.clone(),
+        )
+        .await
+        .with_context(|| format!("is a scheduler running at {addr}? (start one with `baton dev`)"))
     }
 }
 

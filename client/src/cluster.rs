@@ -36,6 +36,11 @@ const LEADER_GRACE: Duration = Duration::from_millis(200);
 
 /// `addr` as a URL: `host:port` gets `http://`; a trailing `/` goes.
 pub(super) fn normalize(addr: &str) -> Result<String, ClientError> {
+    normalize_with(addr, "http")
+}
+
+/// `addr` as a URL, `host:port` getting `scheme://`.
+pub(super) fn normalize_with(addr: &str, scheme: &str) -> Result<String, ClientError> {
     let addr = addr.trim().trim_end_matches('/');
     if addr.is_empty() {
         return Err(ClientError::Address(addr.to_string()));
@@ -43,12 +48,8 @@ pub(super) fn normalize(addr: &str) -> Result<String, ClientError> {
     let url = if addr.contains("://") {
         addr.to_string()
     } else {
-        format!("http://{addr}")
+        format!("{scheme}://{addr}")
     };
-    if url.starts_with("https://") {
-        // Never plaintext to an address that asks for TLS.
-        return Err(ClientError::Tls(url));
-    }
     Endpoint::from_shared(url.clone()).map_err(|_| ClientError::Address(url.clone()))?;
     Ok(url)
 }
@@ -168,6 +169,8 @@ pub(super) struct Cluster {
     replicas: Vec<String>,
     state: Mutex<State>,
     bearer: Bearer,
+    /// For `https://` replicas.
+    tls: Option<crate::tls::TlsFiles>,
 }
 
 #[derive(Default)]
@@ -194,9 +197,14 @@ fn names_itself(report: &pb::GetLeaderResponse) -> bool {
 }
 
 impl Cluster {
-    pub(super) fn new(replicas: Vec<String>, bearer: Bearer) -> Self {
+    pub(super) fn new(
+        replicas: Vec<String>,
+        bearer: Bearer,
+        tls: Option<crate::tls::TlsFiles>,
+    ) -> Self {
         Cluster {
             replicas,
+            tls,
             state: Mutex::new(State::default()),
             bearer,
         }
@@ -216,8 +224,19 @@ impl Cluster {
         let channel = match state.channels.get(addr) {
             Some(c) => c.clone(),
             None => {
-                let channel = Endpoint::from_shared(addr.to_string())
-                    .map_err(|_| ClientError::Address(addr.to_string()))?
+                let mut endpoint = Endpoint::from_shared(addr.to_string())
+                    .map_err(|_| ClientError::Address(addr.to_string()))?;
+                if addr.starts_with("https://") {
+                    // Never plaintext to an address that asks for TLS.
+                    let files = self
+                        .tls
+                        .as_ref()
+                        .ok_or_else(|| ClientError::Tls(addr.to_string()))?;
+                    endpoint = endpoint
+                        .tls_config(files.config().map_err(ClientError::TlsFiles)?)
+                        .map_err(|e| ClientError::TlsFiles(e.to_string()))?;
+                }
+                let channel = endpoint
                     .connect_timeout(CONNECT_TIMEOUT)
                     .tcp_nodelay(true)
                     .http2_keep_alive_interval(KEEP_ALIVE)

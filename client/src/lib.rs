@@ -11,6 +11,7 @@
 
 mod cluster;
 mod logs;
+pub mod tls;
 mod watch;
 
 pub use cluster::LEADER_METADATA;
@@ -37,8 +38,10 @@ pub enum ClientError {
     Status(#[from] tonic::Status),
     #[error("invalid address `{0}`")]
     Address(String),
-    #[error("`{0}` asks for TLS, which this client does not speak yet: use http:// on a trusted network, or a TLS-terminating proxy")]
+    #[error("`{0}` asks for TLS: give the CA that signs the scheduler's certificate (--tls-ca, BATON_TLS_CA)")]
     Tls(String),
+    #[error("TLS: {0}")]
+    TlsFiles(String),
     #[error("the token is not a valid header value (printable ASCII)")]
     Token,
 }
@@ -82,13 +85,29 @@ impl Client {
         addrs: &[String],
         token: Option<&str>,
     ) -> Result<Self, ClientError> {
+        Client::connect_with(addrs, token, None).await
+    }
+
+    /// Connects as [`Client::connect_with_token`] does, over TLS to `https://` replicas
+    /// (and to addresses without a scheme) when `tls` is given.
+    pub async fn connect_with(
+        addrs: &[String],
+        token: Option<&str>,
+        tls: Option<tls::TlsFiles>,
+    ) -> Result<Self, ClientError> {
         let bearer = Bearer::new(token)?;
+        let tls = tls.filter(tls::TlsFiles::is_set);
+        let scheme = if tls.is_some() { "https" } else { "http" };
         let mut replicas = Vec::new();
         for a in addrs.iter().flat_map(|a| a.split(',')) {
             if a.trim().is_empty() {
                 continue;
             }
-            let url = cluster::normalize(a)?;
+            let url = cluster::normalize_with(a, scheme)?;
+            if url.starts_with("https://") && tls.is_none() {
+                // Never plaintext to an address that asks for TLS.
+                return Err(ClientError::Tls(url));
+            }
             if !replicas.contains(&url) {
                 replicas.push(url);
             }
@@ -96,7 +115,7 @@ impl Client {
         if replicas.is_empty() {
             return Err(ClientError::Address(addrs.join(",")));
         }
-        let cluster = Arc::new(Cluster::new(replicas, bearer));
+        let cluster = Arc::new(Cluster::new(replicas, bearer, tls));
         if let Err(status) = cluster.leader().await {
             return Err(ClientError::Connect {
                 addr: cluster.replicas().join(","),

@@ -97,6 +97,16 @@ pub struct SchedulerConfig {
     /// otherwise required: anyone who reaches the port can then run commands on workers.
     #[arg(long, env = "BATON_INSECURE")]
     pub insecure: bool,
+    /// TLS on the gRPC port: this replica's certificate chain (PEM); with --tls-key. The
+    /// files are reloaded when they change.
+    #[arg(long, env = "BATON_SERVER_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// The certificate's private key (PEM).
+    #[arg(long, env = "BATON_SERVER_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// Mutual TLS: every client and worker must show a certificate signed by this CA (PEM).
+    #[arg(long, env = "BATON_SERVER_TLS_CLIENT_CA", requires = "tls_cert")]
+    pub tls_client_ca: Option<PathBuf>,
     /// Client calls in flight per caller (a token, or an IP address without
     /// authentication), watch and log streams included; more are refused with
     /// RESOURCE_EXHAUSTED. 0: no limit. Workers' streams are never limited.
@@ -212,6 +222,15 @@ impl SchedulerConfig {
 
     /// The token table in force, or `None` when authentication is off: off is allowed only
     /// for a single node listening on loopback, or with `--insecure`.
+    /// The TLS files, when TLS is on.
+    pub fn tls_files(&self) -> Option<crate::tls::TlsFiles> {
+        Some(crate::tls::TlsFiles {
+            cert: self.tls_cert.clone()?,
+            key: self.tls_key.clone()?,
+            client_ca: self.tls_client_ca.clone(),
+        })
+    }
+
     /// The load-shedding limits of the client API.
     pub fn shed_limits(&self) -> crate::shed::ShedLimits {
         crate::shed::ShedLimits {
@@ -300,6 +319,20 @@ mod tests {
         Cli::try_parse_from(std::iter::once("baton-scheduler").chain(args.iter().copied()))
             .expect("flags")
             .config
+    }
+
+    #[test]
+    fn tls_files_come_in_pairs() {
+        let try_parse = |args: &[&str]| {
+            Cli::try_parse_from(std::iter::once("baton-scheduler").chain(args.iter().copied()))
+                .map(|c| c.config)
+        };
+        assert!(try_parse(&["--tls-cert", "c.pem"]).is_err());
+        assert!(try_parse(&["--tls-client-ca", "ca.pem"]).is_err());
+        let c = parse(&["--tls-cert", "c.pem", "--tls-key", "k.pem"]);
+        let files = c.tls_files().expect("TLS on");
+        assert_eq!(files.client_ca, None);
+        assert!(parse(&[]).tls_files().is_none());
     }
 
     #[test]

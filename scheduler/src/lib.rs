@@ -16,6 +16,7 @@ pub mod server;
 pub mod service;
 pub mod shed;
 pub mod store;
+pub mod tls;
 
 pub use config::SchedulerConfig;
 pub use error::{Error, Result};

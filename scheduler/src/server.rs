@@ -10,6 +10,7 @@ use crate::leadership::{Role, Roles};
 use crate::service::{FlowApi, WorkerApi, MAX_MESSAGE_BYTES};
 use crate::shed::{ShedLayer, Shedder};
 use crate::store::{EmbeddedStore, EtcdConfig, EtcdStore, Leadership, StateStore};
+use crate::tls::ServerTls;
 use crate::{Error, Result};
 use baton_common::result_store::{open_store, ResultStore};
 use baton_proto::flow_service_server::FlowServiceServer;
@@ -33,10 +34,16 @@ pub async fn serve(
         t.watch(shutdown.clone());
         tracing::info!("authentication on: every call but health checks needs a token");
     }
+    let tls = config.tls_files().map(ServerTls::load).transpose()?;
+    if let Some(t) = &tls {
+        t.watch(shutdown.clone());
+        tracing::info!("TLS on");
+    }
+    let scheme = if tls.is_some() { "https" } else { "http" };
     let advertise = config
         .advertise
         .clone()
-        .unwrap_or_else(|| format!("http://{addr}"));
+        .unwrap_or_else(|| format!("{scheme}://{addr}"));
     let replica_id = config
         .replica_id
         .clone()
@@ -60,23 +67,30 @@ pub async fn serve(
     // tonic applies its `tcp_nodelay` setting only to listeners it binds itself; accepted
     // sockets of a listener handed in must be given TCP_NODELAY here, or small frames wait
     // for Nagle's algorithm and the peer's delayed ACK (about 40 ms a message).
-    let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
     let stop = shutdown.clone();
-    let mut server = tokio::spawn(
-        tonic::transport::Server::builder()
-            .http2_keepalive_interval(Some(Duration::from_secs(5)))
-            .layer(
-                tower::ServiceBuilder::new()
-                    .layer(AuthLayer::new(tokens))
-                    .layer(ShedLayer::new(Shedder::new(config.shed_limits()))),
-            )
-            .add_service(flow)
-            .add_service(worker)
-            .add_service(health)
-            .add_service(reflection_v1)
-            .add_service(reflection_v1alpha)
-            .serve_with_incoming_shutdown(incoming, stop.cancelled_owned()),
-    );
+    let router = tonic::transport::Server::builder()
+        .http2_keepalive_interval(Some(Duration::from_secs(5)))
+        .layer(
+            tower::ServiceBuilder::new()
+                .layer(AuthLayer::new(tokens))
+                .layer(ShedLayer::new(Shedder::new(config.shed_limits()))),
+        )
+        .add_service(flow)
+        .add_service(worker)
+        .add_service(health)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha);
+    let mut server = match &tls {
+        None => {
+            let incoming =
+                tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
+            tokio::spawn(router.serve_with_incoming_shutdown(incoming, stop.cancelled_owned()))
+        }
+        Some(tls) => {
+            let incoming = tls.incoming(listener, stop.clone());
+            tokio::spawn(router.serve_with_incoming_shutdown(incoming, stop.cancelled_owned()))
+        }
+    };
 
     let led = lead(&config, state, results, &roles, &shutdown).await;
     shutdown.cancel();

@@ -172,6 +172,17 @@ impl Drop for Admitted {
     }
 }
 
+/// The peer's address of a call over TCP, with TLS or without.
+fn remote_addr(ext: &http::Extensions) -> Option<SocketAddr> {
+    use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo};
+    ext.get::<TcpConnectInfo>()
+        .or_else(|| {
+            ext.get::<TlsConnectInfo<TcpConnectInfo>>()
+                .map(|i| i.get_ref())
+        })
+        .and_then(TcpConnectInfo::remote_addr)
+}
+
 /// Whether a call to `path` is shed: everything but the workers' service and health checks.
 fn sheddable(path: &str) -> bool {
     use baton_proto::worker_service_server as worker;
@@ -255,10 +266,7 @@ where
         if !sheddable(req.uri().path()) {
             return Box::pin(self.inner.call(req));
         }
-        let remote = req
-            .extensions()
-            .get::<tonic::transport::server::TcpConnectInfo>()
-            .and_then(|i| i.remote_addr());
+        let remote = remote_addr(req.extensions());
         let caller = match (req.extensions().get::<Identity>(), remote) {
             (Some(id), _) => Caller::Token(id.name.clone()),
             (None, Some(addr)) => Caller::Address(addr.ip()),

@@ -158,16 +158,17 @@ impl Cluster {
         extra: &[&str],
         env: &[(&str, &str)],
     ) -> anyhow::Result<usize> {
-        let mut args = vec![
-            "--id".to_string(),
-            id.to_string(),
-            "--scheduler".to_string(),
-            self.url(),
+        let mut args = vec!["--id".to_string(), id.to_string()];
+        // A test may point the worker elsewhere (an https:// address, say).
+        if !extra.contains(&"--scheduler") {
+            args.extend(["--scheduler".to_string(), self.url()]);
+        }
+        args.extend([
             "--labels".to_string(),
             labels.to_string(),
             "--slots".to_string(),
             slots.to_string(),
-        ];
+        ]);
         // Tests run process tasks: workers allow them unless a test says otherwise.
         if !extra.iter().any(|a| a.starts_with("--allow")) {
             args.extend(["--allow".to_string(), "process".to_string()]);

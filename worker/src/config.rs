@@ -35,6 +35,8 @@ pub struct WorkerConfig {
     pub allow_process: bool,
     /// Where the values of tasks' `{secret: NAME}` inputs come from.
     pub secrets: crate::secrets::Secrets,
+    /// TLS to `https://` schedulers: their CA and, for mutual TLS, this worker's certificate.
+    pub tls: baton_client::tls::TlsFiles,
 }
 
 impl Default for WorkerConfig {
@@ -51,6 +53,7 @@ impl Default for WorkerConfig {
             token: None,
             allow_process: false,
             secrets: Default::default(),
+            tls: Default::default(),
         }
     }
 }
@@ -68,13 +71,32 @@ impl WorkerConfig {
             return Err(Error::config("scheduler", "at least one address is needed"));
         }
         for s in &self.schedulers {
-            let host = s.strip_prefix("http://").unwrap_or_default();
+            let host = s
+                .strip_prefix("http://")
+                .or_else(|| s.strip_prefix("https://"))
+                .unwrap_or_default();
             if host.is_empty() || host.contains(char::is_whitespace) {
                 return Err(Error::config(
                     "scheduler",
-                    format!("`{s}` is not an address of the form http://host:port"),
+                    format!(
+                        "`{s}` is not an address of the form http://host:port or https://host:port"
+                    ),
                 ));
             }
+            if s.starts_with("https://") && self.tls.ca.is_none() {
+                return Err(Error::config(
+                    "tls-ca",
+                    format!(
+                        "`{s}` asks for TLS: give the CA that signs the scheduler's certificate"
+                    ),
+                ));
+            }
+        }
+        if self.tls.cert.is_some() != self.tls.key.is_some() {
+            return Err(Error::config(
+                "tls-cert",
+                "--tls-cert and --tls-key go together",
+            ));
         }
         for l in &self.labels {
             if l.is_empty() || l.contains(|c: char| c.is_whitespace() || c == ',') {
@@ -156,6 +178,21 @@ mod tests {
             Err(Error::Config { key, .. }) => key,
             other => panic!("expected a configuration error, got {other:?}"),
         }
+    }
+
+    #[test]
+    fn https_needs_a_ca_and_a_certificate_needs_its_key() {
+        let mut config = WorkerConfig {
+            schedulers: vec!["https://s:7070".into()],
+            ..WorkerConfig::default()
+        };
+        assert_eq!(key_of(&config), "tls-ca");
+        config.tls.ca = Some("ca.pem".into());
+        assert!(config.validate().is_ok());
+        config.tls.cert = Some("w.pem".into());
+        assert_eq!(key_of(&config), "tls-cert");
+        config.tls.key = Some("w.key".into());
+        assert!(config.validate().is_ok());
     }
 
     #[test]

@@ -70,6 +70,17 @@ struct Args {
     /// when a task needs a secret, so a changed value needs no restart.
     #[arg(long, env = "BATON_WORKER_SECRETS")]
     secrets: Option<std::path::PathBuf>,
+    /// TLS to `https://` schedulers: the CA that signs their certificates (PEM). Addresses
+    /// without a scheme then mean https://.
+    #[arg(long, env = "BATON_TLS_CA")]
+    tls_ca: Option<std::path::PathBuf>,
+    /// Mutual TLS: this worker's certificate chain (PEM), with --tls-key. Read at each
+    /// connection, so renewed files need no restart.
+    #[arg(long, env = "BATON_TLS_CERT")]
+    tls_cert: Option<std::path::PathBuf>,
+    /// The certificate's private key (PEM).
+    #[arg(long, env = "BATON_TLS_KEY")]
+    tls_key: Option<std::path::PathBuf>,
 }
 
 /// BATON_TOKEN, taken out of the environment before any thread starts.
@@ -109,7 +120,14 @@ impl Args {
         };
         Ok(WorkerConfig {
             id: self.id.unwrap_or_else(default_id),
-            schedulers: trimmed(self.scheduler),
+            schedulers: trimmed(self.scheduler)
+                .into_iter()
+                .map(|s| match (s.contains("://"), self.tls_ca.is_some()) {
+                    (true, _) => s,
+                    (false, true) => format!("https://{s}"),
+                    (false, false) => format!("http://{s}"),
+                })
+                .collect(),
             labels: trimmed(self.labels),
             slots: self.slots.unwrap_or_else(default_slots),
             gpus,
@@ -119,6 +137,11 @@ impl Args {
             token,
             allow_process,
             secrets: baton_worker::secrets::Secrets::from_env(self.secrets),
+            tls: baton_client::tls::TlsFiles {
+                ca: self.tls_ca,
+                cert: self.tls_cert,
+                key: self.tls_key,
+            },
         })
     }
 }

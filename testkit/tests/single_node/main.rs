@@ -28,4 +28,5 @@ mod ridge_sweep;
 mod schedules;
 mod secrets;
 mod shedding;
+mod tls;
 mod values;

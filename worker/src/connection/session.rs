@@ -89,8 +89,12 @@ impl From<tonic::Status> for Lost {
                 | Code::PermissionDenied
                 | Code::Unimplemented
         );
+        // A transport failure carries its cause (a refused TLS certificate, say) as source.
+        let cause = std::error::Error::source(&status)
+            .map(|e| format!(" ({})", error_chain(e)))
+            .unwrap_or_default();
         Lost {
-            reason: format!("{:?}: {}", status.code(), status.message()),
+            reason: format!("{:?}: {}{cause}", status.code(), status.message()),
             leader,
             fatal,
         }
@@ -190,11 +194,18 @@ impl Worker {
     /// Dials, registers and awaits the welcome.
     async fn open(&mut self, address: &str, stop: &CancellationToken) -> Result<Opened, Lost> {
         let keep_alive = self.keep_alive();
-        let endpoint = Endpoint::from_shared(address.to_string())
-            .map_err(|e| Lost {
-                fatal: true,
-                ..Lost::new(format!("invalid address: {e}"))
-            })?
+        let mut endpoint = Endpoint::from_shared(address.to_string()).map_err(|e| Lost {
+            fatal: true,
+            ..Lost::new(format!("invalid address: {e}"))
+        })?;
+        if address.starts_with("https://") {
+            // The files are read at each dial: renewed certificates need no restart.
+            let tls = self.config.tls.config().map_err(Lost::new)?;
+            endpoint = endpoint
+                .tls_config(tls)
+                .map_err(|e| Lost::new(format!("TLS: {e}")))?;
+        }
+        let endpoint = endpoint
             .connect_timeout(HANDSHAKE_LIMIT)
             .tcp_nodelay(true)
             .http2_keep_alive_interval(keep_alive)

@@ -187,6 +187,7 @@ impl Harness {
             token: None,
             allow_process: true,
             secrets: Default::default(),
+            tls: Default::default(),
         };
         let shutdown = CancellationToken::new();
         let worker = tokio::spawn(run(config, shutdown.clone()));

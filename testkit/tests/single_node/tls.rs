@@ -1,0 +1,205 @@
+//! Mutual TLS on real binaries: a scheduler serving TLS and requiring client certificates
+//! signed by its CA; a worker without one cannot connect, one with one runs the ridge sweep;
+//! the client and the CLI over TLS; plaintext refused; the server's certificate replaced on
+//! disk is served without a restart.
+
+use baton_client::tls::TlsFiles;
+use baton_client::Client;
+use baton_proto as pb;
+use baton_testkit::{bin_path, eventually, Cluster};
+use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// A CA: its certificate's PEM and what signs with it.
+struct Ca {
+    pem: String,
+    issuer: Issuer<'static, KeyPair>,
+}
+
+fn ca(name: &str) -> anyhow::Result<Ca> {
+    let mut params = CertificateParams::new(Vec::<String>::new())?;
+    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, name);
+    let key = KeyPair::generate()?;
+    let pem = params.self_signed(&key)?.pem();
+    Ok(Ca {
+        pem,
+        issuer: Issuer::new(params, key),
+    })
+}
+
+/// A certificate for `names` signed by `ca`, written as `dir/stem.pem` and `dir/stem.key`.
+fn issue(ca: &Ca, names: &[&str], dir: &Path, stem: &str) -> anyhow::Result<(PathBuf, PathBuf)> {
+    let names: Vec<String> = names.iter().map(|s| s.to_string()).collect();
+    let params = CertificateParams::new(names)?;
+    let key = KeyPair::generate()?;
+    let cert = params.signed_by(&key, &ca.issuer)?;
+    let (c, k) = (
+        dir.join(format!("{stem}.pem")),
+        dir.join(format!("{stem}.key")),
+    );
+    // Written beside and renamed, so a reloading server never reads half a file.
+    for (path, text) in [(&k, key.serialize_pem()), (&c, cert.pem())] {
+        let tmp = path.with_extension("tmp");
+        std::fs::write(&tmp, text)?;
+        std::fs::rename(&tmp, path)?;
+    }
+    Ok((c, k))
+}
+
+fn arg(p: &Path) -> String {
+    p.display().to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mutual_tls_between_every_process() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let d = dir.path();
+    let ca1 = ca("baton test CA")?;
+    let ca_file = d.join("ca.pem");
+    std::fs::write(&ca_file, &ca1.pem)?;
+    let (server_cert, server_key) = issue(&ca1, &["127.0.0.1", "localhost"], d, "server")?;
+    let (worker_cert, worker_key) = issue(&ca1, &["w-trainer"], d, "worker")?;
+    let (client_cert, client_key) = issue(&ca1, &["alice"], d, "client")?;
+
+    let mut cluster = Cluster::start(&[
+        "--tls-cert",
+        &arg(&server_cert),
+        "--tls-key",
+        &arg(&server_key),
+        "--tls-client-ca",
+        &arg(&ca_file),
+    ])
+    .await?;
+    let https = cluster.url().replace("http://", "https://");
+    let with_cert = TlsFiles {
+        ca: Some(ca_file.clone()),
+        cert: Some(client_cert.clone()),
+        key: Some(client_key.clone()),
+    };
+
+    // A worker with the CA but no certificate of its own is refused at the handshake.
+    cluster.add_worker_with(
+        "w-nocert",
+        "local",
+        2,
+        &["--scheduler", &https, "--tls-ca", &arg(&ca_file)],
+        &[],
+    )?;
+    // Workers with certificates run the ridge sweep.
+    for (id, labels) in [("w-local", "local"), ("w-trainer", "local,trainer")] {
+        cluster.add_worker_with(
+            id,
+            labels,
+            2,
+            &[
+                "--scheduler",
+                &https,
+                "--tls-ca",
+                &arg(&ca_file),
+                "--tls-cert",
+                &arg(&worker_cert),
+                "--tls-key",
+                &arg(&worker_key),
+            ],
+            &[],
+        )?;
+    }
+    let client =
+        Client::connect_with(std::slice::from_ref(&https), None, Some(with_cert.clone())).await?;
+    eventually(Duration::from_secs(30), "two workers", || {
+        let client = client.clone();
+        async move { (client.workers().await.ok()?.len() == 2).then_some(()) }
+    })
+    .await?;
+    let source = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../examples/ridge_sweep.yaml"
+    ))?;
+    let run = client
+        .run_source(source, BTreeMap::new(), String::new())
+        .await?
+        .run
+        .expect("a run");
+    let done = tokio::time::timeout(Duration::from_secs(120), client.wait(&run.id)).await??;
+    cluster.assert_completed(&done);
+    let workers: Vec<String> = client.workers().await?.into_iter().map(|w| w.id).collect();
+    assert!(!workers.contains(&"w-nocert".to_string()), "{workers:?}");
+    let root = cluster.data_dir();
+    let nocert =
+        std::fs::read_to_string(root.parent().expect("folder").join("worker-w-nocert.log"))?;
+    // Refused at the handshake (the worker sees the alert naming the missing certificate, or
+    // a closed connection when the close comes first) and never connected.
+    assert!(nocert.contains("no connection to the leader"), "{nocert}");
+
+    // Plaintext to the TLS port fails; TLS without a client certificate fails.
+    let plain = Client::connect(&cluster.url()).await;
+    assert!(plain.is_err(), "plaintext was served");
+    let no_cert = TlsFiles {
+        ca: Some(ca_file.clone()),
+        ..Default::default()
+    };
+    let refused =
+        match Client::connect_with(std::slice::from_ref(&https), None, Some(no_cert)).await {
+            Ok(c) => c.with_retry_for(Duration::ZERO).list_runs(1).await.is_err(),
+            Err(_) => true,
+        };
+    assert!(refused, "a client without a certificate was served");
+
+    // The CLI over TLS, its files from flags.
+    let out = std::process::Command::new(bin_path("baton")?)
+        .args([
+            "--scheduler",
+            &https,
+            "--tls-ca",
+            &arg(&ca_file),
+            "--tls-cert",
+            &arg(&client_cert),
+            "--tls-key",
+            &arg(&client_key),
+            "runs",
+        ])
+        .output()?;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains(&run.id));
+
+    // A new server certificate from another CA, written over the old files: served
+    // without a restart (clients that trust only the new CA get in; the old CA's do not).
+    let ca2 = ca("baton test CA 2")?;
+    let ca2_file = d.join("ca2.pem");
+    std::fs::write(&ca2_file, &ca2.pem)?;
+    issue(&ca2, &["127.0.0.1", "localhost"], d, "server")?;
+    let trusts_ca2 = TlsFiles {
+        ca: Some(ca2_file),
+        ..with_cert.clone()
+    };
+    eventually(Duration::from_secs(20), "the new certificate", || {
+        let (url, tls) = (https.clone(), trusts_ca2.clone());
+        async move {
+            let c = Client::connect_with(&[url], None, Some(tls)).await.ok()?;
+            c.with_retry_for(Duration::ZERO).list_runs(1).await.ok()
+        }
+    })
+    .await?;
+    let old = match Client::connect_with(std::slice::from_ref(&https), None, Some(with_cert)).await
+    {
+        Ok(c) => c.with_retry_for(Duration::ZERO).list_runs(1).await.is_err(),
+        Err(_) => true,
+    };
+    assert!(old, "the old certificate is still served");
+    assert_eq!(
+        done.state,
+        pb::RunState::Completed as i32,
+        "{}",
+        cluster.logs()
+    );
+    Ok(())
+}
