@@ -30,6 +30,9 @@ use tokio_util::sync::CancellationToken;
 pub const MAX_LINES: usize = 10_000;
 /// Most bytes of one attempt's lines held in memory before the oldest are dropped.
 pub const MAX_BYTES: usize = 4 << 20;
+/// Most bytes of one attempt's lines stored in all; later lines are not stored (a marker
+/// line says so), so a task that prints forever cannot fill the result store.
+pub const MAX_STORED_BYTES: u64 = 256 << 20;
 /// A running attempt's lines are written once the oldest has waited this long…
 const FLUSH_AFTER_MS: i64 = 3_000;
 /// …or once this many bytes wait.
@@ -110,6 +113,12 @@ struct Attempt {
     inflight: BTreeMap<u32, Arc<Vec<Line>>>,
     ended: bool,
     last_ms: i64,
+    /// Bytes of lines taken into chunks so far.
+    stored_bytes: u64,
+    /// Lines not stored because the attempt reached its stored limit.
+    over_limit: u64,
+    /// Whether the marker saying so has been stored.
+    over_marked: bool,
 }
 
 /// What a reader sees of one attempt in memory: chunks below `next_chunk` that are not in
@@ -139,6 +148,7 @@ pub struct Keeper {
     followers: Vec<Follower>,
     max_lines: usize,
     max_bytes: usize,
+    max_stored: u64,
 }
 
 impl Keeper {
@@ -148,7 +158,14 @@ impl Keeper {
             followers: Vec::new(),
             max_lines: max_lines.max(1),
             max_bytes,
+            max_stored: MAX_STORED_BYTES,
         }
+    }
+
+    /// The same keeper storing at most `max` bytes of lines per attempt.
+    pub fn with_stored_limit(mut self, max: u64) -> Self {
+        self.max_stored = max;
+        self
     }
 
     /// Takes one line of an attempt; passes it on to its followers.
@@ -165,6 +182,12 @@ impl Keeper {
             a.pending_since = now;
         }
         a.last_ms = now;
+        if a.over_limit > 0
+            || a.stored_bytes + (a.pending_bytes + line.bytes()) as u64 > self.max_stored
+        {
+            a.over_limit += 1;
+            return;
+        }
         a.pending_bytes += line.bytes();
         a.pending.push_back(line);
         while a.pending.len() > self.max_lines || a.pending_bytes > self.max_bytes {
@@ -188,7 +211,8 @@ impl Keeper {
     pub fn take_due(&mut self, now: i64, all: bool) -> Vec<Chunk> {
         let mut out = Vec::new();
         for (key, a) in &mut self.attempts {
-            if a.pending.is_empty()
+            let mark = a.over_limit > 0 && !a.over_marked;
+            if (a.pending.is_empty() && !mark)
                 || !(all
                     || a.ended
                     || now - a.pending_since >= FLUSH_AFTER_MS
@@ -210,6 +234,18 @@ impl Keeper {
                 a.dropped = 0;
             }
             lines.extend(a.pending.drain(..));
+            if mark {
+                lines.push(Line {
+                    at_ms: now,
+                    stream: "log".into(),
+                    line: format!(
+                        "[baton: this attempt's stored log reached its limit of {} bytes; later lines are not stored]",
+                        self.max_stored
+                    ),
+                });
+                a.over_marked = true;
+            }
+            a.stored_bytes += a.pending_bytes as u64;
             a.pending_bytes = 0;
             let lines = Arc::new(lines);
             let chunk = a.next_chunk;

@@ -113,3 +113,30 @@ fn readers_see_only_their_run_and_task_and_followers_get_new_lines() {
         Err(mpsc::error::TryRecvError::Disconnected)
     ));
 }
+
+#[test]
+fn an_attempt_stores_at_most_its_limit_then_says_so_once() {
+    let mut k = Keeper::new(1000, 1 << 20).with_stored_limit(1000);
+    let a = key("t", -1, 1);
+    let mut stored = Vec::new();
+    for round in 0..20 {
+        for i in 0..10 {
+            k.push(a.clone(), line(round * 10 + i), 0);
+        }
+        for c in k.take_due(0, true) {
+            stored.extend(c.lines.iter().cloned());
+        }
+    }
+    let bytes: usize = stored
+        .iter()
+        .filter(|l| l.stream != "log")
+        .map(Line::bytes)
+        .sum();
+    assert!(bytes <= 1000, "{bytes} bytes stored");
+    assert!(bytes > 900, "only {bytes} bytes stored");
+    let markers: Vec<&Line> = stored.iter().filter(|l| l.stream == "log").collect();
+    assert_eq!(markers.len(), 1, "{markers:?}");
+    assert!(markers[0].line.contains("limit of 1000 bytes"));
+    // In order, with nothing after the marker.
+    assert_eq!(stored.last().map(|l| l.stream.as_str()), Some("log"));
+}
