@@ -97,6 +97,16 @@ pub struct SchedulerConfig {
     /// otherwise required: anyone who reaches the port can then run commands on workers.
     #[arg(long, env = "BATON_INSECURE")]
     pub insecure: bool,
+    /// TLS to etcd (`https://` endpoints): the CA that signs etcd's certificates (PEM).
+    #[arg(long, env = "BATON_ETCD_CA")]
+    pub etcd_ca: Option<PathBuf>,
+    /// etcd client certificate auth: this replica's certificate chain (PEM), with
+    /// --etcd-key.
+    #[arg(long, env = "BATON_ETCD_CERT", requires = "etcd_key")]
+    pub etcd_cert: Option<PathBuf>,
+    /// The etcd client certificate's private key (PEM).
+    #[arg(long, env = "BATON_ETCD_KEY", requires = "etcd_cert")]
+    pub etcd_key: Option<PathBuf>,
     /// TLS on the gRPC port: this replica's certificate chain (PEM); with --tls-key. The
     /// files are reloaded when they change.
     #[arg(long, env = "BATON_SERVER_TLS_CERT", requires = "tls_key")]
@@ -222,6 +232,25 @@ impl SchedulerConfig {
 
     /// The token table in force, or `None` when authentication is off: off is allowed only
     /// for a single node listening on loopback, or with `--insecure`.
+    /// TLS to etcd, read from its files; an unreadable file is an error naming it.
+    pub fn etcd_tls(&self) -> Result<Option<etcd_client::TlsOptions>> {
+        let read = |flag: &str, p: &PathBuf| {
+            std::fs::read(p).map_err(|e| Error::Config(format!("{flag} {}: {e}", p.display())))
+        };
+        let Some(ca) = &self.etcd_ca else {
+            return Ok(None);
+        };
+        let mut tls = etcd_client::TlsOptions::new()
+            .ca_certificate(etcd_client::Certificate::from_pem(read("--etcd-ca", ca)?));
+        if let (Some(cert), Some(key)) = (&self.etcd_cert, &self.etcd_key) {
+            tls = tls.identity(etcd_client::Identity::from_pem(
+                read("--etcd-cert", cert)?,
+                read("--etcd-key", key)?,
+            ));
+        }
+        Ok(Some(tls))
+    }
+
     /// The TLS files, when TLS is on.
     pub fn tls_files(&self) -> Option<crate::tls::TlsFiles> {
         Some(crate::tls::TlsFiles {

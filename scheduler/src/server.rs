@@ -157,6 +157,7 @@ async fn open_state(
             replica_id: replica_id.to_string(),
             advertise: advertise.to_string(),
             lease_ttl: Duration::from_millis(config.leader_lease_ms),
+            tls: config.etcd_tls()?,
         })
         .await?;
         return Ok(Arc::new(store));

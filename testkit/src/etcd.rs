@@ -423,3 +423,78 @@ fn etcd_binary() -> anyhow::Result<PathBuf> {
             anyhow::anyhow!("etcd not found on PATH: run scripts/install-test-servers.sh")
         })
 }
+
+/// One etcd member serving clients over TLS only, with client certificate auth (for the
+/// TLS tests of the state store); killed when dropped.
+pub struct TlsEtcd {
+    /// `https://127.0.0.1:PORT`.
+    pub endpoint: String,
+    _node: Node,
+    dir: tempfile::TempDir,
+}
+
+impl TlsEtcd {
+    /// Starts it with its certificate and key and the CA its clients' certificates need;
+    /// returns once its client port accepts connections.
+    pub async fn start(cert: &Path, key: &Path, client_ca: &Path) -> anyhow::Result<TlsEtcd> {
+        let dir = tempfile::Builder::new()
+            .prefix("baton-etcd-tls-")
+            .tempdir()?;
+        let (client, peer) = (free_port()?, free_port()?);
+        let endpoint = format!("https://127.0.0.1:{client}");
+        let peer_url = format!("http://127.0.0.1:{peer}");
+        let path = |p: &Path| p.display().to_string();
+        let args: Vec<String> = [
+            "--name",
+            "tls-0",
+            "--data-dir",
+            &path(&dir.path().join("data")),
+            "--listen-client-urls",
+            &endpoint,
+            "--advertise-client-urls",
+            &endpoint,
+            "--listen-peer-urls",
+            &peer_url,
+            "--initial-advertise-peer-urls",
+            &peer_url,
+            "--initial-cluster",
+            &format!("tls-0={peer_url}"),
+            "--cert-file",
+            &path(cert),
+            "--key-file",
+            &path(key),
+            "--trusted-ca-file",
+            &path(client_ca),
+            "--client-cert-auth",
+            "--logger",
+            "zap",
+            "--log-outputs",
+            "stderr",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        let node = Node::spawn_program(
+            &etcd_binary()?,
+            "etcd-tls",
+            &args,
+            dir.path().join("etcd.log"),
+        )?;
+        let addr = format!("127.0.0.1:{client}");
+        crate::eventually(Duration::from_secs(30), "etcd to listen", || {
+            let addr = addr.clone();
+            async move { tokio::net::TcpStream::connect(addr).await.ok().map(|_| ()) }
+        })
+        .await?;
+        Ok(TlsEtcd {
+            endpoint,
+            _node: node,
+            dir,
+        })
+    }
+
+    /// Its log, for failure messages.
+    pub fn logs(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("etcd.log")).unwrap_or_default()
+    }
+}

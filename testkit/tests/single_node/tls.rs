@@ -6,50 +6,11 @@
 use baton_client::tls::TlsFiles;
 use baton_client::Client;
 use baton_proto as pb;
+use baton_testkit::certs::Ca;
 use baton_testkit::{bin_path, eventually, Cluster};
-use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
-
-/// A CA: its certificate's PEM and what signs with it.
-struct Ca {
-    pem: String,
-    issuer: Issuer<'static, KeyPair>,
-}
-
-fn ca(name: &str) -> anyhow::Result<Ca> {
-    let mut params = CertificateParams::new(Vec::<String>::new())?;
-    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    params
-        .distinguished_name
-        .push(rcgen::DnType::CommonName, name);
-    let key = KeyPair::generate()?;
-    let pem = params.self_signed(&key)?.pem();
-    Ok(Ca {
-        pem,
-        issuer: Issuer::new(params, key),
-    })
-}
-
-/// A certificate for `names` signed by `ca`, written as `dir/stem.pem` and `dir/stem.key`.
-fn issue(ca: &Ca, names: &[&str], dir: &Path, stem: &str) -> anyhow::Result<(PathBuf, PathBuf)> {
-    let names: Vec<String> = names.iter().map(|s| s.to_string()).collect();
-    let params = CertificateParams::new(names)?;
-    let key = KeyPair::generate()?;
-    let cert = params.signed_by(&key, &ca.issuer)?;
-    let (c, k) = (
-        dir.join(format!("{stem}.pem")),
-        dir.join(format!("{stem}.key")),
-    );
-    // Written beside and renamed, so a reloading server never reads half a file.
-    for (path, text) in [(&k, key.serialize_pem()), (&c, cert.pem())] {
-        let tmp = path.with_extension("tmp");
-        std::fs::write(&tmp, text)?;
-        std::fs::rename(&tmp, path)?;
-    }
-    Ok((c, k))
-}
 
 fn arg(p: &Path) -> String {
     p.display().to_string()
@@ -59,12 +20,12 @@ fn arg(p: &Path) -> String {
 async fn mutual_tls_between_every_process() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let d = dir.path();
-    let ca1 = ca("baton test CA")?;
+    let ca1 = Ca::new("baton test CA")?;
     let ca_file = d.join("ca.pem");
     std::fs::write(&ca_file, &ca1.pem)?;
-    let (server_cert, server_key) = issue(&ca1, &["127.0.0.1", "localhost"], d, "server")?;
-    let (worker_cert, worker_key) = issue(&ca1, &["w-trainer"], d, "worker")?;
-    let (client_cert, client_key) = issue(&ca1, &["alice"], d, "client")?;
+    let (server_cert, server_key) = ca1.issue(&["127.0.0.1", "localhost"], d, "server")?;
+    let (worker_cert, worker_key) = ca1.issue(&["w-trainer"], d, "worker")?;
+    let (client_cert, client_key) = ca1.issue(&["alice"], d, "client")?;
 
     let mut cluster = Cluster::start(&[
         "--tls-cert",
@@ -173,10 +134,10 @@ async fn mutual_tls_between_every_process() -> anyhow::Result<()> {
 
     // A new server certificate from another CA, written over the old files: served
     // without a restart (clients that trust only the new CA get in; the old CA's do not).
-    let ca2 = ca("baton test CA 2")?;
+    let ca2 = Ca::new("baton test CA 2")?;
     let ca2_file = d.join("ca2.pem");
     std::fs::write(&ca2_file, &ca2.pem)?;
-    issue(&ca2, &["127.0.0.1", "localhost"], d, "server")?;
+    ca2.issue(&["127.0.0.1", "localhost"], d, "server")?;
     let trusts_ca2 = TlsFiles {
         ca: Some(ca2_file),
         ..with_cert.clone()

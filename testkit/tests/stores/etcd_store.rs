@@ -14,6 +14,7 @@ fn config(endpoints: Vec<String>, id: &str, ns: &str) -> EtcdConfig {
         replica_id: id.to_string(),
         advertise: format!("http://{id}:7070"),
         lease_ttl: Duration::from_secs(3),
+        tls: None,
     }
 }
 
@@ -137,5 +138,103 @@ async fn a_leader_cut_off_from_etcd_loses_its_lease_and_another_leads() -> anyho
     b.commit(lb.epoch, vec![put("k", "b")]).await?;
     proxy.heal();
     assert_eq!(value(&b, "k").await.as_deref(), Some("b"));
+    Ok(())
+}
+
+/// The state store over TLS to an etcd that requires client certificates: with etcd's CA
+/// and a certificate it leads and commits; without a certificate, or without TLS, it gets
+/// nowhere.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_store_speaks_tls_to_etcd_with_a_client_certificate() -> anyhow::Result<()> {
+    use baton_testkit::certs::Ca;
+    let dir = tempfile::tempdir()?;
+    let ca = Ca::new("etcd test CA")?;
+    let ca_file = ca.write(&dir.path().join("ca.pem"))?;
+    let (server_cert, server_key) = ca.issue(&["127.0.0.1", "localhost"], dir.path(), "etcd")?;
+    let (cert, key) = ca.issue(&["replica-a"], dir.path(), "replica")?;
+    let etcd = baton_testkit::etcd::TlsEtcd::start(&server_cert, &server_key, &ca_file).await?;
+    let tls = |with_cert: bool| {
+        let mut t = etcd_client::TlsOptions::new().ca_certificate(
+            etcd_client::Certificate::from_pem(std::fs::read(&ca_file).expect("ca")),
+        );
+        if with_cert {
+            t = t.identity(etcd_client::Identity::from_pem(
+                std::fs::read(&cert).expect("cert"),
+                std::fs::read(&key).expect("key"),
+            ));
+        }
+        t
+    };
+    let store = EtcdStore::connect(EtcdConfig {
+        tls: Some(tls(true)),
+        ..config(vec![etcd.endpoint.clone()], "a", "tls")
+    })
+    .await?;
+    let lead = tokio::time::timeout(Duration::from_secs(20), store.acquire())
+        .await
+        .map_err(|_| anyhow::anyhow!("no leadership over TLS: {}", etcd.logs()))??;
+    store.commit(lead.epoch, vec![put("k", "over-tls")]).await?;
+    assert_eq!(value(&store, "k").await.as_deref(), Some("over-tls"));
+
+    // Without a client certificate, and in plaintext: nothing is read or led.
+    let plain_endpoint = etcd.endpoint.replace("https://", "http://");
+    for (what, cfg) in [
+        (
+            "no client certificate",
+            EtcdConfig {
+                tls: Some(tls(false)),
+                ..config(vec![etcd.endpoint.clone()], "b", "tls")
+            },
+        ),
+        ("plaintext", config(vec![plain_endpoint], "c", "tls")),
+    ] {
+        let got = tokio::time::timeout(Duration::from_secs(5), async {
+            let s = EtcdStore::connect(cfg).await.ok()?;
+            s.load("k").await.ok()
+        })
+        .await;
+        assert!(!matches!(got, Ok(Some(_))), "{what}: read etcd");
+    }
+
+    // The scheduler binary, given the files as flags, leads through the TLS etcd.
+    let port = baton_testkit::free_port()?;
+    let path = |p: &std::path::Path| p.display().to_string();
+    let _scheduler = baton_testkit::Node::spawn(
+        "baton-scheduler",
+        &[
+            "--listen".to_string(),
+            format!("127.0.0.1:{port}"),
+            "--data-dir".to_string(),
+            path(&dir.path().join("data")),
+            "--result-store".to_string(),
+            format!("file://{}", dir.path().join("store").display()),
+            "--etcd".to_string(),
+            etcd.endpoint.clone(),
+            "--etcd-ca".to_string(),
+            path(&ca_file),
+            "--etcd-cert".to_string(),
+            path(&cert),
+            "--etcd-key".to_string(),
+            path(&key),
+            "--cluster".to_string(),
+            "tls-cluster".to_string(),
+            "--insecure".to_string(),
+        ],
+        dir.path().join("scheduler.log"),
+    )?;
+    let url = format!("http://127.0.0.1:{port}");
+    let leads = baton_testkit::eventually(Duration::from_secs(30), "a leader over TLS", || {
+        let url = url.clone();
+        async move {
+            let info = baton_testkit::ha::leader_info(&url).await?;
+            info.replicas.iter().any(|r| r.leader).then_some(())
+        }
+    })
+    .await;
+    assert!(
+        leads.is_ok(),
+        "{}",
+        std::fs::read_to_string(dir.path().join("scheduler.log")).unwrap_or_default()
+    );
     Ok(())
 }

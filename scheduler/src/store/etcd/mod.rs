@@ -33,6 +33,9 @@ pub struct EtcdConfig {
     pub advertise: String,
     /// The leadership lease; about 10 s survives an etcd leader change.
     pub lease_ttl: Duration,
+    /// TLS to `https://` endpoints (etcd's CA and, for etcd's client certificate auth, this
+    /// replica's certificate).
+    pub tls: Option<etcd_client::TlsOptions>,
 }
 
 /// Transactions of one batch in flight at once.
@@ -70,6 +73,10 @@ impl EtcdStore {
             .with_keep_alive(Duration::from_secs(2), Duration::from_secs(2))
             .with_keep_alive_while_idle(true)
             .with_require_leader(true);
+        let opts = match cfg.tls.clone() {
+            Some(tls) => opts.with_tls(tls),
+            None => opts,
+        };
         let pool = Arc::new(
             Pool::connect(&cfg.endpoints, opts)
                 .await
