@@ -41,14 +41,17 @@ pub struct EtcdMember {
     pub id: u64,
     /// How many times it has been restarted.
     pub generation: usize,
+    /// Whether it serves clients over TLS.
+    tls: bool,
     state: MemberState,
     node: Option<Node>,
 }
 
 impl EtcdMember {
-    /// `http://127.0.0.1:<client port>`.
+    /// `http://127.0.0.1:<client port>` (`https://` with TLS).
     pub fn endpoint(&self) -> String {
-        format!("http://127.0.0.1:{}", self.client_port)
+        let scheme = if self.tls { "https" } else { "http" };
+        format!("{scheme}://127.0.0.1:{}", self.client_port)
     }
 
     /// The client address, e.g. to put a [`crate::proxy::Proxy`] in front of it.
@@ -73,7 +76,19 @@ pub struct EtcdCluster {
     etcd: PathBuf,
     initial_cluster: String,
     token: String,
+    tls: Option<EtcdTls>,
     dir: tempfile::TempDir,
+}
+
+/// An etcd cluster's TLS: the members' certificate and key, the CA their clients'
+/// certificates need (`--client-cert-auth`), and the options a client of theirs uses.
+#[derive(Clone)]
+pub struct EtcdTls {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    pub ca: PathBuf,
+    /// The client side: the CA and a client certificate.
+    pub client: etcd_client::TlsOptions,
 }
 
 impl EtcdCluster {
@@ -81,12 +96,17 @@ impl EtcdCluster {
     /// Retries with new ports (twice) if a member exits while starting, e.g. because another
     /// test took one of its ports.
     pub async fn start(n: usize) -> anyhow::Result<EtcdCluster> {
+        Self::start_with(n, None).await
+    }
+
+    /// [`EtcdCluster::start`], serving clients over TLS only when `tls` is given.
+    pub async fn start_with(n: usize, tls: Option<EtcdTls>) -> anyhow::Result<EtcdCluster> {
         anyhow::ensure!(n >= 1, "an etcd cluster needs at least one member");
         let etcd = etcd_binary()?;
         let mut attempt = 0;
         loop {
             attempt += 1;
-            let mut cluster = Self::spawn(n, etcd.clone())?;
+            let mut cluster = Self::spawn(n, etcd.clone(), tls.clone())?;
             match cluster.wait_healthy().await {
                 Ok(()) => return Ok(cluster),
                 Err(e) if attempt < 3 && cluster.any_exited() => {
@@ -97,7 +117,7 @@ impl EtcdCluster {
         }
     }
 
-    fn spawn(n: usize, etcd: PathBuf) -> anyhow::Result<EtcdCluster> {
+    fn spawn(n: usize, etcd: PathBuf, tls: Option<EtcdTls>) -> anyhow::Result<EtcdCluster> {
         let dir = tempfile::Builder::new().prefix("baton-etcd-").tempdir()?;
         let mut ports = Vec::new();
         while ports.len() < 2 * n {
@@ -115,6 +135,7 @@ impl EtcdCluster {
                 log: dir.path().join(format!("etcd-{i}.log")),
                 id: 0,
                 generation: 0,
+                tls: tls.is_some(),
                 state: MemberState::Killed,
                 node: None,
             })
@@ -134,6 +155,7 @@ impl EtcdCluster {
             etcd,
             initial_cluster,
             token,
+            tls,
             dir,
         };
         for i in 0..n {
@@ -145,6 +167,18 @@ impl EtcdCluster {
     fn spawn_member(&mut self, i: usize) -> anyhow::Result<()> {
         let m = &self.members[i];
         let peer = format!("http://127.0.0.1:{}", m.peer_port);
+        let mut tls_args = Vec::new();
+        if let Some(t) = &self.tls {
+            for (flag, path) in [
+                ("--cert-file", &t.cert),
+                ("--key-file", &t.key),
+                ("--trusted-ca-file", &t.ca),
+            ] {
+                tls_args.push(flag.to_string());
+                tls_args.push(path.display().to_string());
+            }
+            tls_args.push("--client-cert-auth".to_string());
+        }
         let args: Vec<String> = [
             "--name",
             &m.name,
@@ -175,12 +209,18 @@ impl EtcdCluster {
         ]
         .iter()
         .map(|s| s.to_string())
+        .chain(tls_args)
         .collect();
         let node = Node::spawn_program(&self.etcd, &m.name, &args, m.log.clone())?;
         let m = &mut self.members[i];
         m.node = Some(node);
         m.state = MemberState::Running;
         Ok(())
+    }
+
+    /// The client side of its TLS, if it serves TLS.
+    pub fn client_tls(&self) -> Option<etcd_client::TlsOptions> {
+        self.tls.as_ref().map(|t| t.client.clone())
     }
 
     /// The number of members.
@@ -210,12 +250,12 @@ impl EtcdCluster {
 
     /// A client balanced over all members.
     pub async fn client(&self) -> anyhow::Result<Client> {
-        connect(self.endpoints()).await
+        connect(self.endpoints(), self.client_tls()).await
     }
 
     /// A client of member `i` alone.
     pub async fn member_client(&self, i: usize) -> anyhow::Result<Client> {
-        connect(vec![self.members[i].endpoint()]).await
+        connect(vec![self.members[i].endpoint()], self.client_tls()).await
     }
 
     /// SIGKILL member `i` (its data dir stays, for [`EtcdCluster::restart`]).
@@ -323,8 +363,9 @@ impl EtcdCluster {
         }
         for &i in &running {
             let endpoint = self.members[i].endpoint();
+            let tls = self.client_tls();
             let read = async move {
-                let mut c = connect(vec![endpoint]).await.ok()?;
+                let mut c = connect(vec![endpoint], tls).await.ok()?;
                 c.get("baton-testkit/health", None).await.ok()
             };
             if !matches!(tokio::time::timeout(PROBE_TIMEOUT, read).await, Ok(Some(_))) {
@@ -342,9 +383,10 @@ impl EtcdCluster {
                 continue;
             }
             let endpoint = m.endpoint();
+            let tls = self.client_tls();
             probes.spawn(async move {
                 let probe = async {
-                    let mut c = connect(vec![endpoint]).await.ok()?;
+                    let mut c = connect(vec![endpoint], tls).await.ok()?;
                     let s = c.status().await.ok()?;
                     Some(Status {
                         index,
@@ -404,8 +446,14 @@ struct Status {
 
 /// A client of `endpoints` whose connection attempts give up within a second. No request
 /// timeout: a campaign may rightly block for long; callers wrap requests in their own.
-async fn connect(endpoints: Vec<String>) -> anyhow::Result<Client> {
-    let options = ConnectOptions::new().with_connect_timeout(PROBE_TIMEOUT);
+async fn connect(
+    endpoints: Vec<String>,
+    tls: Option<etcd_client::TlsOptions>,
+) -> anyhow::Result<Client> {
+    let mut options = ConnectOptions::new().with_connect_timeout(PROBE_TIMEOUT);
+    if let Some(tls) = tls {
+        options = options.with_tls(tls);
+    }
     Ok(Client::connect(endpoints, Some(options)).await?)
 }
 

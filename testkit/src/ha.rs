@@ -34,6 +34,9 @@ pub struct HaConfig {
     pub scheduler_args: Vec<String>,
     /// More scheduler environment variables (e.g. `BATON_FAULT_*` fault injection).
     pub extra_env: Vec<(String, String)>,
+    /// TLS between every process: etcd serves TLS with client certificate auth, the
+    /// schedulers serve mutual TLS, and workers and clients show certificates.
+    pub tls: bool,
 }
 
 impl Default for HaConfig {
@@ -47,6 +50,7 @@ impl Default for HaConfig {
             worker_leader_lease_ms: 15_000,
             scheduler_args: Vec::new(),
             extra_env: Vec::new(),
+            tls: false,
         }
     }
 }
@@ -61,12 +65,91 @@ pub struct Replica {
     /// The path workers (and redirected clients) take to it; its advertised address.
     pub front: Proxy,
     generation: usize,
+    /// Whether it serves TLS.
+    tls: bool,
+}
+
+/// `url` with `https://` when `tls`.
+fn scheme(url: String, tls: bool) -> String {
+    if tls {
+        url.replacen("http://", "https://", 1)
+    } else {
+        url
+    }
 }
 
 impl Replica {
     /// Its direct URL.
     pub fn url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
+        scheme(format!("http://127.0.0.1:{}", self.port), self.tls)
+    }
+
+    /// Its advertised address (through its front proxy).
+    pub fn front_url(&self) -> String {
+        scheme(self.front.url(), self.tls)
+    }
+}
+
+/// The files of a TLS cluster: one CA signs every certificate.
+pub struct ClusterTls {
+    pub ca: PathBuf,
+    pub server_cert: PathBuf,
+    pub server_key: PathBuf,
+    /// The one client certificate schedulers (to etcd), workers and clients show.
+    pub client_cert: PathBuf,
+    pub client_key: PathBuf,
+}
+
+impl ClusterTls {
+    fn write(dir: &std::path::Path) -> anyhow::Result<ClusterTls> {
+        let ca = crate::certs::Ca::new("baton test cluster CA")?;
+        let ca_file = ca.write(&dir.join("ca.pem"))?;
+        let (server_cert, server_key) = ca.issue(&["127.0.0.1", "localhost"], dir, "server")?;
+        let (client_cert, client_key) = ca.issue(&["baton-test-client"], dir, "client")?;
+        Ok(ClusterTls {
+            ca: ca_file,
+            server_cert,
+            server_key,
+            client_cert,
+            client_key,
+        })
+    }
+
+    /// What a client of the schedulers uses.
+    pub fn client_files(&self) -> baton_client::tls::TlsFiles {
+        baton_client::tls::TlsFiles {
+            ca: Some(self.ca.clone()),
+            cert: Some(self.client_cert.clone()),
+            key: Some(self.client_key.clone()),
+        }
+    }
+
+    fn etcd(&self) -> anyhow::Result<crate::etcd::EtcdTls> {
+        let client = etcd_client::TlsOptions::new()
+            .ca_certificate(etcd_client::Certificate::from_pem(std::fs::read(&self.ca)?))
+            .identity(etcd_client::Identity::from_pem(
+                std::fs::read(&self.client_cert)?,
+                std::fs::read(&self.client_key)?,
+            ));
+        Ok(crate::etcd::EtcdTls {
+            cert: self.server_cert.clone(),
+            key: self.server_key.clone(),
+            ca: self.ca.clone(),
+            client,
+        })
+    }
+
+    /// Flags of a worker or the CLI.
+    fn client_args(&self) -> Vec<String> {
+        let p = |p: &PathBuf| p.display().to_string();
+        vec![
+            "--tls-ca".into(),
+            p(&self.ca),
+            "--tls-cert".into(),
+            p(&self.client_cert),
+            "--tls-key".into(),
+            p(&self.client_key),
+        ]
     }
 }
 
@@ -113,6 +196,7 @@ pub struct HaCluster {
     pub epochs: EpochLog,
     stop_poll: Arc<std::sync::atomic::AtomicBool>,
     tokens: ClusterTokens,
+    tls: Option<ClusterTls>,
     // Last, so that processes die before their folder goes.
     pub dir: tempfile::TempDir,
 }
@@ -121,7 +205,13 @@ impl HaCluster {
     /// Starts etcd, S3 and the replicas, and waits until one leads.
     pub async fn start(cfg: HaConfig) -> anyhow::Result<HaCluster> {
         let dir = tempfile::Builder::new().prefix("baton-ha-").tempdir()?;
-        let etcd = EtcdCluster::start(cfg.etcd_members).await?;
+        let tls = if cfg.tls {
+            Some(ClusterTls::write(dir.path())?)
+        } else {
+            None
+        };
+        let etcd_tls = tls.as_ref().map(ClusterTls::etcd).transpose()?;
+        let etcd = EtcdCluster::start_with(cfg.etcd_members, etcd_tls).await?;
         let s3 = S3Server::start().await?;
         let mut replicas = Vec::new();
         for _ in 0..cfg.schedulers {
@@ -138,12 +228,14 @@ impl HaCluster {
                 etcd_proxies,
                 front,
                 generation: 0,
+                tls: tls.is_some(),
             });
         }
         let epochs: EpochLog = Arc::default();
         let stop_poll = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let tokens = ClusterTokens::write(dir.path())?;
         let mut c = HaCluster {
+            tls,
             tokens,
             cfg,
             replicas,
@@ -172,9 +264,27 @@ impl HaCluster {
         &self.tokens.admin
     }
 
+    /// The TLS files a client shows, when the cluster runs TLS.
+    pub fn client_tls(&self) -> Option<baton_client::tls::TlsFiles> {
+        self.tls.as_ref().map(ClusterTls::client_files)
+    }
+
+    /// The CLI's TLS flags (none without TLS).
+    pub fn cli_tls_args(&self) -> Vec<String> {
+        self.tls
+            .as_ref()
+            .map(ClusterTls::client_args)
+            .unwrap_or_default()
+    }
+
     fn spawn_scheduler(&mut self, i: usize) -> anyhow::Result<()> {
         let r = &self.replicas[i];
-        let etcd: Vec<String> = r.etcd_proxies.iter().map(|p| p.url()).collect();
+        let tls = self.tls.is_some();
+        let etcd: Vec<String> = r
+            .etcd_proxies
+            .iter()
+            .map(|p| scheme(p.url(), tls))
+            .collect();
         let mut args = vec![
             "--listen".to_string(),
             format!("127.0.0.1:{}", r.port),
@@ -187,7 +297,7 @@ impl HaCluster {
             "--etcd".to_string(),
             etcd.join(","),
             "--advertise".to_string(),
-            r.front.url(),
+            r.front_url(),
             "--replica-id".to_string(),
             format!("s{i}"),
             "--result-store".to_string(),
@@ -203,6 +313,20 @@ impl HaCluster {
             "--tokens-file".to_string(),
             self.tokens.file.display().to_string(),
         ];
+        if let Some(t) = &self.tls {
+            let p = |p: &PathBuf| p.display().to_string();
+            for (flag, path) in [
+                ("--etcd-ca", &t.ca),
+                ("--etcd-cert", &t.client_cert),
+                ("--etcd-key", &t.client_key),
+                ("--tls-cert", &t.server_cert),
+                ("--tls-key", &t.server_key),
+                ("--tls-client-ca", &t.ca),
+            ] {
+                args.push(flag.to_string());
+                args.push(p(path));
+            }
+        }
         args.extend(self.cfg.scheduler_args.iter().cloned());
         let generation = r.generation;
         let log = self
@@ -228,12 +352,13 @@ impl HaCluster {
 
     fn start_epoch_poller(&self) {
         let urls = self.urls();
+        let tls = self.client_tls();
         let log = self.epochs.clone();
         let stop = self.stop_poll.clone();
         tokio::spawn(async move {
             while !stop.load(std::sync::atomic::Ordering::Relaxed) {
                 for (i, url) in urls.iter().enumerate() {
-                    if let Some(info) = leader_info(url).await {
+                    if let Some(info) = leader_info_with(url, tls.as_ref()).await {
                         if info.epoch > 0 && !info.leader_address.is_empty() {
                             let mut l = log.lock().unwrap_or_else(|e| e.into_inner());
                             if l.last().map(|(_, e)| *e) != Some(info.epoch) {
@@ -272,8 +397,9 @@ impl HaCluster {
             if r.node.is_none() {
                 continue;
             }
-            if let Some(info) = leader_info(&r.url()).await {
-                if info.leader_address == r.front.url() && info.answered_by == format!("s{i}") {
+            let tls = self.client_tls();
+            if let Some(info) = leader_info_with(&r.url(), tls.as_ref()).await {
+                if info.leader_address == r.front_url() && info.answered_by == format!("s{i}") {
                     return Some((i, info.epoch));
                 }
             }
@@ -296,8 +422,8 @@ impl HaCluster {
 
     /// Starts a worker with an id, labels and slots, pointed at every replica's front.
     pub fn add_worker(&mut self, id: &str, labels: &str, slots: u32) -> anyhow::Result<usize> {
-        let fronts: Vec<String> = self.replicas.iter().map(|r| r.front.url()).collect();
-        let args = vec![
+        let fronts: Vec<String> = self.replicas.iter().map(Replica::front_url).collect();
+        let mut args = vec![
             "--id".to_string(),
             id.to_string(),
             "--scheduler".to_string(),
@@ -311,6 +437,7 @@ impl HaCluster {
             "--allow".to_string(),
             "process".to_string(),
         ];
+        args.extend(self.cli_tls_args());
         let mut env = self.s3.env();
         env.push(("BATON_TOKEN".to_string(), self.tokens.worker.clone()));
         let node = Node::spawn_env(
@@ -415,10 +542,21 @@ impl Drop for HaCluster {
 
 /// `GetLeader` from one replica, with a short deadline.
 pub async fn leader_info(url: &str) -> Option<pb::GetLeaderResponse> {
-    let endpoint = Endpoint::from_shared(url.to_string())
+    leader_info_with(url, None).await
+}
+
+/// [`leader_info`] over TLS when `tls` is given.
+pub async fn leader_info_with(
+    url: &str,
+    tls: Option<&baton_client::tls::TlsFiles>,
+) -> Option<pb::GetLeaderResponse> {
+    let mut endpoint = Endpoint::from_shared(url.to_string())
         .ok()?
         .connect_timeout(Duration::from_millis(300))
         .timeout(Duration::from_millis(500));
+    if let Some(t) = tls {
+        endpoint = endpoint.tls_config(t.config().ok()?).ok()?;
+    }
     let channel = endpoint.connect().await.ok()?;
     FlowServiceClient::new(channel)
         .get_leader(pb::GetLeaderRequest {})

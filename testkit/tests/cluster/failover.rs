@@ -9,9 +9,25 @@ use std::time::Duration;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ridge_sweep_runs_on_the_cluster_with_results_in_s3() -> anyhow::Result<()> {
+    ridge_sweep_on(HaConfig::default()).await
+}
+
+/// The same with TLS and tokens between every process: workers, clients and the CLI to the
+/// schedulers (mutual TLS), and the schedulers to etcd (with etcd's client certificate
+/// auth).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ridge_sweep_runs_with_tls_between_every_process() -> anyhow::Result<()> {
+    ridge_sweep_on(HaConfig {
+        tls: true,
+        ..HaConfig::default()
+    })
+    .await
+}
+
+async fn ridge_sweep_on(cfg: HaConfig) -> anyhow::Result<()> {
     let _one = serial().await;
     let c = cluster(
-        HaConfig::default(),
+        cfg,
         &[("local-1", "local", 4), ("trainer-1", "local,trainer", 4)],
     )
     .await?;
@@ -42,6 +58,7 @@ async fn ridge_sweep_runs_on_the_cluster_with_results_in_s3() -> anyhow::Result<
         // `baton result get s3://…` reads it back (straight from S3, with the local AWS
         // settings, as a user with credentials would).
         let out = std::process::Command::new(baton_testkit::bin_path("baton")?)
+            .args(c.cli_tls_args())
             .args(["result", "get", uri])
             .envs(c.s3.env())
             .env("BATON_SCHEDULER", c.scheduler_list())
@@ -59,6 +76,14 @@ async fn ridge_sweep_runs_on_the_cluster_with_results_in_s3() -> anyhow::Result<
             printed["r2"].as_f64().is_some_and(|r2| r2 > 0.5),
             "{printed}"
         );
+    }
+    if c.client_tls().is_some() {
+        // Nothing answers in plaintext, and etcd serves TLS only.
+        for r in &c.replicas {
+            let plain = r.url().replacen("https://", "http://", 1);
+            assert!(baton_testkit::ha::leader_info(&plain).await.is_none());
+        }
+        assert!(c.etcd.endpoints().iter().all(|e| e.starts_with("https://")));
     }
     Ok(())
 }

@@ -54,7 +54,7 @@ pub fn fan_out_total(n: usize) -> f64 {
 /// A client of whichever replica leads now (dialled directly).
 pub async fn leader_client(c: &HaCluster, limit: Duration) -> anyhow::Result<Client> {
     let (i, _) = c.wait_leader(limit, None).await?;
-    Ok(Client::connect_with_token(&[c.replicas[i].url()], Some(c.token())).await?)
+    Ok(Client::connect_with(&[c.replicas[i].url()], Some(c.token()), c.client_tls()).await?)
 }
 
 /// Runs `f` against the leader, re-resolving the leader after errors, until `limit`.
