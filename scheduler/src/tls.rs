@@ -155,6 +155,17 @@ impl ServerTls {
         listener: TcpListener,
         stop: CancellationToken,
     ) -> tokio_stream::wrappers::ReceiverStream<std::io::Result<TlsStream<TcpStream>>> {
+        self.incoming_with_alpn(listener, stop, vec![b"h2".to_vec()])
+    }
+
+    /// [`ServerTls::incoming`], offering the application protocols `alpn` (HTTP/2 for
+    /// gRPC; none at all lets any client in).
+    pub fn incoming_with_alpn(
+        self: &Arc<Self>,
+        listener: TcpListener,
+        stop: CancellationToken,
+        alpn: Vec<Vec<u8>>,
+    ) -> tokio_stream::wrappers::ReceiverStream<std::io::Result<TlsStream<TcpStream>>> {
         let (tx, rx) = tokio::sync::mpsc::channel(QUEUE);
         let tls = self.clone();
         tokio::spawn(async move {
@@ -172,7 +183,13 @@ impl ServerTls {
                     }
                 };
                 let _ = tcp.set_nodelay(true);
-                let acceptor = tokio_rustls::TlsAcceptor::from(tls.config());
+                let mut config = tls.config();
+                if config.alpn_protocols != alpn {
+                    let mut c = (*config).clone();
+                    c.alpn_protocols = alpn.clone();
+                    config = Arc::new(c);
+                }
+                let acceptor = tokio_rustls::TlsAcceptor::from(config);
                 let tx = tx.clone();
                 tokio::spawn(async move {
                     match tokio::time::timeout(HANDSHAKE_LIMIT, acceptor.accept(tcp)).await {

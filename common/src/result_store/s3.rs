@@ -101,7 +101,7 @@ impl S3Store {
             check_key(prefix, "prefix")?;
         }
         Ok(S3Store {
-            client: options::sdk_client(&options).await,
+            client: options::sdk_client(&options).await?,
             bucket: bucket.to_string(),
             prefix: prefix.to_string(),
             retry_for: options.retry_for,

@@ -2,7 +2,7 @@
 //! checksums, no overwrites, multipart uploads, deletes, missing objects, retries across a
 //! server restart, and `baton result get s3://…` reading straight from the bucket.
 
-use baton_common::result_store::{ResultStore, S3Store, PART_BYTES};
+use baton_common::result_store::{ResultStore, S3Options, S3Store, PART_BYTES};
 use baton_common::Error;
 use baton_testkit::bin_path;
 use baton_testkit::s3::S3Server;
@@ -223,5 +223,37 @@ async fn cli_reads_results_straight_from_s3() -> anyhow::Result<()> {
     let (code, _, err) = baton(&s3, &["result", "get", "--direct", &missing])?;
     assert_ne!(code, 0);
     assert!(err.contains("not found"), "{err}");
+    Ok(())
+}
+
+/// An S3-compatible server behind TLS with a certificate from a private CA: the store
+/// trusts it given the CA (`S3Options::ca_file`, `BATON_S3_CA_FILE`), and not without.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_s3_server_with_a_private_ca_is_trusted_given_the_ca() -> anyhow::Result<()> {
+    let s3 = S3Server::start().await?;
+    let dir = tempfile::tempdir()?;
+    let ca = baton_testkit::certs::Ca::new("s3 test CA")?;
+    let ca_file = ca.write(&dir.path().join("ca.pem"))?;
+    let (cert, key) = ca.issue(&["127.0.0.1", "localhost"], dir.path(), "s3")?;
+    let target: std::net::SocketAddr = s3.endpoint().trim_start_matches("http://").parse()?;
+    let proxy = baton_testkit::tls_proxy::TlsProxy::start(target, &cert, &key).await?;
+    let options = |ca: Option<std::path::PathBuf>| S3Options {
+        endpoint: Some(proxy.url()),
+        ca_file: ca,
+        retry_for: std::time::Duration::from_secs(2),
+        ..s3.options()
+    };
+    let store = S3Store::connect(&s3.uri("tls"), options(Some(ca_file))).await?;
+    let r = store
+        .put(
+            "results/r/t/attempt-1",
+            b"42".to_vec().into(),
+            "application/json",
+        )
+        .await?;
+    assert_eq!(store.get(&r.uri).await?, b"42");
+    // Without the CA the server's certificate is not trusted.
+    let untrusting = S3Store::connect(&s3.uri("tls"), options(None)).await?;
+    assert!(untrusting.get(&r.uri).await.is_err());
     Ok(())
 }

@@ -43,6 +43,9 @@ pub struct S3Options {
     pub credentials: Option<StaticCredentials>,
     /// How long transient failures of one operation are retried.
     pub retry_for: Duration,
+    /// A CA certificate (PEM) trusted besides the system's, for an S3-compatible server
+    /// with a certificate from a private CA.
+    pub ca_file: Option<std::path::PathBuf>,
 }
 
 impl Default for S3Options {
@@ -53,13 +56,14 @@ impl Default for S3Options {
             region: None,
             credentials: None,
             retry_for: Duration::from_secs(30),
+            ca_file: None,
         }
     }
 }
 
 impl S3Options {
-    /// Options from `BATON_S3_ENDPOINT` and `BATON_S3_PATH_STYLE`; the rest is left to the
-    /// standard AWS chain.
+    /// Options from `BATON_S3_ENDPOINT`, `BATON_S3_PATH_STYLE` and `BATON_S3_CA_FILE` (or
+    /// the AWS CLI's `AWS_CA_BUNDLE`); the rest is left to the standard AWS chain.
     pub fn from_env() -> Result<Self> {
         let var = |name: &str| std::env::var(name).ok().filter(|v| !v.trim().is_empty());
         let path_style = match var("BATON_S3_PATH_STYLE") {
@@ -75,6 +79,9 @@ impl S3Options {
         Ok(S3Options {
             path_style: path_style.or((endpoint.is_some() || overridden).then_some(true)),
             endpoint,
+            ca_file: var("BATON_S3_CA_FILE")
+                .or_else(|| var("AWS_CA_BUNDLE"))
+                .map(std::path::PathBuf::from),
             ..S3Options::default()
         })
     }
@@ -91,12 +98,20 @@ pub(super) fn parse_bool(v: &str) -> Option<bool> {
 /// The SDK client for `options`: rustls (ring) HTTPS, the standard credential and region
 /// chains unless overridden, short connect timeouts and no SDK retries (the store retries
 /// transient failures, see `crate::retry`).
-pub(super) async fn sdk_client(options: &S3Options) -> Client {
-    let http = aws_smithy_http_client::Builder::new()
-        .tls_provider(tls::Provider::Rustls(
-            tls::rustls_provider::CryptoMode::Ring,
-        ))
-        .build_https();
+pub(super) async fn sdk_client(options: &S3Options) -> Result<Client> {
+    let mut builder = aws_smithy_http_client::Builder::new().tls_provider(tls::Provider::Rustls(
+        tls::rustls_provider::CryptoMode::Ring,
+    ));
+    if let Some(ca) = &options.ca_file {
+        let pem = std::fs::read(ca)
+            .map_err(|e| Error::InvalidArgument(format!("the S3 CA file {}: {e}", ca.display())))?;
+        let context = tls::TlsContext::builder()
+            .with_trust_store(tls::TrustStore::default().with_pem_certificate(pem))
+            .build()
+            .map_err(|e| Error::InvalidArgument(format!("the S3 CA file {}: {e}", ca.display())))?;
+        builder = builder.tls_context(context);
+    }
+    let http = builder.build_https();
     // The store retries transient failures itself (one layer, see `crate::retry`).
     let retry = RetryConfig::disabled();
     let timeouts = TimeoutConfig::builder()
@@ -137,5 +152,5 @@ pub(super) async fn sdk_client(options: &S3Options) -> Client {
             .request_checksum_calculation(RequestChecksumCalculation::WhenRequired)
             .response_checksum_validation(ResponseChecksumValidation::WhenRequired);
     }
-    Client::from_conf(config.build())
+    Ok(Client::from_conf(config.build()))
 }
