@@ -6,6 +6,7 @@ pub mod bounds;
 mod flow;
 #[cfg(test)]
 mod fuzz;
+pub mod log_budget;
 mod worker;
 
 pub use flow::FlowApi;

@@ -174,10 +174,17 @@ impl WorkerService for WorkerApi {
             .await?;
         let lease = self.lease;
         tokio::spawn(async move {
+            let mut budget = super::log_budget::LogBudget::new(std::time::Instant::now());
             loop {
                 match tokio::time::timeout(lease, inbound.message()).await {
                     Ok(Ok(Some(m))) => {
-                        let Some(msg) = m.msg else { continue };
+                        let Some(mut msg) = m.msg else { continue };
+                        let dropped = budget.admit(&mut msg, std::time::Instant::now());
+                        if dropped > 0
+                            && (budget.dropped == dropped || budget.dropped % 10_000 < dropped)
+                        {
+                            tracing::warn!(worker = %id, dropped = budget.dropped, "worker sends log lines faster than its budget; dropping some");
+                        }
                         let cmd = Command::WorkerMessage(id.clone(), session, msg);
                         if actor.tell(cmd).await.is_err() {
                             break;
