@@ -154,6 +154,10 @@ pub struct Faults {
     /// `BATON_FAULT_CRASH_BEFORE_COMMIT=TASK@MARKER`: abort on that task's first success,
     /// before committing it, unless MARKER exists (it is created first).
     pub crash_before_commit: Option<(String, PathBuf)>,
+    /// `BATON_FAULT_STOP_ENGINE=TASK@MARKER`: the engine stops on its own at that task's
+    /// first success, unless MARKER exists (it is created first); the replica must step
+    /// down and campaign again, not crash.
+    pub stop_engine: Option<(String, PathBuf)>,
 }
 
 impl Faults {
@@ -165,6 +169,7 @@ impl Faults {
             for k in [
                 "BATON_FAULT_DUPLICATE_DISPATCH",
                 "BATON_FAULT_CRASH_BEFORE_COMMIT",
+                "BATON_FAULT_STOP_ENGINE",
             ] {
                 if var(k).is_some() {
                     tracing::warn!(
@@ -178,6 +183,10 @@ impl Faults {
         Faults {
             duplicate_dispatch: var("BATON_FAULT_DUPLICATE_DISPATCH"),
             crash_before_commit: var("BATON_FAULT_CRASH_BEFORE_COMMIT").and_then(|v| {
+                v.split_once('@')
+                    .map(|(t, m)| (t.to_string(), PathBuf::from(m)))
+            }),
+            stop_engine: var("BATON_FAULT_STOP_ENGINE").and_then(|v| {
                 v.split_once('@')
                     .map(|(t, m)| (t.to_string(), PathBuf::from(m)))
             }),
@@ -329,6 +338,7 @@ impl SchedulerConfig {
             max_lost_attempts: defaults::MAX_LOST_ATTEMPTS,
             fault_duplicate_dispatch: self.faults.duplicate_dispatch.clone(),
             fault_crash_before_commit: self.faults.crash_before_commit.clone(),
+            fault_stop_engine: self.faults.stop_engine.clone(),
         }
     }
 }

@@ -126,6 +126,8 @@ struct Actor {
     tasks: tokio_util::task::TaskTracker,
     /// Readers waiting for the archive of a sealed run.
     awaiting: HashMap<String, Vec<Reply<bool>>>,
+    /// Fault injection: stop after this step, as after a failed write.
+    stop_on_its_own: bool,
 }
 
 /// Starts the actor; it stops when `shutdown` is cancelled or its state store fences it.
@@ -149,6 +151,7 @@ pub fn spawn(
         logs: logs.clone(),
         tasks: tokio_util::task::TaskTracker::new(),
         awaiting: HashMap::new(),
+        stop_on_its_own: false,
     };
     let join = tokio::spawn(actor.run(rx, shutdown));
     (Handle { tx, logs }, join)
@@ -178,6 +181,9 @@ impl Actor {
                 }
                 _ = tokio::time::sleep(std::time::Duration::from_millis(wait)) => {}
                 _ = shutdown.cancelled() => break,
+            }
+            if self.stop_on_its_own {
+                break;
             }
             let now = self.clock();
             self.engine.tick(now);

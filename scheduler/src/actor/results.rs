@@ -16,6 +16,7 @@ impl Actor {
         let outcome = match f.outcome {
             Some(pb::finished::Outcome::Success(s)) => {
                 self.fault_crash_before_commit(&key);
+                self.fault_stop_engine(&key);
                 let Some(result) = s.result.map(ResultRef::from) else {
                     let outcome = Outcome::Failure {
                         error: "worker reported success without a result location".into(),
@@ -58,6 +59,20 @@ impl Actor {
                 let _ = std::fs::write(marker, key.to_string());
                 tracing::warn!(attempt = %key, "fault injection: aborting before the commit");
                 std::process::abort();
+            }
+        }
+    }
+
+    /// Fault injection: the engine stops on its own (once), as after a failed write.
+    pub(super) fn fault_stop_engine(&mut self, key: &AttemptKey) {
+        if !cfg!(feature = "faults") {
+            return;
+        }
+        if let Some((task, marker)) = &self.engine.config().fault_stop_engine {
+            if *task == key.task && !marker.exists() {
+                let _ = std::fs::write(marker, key.to_string());
+                tracing::warn!(attempt = %key, "fault injection: the engine stops on its own");
+                self.stop_on_its_own = true;
             }
         }
     }

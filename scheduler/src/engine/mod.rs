@@ -65,6 +65,9 @@ pub struct EngineConfig {
     /// Fault injection (tests only): the host aborts on a success of this task before
     /// committing it, once (while the marker file does not exist yet).
     pub fault_crash_before_commit: Option<(String, std::path::PathBuf)>,
+    /// Fault injection (tests only): the engine stops on its own at a success of this task,
+    /// once (while the marker file does not exist yet).
+    pub fault_stop_engine: Option<(String, std::path::PathBuf)>,
 }
 
 impl Default for EngineConfig {
@@ -78,6 +81,7 @@ impl Default for EngineConfig {
             max_lost_attempts: defaults::MAX_LOST_ATTEMPTS,
             fault_duplicate_dispatch: None,
             fault_crash_before_commit: None,
+            fault_stop_engine: None,
         }
     }
 }

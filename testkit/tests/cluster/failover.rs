@@ -389,3 +389,38 @@ async fn oversized_requests_are_refused_without_a_failover() -> anyhow::Result<(
     assert_eq!(c.leader().await, Some((leader, epoch)), "{}", c.logs());
     Ok(())
 }
+
+/// The engine stops on its own (fault injection at the first success of a `work` task, as
+/// after a failed write): its replica steps down without a panic, stays up, and the
+/// cluster elects a leader at a higher epoch that finishes the run, each task once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_engine_that_stops_on_its_own_steps_down_and_the_run_completes() -> anyhow::Result<()> {
+    let _one = serial().await;
+    let marker = tempfile::tempdir()?;
+    let marker = marker.path().join("stopped");
+    let cfg = HaConfig {
+        extra_env: vec![(
+            "BATON_FAULT_STOP_ENGINE".to_string(),
+            format!("work@{}", marker.display()),
+        )],
+        ..HaConfig::default()
+    };
+    let mut c = cluster(cfg, &[("w1", "local", 4)]).await?;
+    let (_, first_epoch) = c.wait_leader(Duration::from_secs(30), None).await?;
+    let ledger = Ledger::default();
+    let run = start_run(&c, &fan_out("stops", 5, 50), "stops-1").await?;
+    check_fan_out(&c, &ledger, &run, 5).await?;
+    assert!(marker.exists(), "the fault never fired");
+    let logs = c.logs();
+    assert!(logs.contains("engine stopped; stepping down"), "{logs}");
+    assert!(!logs.contains("panicked"), "{logs}");
+    let (_, epoch) = c.wait_leader(Duration::from_secs(30), None).await?;
+    assert!(epoch > first_epoch, "epoch {epoch} after {first_epoch}");
+    for r in &mut c.replicas {
+        let node = r.node.as_mut().expect("a replica");
+        assert!(node.alive(), "a replica exited");
+    }
+    assert!(ledger.violations().is_empty(), "{:?}", ledger.violations());
+    c.assert_epochs_monotonic();
+    Ok(())
+}
