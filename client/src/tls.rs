@@ -22,26 +22,30 @@ impl TlsFiles {
         self.ca.is_some() || self.cert.is_some() || self.key.is_some()
     }
 
-    /// Reads the files into a tonic TLS configuration; the error names the file.
+    /// Reads the files into a tonic TLS configuration (also etcd-client's `TlsOptions`);
+    /// the error names the file by its `--tls-*` flag.
     pub fn config(&self) -> Result<ClientTlsConfig, String> {
-        let read = |flag: &str, p: &PathBuf| {
-            std::fs::read(p).map_err(|e| format!("{flag} {}: {e}", p.display()))
+        self.config_for("--tls")
+    }
+
+    /// [`TlsFiles::config`], naming the files by the flags `<flags>-ca`, `<flags>-cert` and
+    /// `<flags>-key`.
+    pub fn config_for(&self, flags: &str) -> Result<ClientTlsConfig, String> {
+        let read = |what: &str, p: &PathBuf| {
+            std::fs::read(p).map_err(|e| format!("{flags}-{what} {}: {e}", p.display()))
         };
-        let ca = self
-            .ca
-            .as_ref()
-            .ok_or("TLS needs the CA that signs the scheduler's certificate (--tls-ca)")?;
+        let ca = self.ca.as_ref().ok_or_else(|| {
+            format!("TLS needs the CA that signs the server's certificate ({flags}-ca)")
+        })?;
         let mut config =
-            ClientTlsConfig::new().ca_certificate(Certificate::from_pem(read("--tls-ca", ca)?));
+            ClientTlsConfig::new().ca_certificate(Certificate::from_pem(read("ca", ca)?));
         match (&self.cert, &self.key) {
             (Some(cert), Some(key)) => {
-                config = config.identity(Identity::from_pem(
-                    read("--tls-cert", cert)?,
-                    read("--tls-key", key)?,
-                ));
+                config =
+                    config.identity(Identity::from_pem(read("cert", cert)?, read("key", key)?));
             }
             (None, None) => {}
-            _ => return Err("--tls-cert and --tls-key go together".into()),
+            _ => return Err(format!("{flags}-cert and {flags}-key go together")),
         }
         Ok(config)
     }

@@ -243,21 +243,15 @@ impl SchedulerConfig {
     /// for a single node listening on loopback, or with `--insecure`.
     /// TLS to etcd, read from its files; an unreadable file is an error naming it.
     pub fn etcd_tls(&self) -> Result<Option<etcd_client::TlsOptions>> {
-        let read = |flag: &str, p: &PathBuf| {
-            std::fs::read(p).map_err(|e| Error::Config(format!("{flag} {}: {e}", p.display())))
-        };
-        let Some(ca) = &self.etcd_ca else {
+        if self.etcd_ca.is_none() {
             return Ok(None);
-        };
-        let mut tls = etcd_client::TlsOptions::new()
-            .ca_certificate(etcd_client::Certificate::from_pem(read("--etcd-ca", ca)?));
-        if let (Some(cert), Some(key)) = (&self.etcd_cert, &self.etcd_key) {
-            tls = tls.identity(etcd_client::Identity::from_pem(
-                read("--etcd-cert", cert)?,
-                read("--etcd-key", key)?,
-            ));
         }
-        Ok(Some(tls))
+        let files = baton_client::tls::TlsFiles {
+            ca: self.etcd_ca.clone(),
+            cert: self.etcd_cert.clone(),
+            key: self.etcd_key.clone(),
+        };
+        files.config_for("--etcd").map(Some).map_err(Error::Config)
     }
 
     /// The TLS files, when TLS is on.

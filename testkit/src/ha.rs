@@ -125,12 +125,10 @@ impl ClusterTls {
     }
 
     fn etcd(&self) -> anyhow::Result<crate::etcd::EtcdTls> {
-        let client = etcd_client::TlsOptions::new()
-            .ca_certificate(etcd_client::Certificate::from_pem(std::fs::read(&self.ca)?))
-            .identity(etcd_client::Identity::from_pem(
-                std::fs::read(&self.client_cert)?,
-                std::fs::read(&self.client_key)?,
-            ));
+        let client = self
+            .client_files()
+            .config()
+            .map_err(|e| anyhow::anyhow!(e))?;
         Ok(crate::etcd::EtcdTls {
             cert: self.server_cert.clone(),
             key: self.server_key.clone(),

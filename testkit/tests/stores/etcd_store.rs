@@ -152,22 +152,27 @@ async fn the_store_speaks_tls_to_etcd_with_a_client_certificate() -> anyhow::Res
     let ca_file = ca.write(&dir.path().join("ca.pem"))?;
     let (server_cert, server_key) = ca.issue(&["127.0.0.1", "localhost"], dir.path(), "etcd")?;
     let (cert, key) = ca.issue(&["replica-a"], dir.path(), "replica")?;
-    let etcd = baton_testkit::etcd::TlsEtcd::start(&server_cert, &server_key, &ca_file).await?;
-    let tls = |with_cert: bool| {
-        let mut t = etcd_client::TlsOptions::new().ca_certificate(
-            etcd_client::Certificate::from_pem(std::fs::read(&ca_file).expect("ca")),
-        );
-        if with_cert {
-            t = t.identity(etcd_client::Identity::from_pem(
-                std::fs::read(&cert).expect("cert"),
-                std::fs::read(&key).expect("key"),
-            ));
-        }
-        t
+    let files = |with_cert: bool| baton_client::tls::TlsFiles {
+        ca: Some(ca_file.clone()),
+        cert: with_cert.then(|| cert.clone()),
+        key: with_cert.then(|| key.clone()),
     };
+    let tls = |with_cert: bool| files(with_cert).config().expect("the test's TLS files");
+    let etcd = EtcdCluster::start_with(
+        1,
+        Some(baton_testkit::etcd::EtcdTls {
+            cert: server_cert,
+            key: server_key,
+            ca: ca_file.clone(),
+            client: tls(true),
+        }),
+    )
+    .await?;
+    let endpoint = etcd.endpoints().remove(0);
+    assert!(endpoint.starts_with("https://"), "{endpoint}");
     let store = EtcdStore::connect(EtcdConfig {
         tls: Some(tls(true)),
-        ..config(vec![etcd.endpoint.clone()], "a", "tls")
+        ..config(vec![endpoint.clone()], "a", "tls")
     })
     .await?;
     let lead = tokio::time::timeout(Duration::from_secs(20), store.acquire())
@@ -177,13 +182,13 @@ async fn the_store_speaks_tls_to_etcd_with_a_client_certificate() -> anyhow::Res
     assert_eq!(value(&store, "k").await.as_deref(), Some("over-tls"));
 
     // Without a client certificate, and in plaintext: nothing is read or led.
-    let plain_endpoint = etcd.endpoint.replace("https://", "http://");
+    let plain_endpoint = endpoint.replace("https://", "http://");
     for (what, cfg) in [
         (
             "no client certificate",
             EtcdConfig {
                 tls: Some(tls(false)),
-                ..config(vec![etcd.endpoint.clone()], "b", "tls")
+                ..config(vec![endpoint.clone()], "b", "tls")
             },
         ),
         ("plaintext", config(vec![plain_endpoint], "c", "tls")),
@@ -209,7 +214,7 @@ async fn the_store_speaks_tls_to_etcd_with_a_client_certificate() -> anyhow::Res
             "--result-store".to_string(),
             format!("file://{}", dir.path().join("store").display()),
             "--etcd".to_string(),
-            etcd.endpoint.clone(),
+            endpoint.clone(),
             "--etcd-ca".to_string(),
             path(&ca_file),
             "--etcd-cert".to_string(),
