@@ -15,6 +15,9 @@ pub enum Error {
     /// An object that must never be overwritten already exists.
     #[error("already exists: {0}")]
     AlreadyExists(String),
+    /// An object is larger than a reader takes.
+    #[error("the object is {size} bytes, over the limit of {max} bytes")]
+    TooLarge { size: u64, max: u64 },
     /// An I/O failure in a store.
     #[error("store i/o error at {location}: {source}")]
     Io {

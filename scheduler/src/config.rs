@@ -19,14 +19,13 @@ pub mod defaults {
     /// On shutdown or loss of leadership, how long background work (archive and result
     /// writes, open connections) may take to finish before it is cut off.
     pub const DRAIN_MS: u64 = 5_000;
-    /// Client calls in flight per caller, streams included.
-    pub const CLIENT_CONCURRENCY: u32 = 512;
-    /// Client calls in flight per connection.
-    pub const CONNECTION_CONCURRENCY: u32 = 256;
-    /// Client calls in flight from all clients together.
-    pub const CLIENT_TOTAL_CONCURRENCY: u32 = 4_096;
-    /// Client calls a second per caller (bursts to twice this).
-    pub const CLIENT_RATE: u32 = 2_000;
+    /// Client calls in flight per caller (streams included), per connection and from all
+    /// clients together; client calls a second per caller (bursts to twice this).
+    pub use baton_proto::limits::{
+        DEFAULT_CLIENT_CONCURRENCY as CLIENT_CONCURRENCY, DEFAULT_CLIENT_RATE as CLIENT_RATE,
+        DEFAULT_CLIENT_TOTAL_CONCURRENCY as CLIENT_TOTAL_CONCURRENCY,
+        DEFAULT_CONNECTION_CONCURRENCY as CONNECTION_CONCURRENCY,
+    };
 }
 
 /// Everything the scheduler needs to start, stated once: these are also its command-line

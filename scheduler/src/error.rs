@@ -43,6 +43,7 @@ impl From<Error> for tonic::Status {
             }
             Error::Common(C::NotFound(_)) => tonic::Status::not_found(msg),
             Error::Common(C::AlreadyExists(_)) => tonic::Status::already_exists(msg),
+            Error::Common(C::TooLarge { .. }) => tonic::Status::resource_exhausted(msg),
             Error::ShuttingDown
             | Error::Store(StoreError::Fenced { .. } | StoreError::Unavailable(_)) => {
                 tonic::Status::unavailable(msg)

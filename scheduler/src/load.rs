@@ -68,9 +68,13 @@ async fn read_all(
     wanted: Vec<(usize, String)>,
     results: &dyn ResultStore,
 ) -> Vec<(usize, Vec<u8>)> {
-    let reads = wanted
-        .into_iter()
-        .map(|(i, uri)| async move { (i, results.get(&uri).await.map_err(|e| (uri, e))) });
+    let reads = wanted.into_iter().map(|(i, uri)| async move {
+        let max = baton_proto::limits::MAX_RESULT_BYTES as u64;
+        (
+            i,
+            results.get_at_most(&uri, max).await.map_err(|e| (uri, e)),
+        )
+    });
     futures::stream::iter(reads)
         .buffer_unordered(READS_IN_FLIGHT)
         .filter_map(|(i, got)| async move {

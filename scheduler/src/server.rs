@@ -59,6 +59,7 @@ pub async fn serve(
     let worker = WorkerServiceServer::new(WorkerApi::new(
         roles.clone(),
         Duration::from_millis(config.worker_lease_ms),
+        &results.root_uri(),
     ))
     .max_decoding_message_size(MAX_MESSAGE_BYTES)
     .max_encoding_message_size(MAX_MESSAGE_BYTES);

@@ -37,6 +37,8 @@ pub struct HaConfig {
     /// TLS between every process: etcd serves TLS with client certificate auth, the
     /// schedulers serve mutual TLS, and workers and clients show certificates.
     pub tls: bool,
+    /// More worker environment variables (e.g. `BATON_SECRET_*` secrets).
+    pub worker_env: Vec<(String, String)>,
 }
 
 impl Default for HaConfig {
@@ -51,6 +53,7 @@ impl Default for HaConfig {
             scheduler_args: Vec::new(),
             extra_env: Vec::new(),
             tls: false,
+            worker_env: Vec::new(),
         }
     }
 }
@@ -438,6 +441,7 @@ impl HaCluster {
         args.extend(self.cli_tls_args());
         let mut env = self.s3.env();
         env.push(("BATON_TOKEN".to_string(), self.tokens.worker.clone()));
+        env.extend(self.cfg.worker_env.iter().cloned());
         let node = Node::spawn_env(
             "baton-worker",
             &args,

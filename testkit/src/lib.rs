@@ -9,6 +9,7 @@ pub mod ha;
 mod process;
 pub mod proxy;
 pub mod s3;
+pub mod scan;
 pub mod tls_proxy;
 
 pub use process::{baton_cli, bin_path, free_port, Node};

@@ -3,7 +3,7 @@
 //! with the depth, so a deeply nested definition is refused up front.
 
 /// The deepest nesting of collections a flow file may have (a real flow needs about 6).
-pub const MAX_FLOW_NESTING: usize = 64;
+pub use baton_proto::limits::MAX_FLOW_NESTING;
 
 /// The deepest nesting in `source`: flow collections (`[`, `{`), block entries (`- ` and
 /// `? ` at the start of a line's content) and indentation levels. Brackets count wherever

@@ -11,7 +11,7 @@ use serde_json::Value;
 use std::collections::BTreeMap;
 
 /// The largest flow file accepted.
-pub const MAX_FLOW_FILE_BYTES: usize = 1024 * 1024;
+pub use baton_proto::limits::MAX_FLOW_SOURCE_BYTES as MAX_FLOW_FILE_BYTES;
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]

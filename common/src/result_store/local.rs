@@ -142,22 +142,34 @@ impl ResultStore for LocalStore {
     }
 
     async fn get(&self, uri: &str) -> Result<Vec<u8>> {
+        self.get_at_most(uri, u64::MAX).await
+    }
+
+    async fn get_at_most(&self, uri: &str, max: u64) -> Result<Vec<u8>> {
         let (path, range) = self.locate(uri)?;
         let (root, p) = (self.root.clone(), path.clone());
-        tokio::task::spawn_blocking(move || {
-            let mut f = open_inside(&root, &p)?;
+        let read = tokio::task::spawn_blocking(move || {
+            let f = open_inside(&root, &p)?;
+            let size = match range {
+                None => f.metadata()?.len(),
+                Some((_, len)) => len,
+            };
+            if size > max {
+                return Ok(Err(Error::TooLarge { size, max }));
+            }
             match range {
                 None => {
                     let mut data = Vec::new();
-                    std::io::Read::read_to_end(&mut f, &mut data)?;
-                    Ok(data)
+                    std::io::Read::read_to_end(&mut std::io::Read::take(f, max), &mut data)?;
+                    Ok(Ok(data))
                 }
-                Some((offset, len)) => read_packed(&f, offset, len),
+                Some((offset, len)) => read_packed(&f, offset, len).map(Ok),
             }
         })
         .await
         .map_err(|e| Self::io(&path)(std::io::Error::other(e)))?
-        .map_err(Self::io(&path))
+        .map_err(Self::io(&path))?;
+        read
     }
 
     async fn exists(&self, uri: &str) -> Result<bool> {
@@ -268,6 +280,31 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(store.get(&put.uri).await.unwrap(), b"ok");
+    }
+
+    #[tokio::test]
+    async fn a_reader_with_a_limit_is_refused_larger_objects() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = LocalStore::new(dir.path()).unwrap();
+        // A file, and an object packed in a segment.
+        let big = bytes::Bytes::from(vec![b'1'; 100 << 10]);
+        let small = bytes::Bytes::from_static(b"12345678");
+        for r in [
+            store.put("logs/a.json", big.clone(), "x").await.unwrap(),
+            store
+                .put("results/b.json", small.clone(), "x")
+                .await
+                .unwrap(),
+        ] {
+            let size = r.size;
+            assert_eq!(
+                store.get_at_most(&r.uri, size).await.unwrap().len() as u64,
+                size
+            );
+            let e = store.get_at_most(&r.uri, size - 1).await.unwrap_err();
+            assert!(matches!(e, Error::TooLarge { .. }), "{e}");
+            assert!(e.to_string().contains("over the limit"), "{e}");
+        }
     }
 
     #[tokio::test]

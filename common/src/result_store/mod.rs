@@ -69,6 +69,9 @@ pub trait ResultStore: Send + Sync + 'static {
     async fn put(&self, key: &str, data: bytes::Bytes, content_type: &str) -> Result<ResultRef>;
     /// Reads the object at `uri`.
     async fn get(&self, uri: &str) -> Result<Vec<u8>>;
+    /// Reads the object at `uri` if it is at most `max` bytes; a larger one is refused
+    /// (`TooLarge`) before it is read into memory.
+    async fn get_at_most(&self, uri: &str, max: u64) -> Result<Vec<u8>>;
     /// Whether an object exists at `uri`.
     async fn exists(&self, uri: &str) -> Result<bool>;
     /// Deletes the object at `uri`; deleting a missing object is not an error.

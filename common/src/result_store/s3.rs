@@ -147,7 +147,8 @@ impl S3Store {
         }
     }
 
-    async fn read(&self, bucket: &str, key: &str) -> Try<Vec<u8>> {
+    /// Reads an object of at most `max` bytes.
+    async fn read(&self, bucket: &str, key: &str, max: u64) -> Try<Vec<u8>> {
         let out = self
             .client
             .get_object()
@@ -156,6 +157,10 @@ impl S3Store {
             .send()
             .await
             .map_err(Failure::from_sdk)?;
+        let size = out.content_length().map_or(0, |n| n.max(0) as u64);
+        if size > max {
+            return Err(Failure::TooLarge { size, max });
+        }
         let body = out
             .body
             .collect()
@@ -170,7 +175,7 @@ impl S3Store {
             None => Ok(false),
             Some((size, _)) if size != data.len() as u64 => Ok(false),
             Some((_, Some(stored))) => Ok(stored == sum),
-            Some((_, None)) => Ok(checksum(&self.read(&self.bucket, key).await?) == sum),
+            Some((_, None)) => Ok(checksum(&self.read(&self.bucket, key, u64::MAX).await?) == sum),
         }
     }
 
@@ -321,9 +326,13 @@ impl ResultStore for S3Store {
     }
 
     async fn get(&self, uri: &str) -> Result<Vec<u8>> {
+        self.get_at_most(uri, u64::MAX).await
+    }
+
+    async fn get_at_most(&self, uri: &str, max: u64) -> Result<Vec<u8>> {
         let (bucket, key) = split_uri(uri)?;
         check_key(key, "key")?;
-        retrying(self.retry_for, uri, |_| self.read(bucket, key)).await
+        retrying(self.retry_for, uri, |_| self.read(bucket, key, max)).await
     }
 
     async fn exists(&self, uri: &str) -> Result<bool> {

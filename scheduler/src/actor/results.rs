@@ -88,13 +88,18 @@ impl Actor {
         let store = self.results.clone();
         let tx = self.self_tx.clone();
         self.tasks.spawn(async move {
-            let outcome = match store.get(&result.uri).await {
+            let max = baton_proto::limits::MAX_RESULT_BYTES as u64;
+            let outcome = match store.get_at_most(&result.uri, max).await {
                 Ok(bytes) => match serde_json::from_slice(&bytes) {
                     Ok(value) => Outcome::Success { result, value },
                     Err(e) => Outcome::Failure {
                         error: format!("result is not valid JSON: {e}"),
                         retryable: false,
                     },
+                },
+                Err(e @ baton_common::Error::TooLarge { .. }) => Outcome::Failure {
+                    error: format!("the result is too large: {e}"),
+                    retryable: false,
                 },
                 Err(e) => Outcome::Failure {
                     error: format!("cannot read result {}: {e}", result.uri),

@@ -26,13 +26,13 @@ use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
-/// Most lines of one attempt held in memory before the oldest are dropped.
-pub const MAX_LINES: usize = 10_000;
-/// Most bytes of one attempt's lines held in memory before the oldest are dropped.
-pub const MAX_BYTES: usize = 4 << 20;
-/// Most bytes of one attempt's lines stored in all; later lines are not stored (a marker
-/// line says so), so a task that prints forever cannot fill the result store.
-pub const MAX_STORED_BYTES: u64 = 256 << 20;
+/// Lines and bytes of one attempt held in memory before the oldest are dropped; bytes of one
+/// attempt stored in all (then a marker line says later lines are not stored, so a task that
+/// prints forever cannot fill the result store).
+pub use baton_proto::limits::{
+    MAX_LOG_BYTES_HELD as MAX_BYTES, MAX_LOG_BYTES_STORED as MAX_STORED_BYTES,
+    MAX_LOG_LINES_HELD as MAX_LINES,
+};
 /// A running attempt's lines are written once the oldest has waited this long…
 const FLUSH_AFTER_MS: i64 = 3_000;
 /// …or once this many bytes wait.

@@ -7,18 +7,10 @@
 use std::collections::BTreeMap;
 use tonic::Status;
 
-/// Projects, flow names, run ids and parameter names.
-pub const MAX_NAME_BYTES: usize = 256;
-/// A run's idempotency key.
-pub const MAX_IDEMPOTENCY_KEY_BYTES: usize = 512;
-/// How many parameters a run may be given.
-pub const MAX_PARAMETERS: usize = 1_000;
-/// All of a run's parameter values together (JSON text).
-pub const MAX_PARAMETERS_BYTES: usize = 1024 * 1024;
-/// A flow definition's text.
-pub const MAX_FLOW_SOURCE_BYTES: usize = 1024 * 1024;
-/// A result location (`file://…` or `s3://…`).
-pub const MAX_LOCATION_BYTES: usize = 4096;
+pub use baton_proto::limits::{
+    MAX_FLOW_SOURCE_BYTES, MAX_IDEMPOTENCY_KEY_BYTES, MAX_LOCATION_BYTES, MAX_NAME_BYTES,
+    MAX_PARAMETERS, MAX_PARAMETERS_BYTES, MAX_RUN_ID_BYTES,
+};
 /// How much of an offending value an error quotes.
 const QUOTE_CHARS: usize = 24;
 
@@ -33,9 +25,6 @@ pub fn check_len(field: &str, value: &str, max: usize) -> Result<(), Status> {
         quote(value)
     )))
 }
-
-/// The longest run id taken (the scheduler makes 16-character ids).
-pub const MAX_RUN_ID_BYTES: usize = 64;
 
 /// Refuses anything that cannot be a run id (1-64 letters, digits, `-` or `_`) before it
 /// is looked up anywhere: ids name files and keys in the stores.

@@ -105,8 +105,7 @@ pub(super) fn require(field: &str, value: &str) -> Result<(), Status> {
     }
 }
 
-/// Most task runs in one `ListTaskRuns` answer (keeps it well under the message limit).
-const MAX_TASK_RUNS_PAGE: usize = 10_000;
+use baton_proto::limits::{MAX_MESSAGE_BYTES, MAX_RUNS_PAGE, MAX_TASK_RUNS_PAGE};
 
 type EventStream = Pin<Box<dyn Stream<Item = Result<pb::RunEvent, Status>> + Send>>;
 
@@ -245,7 +244,11 @@ impl FlowService for FlowApi {
         &self,
         req: Request<pb::ListRunsRequest>,
     ) -> Result<Response<pb::ListRunsResponse>, Status> {
-        let limit = req.into_inner().limit as usize;
+        // Every answer fits a message: the newest runs only, at most a page of them.
+        let limit = match req.into_inner().limit as usize {
+            0 => MAX_RUNS_PAGE,
+            n => n.min(MAX_RUNS_PAGE),
+        };
         let runs = self
             .roles
             .leader()?
@@ -372,7 +375,17 @@ impl FlowService for FlowApi {
                 bounds::quote(&uri)
             )));
         }
-        let data = self.results.get(&uri).await.map_err(Error::from)?;
+        // The answer must fit a message; larger objects are read directly from the store.
+        let max = (MAX_MESSAGE_BYTES - 64 * 1024) as u64;
+        let data = match self.results.get_at_most(&uri, max).await {
+            Err(e @ baton_common::Error::TooLarge { .. }) => {
+                return Err(Status::resource_exhausted(format!(
+                    "{e}, more than one answer holds: read it directly from the result store \
+                     (`baton result get --direct`)"
+                )))
+            }
+            got => got.map_err(Error::from)?,
+        };
         let content_type = if uri.ends_with(".json") {
             "application/json"
         } else if uri.ends_with(".csv") {

@@ -18,13 +18,13 @@ use tonic::Code;
 /// The longest error message a caller may get.
 const MAX_MESSAGE: usize = 2048;
 
-struct Server {
-    rt: tokio::runtime::Runtime,
-    dir: tempfile::TempDir,
-    channel: Channel,
+pub(super) struct Server {
+    pub(super) rt: tokio::runtime::Runtime,
+    pub(super) dir: tempfile::TempDir,
+    pub(super) channel: Channel,
     stop: CancellationToken,
     /// A run that exists (its flow has one task, `a`, for workers labelled `local`).
-    run_id: String,
+    pub(super) run_id: String,
 }
 
 impl Drop for Server {
@@ -33,7 +33,8 @@ impl Drop for Server {
     }
 }
 
-fn start() -> Server {
+/// A scheduler in this process, serving, with one run waiting for a worker.
+pub(super) fn start() -> Server {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

@@ -8,7 +8,7 @@ use pb::worker_message::Msg;
 use std::time::Instant;
 
 /// Log bytes a second one worker session may send, sustained (a burst may be twice this).
-pub const LOG_BYTES_PER_SEC: f64 = 8.0 * 1024.0 * 1024.0;
+pub const LOG_BYTES_PER_SEC: f64 = baton_proto::limits::LOG_BYTES_PER_SEC as f64;
 
 /// See the module docs.
 #[derive(Debug)]

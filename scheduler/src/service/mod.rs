@@ -7,6 +7,9 @@ mod flow;
 #[cfg(test)]
 mod fuzz;
 pub mod log_budget;
+mod reports;
+#[cfg(test)]
+mod reports_tests;
 mod worker;
 
 pub use flow::FlowApi;

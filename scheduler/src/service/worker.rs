@@ -20,22 +20,24 @@ use std::time::Duration;
 use tokio_stream::{Stream, StreamExt};
 use tonic::{Request, Response, Status, Streaming};
 
-/// Most labels a worker may register.
-const MAX_LABELS: usize = 64;
+use baton_proto::limits::MAX_WORKER_LABELS as MAX_LABELS;
 
 /// The worker-facing service.
 pub struct WorkerApi {
     roles: Arc<Roles>,
     next_session: AtomicU64,
     lease: Duration,
+    reports: super::reports::Reports,
 }
 
 impl WorkerApi {
-    pub fn new(roles: Arc<Roles>, lease: Duration) -> Self {
+    /// `results_root`: the cluster's result store, where workers' results must lie.
+    pub fn new(roles: Arc<Roles>, lease: Duration, results_root: &str) -> Self {
         WorkerApi {
             roles,
             next_session: AtomicU64::new(1),
             lease,
+            reports: super::reports::Reports::new(results_root),
         }
     }
 }
@@ -173,12 +175,14 @@ impl WorkerService for WorkerApi {
             .tell(Command::WorkerConnected(reg, session, tx))
             .await?;
         let lease = self.lease;
+        let reports = self.reports.clone();
         tokio::spawn(async move {
             let mut budget = super::log_budget::LogBudget::new(std::time::Instant::now());
             loop {
                 match tokio::time::timeout(lease, inbound.message()).await {
                     Ok(Ok(Some(m))) => {
                         let Some(mut msg) = m.msg else { continue };
+                        reports.bound(&mut msg);
                         let dropped = budget.admit(&mut msg, std::time::Instant::now());
                         if dropped > 0
                             && (budget.dropped == dropped || budget.dropped % 10_000 < dropped)

@@ -24,8 +24,15 @@ async fn ridge_sweep_runs_with_tls_between_every_process() -> anyhow::Result<()>
     .await
 }
 
+/// A secret only the trainer worker holds (see [`secrets_stay_on_the_workers`]).
+const SECRET: &str = "cluster-secret-7d3e91b2";
+
 async fn ridge_sweep_on(cfg: HaConfig) -> anyhow::Result<()> {
     let _one = serial().await;
+    let cfg = HaConfig {
+        worker_env: vec![("BATON_SECRET_API_KEY".into(), SECRET.into())],
+        ..cfg
+    };
     let c = cluster(
         cfg,
         &[("local-1", "local", 4), ("trainer-1", "local,trainer", 4)],
@@ -84,6 +91,58 @@ async fn ridge_sweep_on(cfg: HaConfig) -> anyhow::Result<()> {
             assert!(baton_testkit::ha::leader_info(&plain).await.is_none());
         }
         assert!(c.etcd.endpoints().iter().all(|e| e.starts_with("https://")));
+    }
+    secrets_stay_on_the_workers(&c).await
+}
+
+/// A flow using a secret runs on the cluster, and the secret's value is nowhere in etcd, the
+/// bucket (results, task logs, archives), or any process's log; `baton logs` masks it.
+async fn secrets_stay_on_the_workers(c: &baton_testkit::ha::HaCluster) -> anyhow::Result<()> {
+    let flow = r#"
+name: secret_digest
+tasks:
+  - name: use
+    process: {command: /bin/sh, args: ["-c", "read -r inputs; echo \"key=$BATON_SECRET_API_KEY inputs=$inputs\"; printf '\"%s\"' \"$(printf %s \"$BATON_SECRET_API_KEY\" | sha256sum | cut -c1-64)\""]}
+    inputs: {key: {secret: API_KEY}}
+    labels: [trainer]
+"#;
+    let run = start_run(c, flow, "secret-1").await?;
+    let done = wait_run(c, &run, Duration::from_secs(60)).await?;
+    assert_eq!(done.state, pb::RunState::Completed as i32, "{}", done.error);
+    let client = leader_client(c, Duration::from_secs(10)).await?;
+    let trs = client.task_runs(&run, true).await?;
+    let digest = {
+        use sha2::Digest;
+        format!("\"{:x}\"", sha2::Sha256::digest(SECRET))
+    };
+    assert_eq!(trs[0].value, digest);
+    let mut stream = client.logs(&run, "", false).await?;
+    let mut logs = String::new();
+    while let Some(e) = stream.message().await? {
+        logs.push_str(&baton_client::format_entry(&e));
+        logs.push('\n');
+    }
+    assert!(logs.contains("key=***"), "{logs}");
+    assert!(!logs.contains(SECRET), "{logs}");
+
+    // Everything etcd holds.
+    let mut etcd = c.etcd.client().await?;
+    let all = etcd
+        .get("", Some(etcd_client::GetOptions::new().with_all_keys()))
+        .await?;
+    assert!(all.kvs().len() > 10, "etcd holds the cluster's state");
+    for kv in all.kvs() {
+        let holds = |b: &[u8]| b.windows(SECRET.len()).any(|w| w == SECRET.as_bytes());
+        assert!(
+            !holds(kv.key()) && !holds(kv.value()),
+            "etcd key {:?}",
+            kv.key_str()
+        );
+    }
+    // Every object in the bucket, and every log and file of the cluster's processes.
+    for dir in [c.s3.data_dir(), c.dir.path().to_path_buf()] {
+        let found = baton_testkit::scan::files_holding(&dir, SECRET.as_bytes());
+        assert!(found.is_empty(), "the secret is in {found:?}");
     }
     Ok(())
 }

@@ -3,36 +3,14 @@
 //! else: not in the scheduler's state, results or logs, the worker's log, or `baton logs`.
 
 use baton_client::Client;
+use baton_testkit::scan::files_holding;
 use baton_testkit::{baton_cli, Cluster};
 use sha2::Digest;
 use std::collections::BTreeMap;
-use std::path::Path;
 use std::time::Duration;
 
 const FROM_ENV: &str = "env-secret-4f1d9a7c";
 const FROM_FILE: &str = "file-secret-b82e6c05";
-
-/// Every file under `dir` holding `needle`.
-fn files_holding(dir: &Path, needle: &[u8]) -> Vec<String> {
-    let mut found = Vec::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        let Ok(entries) = std::fs::read_dir(&d) else {
-            continue;
-        };
-        for e in entries.flatten() {
-            let path = e.path();
-            if path.is_dir() {
-                stack.push(path);
-            } else if let Ok(bytes) = std::fs::read(&path) {
-                if bytes.windows(needle.len()).any(|w| w == needle) {
-                    found.push(path.display().to_string());
-                }
-            }
-        }
-    }
-    found
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn secrets_reach_tasks_and_nothing_else() -> anyhow::Result<()> {

@@ -46,6 +46,13 @@ async fn round_trip_with_checksum() -> anyhow::Result<()> {
     let back = store.get(&r.uri).await?;
     assert_eq!(back, data);
     assert_eq!(sha256(&back), r.checksum);
+    // A reader with a smaller limit is refused before the body is read.
+    assert_eq!(store.get_at_most(&r.uri, data.len() as u64).await?, data);
+    let small = store.get_at_most(&r.uri, 4).await;
+    assert!(
+        matches!(small, Err(Error::TooLarge { size, max: 4 }) if size == data.len() as u64),
+        "{small:?}"
+    );
     // It really is in the server's bucket, under the prefix.
     let on_disk = s3
         .data_dir()

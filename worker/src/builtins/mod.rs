@@ -50,9 +50,10 @@ pub async fn run_builtin(
 fn store_error(what: &str, e: StoreError) -> TaskError {
     let message = format!("{what}: {e}");
     match e {
-        StoreError::InvalidArgument(_) | StoreError::NotFound(_) | StoreError::InvalidFlow(_) => {
-            TaskError::fatal(message)
-        }
+        StoreError::InvalidArgument(_)
+        | StoreError::NotFound(_)
+        | StoreError::InvalidFlow(_)
+        | StoreError::TooLarge { .. } => TaskError::fatal(message),
         StoreError::AlreadyExists(_) | StoreError::Io { .. } => TaskError::retryable(message),
     }
 }

@@ -12,7 +12,7 @@ use tokio::sync::mpsc::{self, error::TrySendError};
 const MAX_LOG_BATCH: usize = 256;
 const MAX_LOG_BATCH_BYTES: usize = 512 << 10;
 /// Longer log lines are cut.
-const MAX_LOG_LINE: usize = 16 << 10;
+use baton_proto::limits::MAX_LOG_LINE_BYTES as MAX_LOG_LINE;
 
 /// The sending half of a session.
 pub(super) struct Outbound {

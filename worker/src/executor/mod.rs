@@ -23,11 +23,11 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+/// Results up to this size also travel inline in `Finished`.
+pub use baton_proto::limits::MAX_INLINE_RESULT_BYTES as MAX_INLINE_BYTES;
 /// The largest result a task may return (a list of a million numbers for a wide map fits);
 /// larger data belongs in an artifact.
-pub const MAX_RESULT_BYTES: usize = 16 << 20;
-/// Results up to this size also travel inline in `Finished`.
-pub const MAX_INLINE_BYTES: usize = 64 << 10;
+pub use baton_proto::limits::MAX_RESULT_BYTES;
 /// How long a cancelled or timed-out body may take to clean up (kill and reap) before it is
 /// dropped.
 const WIND_DOWN: Duration = Duration::from_secs(5);

@@ -43,7 +43,7 @@ const TAIL_LINES: usize = 20;
 /// Bytes of stderr kept for the error of a failed process.
 const TAIL_BYTES: usize = 2048;
 /// Longest stderr line read; the rest of a longer line is dropped.
-const MAX_LOG_LINE: usize = 16 << 10;
+use baton_proto::limits::MAX_LOG_LINE_BYTES as MAX_LOG_LINE;
 /// How much of a bad result line the error quotes.
 const QUOTE_CHARS: usize = 200;
 /// How long stdout and stderr are still read (and stdin written) after the command exited,

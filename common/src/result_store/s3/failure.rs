@@ -18,6 +18,11 @@ pub(super) enum Failure {
     /// Worth trying again: the server may be restarting or overloaded.
     Transient(String),
     Fatal(ErrorKind, String),
+    /// The object is larger than the reader takes.
+    TooLarge {
+        size: u64,
+        max: u64,
+    },
 }
 
 impl Failure {
@@ -55,6 +60,7 @@ impl Failure {
         match self {
             Failure::NotFound => Error::NotFound(location),
             Failure::Exists => Error::AlreadyExists(location),
+            Failure::TooLarge { size, max } => Error::TooLarge { size, max },
             Failure::Transient(m) => Error::Io {
                 location,
                 source: std::io::Error::new(ErrorKind::TimedOut, m),
