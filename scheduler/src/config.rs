@@ -240,8 +240,9 @@ impl SchedulerConfig {
 
     /// The token table in force, or `None` when authentication is off: off is allowed only
     /// for a single node listening on loopback, or with `--insecure`.
-    /// TLS to etcd, read from its files; an unreadable file is an error naming it.
-    pub fn etcd_tls(&self) -> Result<Option<etcd_client::TlsOptions>> {
+    /// The files of TLS to etcd, checked by reading them once; an unreadable file is an
+    /// error naming it.
+    pub fn etcd_tls(&self) -> Result<Option<baton_client::tls::TlsFiles>> {
         if self.etcd_ca.is_none() {
             return Ok(None);
         }
@@ -250,7 +251,8 @@ impl SchedulerConfig {
             cert: self.etcd_cert.clone(),
             key: self.etcd_key.clone(),
         };
-        files.config_for("--etcd").map(Some).map_err(Error::Config)
+        files.config_for("--etcd").map_err(Error::Config)?;
+        Ok(Some(files))
     }
 
     /// The TLS files, when TLS is on.

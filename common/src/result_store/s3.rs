@@ -33,6 +33,7 @@
 //! failures are [`Error::Io`] naming `s3://bucket/key`.
 
 mod failure;
+mod live;
 mod options;
 
 pub use options::{S3Options, StaticCredentials};
@@ -82,7 +83,7 @@ fn check_key(key: &str, what: &str) -> Result<()> {
 /// A result store in an S3 bucket.
 #[derive(Clone, Debug)]
 pub struct S3Store {
-    client: Client,
+    client: live::LiveClient,
     bucket: String,
     prefix: String,
     retry_for: Duration,
@@ -101,10 +102,10 @@ impl S3Store {
             check_key(prefix, "prefix")?;
         }
         Ok(S3Store {
-            client: options::sdk_client(&options).await?,
+            retry_for: options.retry_for,
+            client: live::LiveClient::new(options).await?,
             bucket: bucket.to_string(),
             prefix: prefix.to_string(),
-            retry_for: options.retry_for,
         })
     }
 
@@ -114,8 +115,8 @@ impl S3Store {
     }
 
     /// The SDK client, configured as above, for tools and tests.
-    pub fn client(&self) -> &Client {
-        &self.client
+    pub async fn client(&self) -> Client {
+        self.client.get().await
     }
 
     fn full_key(&self, key: &str) -> Result<String> {
@@ -130,6 +131,8 @@ impl S3Store {
     async fn head(&self, bucket: &str, key: &str) -> Try<Option<(u64, Option<String>)>> {
         match self
             .client
+            .get()
+            .await
             .head_object()
             .bucket(bucket)
             .key(key)
@@ -151,6 +154,8 @@ impl S3Store {
     async fn read(&self, bucket: &str, key: &str, max: u64) -> Try<Vec<u8>> {
         let out = self
             .client
+            .get()
+            .await
             .get_object()
             .bucket(bucket)
             .key(key)
@@ -194,6 +199,8 @@ impl S3Store {
             }
             None => self
                 .client
+                .get()
+                .await
                 .put_object()
                 .bucket(&self.bucket)
                 .key(key)
@@ -225,6 +232,8 @@ impl S3Store {
     ) -> Try<()> {
         let created = self
             .client
+            .get()
+            .await
             .create_multipart_upload()
             .bucket(&self.bucket)
             .key(key)
@@ -240,6 +249,8 @@ impl S3Store {
         if result.is_err() {
             let aborted = self
                 .client
+                .get()
+                .await
                 .abort_multipart_upload()
                 .bucket(&self.bucket)
                 .key(key)
@@ -264,6 +275,8 @@ impl S3Store {
             let end = (start + PART_BYTES).min(data.len());
             let out = self
                 .client
+                .get()
+                .await
                 .upload_part()
                 .bucket(&self.bucket)
                 .key(key)
@@ -281,6 +294,8 @@ impl S3Store {
             );
         }
         self.client
+            .get()
+            .await
             .complete_multipart_upload()
             .bucket(&self.bucket)
             .key(key)
@@ -350,6 +365,8 @@ impl ResultStore for S3Store {
         retrying(self.retry_for, uri, move |_| async move {
             match self
                 .client
+                .get()
+                .await
                 .delete_object()
                 .bucket(bucket)
                 .key(key)

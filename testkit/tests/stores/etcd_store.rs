@@ -142,8 +142,9 @@ async fn a_leader_cut_off_from_etcd_loses_its_lease_and_another_leads() -> anyho
 }
 
 /// The state store over TLS to an etcd that requires client certificates: with etcd's CA
-/// and a certificate it leads and commits; without a certificate, or without TLS, it gets
-/// nowhere.
+/// and a certificate it leads and commits; with a certificate etcd does not trust, without
+/// one, or without TLS, it gets nowhere; renewed certificate files are used without a
+/// restart.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_store_speaks_tls_to_etcd_with_a_client_certificate() -> anyhow::Result<()> {
     use baton_testkit::certs::Ca;
@@ -170,14 +171,37 @@ async fn the_store_speaks_tls_to_etcd_with_a_client_certificate() -> anyhow::Res
     .await?;
     let endpoint = etcd.endpoints().remove(0);
     assert!(endpoint.starts_with("https://"), "{endpoint}");
+    // The replica starts with a certificate etcd does not trust (from another CA) in its
+    // files: it gets nowhere. Renewed files are taken up without a restart.
+    let live = dir.path().join("live");
+    std::fs::create_dir_all(&live)?;
+    let (wrong_cert, wrong_key) = Ca::new("another CA")?.issue(&["replica-a"], &live, "wrong")?;
+    let (live_cert, live_key) = (live.join("replica.pem"), live.join("replica.key"));
+    std::fs::copy(&wrong_cert, &live_cert)?;
+    std::fs::copy(&wrong_key, &live_key)?;
     let store = EtcdStore::connect(EtcdConfig {
-        tls: Some(tls(true)),
+        tls: Some(baton_client::tls::TlsFiles {
+            ca: Some(ca_file.clone()),
+            cert: Some(live_cert.clone()),
+            key: Some(live_key.clone()),
+        }),
         ..config(vec![endpoint.clone()], "a", "tls")
     })
     .await?;
+    let early = tokio::time::timeout(Duration::from_secs(4), store.acquire()).await;
+    assert!(
+        !matches!(early, Ok(Ok(_))),
+        "led with a certificate etcd does not trust"
+    );
+    // Written as a renewal tool would: to a temporary file, then renamed into place.
+    for (from, to) in [(&cert, &live_cert), (&key, &live_key)] {
+        let tmp = to.with_extension("new");
+        std::fs::copy(from, &tmp)?;
+        std::fs::rename(&tmp, to)?;
+    }
     let lead = tokio::time::timeout(Duration::from_secs(20), store.acquire())
         .await
-        .map_err(|_| anyhow::anyhow!("no leadership over TLS: {}", etcd.logs()))??;
+        .map_err(|_| anyhow::anyhow!("no leadership after the renewal: {}", etcd.logs()))??;
     store.commit(lead.epoch, vec![put("k", "over-tls")]).await?;
     assert_eq!(value(&store, "k").await.as_deref(), Some("over-tls"));
 
@@ -187,7 +211,7 @@ async fn the_store_speaks_tls_to_etcd_with_a_client_certificate() -> anyhow::Res
         (
             "no client certificate",
             EtcdConfig {
-                tls: Some(tls(false)),
+                tls: Some(files(false)),
                 ..config(vec![endpoint.clone()], "b", "tls")
             },
         ),

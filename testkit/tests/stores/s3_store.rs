@@ -108,6 +108,7 @@ async fn large_objects_go_up_in_parts() -> anyhow::Result<()> {
     // A multipart object's ETag ends with its number of parts: 8 + 8 + 4 MiB.
     let head = store
         .client()
+        .await
         .head_object()
         .bucket("baton")
         .key("big/artifacts/model.bin")
@@ -234,7 +235,8 @@ async fn cli_reads_results_straight_from_s3() -> anyhow::Result<()> {
 }
 
 /// An S3-compatible server behind TLS with a certificate from a private CA: the store
-/// trusts it given the CA (`S3Options::ca_file`, `BATON_S3_CA_FILE`), and not without.
+/// trusts it given the CA (`S3Options::ca_file`, `BATON_S3_CA_FILE`), and not without; a
+/// renewed CA file is read again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_s3_server_with_a_private_ca_is_trusted_given_the_ca() -> anyhow::Result<()> {
     let s3 = S3Server::start().await?;
@@ -262,5 +264,21 @@ async fn an_s3_server_with_a_private_ca_is_trusted_given_the_ca() -> anyhow::Res
     // Without the CA the server's certificate is not trusted.
     let untrusting = S3Store::connect(&s3.uri("tls"), options(None)).await?;
     assert!(untrusting.get(&r.uri).await.is_err());
+
+    // A store given another CA's file is refused, until the file is renewed: then the new
+    // CA is trusted without a new store (or a restart).
+    let live = dir.path().join("live-ca.pem");
+    baton_testkit::certs::Ca::new("another CA")?.write(&live)?;
+    let renewed = S3Store::connect(&s3.uri("tls"), options(Some(live.clone()))).await?;
+    assert!(renewed.get(&r.uri).await.is_err());
+    let tmp = dir.path().join("live-ca.new");
+    std::fs::copy(dir.path().join("ca.pem"), &tmp)?;
+    std::fs::rename(&tmp, &live)?;
+    let back = baton_testkit::eventually(Duration::from_secs(10), "the renewed CA", || {
+        let (store, uri) = (&renewed, &r.uri);
+        async move { store.get(uri).await.ok() }
+    })
+    .await?;
+    assert_eq!(back, b"42");
     Ok(())
 }

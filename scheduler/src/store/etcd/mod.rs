@@ -33,9 +33,10 @@ pub struct EtcdConfig {
     pub advertise: String,
     /// The leadership lease; about 10 s survives an etcd leader change.
     pub lease_ttl: Duration,
-    /// TLS to `https://` endpoints (etcd's CA and, for etcd's client certificate auth, this
-    /// replica's certificate).
-    pub tls: Option<etcd_client::TlsOptions>,
+    /// TLS to `https://` endpoints: the files of etcd's CA and, for etcd's client
+    /// certificate auth, this replica's certificate and key. They are read again when they
+    /// change, so renewed certificates need no restart.
+    pub tls: Option<baton_client::tls::TlsFiles>,
 }
 
 /// Transactions of one batch in flight at once.
@@ -58,6 +59,16 @@ pub struct EtcdStore {
     stop: CancellationToken,
 }
 
+/// Checks the TLS files every second and rebuilds the clients when they change.
+async fn reload_tls(pool: Arc<Pool>, stop: CancellationToken) {
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => return,
+            () = tokio::time::sleep(Duration::from_secs(1)) => pool.reload_if_changed().await,
+        }
+    }
+}
+
 fn unavailable(e: impl std::fmt::Display) -> StoreError {
     StoreError::Unavailable(e.to_string())
 }
@@ -73,18 +84,17 @@ impl EtcdStore {
             .with_keep_alive(Duration::from_secs(2), Duration::from_secs(2))
             .with_keep_alive_while_idle(true)
             .with_require_leader(true);
-        let opts = match cfg.tls.clone() {
-            Some(tls) => opts.with_tls(tls),
-            None => opts,
-        };
         let pool = Arc::new(
-            Pool::connect(&cfg.endpoints, opts)
+            Pool::connect(&cfg.endpoints, opts, cfg.tls.clone())
                 .await
                 .map_err(|e| unavailable(format!("etcd endpoints {:?}: {e}", cfg.endpoints)))?,
         );
         let keys = Keys::new(&cfg.namespace);
         let view = Arc::new(RwLock::new(ClusterView::default()));
         let stop = CancellationToken::new();
+        if pool.watches_files() {
+            tokio::spawn(reload_tls(pool.clone(), stop.clone()));
+        }
         tokio::spawn(election::poll_view(
             pool.clone(),
             keys.clone(),
