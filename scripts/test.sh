@@ -47,6 +47,11 @@ log "build"
 # nothing again; a separate `cargo build --bins` would compile most dependencies twice.
 cargo build --workspace --bins --tests
 
+log "images"
+# The docker-compose cluster's images, from the binaries just built (the compose tests run
+# them); reused across runs (Docker's build cache, and a base image kept once built).
+BATON_PROFILE=dev scripts/build-images.sh
+
 log "tests"
 results=$(mktemp)
 trap 'rm -f "$results"' EXIT

@@ -4,6 +4,7 @@
 //! ([`etcd::EtcdCluster`]) and a TCP proxy that cuts traffic like a partition ([`proxy::Proxy`]).
 
 pub mod certs;
+pub mod compose;
 pub mod etcd;
 pub mod ha;
 mod process;

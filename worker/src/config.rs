@@ -37,6 +37,8 @@ pub struct WorkerConfig {
     pub secrets: crate::secrets::Secrets,
     /// TLS to `https://` schedulers: their CA and, for mutual TLS, this worker's certificate.
     pub tls: baton_client::tls::TlsFiles,
+    /// A file touched while a leader is heard from (see [`crate::health`]).
+    pub health_file: Option<std::path::PathBuf>,
 }
 
 impl Default for WorkerConfig {
@@ -54,6 +56,7 @@ impl Default for WorkerConfig {
             allow_process: false,
             secrets: Default::default(),
             tls: Default::default(),
+            health_file: None,
         }
     }
 }

@@ -7,6 +7,7 @@ pub mod connection;
 pub mod error;
 pub mod executor;
 pub mod gpu;
+pub mod health;
 pub mod secrets;
 pub mod shim;
 pub mod task;

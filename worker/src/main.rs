@@ -81,6 +81,14 @@ struct Args {
     /// The certificate's private key (PEM).
     #[arg(long, env = "BATON_TLS_KEY")]
     tls_key: Option<std::path::PathBuf>,
+    /// A file the worker touches (at most once a second) while it hears from a leader, for
+    /// health checks.
+    #[arg(long, env = "BATON_WORKER_HEALTH_FILE")]
+    health_file: Option<std::path::PathBuf>,
+    /// Checks the health file of a running worker (as a container health check does): exit
+    /// 0 when it heard from a leader within --leader-lease-ms, 1 otherwise.
+    #[arg(long, requires = "health_file")]
+    check_health: bool,
 }
 
 /// BATON_TOKEN, taken out of the environment before any thread starts.
@@ -142,6 +150,7 @@ impl Args {
                 cert: self.tls_cert,
                 key: self.tls_key,
             },
+            health_file: self.health_file,
         })
     }
 }
@@ -162,6 +171,19 @@ fn main() -> ExitCode {
 #[tokio::main(flavor = "current_thread")]
 async fn worker_main() -> ExitCode {
     let args = Args::parse();
+    if let (true, Some(path)) = (args.check_health, &args.health_file) {
+        let lease = std::time::Duration::from_millis(args.leader_lease_ms);
+        return match baton_worker::health::check(path, lease) {
+            Ok(line) => {
+                println!("{line}");
+                ExitCode::SUCCESS
+            }
+            Err(line) => {
+                eprintln!("{line}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     baton_common::telemetry::init("info");
     let config = match args.into_config() {
         Ok(c) => c,

@@ -130,13 +130,20 @@ struct Worker {
     gpu_holds: HashMap<AttemptKey, Vec<u32>>,
     /// Assignments whose GPUs are still held by an ending attempt, in arrival order.
     gpu_waiting: Vec<proto::Assign>,
+    /// Touched while a leader is heard from, when configured.
+    health: Option<crate::health::HealthFile>,
 }
 
 impl Worker {
     fn new(config: WorkerConfig) -> (Worker, Inbox) {
         let (finished_tx, finished) = mpsc::unbounded_channel();
         let (logs_tx, logs) = mpsc::unbounded_channel();
+        let health = config
+            .health_file
+            .clone()
+            .map(crate::health::HealthFile::new);
         let worker = Worker {
+            health,
             config,
             running: HashMap::new(),
             unacked: HashMap::new(),
@@ -166,6 +173,9 @@ impl Worker {
     /// A message (any frame) came from the leader.
     fn heard_from_leader(&mut self, now: Instant) {
         self.leader_seen = now;
+        if let Some(h) = self.health.as_mut() {
+            h.heard(now.into_std());
+        }
     }
 
     /// The welcomed stream ended at `now`. The lease runs from the last message received from

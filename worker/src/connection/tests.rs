@@ -126,7 +126,7 @@ struct Harness {
     conns: mpsc::UnboundedReceiver<Conn>,
     refuse: Arc<AtomicBool>,
     store: String,
-    _dir: tempfile::TempDir,
+    dir: tempfile::TempDir,
     shutdown: CancellationToken,
     worker: tokio::task::JoinHandle<Result<()>>,
 }
@@ -188,6 +188,7 @@ impl Harness {
             allow_process: true,
             secrets: Default::default(),
             tls: Default::default(),
+            health_file: Some(dir.path().join("health")),
         };
         let shutdown = CancellationToken::new();
         let worker = tokio::spawn(run(config, shutdown.clone()));
@@ -195,7 +196,7 @@ impl Harness {
             conns,
             refuse,
             store,
-            _dir: dir,
+            dir,
             shutdown,
             worker,
         }
@@ -328,6 +329,10 @@ async fn serves_assignments_cancels_acks_and_drains() {
     }
     assert!(saw_log);
     c.heartbeat().await;
+    // Hearing from the leader keeps the health file fresh.
+    let health = h.dir.path().join("health");
+    let lease = std::time::Duration::from_secs(10);
+    assert!(crate::health::check(&health, lease).is_ok());
 
     h.shutdown.cancel();
     assert!(matches!(c.next().await, Up::Draining(_)));
