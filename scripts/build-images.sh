@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Builds baton's images from this work tree: baton-scheduler, baton-worker, baton-etcd and
-# baton-s3 (tag: BATON_TAG, default `local`), from docker/Dockerfile.
+# Builds baton's images from this work tree: baton-scheduler, baton-worker, baton-etcd,
+# baton-s3 and baton-runtime, their common base (tag: BATON_TAG, default `local`), from
+# docker/Dockerfile.
 #
 # The binaries come from a cargo build (BATON_PROFILE: `release`, the default, or `dev`,
 # which the test suite uses since it has built them already). The base image is
@@ -84,10 +85,12 @@ cp -p docker/setup.sh docker/s3-entrypoint.sh "$context/"
 
 base=$(base_image)
 version=$(git describe --always --dirty 2>/dev/null || echo dev)
-for target in etcd s3 scheduler worker; do
+# `runtime` is the Debian base every image starts from (a shell, CA certificates, tini): the
+# container-task tests run their commands in it.
+for target in runtime etcd s3 scheduler worker; do
   say "image baton-$target:$TAG (base $base)"
   docker build -q -f docker/Dockerfile --target "$target" \
     --build-arg "BASE=$base" --build-arg "VERSION=$version" \
     -t "baton-$target:$TAG" "$context" >/dev/null
 done
-say "images built: baton-{scheduler,worker,etcd,s3}:$TAG"
+say "images built: baton-{scheduler,worker,etcd,s3,runtime}:$TAG"

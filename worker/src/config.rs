@@ -33,6 +33,8 @@ pub struct WorkerConfig {
     /// Whether process tasks may run here (built-ins always may): a worker on a sensitive
     /// host runs only the built-in library.
     pub allow_process: bool,
+    /// Whether container tasks may run here, through the host's Docker engine.
+    pub allow_container: bool,
     /// Where the values of tasks' `{secret: NAME}` inputs come from.
     pub secrets: crate::secrets::Secrets,
     /// TLS to `https://` schedulers: their CA and, for mutual TLS, this worker's certificate.
@@ -54,6 +56,7 @@ impl Default for WorkerConfig {
             drain_timeout_ms: 30_000,
             token: None,
             allow_process: false,
+            allow_container: false,
             secrets: Default::default(),
             tls: Default::default(),
             health_file: None,

@@ -61,7 +61,8 @@ struct Args {
     #[arg(long, env = "BATON_TOKEN_FILE", conflicts_with = "token")]
     token_file: Option<std::path::PathBuf>,
     /// Kinds of task to run besides built-ins, comma-separated: `process` lets flows run
-    /// commands on this host. By default only the built-in library runs.
+    /// commands on this host, `container` in containers of its Docker engine. By default
+    /// only the built-in library runs.
     #[arg(long, env = "BATON_WORKER_ALLOW", value_delimiter = ',')]
     allow: Vec<String>,
     /// Where tasks' `{secret: NAME}` inputs are found besides BATON_SECRET_<NAME> variables
@@ -103,7 +104,7 @@ impl Args {
                 .collect()
         };
         let gpus = gpu::offered(&self.gpus).map_err(|e| format!("--gpus {}: {e}", self.gpus))?;
-        let mut allow_process = false;
+        let (mut allow_process, mut allow_container) = (false, false);
         for kind in self
             .allow
             .iter()
@@ -112,9 +113,10 @@ impl Args {
         {
             match kind {
                 baton_common::flow::PROCESS_EXECUTOR => allow_process = true,
+                baton_common::flow::CONTAINER_EXECUTOR => allow_container = true,
                 other => {
                     return Err(format!(
-                        "--allow: `{other}` is not a kind of task this worker can run (process)"
+                        "--allow: `{other}` is not a kind of task this worker can run (process, container)"
                     ))
                 }
             }
@@ -144,6 +146,7 @@ impl Args {
             drain_timeout_ms: self.drain_timeout_ms,
             token,
             allow_process,
+            allow_container,
             secrets: baton_worker::secrets::Secrets::from_env(self.secrets),
             tls: baton_client::tls::TlsFiles {
                 ca: self.tls_ca,

@@ -44,6 +44,8 @@ pub struct Grant {
     pub worker_has_gpus: bool,
     /// Whether a process task may run (the worker was started with `--allow process`).
     pub processes: bool,
+    /// The Docker engine for container tasks, when the worker allows them.
+    pub containers: Option<crate::executor::Containers>,
     /// Where its secret inputs come from.
     pub secrets: Secrets,
 }

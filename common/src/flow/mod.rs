@@ -11,6 +11,10 @@ pub use depth::MAX_FLOW_NESTING;
 
 /// The executor name a worker registers to run process tasks (`--allow process`).
 pub const PROCESS_EXECUTOR: &str = "process";
+/// The executor name a worker registers to run container tasks (`--allow container`).
+pub const CONTAINER_EXECUTOR: &str = "container";
+/// Every executor a worker may allow besides built-ins.
+pub const EXECUTORS: &[&str] = &[PROCESS_EXECUTOR, CONTAINER_EXECUTOR];
 /// The label the scheduler gives a worker that runs process tasks, and requires of every
 /// process task; workers may not claim labels with this prefix themselves.
 pub const EXECUTOR_LABEL_PREFIX: &str = "baton:";
@@ -182,6 +186,30 @@ pub enum TaskKind {
         #[serde(default, skip_serializing_if = "std::ops::Not::not")]
         aws_credentials: bool,
     },
+    /// A command in a container of `image`, through the worker's Docker engine, with the
+    /// same contract as a process: inputs as a JSON object on stdin, the last stdout line as
+    /// the JSON result, earlier lines and stderr as log lines.
+    Container {
+        image: String,
+        /// The command; none: the image's entrypoint and command.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        command: Option<String>,
+        #[serde(default)]
+        args: Vec<String>,
+        #[serde(default)]
+        env: BTreeMap<String, String>,
+        /// The working folder inside the container; none: the image's.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        workdir: Option<String>,
+        #[serde(default)]
+        pull: PullPolicy,
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        fatal_exit_codes: Vec<i32>,
+        /// Whether the worker's AWS credentials reach the container (as a file, not in its
+        /// configuration); by default they do not.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        aws_credentials: bool,
+    },
     /// A sub-flow: each task run starts a run of a registered flow with the task's inputs as
     /// its parameters, waits for it and yields the result of the child's task `result`.
     /// Run by the scheduler itself; the child's tasks go to workers by their own labels.
@@ -195,6 +223,31 @@ pub enum TaskKind {
         #[serde(default)]
         result: String,
     },
+}
+
+/// When a container task's image is pulled.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum PullPolicy {
+    /// Never: a missing image fails the attempt without retries.
+    Never,
+    /// Only when the worker's engine does not have it.
+    #[default]
+    IfMissing,
+    /// Before every attempt.
+    Always,
+}
+
+impl TaskKind {
+    /// The executor a worker must allow to run this kind (built-ins and sub-flows need
+    /// none).
+    pub fn executor(&self) -> Option<&'static str> {
+        match self {
+            TaskKind::Process { .. } => Some(PROCESS_EXECUTOR),
+            TaskKind::Container { .. } => Some(CONTAINER_EXECUTOR),
+            TaskKind::Builtin { .. } | TaskKind::Flow { .. } => None,
+        }
+    }
 }
 
 /// Where an input's value comes from.

@@ -2,8 +2,8 @@
 
 use super::validate::validate;
 use super::{
-    CacheSpec, FlowSpec, Input, ParamSpec, ResourceSpec, RetryPolicy, ScheduleSpec, TaskKind,
-    TaskSpec,
+    CacheSpec, FlowSpec, Input, ParamSpec, PullPolicy, ResourceSpec, RetryPolicy, ScheduleSpec,
+    TaskKind, TaskSpec,
 };
 use crate::{Error, Result};
 use serde::Deserialize;
@@ -26,6 +26,17 @@ struct RawFlow {
     tasks: Vec<Value>,
     #[serde(default)]
     schedule: Option<RawSchedule>,
+    /// Every process task of the flow runs in this image (Prefect's `DockerRun`).
+    #[serde(default)]
+    container: Option<RawFlowContainer>,
+}
+
+#[derive(Deserialize, Clone)]
+#[serde(deny_unknown_fields)]
+struct RawFlowContainer {
+    image: String,
+    #[serde(default)]
+    pull: PullPolicy,
 }
 
 #[derive(Deserialize)]
@@ -68,6 +79,8 @@ struct RawTask {
     #[serde(default)]
     process: Option<RawProcess>,
     #[serde(default)]
+    container: Option<RawContainer>,
+    #[serde(default)]
     subflow: Option<RawSubflow>,
     #[serde(default)]
     inputs: BTreeMap<String, Value>,
@@ -106,6 +119,26 @@ struct RawProcess {
     args: Vec<String>,
     #[serde(default)]
     env: BTreeMap<String, String>,
+    #[serde(default)]
+    fatal_exit_codes: Vec<i32>,
+    #[serde(default)]
+    aws_credentials: bool,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawContainer {
+    image: String,
+    #[serde(default)]
+    command: Option<String>,
+    #[serde(default)]
+    args: Vec<String>,
+    #[serde(default)]
+    env: BTreeMap<String, String>,
+    #[serde(default)]
+    workdir: Option<String>,
+    #[serde(default)]
+    pull: PullPolicy,
     #[serde(default)]
     fatal_exit_codes: Vec<i32>,
     #[serde(default)]
@@ -172,6 +205,7 @@ pub fn parse_flow(source: &str) -> Result<FlowSpec> {
         tasks.push(convert_task(
             raw_task,
             raw.project.as_deref().unwrap_or("default"),
+            raw.container.as_ref(),
         )?);
     }
     let parameters = raw
@@ -213,33 +247,56 @@ pub fn parse_flow(source: &str) -> Result<FlowSpec> {
     validate(spec)
 }
 
-fn convert_task(t: RawTask, project: &str) -> Result<TaskSpec> {
+fn convert_task(t: RawTask, project: &str, image: Option<&RawFlowContainer>) -> Result<TaskSpec> {
     let at = |field: &str, msg: String| invalid(format!("task `{}`: {field}: {msg}", t.name));
-    let kind = match (t.builtin, t.process, t.subflow) {
-        (Some(f), None, None) => TaskKind::Builtin { function: f },
-        (None, Some(p), None) => TaskKind::Process {
-            command: p.command,
-            args: p.args,
-            env: p.env,
-            fatal_exit_codes: p.fatal_exit_codes,
-            aws_credentials: p.aws_credentials,
+    let kind = match (t.builtin, t.process, t.container, t.subflow) {
+        (Some(f), None, None, None) => TaskKind::Builtin { function: f },
+        // The flow's image, when it names one, runs every process task (DockerRun).
+        (None, Some(p), None, None) => match image {
+            Some(c) => TaskKind::Container {
+                image: c.image.clone(),
+                command: Some(p.command),
+                args: p.args,
+                env: p.env,
+                workdir: None,
+                pull: c.pull,
+                fatal_exit_codes: p.fatal_exit_codes,
+                aws_credentials: p.aws_credentials,
+            },
+            None => TaskKind::Process {
+                command: p.command,
+                args: p.args,
+                env: p.env,
+                fatal_exit_codes: p.fatal_exit_codes,
+                aws_credentials: p.aws_credentials,
+            },
         },
-        (None, None, Some(f)) => TaskKind::Flow {
+        (None, None, Some(c), None) => TaskKind::Container {
+            image: c.image,
+            command: c.command,
+            args: c.args,
+            env: c.env,
+            workdir: c.workdir,
+            pull: c.pull,
+            fatal_exit_codes: c.fatal_exit_codes,
+            aws_credentials: c.aws_credentials,
+        },
+        (None, None, None, Some(f)) => TaskKind::Flow {
             project: f.project.unwrap_or_else(|| project.to_string()),
             flow: f.flow,
             version: f.version,
             result: f.result,
         },
-        (None, None, None) => {
+        (None, None, None, None) => {
             return Err(at(
                 "kind",
-                "missing task kind: give `builtin: FUNCTION`, `process: {command: ...}` or `subflow: {flow: ...}`".into(),
+                "missing task kind: give `builtin: FUNCTION`, `process: {command: ...}`, `container: {image: ...}` or `subflow: {flow: ...}`".into(),
             ))
         }
         _ => {
             return Err(at(
                 "kind",
-                "give one of `builtin`, `process` or `subflow`, not several".into(),
+                "give one of `builtin`, `process`, `container` or `subflow`, not several".into(),
             ))
         }
     };
@@ -379,4 +436,83 @@ fn name_of(v: &Value, field: &str) -> std::result::Result<String, String> {
     v.as_str()
         .map(str::to_string)
         .ok_or_else(|| format!("`{field}` must be a task name, got {v}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_flow;
+    use crate::flow::{PullPolicy, TaskKind, CONTAINER_EXECUTOR, PROCESS_EXECUTOR};
+
+    #[test]
+    fn container_tasks_and_a_flow_image_for_every_process_task() {
+        let spec = parse_flow(
+            r#"
+name: c
+tasks:
+  - name: a
+    container: {image: "python:3.11-slim", command: python3, args: ["-c", "print(1)"], pull: never, workdir: /app}
+  - name: b
+    container: {image: "busybox"}
+  - name: p
+    process: {command: sh}
+"#,
+        )
+        .expect("parsed");
+        match &spec.tasks[0].kind {
+            TaskKind::Container {
+                image,
+                command,
+                pull,
+                workdir,
+                ..
+            } => {
+                assert_eq!(image, "python:3.11-slim");
+                assert_eq!(command.as_deref(), Some("python3"));
+                assert_eq!(*pull, PullPolicy::Never);
+                assert_eq!(workdir.as_deref(), Some("/app"));
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(
+            &spec.tasks[1].kind,
+            TaskKind::Container {
+                command: None,
+                pull: PullPolicy::IfMissing,
+                ..
+            }
+        ));
+        assert_eq!(spec.tasks[1].kind.executor(), Some(CONTAINER_EXECUTOR));
+        assert_eq!(spec.tasks[2].kind.executor(), Some(PROCESS_EXECUTOR));
+
+        // DockerRun: the flow's image runs its process tasks.
+        let spec = parse_flow(
+            "name: d\ncontainer: {image: baton-ridge:local, pull: never}\ntasks:\n  - name: p\n    process: {command: python3, args: [train.py]}\n  - name: q\n    builtin: noop\n",
+        )
+        .expect("parsed");
+        match &spec.tasks[0].kind {
+            TaskKind::Container {
+                image,
+                command,
+                args,
+                pull,
+                ..
+            } => {
+                assert_eq!(image, "baton-ridge:local");
+                assert_eq!(command.as_deref(), Some("python3"));
+                assert_eq!(args, &["train.py".to_string()]);
+                assert_eq!(*pull, PullPolicy::Never);
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(spec.tasks[1].kind, TaskKind::Builtin { .. }));
+
+        for bad in [
+            "name: e\ntasks:\n  - name: a\n    container: {image: \"\"}\n",
+            "name: e\ntasks:\n  - name: a\n    container: {image: \"a b\"}\n",
+            "name: e\ntasks:\n  - name: a\n    container: {image: x, pull: sometimes}\n",
+            "name: e\ntasks:\n  - name: a\n    container: {image: x}\n    process: {command: sh}\n",
+        ] {
+            assert!(parse_flow(bad).is_err(), "{bad}");
+        }
+    }
 }

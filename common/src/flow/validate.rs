@@ -74,6 +74,20 @@ fn check_task(spec: &FlowSpec, names: &HashSet<&str>, t: &TaskSpec) -> Result<()
             return Err(at("process.command", "must not be empty".into()));
         }
     }
+    if let TaskKind::Container { image, command, .. } = &t.kind {
+        if image.trim().is_empty() || image.len() > 512 || image.chars().any(char::is_whitespace) {
+            return Err(at(
+                "container.image",
+                "must be an image reference (up to 512 characters, no spaces)".into(),
+            ));
+        }
+        if command.as_deref().is_some_and(|c| c.trim().is_empty()) {
+            return Err(at(
+                "container.command",
+                "must not be empty when given".into(),
+            ));
+        }
+    }
     if let TaskKind::Flow {
         project,
         flow,

@@ -56,12 +56,12 @@ impl CompiledFlow {
             .iter()
             .map(|t| {
                 let mut l: Vec<String> = spec.labels.iter().chain(&t.labels).cloned().collect();
-                if matches!(t.kind, baton_common::flow::TaskKind::Process { .. }) {
-                    // Only workers started with `--allow process` run commands.
+                if let Some(executor) = t.kind.executor() {
+                    // Only workers started with `--allow process` (or `container`) run
+                    // commands (or containers).
                     l.push(format!(
-                        "{}{}",
-                        baton_common::flow::EXECUTOR_LABEL_PREFIX,
-                        baton_common::flow::PROCESS_EXECUTOR
+                        "{}{executor}",
+                        baton_common::flow::EXECUTOR_LABEL_PREFIX
                     ));
                 }
                 l.sort();

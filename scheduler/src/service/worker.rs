@@ -8,7 +8,7 @@ use crate::auth::Identity;
 use crate::engine::Gpu;
 use crate::engine::WorkerRegistration;
 use crate::leadership::Roles;
-use baton_common::flow::{ResourceSpec, EXECUTOR_LABEL_PREFIX, MAX_GPUS, PROCESS_EXECUTOR};
+use baton_common::flow::{ResourceSpec, EXECUTORS, EXECUTOR_LABEL_PREFIX, MAX_GPUS};
 use baton_common::ids::{AttemptKey, WorkerId};
 use baton_proto as pb;
 use pb::worker_message::Msg as Up;
@@ -70,13 +70,15 @@ fn registration(r: pb::Register, address: String) -> Result<WorkerRegistration, 
     }
     let mut labels = r.labels;
     for executor in &r.executors {
-        if executor != PROCESS_EXECUTOR {
+        if !EXECUTORS.contains(&executor.as_str()) {
             return Err(Status::invalid_argument(format!(
-                "register: unknown executor `{}` (known: {PROCESS_EXECUTOR})",
-                quote(executor)
+                "register: unknown executor `{}` (known: {})",
+                quote(executor),
+                EXECUTORS.join(", ")
             )));
         }
-        // Process tasks require this label: only workers that allow them get them.
+        // Process and container tasks require this label: only workers that allow them get
+        // them.
         labels.push(format!("{EXECUTOR_LABEL_PREFIX}{executor}"));
     }
     let res = r.resources.unwrap_or_default();

@@ -11,6 +11,7 @@ mod auth;
 mod bad_input;
 mod caching;
 mod cli;
+mod containers;
 mod dev;
 mod durability;
 mod faults;

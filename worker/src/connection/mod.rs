@@ -45,8 +45,28 @@ pub async fn run(config: WorkerConfig, shutdown: CancellationToken) -> Result<()
         slots = config.slots,
         "worker starting"
     );
+    let containers = if config.allow_container {
+        let c = crate::executor::Containers::connect(&config.id)
+            .await
+            .map_err(|e| crate::error::Error::config("allow", format!("container: {e}")))?;
+        // Containers a previous life of this worker left (killed with -9) go first.
+        match c.remove_left_over().await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(
+                containers = n,
+                "removed containers a previous run of this worker left"
+            ),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot look for containers left by a previous run")
+            }
+        }
+        Some(c)
+    } else {
+        None
+    };
     let mut dialer = Dialer::new(config.schedulers.clone());
     let (mut worker, mut inbox) = Worker::new(config);
+    worker.containers = containers;
     let mut backoff = Backoff::default();
     loop {
         let address = dialer.next();
@@ -132,6 +152,8 @@ struct Worker {
     gpu_waiting: Vec<proto::Assign>,
     /// Touched while a leader is heard from, when configured.
     health: Option<crate::health::HealthFile>,
+    /// The Docker engine, when container tasks are allowed.
+    containers: Option<crate::executor::Containers>,
 }
 
 impl Worker {
@@ -144,6 +166,7 @@ impl Worker {
             .map(crate::health::HealthFile::new);
         let worker = Worker {
             health,
+            containers: None,
             config,
             running: HashMap::new(),
             unacked: HashMap::new(),

@@ -278,11 +278,14 @@ impl Worker {
                 .collect(),
             max_epoch: self.max_epoch,
             gpus_held: self.gpus_held(),
-            executors: if c.allow_process {
-                vec![baton_common::flow::PROCESS_EXECUTOR.to_string()]
-            } else {
-                Vec::new()
-            },
+            executors: [
+                (c.allow_process, baton_common::flow::PROCESS_EXECUTOR),
+                (c.allow_container, baton_common::flow::CONTAINER_EXECUTOR),
+            ]
+            .into_iter()
+            .filter(|(allowed, _)| *allowed)
+            .map(|(_, name)| name.to_string())
+            .collect(),
         }
     }
 
@@ -520,6 +523,7 @@ impl Worker {
             pinned: pinned.into(),
             worker_has_gpus: !self.config.gpus.is_empty(),
             processes: self.config.allow_process,
+            containers: self.containers.clone(),
             secrets: self.config.secrets.clone(),
         };
         let span = tracing::info_span!(

@@ -186,6 +186,7 @@ impl Harness {
             drain_timeout_ms,
             token: None,
             allow_process: true,
+            allow_container: false,
             secrets: Default::default(),
             tls: Default::default(),
             health_file: Some(dir.path().join("health")),

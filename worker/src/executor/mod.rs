@@ -2,10 +2,12 @@
 //! built-in function or a process) under the attempt's timeout and cancellation, writes the
 //! result to the store under the attempt's own key and builds the `Finished` message.
 
+mod container;
 #[cfg(test)]
 mod fuzz;
 mod process;
 
+pub use container::{Containers, WORKER_LABEL as CONTAINER_WORKER_LABEL};
 pub use process::kill_all_groups;
 
 use crate::secrets::Redactor;
@@ -49,6 +51,9 @@ pub struct Job {
     pub secrets: BTreeMap<String, String>,
     /// `BATON_SECRET_<NAME>` → value of the resolved secrets, for a process's environment.
     pub secret_env: BTreeMap<String, String>,
+    /// Slots and memory (MiB) granted, for a container's limits.
+    pub slots: u32,
+    pub memory_mb: u64,
 }
 
 impl Job {
@@ -72,6 +77,8 @@ impl Job {
             scheduled_start_ms: assign.scheduled_start_ms,
             secrets,
             secret_env: BTreeMap::new(),
+            slots: assign.resources.as_ref().map_or(1, |r| r.slots),
+            memory_mb: assign.resources.as_ref().map_or(0, |r| r.memory_mb),
         })
     }
 }
@@ -225,6 +232,40 @@ async fn run_body(job: &Job, ctx: &TaskContext) -> TaskResult {
                 withheld: &withheld,
             };
             process::run(cmd, fatal_exit_codes, &job.inputs, ctx).await
+        }
+        TaskKind::Container {
+            image,
+            command,
+            args,
+            env,
+            workdir,
+            pull,
+            fatal_exit_codes,
+            aws_credentials,
+        } => {
+            let mut env = env.clone();
+            env.extend(process::baton_env(ctx));
+            env.extend(job.secret_env.iter().map(|(k, v)| (k.clone(), v.clone())));
+            // Where the result store is, for a task that writes artifacts (settings, not
+            // credentials: those come as a file, when asked for).
+            for name in ["AWS_REGION", "BATON_S3_ENDPOINT", "BATON_S3_PATH_STYLE"] {
+                if let Ok(v) = std::env::var(name) {
+                    env.entry(name.to_string()).or_insert(v);
+                }
+            }
+            let spec = container::Spec {
+                image,
+                command: command.as_deref(),
+                args,
+                env,
+                workdir: workdir.as_deref(),
+                pull: *pull,
+                fatal_exit_codes,
+                aws_credentials: *aws_credentials,
+                cpus: job.slots,
+                memory_mb: job.memory_mb,
+            };
+            container::run(spec, &job.inputs, ctx).await
         }
         TaskKind::Flow { .. } => Err(TaskError::fatal(
             "a sub-flow task is run by the scheduler, not by a worker",

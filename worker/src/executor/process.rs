@@ -96,6 +96,27 @@ pub(super) struct Command<'a> {
     pub withheld: &'a [String],
 }
 
+/// The variables baton gives every process and container task: who it is and where its
+/// results and artifacts go.
+pub(super) fn baton_env(ctx: &TaskContext) -> Vec<(String, String)> {
+    let key = &ctx.key;
+    [
+        ("BATON_RUN_ID", key.run.clone()),
+        ("BATON_TASK", key.task.clone()),
+        ("BATON_MAP_INDEX", key.map_index.to_string()),
+        ("BATON_ATTEMPT", key.attempt.to_string()),
+        ("BATON_RESULT_STORE", ctx.store.root_uri()),
+        ("BATON_ARTIFACT_PREFIX", key.artifact_prefix()),
+        (
+            "BATON_SCHEDULED_START_MS",
+            ctx.scheduled_start_ms.to_string(),
+        ),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v))
+    .collect()
+}
+
 /// Runs the command and returns the JSON value of its last non-empty stdout line.
 pub(super) async fn run(
     cmd: Command<'_>,
@@ -109,22 +130,8 @@ pub(super) async fn run(
         env,
         withheld,
     } = cmd;
-    let key = &ctx.key;
     let mut env = env.clone();
-    for (name, value) in [
-        ("BATON_RUN_ID", key.run.clone()),
-        ("BATON_TASK", key.task.clone()),
-        ("BATON_MAP_INDEX", key.map_index.to_string()),
-        ("BATON_ATTEMPT", key.attempt.to_string()),
-        ("BATON_RESULT_STORE", ctx.store.root_uri()),
-        ("BATON_ARTIFACT_PREFIX", key.artifact_prefix()),
-        (
-            "BATON_SCHEDULED_START_MS",
-            ctx.scheduled_start_ms.to_string(),
-        ),
-    ] {
-        env.insert(name.to_string(), value);
-    }
+    env.extend(baton_env(ctx));
     for (name, value) in crate::gpu::task_env(&ctx.grant.pinned, ctx.grant.worker_has_gpus) {
         env.insert(name.to_string(), value);
     }
