@@ -93,4 +93,7 @@ for target in runtime etcd s3 scheduler worker; do
     --build-arg "BASE=$base" --build-arg "VERSION=$version" \
     -t "baton-$target:$TAG" "$context" >/dev/null
 done
-say "images built: baton-{scheduler,worker,etcd,s3,runtime}:$TAG"
+# The docker example's image (examples/docker): Python with the ridge training code.
+say "image baton-ridge:$TAG (base $base)"
+docker build -q --build-arg "BASE=$base" -t "baton-ridge:$TAG" examples/docker >/dev/null
+say "images built: baton-{scheduler,worker,etcd,s3,runtime,ridge}:$TAG"

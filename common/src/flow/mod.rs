@@ -37,6 +37,7 @@ pub const BUILTINS: &[&str] = &[
     "train_ridge",
     "evaluate",
     "cleanup",
+    "read_csv",
     "ridge_benchmark",
 ];
 

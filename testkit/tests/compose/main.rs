@@ -66,6 +66,16 @@ async fn finished(client: &Client, run: &str, c: &ComposeCluster) -> anyhow::Res
     Ok(done)
 }
 
+/// The `evaluate` scores of a ridge sweep's task runs, by alpha.
+fn scores_of(trs: &[pb::TaskRun]) -> anyhow::Result<BTreeMap<String, f64>> {
+    let mut out = BTreeMap::new();
+    for t in trs.iter().filter(|t| t.task == "evaluate") {
+        let v: serde_json::Value = serde_json::from_str(&t.value)?;
+        out.insert(v["alpha"].to_string(), v["r2"].as_f64().unwrap_or(f64::NAN));
+    }
+    Ok(out)
+}
+
 /// Every task run of `run` completed with one result, and the fan-out's total is right.
 async fn check_fan_out(client: &Client, run: &str, n: usize) -> anyhow::Result<()> {
     let trs = client.task_runs(run, true).await?;
@@ -114,6 +124,22 @@ async fn the_compose_cluster_runs_survives_faults_and_keeps_its_data() -> anyhow
     assert!(uri.starts_with("s3://baton/cluster/results/"), "{uri}");
     let stored: serde_json::Value = serde_json::from_slice(&s3.get(&uri).await?)?;
     assert!(stored["r2"].as_f64().is_some_and(|r2| r2 > 0.5), "{stored}");
+
+    // The docker example: each child flow trains in a container that the `docker` worker
+    // starts on the host's engine; the scores are the single-flow sweep's.
+    let read = |path: &str| {
+        std::fs::read_to_string(format!("{}/../examples/{path}", env!("CARGO_MANIFEST_DIR")))
+    };
+    client
+        .register_flow(read("docker/train_model.yaml")?)
+        .await?;
+    let docker = start(&client, read("docker/ridge_sweep.yaml")?).await?;
+    finished(&client, &docker.id, &c).await?;
+    let in_containers = scores_of(&client.task_runs(&docker.id, true).await?)?;
+    assert_eq!(in_containers.len(), 6);
+    for (alpha, r2) in scores_of(&trs)? {
+        assert!((in_containers[&alpha] - r2).abs() < 1e-9, "alpha {alpha}");
+    }
 
     // `docker kill` of the leader's container with a run in flight: another replica takes
     // over at a higher epoch and the run completes, every task run with one result.

@@ -207,3 +207,61 @@ async fn container_tasks_wait_for_a_worker_that_allows_them() -> anyhow::Result<
     assert!(t.error.contains("unrunnable"), "{}", t.error);
     Ok(())
 }
+
+/// The docker example (examples/docker): the flow of flows whose child trains in a container
+/// of baton-ridge:local scores the six models exactly as the single-flow sweep does for the
+/// same seed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_docker_example_scores_as_the_single_flow_sweep() -> anyhow::Result<()> {
+    image_present()?;
+    let mut cluster = Cluster::start(&[]).await?;
+    cluster.add_worker("trainer", "local,trainer", 4)?;
+    cluster.add_worker_with("docker", "docker", 2, &["--allow", "container"], &[])?;
+    let c = Client::connect(&cluster.url()).await?;
+    let read = |path: &str| {
+        std::fs::read_to_string(format!("{}/../examples/{path}", env!("CARGO_MANIFEST_DIR")))
+    };
+    c.register_flow(read("docker/train_model.yaml")?).await?;
+    let scores = |trs: Vec<pb::TaskRun>| -> anyhow::Result<BTreeMap<String, f64>> {
+        let mut out = BTreeMap::new();
+        for t in trs.iter().filter(|t| t.task == "evaluate") {
+            let v: serde_json::Value = serde_json::from_str(&t.value)?;
+            let alpha = v["alpha"].to_string();
+            out.insert(alpha, v["r2"].as_f64().unwrap_or(f64::NAN));
+        }
+        Ok(out)
+    };
+    let docker = start(&c, &read("docker/ridge_sweep.yaml")?).await?;
+    let done = tokio::time::timeout(Duration::from_secs(120), c.wait(&docker.id)).await??;
+    cluster.assert_completed(&done);
+    let single = start(&c, &read("ridge_sweep.yaml")?).await?;
+    let done = tokio::time::timeout(Duration::from_secs(120), c.wait(&single.id)).await??;
+    cluster.assert_completed(&done);
+    let in_containers = scores(c.task_runs(&docker.id, true).await?)?;
+    let built_in = scores(c.task_runs(&single.id, true).await?)?;
+    assert_eq!(in_containers.len(), 6, "{in_containers:?}");
+    assert_eq!(
+        in_containers.keys().collect::<Vec<_>>(),
+        built_in.keys().collect::<Vec<_>>()
+    );
+    for (alpha, r2) in &in_containers {
+        let expected = built_in[alpha];
+        assert!(
+            (r2 - expected).abs() < 1e-9,
+            "alpha {alpha}: {r2} in a container, {expected} built in"
+        );
+    }
+    // Each child ran its training in a container on the docker worker.
+    let children: Vec<pb::FlowRun> = c
+        .list_runs(0)
+        .await?
+        .into_iter()
+        .filter(|r| r.flow == "ridge_train_docker")
+        .collect();
+    assert_eq!(children.len(), 6);
+    for child in &children {
+        let fit = task(&c, &child.id, "fit").await?;
+        assert_eq!(fit.worker, "docker", "{fit:?}");
+    }
+    Ok(())
+}

@@ -1,5 +1,6 @@
 //! The machine-learning built-ins: `generate_dataset`, `train_test_split`, `train_ridge`,
-//! `evaluate` and `cleanup`, passing CSV and JSON artifacts through the result store.
+//! `evaluate`, `cleanup` and `read_csv`, passing CSV and JSON artifacts through the result
+//! store.
 
 use super::inputs::Inputs;
 use super::{blocking, dataset, device, ridge, store_error};
@@ -155,6 +156,17 @@ pub(super) async fn train_ridge(inputs: Value, ctx: &TaskContext) -> TaskResult 
     let model_uri = put_artifact(F, ctx, "model.json", bytes, "application/json").await?;
     tracing::info!(alpha, model = %model_uri, device = %on, "trained a ridge model");
     Ok(Value::String(model_uri))
+}
+
+/// `read_csv`: the rows of the numeric CSV at `location` (a dataset or a split), as lists of
+/// numbers, for tasks that take their data inline (a container that reads no store).
+pub(super) async fn read_csv(inputs: Value, ctx: &TaskContext) -> TaskResult {
+    const F: &str = "read_csv";
+    let inputs = Inputs::new(F, inputs)?;
+    let uri = inputs.location("location")?;
+    let text = read_text(F, ctx, "location", &uri).await?;
+    let rows = blocking(F, move || parse_rows(F, "location", &uri, &text)).await?;
+    Ok(json!(rows))
 }
 
 /// `evaluate`: R² of `model` on `test`; returns `{"alpha", "r2"}`.

@@ -39,6 +39,7 @@ pub async fn run_builtin(
         "train_ridge" => ml::train_ridge(inputs, ctx).await,
         "evaluate" => ml::evaluate(inputs, ctx).await,
         "cleanup" => ml::cleanup(inputs, ctx).await,
+        "read_csv" => ml::read_csv(inputs, ctx).await,
         "ridge_benchmark" => bench::ridge_benchmark(inputs, ctx).await,
         other => Err(TaskError::fatal(format!(
             "unknown built-in function `{other}`"
