@@ -73,7 +73,11 @@ async fn container_tasks_keep_the_process_contract_and_leave_nothing_behind() ->
 {
     image_present()?;
     let mut cluster = Cluster::start(&[]).await?;
-    cluster.add_worker_with("docker-1", "docker", 2, &["--allow", "container"], &[])?;
+    let aws = [
+        ("AWS_ACCESS_KEY_ID", "AKIDCONTAINERTEST"),
+        ("AWS_SECRET_ACCESS_KEY", "container-secret-5e1f"),
+    ];
+    cluster.add_worker_with("docker-1", "docker", 2, &["--allow", "container"], &aws)?;
     let c = Client::connect(&cluster.url()).await?;
 
     // Inputs on stdin, logs from stdout and stderr, the last stdout line the result; the
@@ -105,6 +109,20 @@ tasks:
     assert!(out.contains(r#"got {"n":7}"#), "{out}");
     assert!(out.contains("task=square greeting=hello"), "{out}");
     assert!(containers_of(&run.id)?.is_empty());
+
+    // The worker's AWS credentials reach a container that asks for them as a file, not in
+    // its configuration (its environment, which `docker inspect` shows); one that does not
+    // ask gets neither.
+    let asks = r#"cat >/dev/null; k=$(grep -c container-secret-5e1f "$AWS_SHARED_CREDENTIALS_FILE"); e=$(env | grep -c container-secret-5e1f); echo "[$k, $e]""#;
+    let does_not = r#"cat >/dev/null; echo "\"${AWS_SHARED_CREDENTIALS_FILE:-none}\"""#;
+    let flow = format!(
+        "name: credentials\ntasks:\n  - name: asks\n    container: {{image: {IMAGE}, command: /bin/sh, args: [\"-c\", {asks:?}], aws_credentials: true, pull: never}}\n    labels: [docker]\n  - name: does_not\n    container: {{image: {IMAGE}, command: /bin/sh, args: [\"-c\", {does_not:?}], pull: never}}\n    labels: [docker]\n"
+    );
+    let run = start(&c, &flow).await?;
+    let done = tokio::time::timeout(Duration::from_secs(60), c.wait(&run.id)).await??;
+    cluster.assert_completed(&done);
+    assert_eq!(task(&c, &run.id, "asks").await?.value, "[1,0]");
+    assert_eq!(task(&c, &run.id, "does_not").await?.value, "\"none\"");
 
     // A missing image with `pull: never` fails at once, without retries.
     let flow = r#"
@@ -139,9 +157,24 @@ tasks:
     })
     .await?;
 
-    let run = start(&c, &sleeper("cancelled", "")).await?;
+    let run = start(
+        &c,
+        &sleeper("cancelled", "    resources: {slots: 2, memory_mb: 64}\n"),
+    )
+    .await?;
     running(&c, &run.id, "t").await?;
     container_up(&run.id).await?;
+    // The task's resources are the container's limits, and its labels name the attempt.
+    let id = containers_of(&run.id)?.remove(0);
+    let out = Command::new("docker")
+        .args(["inspect", "--format"])
+        .arg("{{.HostConfig.NanoCpus}} {{.HostConfig.Memory}} {{index .Config.Labels \"dev.baton.worker\"}} {{index .Config.Labels \"dev.baton.task\"}} {{index .Config.Labels \"dev.baton.attempt\"}}")
+        .arg(&id)
+        .output()?;
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        format!("2000000000 {} docker-1 t 1", 64 << 20)
+    );
     c.cancel_run(&run.id).await?;
     tokio::time::timeout(Duration::from_secs(60), c.wait(&run.id)).await??;
     baton_testkit::eventually(Duration::from_secs(10), "the container gone", || async {
