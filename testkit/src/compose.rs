@@ -18,6 +18,8 @@ pub struct ComposeCluster {
     /// Published ports of scheduler1..3, and of the S3 server.
     pub scheduler_ports: [u16; 3],
     pub s3_port: u16,
+    /// The client's TLS files, copied out of the secrets volume.
+    tls_dir: tempfile::TempDir,
 }
 
 /// The images the compose file runs.
@@ -81,6 +83,7 @@ impl ComposeCluster {
             file,
             scheduler_ports: [free_port()?, free_port()?, free_port()?],
             s3_port: free_port()?,
+            tls_dir: tempfile::tempdir()?,
         };
         c.start()?;
         Ok(c)
@@ -117,12 +120,27 @@ impl ComposeCluster {
         self.run(&["down"]).map(drop)
     }
 
-    /// The scheduler addresses published on the host.
+    /// The scheduler addresses published on the host (mutual TLS: see
+    /// [`ComposeCluster::client_tls`]).
     pub fn urls(&self) -> Vec<String> {
         self.scheduler_ports
             .iter()
-            .map(|p| format!("http://127.0.0.1:{p}"))
+            .map(|p| format!("https://127.0.0.1:{p}"))
             .collect()
+    }
+
+    /// The CA and the client certificate that `setup` made, copied out of the secrets
+    /// volume.
+    pub fn client_tls(&self) -> anyhow::Result<baton_client::tls::TlsFiles> {
+        let dir = self.tls_dir.path();
+        for name in ["ca.pem", "client.pem", "client.key"] {
+            std::fs::write(dir.join(name), self.secret(&format!("tls/{name}"))? + "\n")?;
+        }
+        Ok(baton_client::tls::TlsFiles {
+            ca: Some(dir.join("ca.pem")),
+            cert: Some(dir.join("client.pem")),
+            key: Some(dir.join("client.key")),
+        })
     }
 
     /// A file of the `secrets` volume, read through scheduler1's container.

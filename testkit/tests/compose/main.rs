@@ -19,11 +19,12 @@ use support::{fan_out, fan_out_total};
 
 /// Who leads now, as the compose service name (`scheduler2`), and the epoch.
 async fn leader(c: &ComposeCluster) -> Option<(String, u64)> {
+    let tls = c.client_tls().ok()?;
     for url in c.urls() {
-        if let Some(info) = baton_testkit::ha::leader_info(&url).await {
+        if let Some(info) = baton_testkit::ha::leader_info_with(&url, Some(&tls)).await {
             let service = info
                 .leader_address
-                .trim_start_matches("http://")
+                .trim_start_matches("https://")
                 .split(':')
                 .next()
                 .unwrap_or_default()
@@ -94,8 +95,23 @@ async fn check_fan_out(client: &Client, run: &str, n: usize) -> anyhow::Result<(
 async fn the_compose_cluster_runs_survives_faults_and_keeps_its_data() -> anyhow::Result<()> {
     let c = ComposeCluster::up("baton-compose")?;
     wait_leader(&c, None).await?;
+    // Mutual TLS on the published ports: neither plaintext nor TLS without a client
+    // certificate gets an answer.
+    let url = c.urls()[0].clone();
+    let plain = url.replacen("https://", "http://", 1);
+    assert!(baton_testkit::ha::leader_info(&plain).await.is_none());
+    let without_cert = baton_client::tls::TlsFiles {
+        cert: None,
+        key: None,
+        ..c.client_tls()?
+    };
+    assert!(
+        baton_testkit::ha::leader_info_with(&url, Some(&without_cert))
+            .await
+            .is_none()
+    );
     let token = c.secret("admin.token")?;
-    let client = Client::connect_with(&c.urls(), Some(&token), None).await?;
+    let client = Client::connect_with(&c.urls(), Some(&token), Some(c.client_tls()?)).await?;
 
     // The ridge sweep, through the published ports, with its results in the S3 server.
     let source = std::fs::read_to_string(concat!(
@@ -186,7 +202,7 @@ async fn the_compose_cluster_runs_survives_faults_and_keeps_its_data() -> anyhow
     c.down()?;
     c.start()?;
     wait_leader(&c, None).await?;
-    let client = Client::connect_with(&c.urls(), Some(&token), None).await?;
+    let client = Client::connect_with(&c.urls(), Some(&token), Some(c.client_tls()?)).await?;
     let runs = client.list_runs(0).await?;
     assert_eq!(runs.len(), runs_before);
     assert!(runs
