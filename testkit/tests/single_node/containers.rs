@@ -298,3 +298,26 @@ async fn the_docker_example_scores_as_the_single_flow_sweep() -> anyhow::Result<
     }
     Ok(())
 }
+
+/// A worker that hears from no scheduler for its leader lease stops its containers, as it
+/// stops processes (the leader will have re-dispatched the attempts).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_that_loses_its_scheduler_removes_its_containers() -> anyhow::Result<()> {
+    image_present()?;
+    let mut cluster = Cluster::start(&[]).await?;
+    let lease = ["--allow", "container", "--leader-lease-ms", "3000"];
+    cluster.add_worker_with("docker-lonely", "docker", 2, &lease, &[])?;
+    let c = Client::connect(&cluster.url()).await?;
+    let flow = format!(
+        "name: lonely\ntasks:\n  - name: t\n    container: {{image: {IMAGE}, command: sleep, args: [\"600\"], pull: never}}\n    labels: [docker]\n"
+    );
+    let run = start(&c, &flow).await?;
+    running(&c, &run.id, "t").await?;
+    container_up(&run.id).await?;
+    cluster.scheduler.kill9();
+    baton_testkit::eventually(Duration::from_secs(20), "the container gone", || async {
+        containers_of(&run.id).ok()?.is_empty().then_some(())
+    })
+    .await?;
+    Ok(())
+}
