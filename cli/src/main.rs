@@ -220,6 +220,20 @@ fn main() {
 async fn cli_main() {
     baton_common::telemetry::init("warn");
     let cli = Cli::parse();
+    let in_process_workers = match &cli.cmd {
+        Cmd::Dev { .. } => true,
+        Cmd::Run(args) => args.is_embedded(),
+        _ => false,
+    };
+    if !in_process_workers {
+        // Like other Unix tools, end quietly when the reader of stdout goes away
+        // (`baton show RUN | head -1`) instead of failing a write. Not with workers in this
+        // process: a task's closed pipe must not end them.
+        // SAFETY: restores the default action of one signal before other threads write.
+        unsafe {
+            libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+        }
+    }
     let code = match execute(cli).await {
         Ok(code) => code,
         Err(e) => {

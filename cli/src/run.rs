@@ -20,7 +20,8 @@ pub struct RunArgs {
     /// With --flow: the version to run [default: the latest].
     #[arg(long, default_value_t = 0, requires = "flow")]
     version: u32,
-    /// A parameter value as NAME=VALUE; VALUE is JSON, or else taken as a string.
+    /// A parameter value as NAME=VALUE; VALUE is JSON, or else taken as a string (a VALUE
+    /// that starts with `[`, `{` or `"` must be valid JSON).
     #[arg(long = "param", short = 'p')]
     params: Vec<String>,
     /// Print task state changes while the run goes on.
@@ -50,6 +51,13 @@ pub struct RunArgs {
     data: PathBuf,
 }
 
+impl RunArgs {
+    /// Whether the run is on an embedded cluster (whose workers run tasks in this process).
+    pub fn is_embedded(&self) -> bool {
+        self.embedded
+    }
+}
+
 #[cfg(test)]
 impl RunArgs {
     pub fn priority(&self) -> i32 {
@@ -65,6 +73,13 @@ fn parse_params(raw: &[String]) -> anyhow::Result<BTreeMap<String, String>> {
             .with_context(|| format!("parameter `{p}` must look like NAME=VALUE"))?;
         let json = match serde_json::from_str::<serde_json::Value>(v) {
             Ok(_) => v.to_string(),
+            // What starts like a JSON list, object or string must be JSON: a typo there
+            // must not quietly become a string.
+            Err(e) if v.trim_start().starts_with(['[', '{', '"']) => anyhow::bail!(
+                "parameter `{k}`: `{v}` is not valid JSON ({e}); to pass it as a string, \
+                 give it as a JSON string: {k}='{}'",
+                serde_json::Value::String(v.to_string())
+            ),
             Err(_) => serde_json::Value::String(v.to_string()).to_string(),
         };
         out.insert(k.to_string(), json);

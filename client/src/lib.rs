@@ -34,8 +34,10 @@ pub const DEFAULT_RETRY_FOR: Duration = Duration::from_secs(30);
 pub enum ClientError {
     #[error("cannot connect to the scheduler at {addr}: {reason}")]
     Connect { addr: String, reason: String },
+    /// The server's answer. Its code and message are the whole error: the status is not a
+    /// `source`, so a chain of causes (`{:#}`) does not print them twice.
     #[error("{}: {}", .0.code(), .0.message())]
-    Status(#[from] tonic::Status),
+    Status(tonic::Status),
     #[error("invalid address `{0}`")]
     Address(String),
     #[error("`{0}` asks for TLS: give the CA that signs the scheduler's certificate (--tls-ca, BATON_TLS_CA)")]
@@ -44,6 +46,12 @@ pub enum ClientError {
     TlsFiles(String),
     #[error("the token is not a valid header value (printable ASCII)")]
     Token,
+}
+
+impl From<tonic::Status> for ClientError {
+    fn from(s: tonic::Status) -> Self {
+        ClientError::Status(s)
+    }
 }
 
 /// A connection to a baton cluster; cheap to clone (clones share the connections and what

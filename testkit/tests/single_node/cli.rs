@@ -78,3 +78,62 @@ async fn the_cli_runs_shows_and_reads_results() -> anyhow::Result<()> {
     assert!(err.contains("invalid flow"), "{err}");
     Ok(())
 }
+
+/// `baton show RUN | head -1` ends quietly (no panic, no "Broken pipe" error); a server's
+/// error is printed once; a parameter that starts like JSON but is not JSON is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_ends_quietly_on_a_closed_pipe_and_says_errors_once() -> anyhow::Result<()> {
+    use std::io::Read;
+    use std::os::unix::process::ExitStatusExt;
+    let mut cluster = Cluster::start(&[]).await?;
+    cluster.add_worker("pipe-w", "local", 4)?;
+    let flow = cluster.dir.path().join("wide.yaml");
+    std::fs::write(
+        &flow,
+        "name: wide\ntasks:\n  - {name: items, builtin: range, inputs: {n: 3000}}\n  - {name: each, builtin: echo, inputs: {value: {result: items}}, map: [value]}\n",
+    )?;
+    let (code, out, err) = baton(&cluster, &["run", &flow.display().to_string(), "--json"])?;
+    assert_eq!(code, 0, "{err}");
+    let v: serde_json::Value = serde_json::from_str(&out)?;
+    let run = v["id"].as_str().unwrap_or_default().to_string();
+
+    // The table of 3,000 task runs is far more than a pipe holds: the reader leaves after
+    // one byte.
+    let mut child = Command::new(bin_path("baton")?)
+        .args(["--scheduler", &cluster.url(), "show", &run])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()?;
+    let mut first = [0u8; 1];
+    child
+        .stdout
+        .take()
+        .expect("stdout")
+        .read_exact(&mut first)?;
+    let out = child.wait_with_output()?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success() || out.status.signal() == Some(libc::SIGPIPE),
+        "{:?}: {stderr}",
+        out.status
+    );
+    assert!(
+        !stderr.contains("panicked") && !stderr.contains("Broken pipe"),
+        "{stderr}"
+    );
+
+    // One message for a server's error.
+    let (code, _, err) = baton(&cluster, &["show", "no-such-run"])?;
+    assert_ne!(code, 0);
+    assert_eq!(err.matches("no-such-run").count(), 1, "{err}");
+    assert!(!err.contains("message:"), "{err}");
+
+    // A value that starts like JSON must be JSON; quoted, it is a string.
+    let (code, _, err) = baton(
+        &cluster,
+        &["run", &flow.display().to_string(), "-p", "xs=[1,2"],
+    )?;
+    assert_eq!(code, 2);
+    assert!(err.contains("`[1,2` is not valid JSON"), "{err}");
+    Ok(())
+}
