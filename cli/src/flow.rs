@@ -10,6 +10,7 @@ use std::path::PathBuf;
 pub enum FlowCmd {
     /// Register a flow file: a new version when the definition changed, else the same one.
     Register {
+        /// The flow file (YAML or JSON).
         file: PathBuf,
         /// Switch the flow's schedule on (a new schedule is registered off otherwise).
         #[arg(long)]
@@ -20,6 +21,7 @@ pub enum FlowCmd {
         /// Only this project's flows.
         #[arg(long, default_value = "")]
         project: String,
+        /// Print the flows as JSON.
         #[arg(long)]
         json: bool,
     },

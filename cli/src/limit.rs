@@ -6,11 +6,20 @@ use clap::Subcommand;
 #[derive(Subcommand, Debug)]
 pub enum LimitCmd {
     /// Create or change a limit: at most N attempts of tasks tagged TAG run at once.
-    Set { tag: String, limit: u32 },
+    Set {
+        /// The tag (`tags:` of a task).
+        tag: String,
+        /// How many attempts of its tasks may hold a slot at once.
+        limit: u32,
+    },
     /// Remove the limit on a tag (exit status 1 when there was none).
-    Rm { tag: String },
+    Rm {
+        /// The tag.
+        tag: String,
+    },
     /// List the limits with the attempts holding their slots now.
     Ls {
+        /// Print the limits as JSON.
         #[arg(long)]
         json: bool,
     },

@@ -136,24 +136,31 @@ enum Cmd {
     },
     /// List runs, most recent first.
     Runs {
+        /// How many runs to list, newest first (the scheduler answers at most 1,000).
         #[arg(long, default_value_t = 20)]
         limit: u32,
     },
     /// Show a run and its task runs, its parent run and the child runs of its sub-flow tasks
     /// (3 levels deep, 100 per run).
     Show {
+        /// The run's id.
         run: String,
+        /// Print the run, its task runs and small results as JSON.
         #[arg(long)]
         json: bool,
     },
     /// Cancel a run.
-    Cancel { run: String },
+    Cancel {
+        /// The run's id.
+        run: String,
+    },
     /// Print the log lines of a run's tasks: `task[index]#attempt stream: line`.
     Logs(logs::LogsArgs),
     /// List connected workers.
     Workers,
     /// Show which scheduler replica leads, its epoch and the replicas.
     Leader {
+        /// Print the leader, its epoch and the replicas as JSON.
         #[arg(long)]
         json: bool,
     },
@@ -197,6 +204,7 @@ enum ResultCmd {
     /// (AWS_* variables or profile, BATON_S3_ENDPOINT, BATON_S3_PATH_STYLE), when --direct
     /// is given or when no scheduler answers.
     Get {
+        /// The result's location (`file://…` or `s3://…`), as `baton show` prints it.
         location: String,
         /// Read an s3:// location straight from the bucket, not through the scheduler.
         #[arg(long)]
@@ -398,6 +406,25 @@ async fn get_result(target: &Target, location: &str, direct: bool) -> anyhow::Re
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Every argument of every command says what it is in `--help`.
+    #[test]
+    fn every_argument_has_help() {
+        fn missing(cmd: &clap::Command, path: &str, out: &mut Vec<String>) {
+            for arg in cmd.get_arguments() {
+                let id = arg.get_id().as_str();
+                if id != "help" && id != "version" && arg.get_help().is_none() {
+                    out.push(format!("{path} {id}"));
+                }
+            }
+            for sub in cmd.get_subcommands() {
+                missing(sub, &format!("{path} {}", sub.get_name()), out);
+            }
+        }
+        let mut out = Vec::new();
+        missing(&<Cli as clap::CommandFactory>::command(), "baton", &mut out);
+        assert!(out.is_empty(), "arguments without help: {out:?}");
+    }
 
     fn parse(args: &[&str]) -> Cmd {
         let mut argv = vec!["baton"];

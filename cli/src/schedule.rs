@@ -22,6 +22,7 @@ pub enum ScheduleCmd {
         /// Only this project's flows.
         #[arg(long, default_value = "")]
         project: String,
+        /// Print the schedules as JSON.
         #[arg(long)]
         json: bool,
     },

@@ -25,12 +25,16 @@ pub async fn task_log_scope<F: Future>(sink: TaskLogSink, fut: F) -> F::Output {
 }
 
 /// Installs a `fmt` subscriber filtered by `RUST_LOG` (default `default_filter`), writing
-/// to stderr, plus the task-log layer. Safe to call more than once.
+/// to stderr (in colour only on a terminal, and never with `NO_COLOR` set), plus the
+/// task-log layer. Safe to call more than once.
 pub fn init(default_filter: &str) {
+    use std::io::IsTerminal;
     let filter =
         EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_filter));
+    let colour = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none();
     let fmt = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
+        .with_ansi(colour)
         .with_target(false)
         .with_filter(filter);
     let _ = tracing_subscriber::registry()

@@ -135,5 +135,10 @@ async fn the_cli_ends_quietly_on_a_closed_pipe_and_says_errors_once() -> anyhow:
     )?;
     assert_eq!(code, 2);
     assert!(err.contains("`[1,2` is not valid JSON"), "{err}");
+
+    // Logs written to files carry no colour codes.
+    let logs = cluster.logs();
+    assert!(logs.contains("INFO"), "{logs}");
+    assert!(!logs.contains('\u{1b}'), "colour codes in a log file");
     Ok(())
 }
