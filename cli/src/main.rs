@@ -50,6 +50,15 @@ struct Cli {
     /// Mutual TLS: the certificate's private key (PEM).
     #[arg(long, global = true, env = "BATON_TLS_KEY", requires = "tls_cert")]
     tls_key: Option<PathBuf>,
+    /// How log lines are written: `text`, or `json` (one object a line, for collectors).
+    #[arg(
+        long,
+        global = true,
+        env = "BATON_LOG_FORMAT",
+        value_enum,
+        default_value_t
+    )]
+    log_format: baton_common::telemetry::LogFormat,
     #[command(subcommand)]
     cmd: Cmd,
 }
@@ -226,8 +235,8 @@ fn main() {
 
 #[tokio::main]
 async fn cli_main() {
-    baton_common::telemetry::init("warn");
     let cli = Cli::parse();
+    baton_common::telemetry::init_with("warn", cli.log_format);
     let in_process_workers = match &cli.cmd {
         Cmd::Dev { .. } => true,
         Cmd::Run(args) => args.is_embedded(),

@@ -24,21 +24,46 @@ pub async fn task_log_scope<F: Future>(sink: TaskLogSink, fut: F) -> F::Output {
     TASK_LOG.scope(sink, fut).await
 }
 
+/// How log lines are written.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    /// Lines for people (the default).
+    #[default]
+    Text,
+    /// One JSON object per line, with the fields of the event and of its span (run, task,
+    /// map index, attempt, worker), for log collectors.
+    Json,
+}
+
 /// Installs a `fmt` subscriber filtered by `RUST_LOG` (default `default_filter`), writing
-/// to stderr (in colour only on a terminal, and never with `NO_COLOR` set), plus the
+/// text to stderr (in colour only on a terminal, and never with `NO_COLOR` set), plus the
 /// task-log layer. Safe to call more than once.
 pub fn init(default_filter: &str) {
+    init_with(default_filter, LogFormat::Text)
+}
+
+/// [`init`], writing lines in `format`.
+pub fn init_with(default_filter: &str, format: LogFormat) {
     use std::io::IsTerminal;
     let filter =
         EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_filter));
     let colour = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none();
-    let fmt = tracing_subscriber::fmt::layer()
-        .with_writer(std::io::stderr)
-        .with_ansi(colour)
-        .with_target(false)
-        .with_filter(filter);
+    let fmt = match format {
+        LogFormat::Text => tracing_subscriber::fmt::layer()
+            .with_writer(std::io::stderr)
+            .with_ansi(colour)
+            .with_target(false)
+            .boxed(),
+        LogFormat::Json => tracing_subscriber::fmt::layer()
+            .json()
+            .with_writer(std::io::stderr)
+            .with_target(false)
+            .with_current_span(true)
+            .with_span_list(false)
+            .boxed(),
+    };
     let _ = tracing_subscriber::registry()
-        .with(fmt)
+        .with(fmt.with_filter(filter))
         .with(TaskLogLayer.with_filter(LevelFilter::INFO))
         .try_init();
 }

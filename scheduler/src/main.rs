@@ -11,6 +11,9 @@ struct Args {
     /// Address to listen on.
     #[arg(long, env = "BATON_LISTEN", default_value = "127.0.0.1:7070")]
     listen: String,
+    /// How log lines are written: `text`, or `json` (one object a line, for collectors).
+    #[arg(long, env = "BATON_LOG_FORMAT", value_enum, default_value_t)]
+    log_format: baton_common::telemetry::LogFormat,
     #[command(flatten)]
     config: baton_scheduler::SchedulerConfig,
 }
@@ -23,7 +26,8 @@ fn main() -> anyhow::Result<()> {
 
 #[tokio::main]
 async fn serve() -> anyhow::Result<()> {
-    baton_common::telemetry::init("info");
+    let a = Args::parse();
+    baton_common::telemetry::init_with("info", a.log_format);
     // A file grown past the process's size limit is a write error to report (the state
     // store cuts its log back and stops taking work), not a signal that kills the process.
     // SAFETY: SIG_IGN installs no handler code; changing a disposition is process-wide
@@ -31,7 +35,6 @@ async fn serve() -> anyhow::Result<()> {
     unsafe {
         libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
     }
-    let a = Args::parse();
     let config = baton_scheduler::SchedulerConfig {
         faults: baton_scheduler::config::Faults::from_env(),
         ..a.config

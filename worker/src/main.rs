@@ -90,6 +90,10 @@ struct Args {
     /// 0 when it heard from a leader within --leader-lease-ms, 1 otherwise.
     #[arg(long, requires = "health_file")]
     check_health: bool,
+    /// How log lines are written: `text`, or `json` (one object a line, for collectors;
+    /// the fields include the attempt's run, task, map index and attempt).
+    #[arg(long, env = "BATON_LOG_FORMAT", value_enum, default_value_t)]
+    log_format: baton_common::telemetry::LogFormat,
 }
 
 /// BATON_TOKEN, taken out of the environment before any thread starts.
@@ -187,7 +191,7 @@ async fn worker_main() -> ExitCode {
             }
         };
     }
-    baton_common::telemetry::init("info");
+    baton_common::telemetry::init_with("info", args.log_format);
     let config = match args.into_config() {
         Ok(c) => c,
         Err(e) => {

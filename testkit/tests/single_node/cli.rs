@@ -142,3 +142,50 @@ async fn the_cli_ends_quietly_on_a_closed_pipe_and_says_errors_once() -> anyhow:
     assert!(!logs.contains('\u{1b}'), "colour codes in a log file");
     Ok(())
 }
+
+/// `--log-format json`: every line of the scheduler's and the worker's logs is a JSON
+/// object, and a task's events carry the attempt's run, task, map index, attempt and worker.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn json_logs_carry_the_attempt_fields() -> anyhow::Result<()> {
+    let mut cluster = Cluster::start(&["--log-format", "json"]).await?;
+    cluster.add_worker_with("json-w", "local,trainer", 2, &["--log-format", "json"], &[])?;
+    let source = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../examples/ridge_sweep.yaml"
+    ))?;
+    let c = baton_client::Client::connect(&cluster.url()).await?;
+    let run = c
+        .run_source(source, Default::default(), String::new())
+        .await?
+        .run
+        .expect("a run");
+    let done = tokio::time::timeout(Duration::from_secs(60), c.wait(&run.id)).await??;
+    cluster.assert_completed(&done);
+    let lines = |name: &str| -> anyhow::Result<Vec<serde_json::Value>> {
+        let text = std::fs::read_to_string(cluster.dir.path().join(name))?;
+        text.lines()
+            .filter(|l| !l.trim().is_empty())
+            .map(|l| serde_json::from_str(l).map_err(|e| anyhow::anyhow!("{e}: {l}")))
+            .collect()
+    };
+    let scheduler = lines("scheduler-0.log")?;
+    assert!(
+        scheduler
+            .iter()
+            .any(|l| l["fields"]["message"] == "serving"),
+        "{scheduler:?}"
+    );
+    let worker = lines("worker-json-w.log")?;
+    let scored = worker
+        .iter()
+        .find(|l| l["fields"]["message"] == "scored a ridge model")
+        .ok_or_else(|| anyhow::anyhow!("no scoring event: {worker:?}"))?;
+    let span = &scored["span"];
+    assert_eq!(span["name"], "attempt");
+    assert_eq!(span["run"], run.id.as_str());
+    assert_eq!(span["task"], "evaluate");
+    assert_eq!(span["worker"], "json-w");
+    assert_eq!(span["attempt"], 1);
+    assert!(span["map_index"].is_i64(), "{span}");
+    Ok(())
+}

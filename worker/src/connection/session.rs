@@ -528,6 +528,7 @@ impl Worker {
         };
         let span = tracing::info_span!(
             "attempt",
+            worker = %self.config.id,
             run = %key.run,
             task = %key.task,
             map_index = key.map_index,
