@@ -10,6 +10,7 @@ pub mod schedule;
 pub mod shutdown;
 pub mod state;
 pub mod telemetry;
+pub mod text;
 pub mod time;
 pub mod token;
 

@@ -18,8 +18,9 @@ pub struct ComposeCluster {
     /// Published ports of scheduler1..3, and of the S3 server.
     pub scheduler_ports: [u16; 3],
     pub s3_port: u16,
-    /// The client's TLS files, copied out of the secrets volume.
+    /// The client's TLS files, copied out of the secrets volume once (they outlive `down`).
     tls_dir: tempfile::TempDir,
+    tls: std::sync::OnceLock<baton_client::tls::TlsFiles>,
 }
 
 /// The images the compose file runs.
@@ -84,6 +85,7 @@ impl ComposeCluster {
             scheduler_ports: [free_port()?, free_port()?, free_port()?],
             s3_port: free_port()?,
             tls_dir: tempfile::tempdir()?,
+            tls: std::sync::OnceLock::new(),
         };
         c.start()?;
         Ok(c)
@@ -132,15 +134,19 @@ impl ComposeCluster {
     /// The CA and the client certificate that `setup` made, copied out of the secrets
     /// volume.
     pub fn client_tls(&self) -> anyhow::Result<baton_client::tls::TlsFiles> {
+        if let Some(files) = self.tls.get() {
+            return Ok(files.clone());
+        }
         let dir = self.tls_dir.path();
         for name in ["ca.pem", "client.pem", "client.key"] {
             std::fs::write(dir.join(name), self.secret(&format!("tls/{name}"))? + "\n")?;
         }
-        Ok(baton_client::tls::TlsFiles {
+        let files = baton_client::tls::TlsFiles {
             ca: Some(dir.join("ca.pem")),
             cert: Some(dir.join("client.pem")),
             key: Some(dir.join("client.key")),
-        })
+        };
+        Ok(self.tls.get_or_init(|| files).clone())
     }
 
     /// A file of the `secrets` volume, read through scheduler1's container.

@@ -5,6 +5,7 @@
 //! the store instead); errors and log lines are cut to their limits. Batches are walked.
 
 use super::bounds::quote;
+use baton_common::text::cut;
 use baton_proto as pb;
 use baton_proto::limits::{
     MAX_ERROR_BYTES, MAX_INLINE_RESULT_BYTES, MAX_LOCATION_BYTES, MAX_LOG_LINE_BYTES,
@@ -103,19 +104,6 @@ impl Reports {
         }
         None
     }
-}
-
-/// Cuts `s` to at most `max` bytes (on a character boundary), then adds `marker`.
-fn cut(s: &mut String, max: usize, marker: &str) {
-    if s.len() <= max {
-        return;
-    }
-    let mut end = max;
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    s.truncate(end);
-    s.push_str(marker);
 }
 
 #[cfg(test)]

@@ -15,7 +15,7 @@ use baton_proto as pb;
 use baton_testkit::compose::ComposeCluster;
 use std::collections::BTreeMap;
 use std::time::Duration;
-use support::{fan_out, fan_out_total};
+use support::{fan_out, fan_out_total, ridge_scores};
 
 /// Who leads now, as the compose service name (`scheduler2`), and the epoch.
 async fn leader(c: &ComposeCluster) -> Option<(String, u64)> {
@@ -65,16 +65,6 @@ async fn finished(client: &Client, run: &str, c: &ComposeCluster) -> anyhow::Res
         c.logs()
     );
     Ok(done)
-}
-
-/// The `evaluate` scores of a ridge sweep's task runs, by alpha.
-fn scores_of(trs: &[pb::TaskRun]) -> anyhow::Result<BTreeMap<String, f64>> {
-    let mut out = BTreeMap::new();
-    for t in trs.iter().filter(|t| t.task == "evaluate") {
-        let v: serde_json::Value = serde_json::from_str(&t.value)?;
-        out.insert(v["alpha"].to_string(), v["r2"].as_f64().unwrap_or(f64::NAN));
-    }
-    Ok(out)
 }
 
 /// Every task run of `run` completed with one result, and the fan-out's total is right.
@@ -151,9 +141,9 @@ async fn the_compose_cluster_runs_survives_faults_and_keeps_its_data() -> anyhow
         .await?;
     let docker = start(&client, read("docker/ridge_sweep.yaml")?).await?;
     finished(&client, &docker.id, &c).await?;
-    let in_containers = scores_of(&client.task_runs(&docker.id, true).await?)?;
+    let in_containers = ridge_scores(&client.task_runs(&docker.id, true).await?)?;
     assert_eq!(in_containers.len(), 6);
-    for (alpha, r2) in scores_of(&trs)? {
+    for (alpha, r2) in ridge_scores(&trs)? {
         assert!((in_containers[&alpha] - r2).abs() < 1e-9, "alpha {alpha}");
     }
 

@@ -255,23 +255,14 @@ async fn the_docker_example_scores_as_the_single_flow_sweep() -> anyhow::Result<
         std::fs::read_to_string(format!("{}/../examples/{path}", env!("CARGO_MANIFEST_DIR")))
     };
     c.register_flow(read("docker/train_model.yaml")?).await?;
-    let scores = |trs: Vec<pb::TaskRun>| -> anyhow::Result<BTreeMap<String, f64>> {
-        let mut out = BTreeMap::new();
-        for t in trs.iter().filter(|t| t.task == "evaluate") {
-            let v: serde_json::Value = serde_json::from_str(&t.value)?;
-            let alpha = v["alpha"].to_string();
-            out.insert(alpha, v["r2"].as_f64().unwrap_or(f64::NAN));
-        }
-        Ok(out)
-    };
     let docker = start(&c, &read("docker/ridge_sweep.yaml")?).await?;
     let done = tokio::time::timeout(Duration::from_secs(120), c.wait(&docker.id)).await??;
     cluster.assert_completed(&done);
     let single = start(&c, &read("ridge_sweep.yaml")?).await?;
     let done = tokio::time::timeout(Duration::from_secs(120), c.wait(&single.id)).await??;
     cluster.assert_completed(&done);
-    let in_containers = scores(c.task_runs(&docker.id, true).await?)?;
-    let built_in = scores(c.task_runs(&single.id, true).await?)?;
+    let in_containers = crate::support::ridge_scores(&c.task_runs(&docker.id, true).await?)?;
+    let built_in = crate::support::ridge_scores(&c.task_runs(&single.id, true).await?)?;
     assert_eq!(in_containers.len(), 6, "{in_containers:?}");
     assert_eq!(
         in_containers.keys().collect::<Vec<_>>(),

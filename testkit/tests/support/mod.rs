@@ -46,6 +46,16 @@ tasks:
     )
 }
 
+/// The `evaluate` scores of a ridge sweep's task runs, by alpha.
+pub fn ridge_scores(trs: &[pb::TaskRun]) -> anyhow::Result<BTreeMap<String, f64>> {
+    let mut out = BTreeMap::new();
+    for t in trs.iter().filter(|t| t.task == "evaluate") {
+        let v: serde_json::Value = serde_json::from_str(&t.value)?;
+        out.insert(v["alpha"].to_string(), v["r2"].as_f64().unwrap_or(f64::NAN));
+    }
+    Ok(out)
+}
+
 /// The sum the fan-out's `total` task must yield.
 pub fn fan_out_total(n: usize) -> f64 {
     (n * n.saturating_sub(1) / 2) as f64

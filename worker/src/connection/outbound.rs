@@ -83,13 +83,6 @@ pub(super) fn log_batch(
 
 /// `s` cut to at most `max` bytes on a character boundary, marked with `…` when cut.
 fn cut(mut s: String, max: usize) -> String {
-    if s.len() > max {
-        let mut end = max;
-        while !s.is_char_boundary(end) {
-            end -= 1;
-        }
-        s.truncate(end);
-        s.push('…');
-    }
+    baton_common::text::cut(&mut s, max, "…");
     s
 }

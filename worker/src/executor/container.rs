@@ -167,7 +167,9 @@ async fn create(c: &Containers, spec: &Spec<'_>, ctx: &TaskContext) -> Result<St
         ("dev.baton.attempt".to_string(), key.attempt.to_string()),
     ]);
     let mut env: Vec<String> = spec.env.iter().map(|(k, v)| format!("{k}={v}")).collect();
-    if spec.aws_credentials {
+    // The worker's credentials, when the task asks and the worker has some.
+    let credentials = spec.aws_credentials.then(credentials_file).flatten();
+    if credentials.is_some() {
         env.push(format!(
             "AWS_SHARED_CREDENTIALS_FILE={CREDENTIALS_DIR}/{CREDENTIALS_FILE}"
         ));
@@ -212,26 +214,24 @@ async fn create(c: &Containers, spec: &Spec<'_>, ctx: &TaskContext) -> Result<St
         .create_container(None, body)
         .await
         .map_err(|e| TaskError::retryable(format!("cannot create the container: {e}")))?;
-    if spec.aws_credentials {
-        if let Some(file) = credentials_file() {
-            let tar = tar_of(CREDENTIALS_FILE, file.as_bytes());
-            let uploaded = c
-                .docker
-                .upload_to_container(
-                    &created.id,
-                    Some(UploadToContainerOptions {
-                        path: CREDENTIALS_DIR.to_string(),
-                        ..Default::default()
-                    }),
-                    bollard::body_full(tar.into()),
-                )
-                .await;
-            if let Err(e) = uploaded {
-                let _ = remove(&c.docker, &created.id).await;
-                return Err(TaskError::retryable(format!(
-                    "cannot copy the credentials into the container: {e}"
-                )));
-            }
+    if let Some(file) = credentials {
+        let tar = tar_of(CREDENTIALS_FILE, file.as_bytes());
+        let uploaded = c
+            .docker
+            .upload_to_container(
+                &created.id,
+                Some(UploadToContainerOptions {
+                    path: CREDENTIALS_DIR.to_string(),
+                    ..Default::default()
+                }),
+                bollard::body_full(tar.into()),
+            )
+            .await;
+        if let Err(e) = uploaded {
+            let _ = remove(&c.docker, &created.id).await;
+            return Err(TaskError::retryable(format!(
+                "cannot copy the credentials into the container: {e}"
+            )));
         }
     }
     Ok(created.id)
@@ -286,7 +286,7 @@ async fn attach_and_wait(
             }
         }
     }
-    out.finish(ctx)?;
+    out.finish(ctx);
     let code = exit_code(docker, id).await?;
     if code != 0 {
         let tail: Vec<&str> = out.tail.iter().map(String::as_str).collect();
@@ -404,7 +404,7 @@ impl Output {
     }
 
     /// Takes what is left after the output ended without a final newline.
-    fn finish(&mut self, ctx: &TaskContext) -> Result<(), TaskError> {
+    fn finish(&mut self, ctx: &TaskContext) {
         let rest = std::mem::take(&mut self.stdout_partial);
         if !rest.is_empty() {
             self.stdout_line(&rest, ctx);
@@ -413,19 +413,12 @@ impl Output {
         if !rest.is_empty() {
             self.stderr_line(&rest, ctx);
         }
-        Ok(())
     }
 }
 
 /// A log line cut to its limit.
 fn cut(mut line: String) -> String {
-    if line.len() > MAX_LOG_LINE_BYTES {
-        let mut end = MAX_LOG_LINE_BYTES;
-        while !line.is_char_boundary(end) {
-            end -= 1;
-        }
-        line.truncate(end);
-    }
+    baton_common::text::cut(&mut line, MAX_LOG_LINE_BYTES, "");
     line
 }
 
