@@ -29,18 +29,21 @@ install_s3s_fs() {
 }
 
 # ---------------------------------------------------------------------------------------
-# etcd: Debian's etcd-server (3.4.x, /usr/bin/etcd), from apt (root, or sudo otherwise).
-# testkit/src/etcd.rs runs it as plain processes on free ports; the package's own service
-# must not run, or it would hold port 2379.
+# Debian packages run by the tests as plain processes on free ports: etcd (etcd-server,
+# 3.4.x, /usr/bin/etcd; testkit/src/etcd.rs) and Prometheus (prometheus, 2.42,
+# /usr/bin/prometheus; testkit/src/prometheus.rs). Installed from apt (root, or sudo
+# otherwise); the packages' own services must not run (etcd would hold port 2379).
 
-install_etcd() {
-  if command -v etcd >/dev/null 2>&1; then
-    say "etcd: $(etcd --version | head -n 1) (already installed)"
+# install_deb PACKAGE COMMAND SERVICE
+install_deb() {
+  local package="$1" command="$2" service="$3"
+  if command -v "$command" >/dev/null 2>&1; then
+    say "$package: already installed"
     return 0
   fi
   local sudo=""
   if [ "$(id -u)" -ne 0 ]; then sudo="sudo"; fi
-  say "etcd: installing Debian's etcd-server"
+  say "$package: installing Debian's $package"
   # Keep the package's postinst from starting its service (Docker images usually ship
   # such a policy already; add one just for the install if there is none).
   local policy=/usr/sbin/policy-rc.d added_policy=0
@@ -51,15 +54,15 @@ install_etcd() {
   fi
   $sudo apt-get update -q
   $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends \
-    etcd-server
+    "$package"
   if [ "$added_policy" -eq 1 ]; then $sudo rm -f "$policy"; fi
   # Should it have started anyway (a systemd host), stop and disable it.
   if command -v systemctl >/dev/null 2>&1 && [ -d /run/systemd/system ]; then
-    $sudo systemctl disable --now etcd >/dev/null 2>&1 || true
-  elif [ -x /etc/init.d/etcd ]; then
-    $sudo /etc/init.d/etcd stop >/dev/null 2>&1 || true
+    $sudo systemctl disable --now "$service" >/dev/null 2>&1 || true
+  elif [ -x "/etc/init.d/$service" ]; then
+    $sudo "/etc/init.d/$service" stop >/dev/null 2>&1 || true
   fi
-  say "etcd: $(etcd --version | head -n 1)"
+  say "$package: installed"
 }
 
 # ---------------------------------------------------------------------------------------
@@ -91,7 +94,10 @@ install_python_grpc() {
 # ---------------------------------------------------------------------------------------
 
 main() {
-  install_etcd
+  install_deb etcd-server etcd etcd
+  say "etcd: $(etcd --version | head -n 1)"
+  install_deb prometheus prometheus prometheus
+  say "prometheus: $(prometheus --version 2>&1 | head -n 1)"
   install_s3s_fs
   install_python_grpc
 }

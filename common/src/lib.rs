@@ -4,6 +4,7 @@
 pub mod error;
 pub mod flow;
 pub mod ids;
+pub mod metrics;
 pub mod result_store;
 pub mod retry;
 pub mod schedule;

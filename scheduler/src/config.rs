@@ -60,6 +60,9 @@ pub struct SchedulerConfig {
         default_value_t = defaults::UNRUNNABLE_TIMEOUT_MS
     )]
     pub unrunnable_timeout_ms: u64,
+    /// Serve Prometheus metrics at http://ADDR/metrics (e.g. 0.0.0.0:9464); off when unset.
+    #[arg(long, value_name = "ADDR", env = "BATON_METRICS_ADDR")]
+    pub metrics_addr: Option<String>,
     /// Do not fsync the state log before acknowledging a commit: faster, and survives a
     /// crash of the process but not a power loss or an OS crash.
     #[arg(long, env = "BATON_NO_FSYNC")]

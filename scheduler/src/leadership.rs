@@ -79,6 +79,7 @@ impl Roles {
         let view = self.view();
         match view.leader.filter(|l| *l != self.address) {
             Some(leader) => {
+                crate::metrics::get().redirected();
                 let mut s =
                     Status::unavailable(format!("not the leader; the leader is at {leader}"));
                 if let Ok(v) = MetadataValue::try_from(leader.as_str()) {

@@ -12,6 +12,7 @@ pub mod error;
 pub mod leadership;
 mod load;
 pub mod logs;
+pub mod metrics;
 pub mod server;
 pub mod service;
 pub mod shed;

@@ -50,7 +50,14 @@ pub async fn serve(
         .unwrap_or_else(|| advertise.clone());
     let state = open_state(&config, &replica_id, &advertise).await?;
     let store_uri = config.result_store_uri();
-    let results = open_store(&store_uri).await?;
+    let metrics = crate::metrics::get();
+    let results = metrics.store.wrap(open_store(&store_uri).await?);
+    if let Some(at) = &config.metrics_addr {
+        let bound = baton_common::metrics::spawn(at, metrics.registry(), shutdown.clone())
+            .await
+            .map_err(|e| Error::Config(format!("--metrics-addr {at}: {e}")))?;
+        tracing::info!(addr = %bound, "serving metrics at /metrics");
+    }
     let roles = Arc::new(Roles::new(state.clone(), replica_id, advertise));
 
     let flow = FlowServiceServer::new(FlowApi::new(roles.clone(), results.clone()))
@@ -219,6 +226,7 @@ async fn lead(
         let (handle, mut actor_task) =
             actor::spawn(engine, state.clone(), results.clone(), stop.clone());
         roles.set(Role::Leader { epoch, handle });
+        crate::metrics::get().leading(Some(epoch));
         tracing::info!(epoch, store = %results.root_uri(), "scheduler is leader");
         // The actor's handle is awaited exactly once: a finished handle polled again panics.
         let actor_done = tokio::select! {
@@ -233,6 +241,7 @@ async fn lead(
             _ = shutdown.cancelled() => false,
         };
         roles.set(Role::Follower);
+        crate::metrics::get().leading(None);
         stop.cancel();
         if !actor_done {
             let _ = actor_task.await;

@@ -8,6 +8,7 @@ pub mod compose;
 pub mod etcd;
 pub mod ha;
 mod process;
+pub mod prometheus;
 pub mod proxy;
 pub mod s3;
 pub mod scan;

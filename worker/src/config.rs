@@ -41,6 +41,8 @@ pub struct WorkerConfig {
     pub tls: baton_client::tls::TlsFiles,
     /// A file touched while a leader is heard from (see [`crate::health`]).
     pub health_file: Option<std::path::PathBuf>,
+    /// Where to serve Prometheus metrics (`/metrics`); off when `None`.
+    pub metrics_addr: Option<String>,
 }
 
 impl Default for WorkerConfig {
@@ -60,6 +62,7 @@ impl Default for WorkerConfig {
             secrets: Default::default(),
             tls: Default::default(),
             health_file: None,
+            metrics_addr: None,
         }
     }
 }

@@ -8,6 +8,7 @@ pub mod error;
 pub mod executor;
 pub mod gpu;
 pub mod health;
+pub mod metrics;
 pub mod secrets;
 pub mod shim;
 pub mod task;

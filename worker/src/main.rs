@@ -86,6 +86,9 @@ struct Args {
     /// health checks.
     #[arg(long, env = "BATON_WORKER_HEALTH_FILE")]
     health_file: Option<std::path::PathBuf>,
+    /// Serve Prometheus metrics at http://ADDR/metrics (e.g. 0.0.0.0:9465); off when unset.
+    #[arg(long, value_name = "ADDR", env = "BATON_METRICS_ADDR")]
+    metrics_addr: Option<String>,
     /// Checks the health file of a running worker (as a container health check does): exit
     /// 0 when it heard from a leader within --leader-lease-ms, 1 otherwise.
     #[arg(long, requires = "health_file")]
@@ -158,6 +161,7 @@ impl Args {
                 key: self.tls_key,
             },
             health_file: self.health_file,
+            metrics_addr: self.metrics_addr,
         })
     }
 }

@@ -1,7 +1,7 @@
 //! Finished runs: written to the result store as one archive object, then dropped from
 //! the live state and from the leader's memory.
 
-use super::{Actor, Command};
+use super::{Actor, Command, Deferred};
 
 /// An archive at least this large gives its freed memory back to the operating system
 /// once its run has left memory (the allocator would otherwise keep it for reuse).
@@ -13,8 +13,9 @@ impl Actor {
     /// Writes a finished run's archive to the result store, then has the engine drop the
     /// run from the live state. The run is sealed (out of memory at once) unless a worker
     /// still holds one of its attempts; then it stays in memory until the worker gives it
-    /// back, and its archive is encoded from memory.
-    pub(super) fn archive(&mut self, run: &baton_common::ids::RunId) {
+    /// back, and its archive is encoded from memory. The write starts once the step that
+    /// finished the run is durable.
+    pub(super) fn archive(&mut self, run: &baton_common::ids::RunId, out: &mut Vec<Deferred>) {
         let (bytes, sealed) = match self.engine.seal_with(&run.0, TRIM_EVERY_TASK_RUNS, trim) {
             Some(bytes) => (bytes, true),
             None => match self.engine.archive_bytes(&run.0) {
@@ -30,25 +31,38 @@ impl Actor {
         let store = self.results.clone();
         let tx = self.self_tx.clone();
         let id = run.0.clone();
-        self.tasks.spawn(async move {
-            let key = crate::engine::tables::finished::archive(&id);
-            // Shared with the store's retries, never copied.
-            let bytes = bytes::Bytes::from(bytes);
-            // One write: the result store retries transient failures itself (see
-            // `baton_common::retry`).
-            match store.put(&key, bytes, "application/x-protobuf").await {
-                Ok(_) | Err(baton_common::Error::AlreadyExists(_)) => {
-                    let _ = tx.send(Command::Archived(id, size)).await;
-                    return;
-                }
-                Err(e) => {
-                    tracing::error!(run = %id, error = %e, "cannot archive a finished run");
-                }
-            }
-            let _ = tx.send(Command::ArchiveAbandoned(id)).await;
-        });
+        out.push(Box::new(move |a: &mut Actor| {
+            a.tasks.spawn(write(store, tx, id, bytes, size));
+        }));
     }
+}
 
+/// Writes an archive, then tells the actor how that went.
+async fn write(
+    store: std::sync::Arc<dyn baton_common::result_store::ResultStore>,
+    tx: tokio::sync::mpsc::Sender<Command>,
+    id: String,
+    bytes: Vec<u8>,
+    size: usize,
+) {
+    let key = crate::engine::tables::finished::archive(&id);
+    // Shared with the store's retries, never copied.
+    let bytes = bytes::Bytes::from(bytes);
+    // One write: the result store retries transient failures itself (see
+    // `baton_common::retry`).
+    match store.put(&key, bytes, "application/x-protobuf").await {
+        Ok(_) | Err(baton_common::Error::AlreadyExists(_)) => {
+            let _ = tx.send(Command::Archived(id, size)).await;
+            return;
+        }
+        Err(e) => {
+            tracing::error!(run = %id, error = %e, "cannot archive a finished run");
+        }
+    }
+    let _ = tx.send(Command::ArchiveAbandoned(id)).await;
+}
+
+impl Actor {
     /// A run's archive is written: the run leaves the live state and memory, and readers
     /// waiting for the archive read it.
     pub(super) fn archived(&mut self, run: &str, size: usize) {

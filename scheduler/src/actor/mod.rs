@@ -1,10 +1,13 @@
 //! The engine's host: one task owning the [`Engine`], fed by a command channel. Each step
-//! drains every waiting command, lets the engine tick and dispatch, commits the resulting
-//! state operations in one batch (group commit), and only then sends worker messages,
-//! answers clients and notifies watchers.
+//! drains every waiting command, lets the engine tick and dispatch, and commits the
+//! resulting state operations in one batch (group commit). What the step sends (worker
+//! messages, answers to clients, watch events, archives) is prepared from the engine as the
+//! step left it, and held until that commit is durable. With a store that pipelines
+//! commits the next steps run meanwhile; their commits land, and their effects go out, in
+//! order, and a failed commit drops its own effects and every later step's.
 
 use crate::engine::{Engine, EngineError, NewRun, Outcome, WorkerRegistration};
-use crate::store::{Op, StateStore};
+use crate::store::{StateStore, Submitted};
 use baton_common::flow::FlowSpec;
 use baton_common::ids::{AttemptKey, WorkerId};
 use baton_common::result_store::ResultStore;
@@ -18,8 +21,32 @@ use tokio_util::sync::CancellationToken;
 
 type Reply<T> = oneshot::Sender<Result<T, EngineError>>;
 
-/// Work held back until the step's state is committed (a reply to a client).
-type AfterCommit = Box<dyn FnOnce(&Engine) + Send>;
+/// What a step does once its commit is durable (sends a message, answers a client, starts
+/// an archive's write).
+type Deferred = Box<dyn FnOnce(&mut Actor) + Send>;
+
+/// A read answered from the state a step leaves, sent once that state is durable.
+type AfterCommit = Box<dyn FnOnce(&Engine) -> Deferred + Send>;
+
+/// Steps whose commits may be in flight at once; past this the actor waits for the oldest.
+const MAX_IN_FLIGHT: usize = 64;
+
+/// A step whose commit is in flight.
+struct InFlight {
+    ticket: crate::store::Ticket,
+    /// What it sends once durable.
+    effects: Vec<Deferred>,
+    /// Its operations, and when they were submitted (for metrics).
+    ops: usize,
+    since: std::time::Instant,
+}
+
+/// Answers `reply` with `r` once the step is durable.
+fn answer<T: Send + 'static>(reply: Reply<T>, r: Result<T, EngineError>) -> Deferred {
+    Box::new(move |_| {
+        let _ = reply.send(r);
+    })
+}
 
 /// A watcher's channel of run events.
 pub type WatchTx = mpsc::Sender<Result<pb::RunEvent, tonic::Status>>;
@@ -126,6 +153,10 @@ struct Actor {
     tasks: tokio_util::task::TaskTracker,
     /// Readers waiting for the archive of a sealed run.
     awaiting: HashMap<String, Vec<Reply<bool>>>,
+    /// Steps whose commits are in flight, oldest first, with what each sends once durable.
+    in_flight: std::collections::VecDeque<InFlight>,
+    /// When the metrics' gauges were last refreshed.
+    gauges_at: std::time::Instant,
     /// Fault injection: stop after this step, as after a failed write.
     stop_on_its_own: bool,
 }
@@ -151,6 +182,8 @@ pub fn spawn(
         logs: logs.clone(),
         tasks: tokio_util::task::TaskTracker::new(),
         awaiting: HashMap::new(),
+        in_flight: std::collections::VecDeque::new(),
+        gauges_at: std::time::Instant::now(),
         stop_on_its_own: false,
     };
     let join = tokio::spawn(actor.run(rx, shutdown));
@@ -166,8 +199,22 @@ impl Actor {
                 .next_deadline()
                 .map(|d| (d - now).clamp(0, 250))
                 .unwrap_or(250) as u64;
+            let room = self.in_flight.len() < MAX_IN_FLIGHT;
             tokio::select! {
-                cmd = rx.recv() => {
+                landed = oldest(&mut self.in_flight), if !self.in_flight.is_empty() => {
+                    if let Err(e) = landed {
+                        crate::metrics::get().commit_failed();
+                        tracing::error!(error = %e, "state commit failed; stepping down");
+                        shutdown.cancel();
+                        break;
+                    }
+                    if let Some(step) = self.in_flight.pop_front() {
+                        crate::metrics::get().committed(step.ops, step.since.elapsed());
+                        self.release(step.effects);
+                    }
+                    continue;
+                }
+                cmd = rx.recv(), if room => {
                     let Some(cmd) = cmd else { break };
                     self.handle(cmd);
                     let mut n = 0;
@@ -179,8 +226,11 @@ impl Actor {
                         n += 1;
                     }
                 }
-                _ = tokio::time::sleep(std::time::Duration::from_millis(wait)) => {}
-                _ = shutdown.cancelled() => break,
+                _ = tokio::time::sleep(std::time::Duration::from_millis(wait)), if room => {}
+                _ = shutdown.cancelled() => {
+                    self.land_in_flight().await;
+                    break;
+                }
             }
             if self.stop_on_its_own {
                 break;
@@ -194,6 +244,7 @@ impl Actor {
                 break;
             }
         }
+        self.in_flight.clear();
         self.tasks.close();
         let drain = std::time::Duration::from_millis(crate::config::defaults::DRAIN_MS);
         if tokio::time::timeout(drain, self.tasks.wait())
@@ -207,6 +258,29 @@ impl Actor {
             );
         }
         tracing::info!("engine stopped");
+    }
+
+    /// Sends what a durable step held back.
+    fn release(&mut self, effects: Vec<Deferred>) {
+        for d in effects {
+            d(self);
+        }
+    }
+
+    /// On shutdown: lets the commits in flight land (for a bounded time) and sends what
+    /// they held back; what has not landed by then is dropped, unacknowledged.
+    async fn land_in_flight(&mut self) {
+        let limit = std::time::Duration::from_millis(crate::config::defaults::DRAIN_MS);
+        let deadline = tokio::time::Instant::now() + limit;
+        while let Some(step) = self.in_flight.pop_front() {
+            match tokio::time::timeout_at(deadline, step.ticket).await {
+                Ok(Ok(())) => self.release(step.effects),
+                _ => {
+                    self.in_flight.clear();
+                    return;
+                }
+            }
+        }
     }
 
     /// Sets the engine's microsecond clock; returns the time in milliseconds.
@@ -228,13 +302,14 @@ impl Actor {
                 let store = self.results.clone();
                 let tasks = self.tasks.clone();
                 self.after_commit.push(Box::new(move |_| {
-                    if !r.1 {
-                        let _ = reply.send(Ok(r));
-                        return;
-                    }
-                    // A new version is also kept in the object store, versioned, as flow
-                    // storage; the client hears back once it is there.
-                    tasks.spawn(async move {
+                    Box::new(move |_| {
+                        if !r.1 {
+                            let _ = reply.send(Ok(r));
+                            return;
+                        }
+                        // A new version is also kept in the object store, versioned, as flow
+                        // storage; the client hears back once it is there.
+                        tasks.spawn(async move {
                         let key = format!("{key}/{}.json", r.0);
                         let put = match json {
                             Ok(json) => store.put(&key, json.into(), "application/json").await,
@@ -248,6 +323,7 @@ impl Actor {
                         }
                         let _ = reply.send(Ok(r));
                     });
+                    })
                 }));
             }
             Command::CreateRun(req, reply) => match self.engine.create_run(req, now) {
@@ -260,7 +336,7 @@ impl Actor {
                         }),
                         other => other,
                     };
-                    let _ = reply.send(run.map(|r| (r, created)));
+                    answer(reply, run.map(|r| (r, created)))
                 })),
                 Err(e) => {
                     let _ = reply.send(Err(e));
@@ -268,60 +344,59 @@ impl Actor {
             },
             // Reads are answered once this step's changes are committed, so that nobody
             // sees a state that a failed commit (a deposed leader) never made durable.
-            Command::GetRun(id, reply) => self.after_commit.push(Box::new(move |e| {
-                let _ = reply.send(e.get_run(&id));
-            })),
-            Command::ListFlows(project, reply) => self.after_commit.push(Box::new(move |e| {
-                let _ = reply.send(Ok(e.list_flows(&project)));
-            })),
+            Command::GetRun(id, reply) => self
+                .after_commit
+                .push(Box::new(move |e| answer(reply, e.get_run(&id)))),
+            Command::ListFlows(project, reply) => self
+                .after_commit
+                .push(Box::new(move |e| answer(reply, Ok(e.list_flows(&project))))),
             Command::GetFlow(project, flow, version, reply) => {
                 self.after_commit.push(Box::new(move |e| {
-                    let _ = reply.send(e.get_flow(&project, &flow, version));
+                    answer(reply, e.get_flow(&project, &flow, version))
                 }))
             }
-            Command::ListRuns(limit, reply) => self.after_commit.push(Box::new(move |e| {
-                let _ = reply.send(Ok(e.list_runs(limit)));
-            })),
+            Command::ListRuns(limit, reply) => self
+                .after_commit
+                .push(Box::new(move |e| answer(reply, Ok(e.list_runs(limit))))),
             Command::TaskRuns(id, values, offset, limit, reply) => {
                 self.after_commit.push(Box::new(move |e| {
-                    let _ = reply.send(e.task_runs_page(&id, values, offset, limit));
+                    answer(reply, e.task_runs_page(&id, values, offset, limit))
                 }))
             }
             Command::CancelRun(id, reply) => match self.engine.cancel_run(&id, now) {
-                Ok(()) => self.after_commit.push(Box::new(move |e: &Engine| {
-                    let _ = reply.send(e.get_run(&id));
-                })),
+                Ok(()) => self
+                    .after_commit
+                    .push(Box::new(move |e: &Engine| answer(reply, e.get_run(&id)))),
                 Err(e) => {
                     let _ = reply.send(Err(e));
                 }
             },
             Command::SetSchedule(project, flow, active, reply) => {
                 match self.engine.set_schedule(&project, &flow, active, now) {
-                    Ok(s) => self.after_commit.push(Box::new(move |_| {
-                        let _ = reply.send(Ok(s));
-                    })),
+                    Ok(s) => self
+                        .after_commit
+                        .push(Box::new(move |_| answer(reply, Ok(s)))),
                     Err(e) => {
                         let _ = reply.send(Err(e));
                     }
                 }
             }
             Command::SetLimit(tag, limit, reply) => match self.engine.set_limit(&tag, limit) {
-                Ok(l) => self.after_commit.push(Box::new(move |_| {
-                    let _ = reply.send(Ok(l));
-                })),
+                Ok(l) => self
+                    .after_commit
+                    .push(Box::new(move |_| answer(reply, Ok(l)))),
                 Err(e) => {
                     let _ = reply.send(Err(e));
                 }
             },
             Command::DeleteLimit(tag, reply) => {
                 let deleted = self.engine.delete_limit(&tag);
-                self.after_commit.push(Box::new(move |_| {
-                    let _ = reply.send(Ok(deleted));
-                }))
+                self.after_commit
+                    .push(Box::new(move |_| answer(reply, Ok(deleted))))
             }
-            Command::ListLimits(reply) => self.after_commit.push(Box::new(move |e| {
-                let _ = reply.send(Ok(e.list_limits()));
-            })),
+            Command::ListLimits(reply) => self
+                .after_commit
+                .push(Box::new(move |e| answer(reply, Ok(e.list_limits())))),
             Command::ListWorkers(reply) => {
                 let _ = reply.send(Ok(self.engine.workers()));
             }
@@ -402,7 +477,9 @@ impl Actor {
         }
     }
 
-    /// Commits the engine's operations, then sends messages, replies and events.
+    /// Queues the step's commit, with what it sends once durable: worker messages (one
+    /// message or batch per worker), answers, watch events, archives. A store that does not
+    /// pipeline commits is waited for here.
     async fn flush(&mut self) -> Result<(), crate::Error> {
         let fx = self.engine.take_effects();
         if let Some(e) = fx.encode_errors.first() {
@@ -413,18 +490,20 @@ impl Actor {
             )));
         }
         let epoch = self.engine.epoch();
-        // One commit per step: the store decides how to write it (see `StateStore::commit`).
-        let ops: Vec<Op> = fx.ops;
-        self.state.commit(epoch, ops).await?;
+        let metrics = crate::metrics::get();
+        metrics.step(&fx.stats);
+        if self.gauges_at.elapsed() >= crate::metrics::GAUGE_EVERY {
+            self.gauges_at = std::time::Instant::now();
+            metrics.gauges(&self.engine);
+        }
+        let mut out: Vec<Deferred> = Vec::new();
         let mut per_worker: HashMap<WorkerId, (u64, Vec<pb::SchedulerMessage>)> = HashMap::new();
         for o in fx.outgoing {
             if matches!(o.msg.msg, Some(pb::scheduler_message::Msg::Welcome(_))) {
                 // A welcome opens a session on its own, ahead of anything batched.
-                if let Some((s, tx)) = self.sessions.get(&o.worker) {
-                    if *s == o.session {
-                        let _ = tx.send(o.msg);
-                    }
-                }
+                out.push(Box::new(move |a: &mut Actor| {
+                    a.send(&o.worker, o.session, o.msg)
+                }));
                 continue;
             }
             per_worker
@@ -434,12 +513,6 @@ impl Actor {
                 .push(o.msg);
         }
         for (worker, (session, mut msgs)) in per_worker {
-            let Some((s, tx)) = self.sessions.get(&worker) else {
-                continue;
-            };
-            if *s != session {
-                continue;
-            }
             let msg = if msgs.len() == 1 {
                 msgs.pop()
             } else {
@@ -451,21 +524,62 @@ impl Actor {
                 })
             };
             if let Some(msg) = msg {
-                let _ = tx.send(msg);
+                out.push(Box::new(move |a: &mut Actor| a.send(&worker, session, msg)));
             }
         }
         for f in std::mem::take(&mut self.after_commit) {
-            f(&self.engine);
+            out.push(f(&self.engine));
         }
         if !self.watchers.is_empty() {
-            self.notify(&fx.changed_runs, &fx.changed_task_runs);
+            self.notify(&fx.changed_runs, &fx.changed_task_runs, &mut out);
         }
         for (id, tasks, tx, reply) in std::mem::take(&mut self.new_watches) {
-            self.watch(id, tasks, tx, reply);
+            self.watch(id, tasks, tx, reply, &mut out);
         }
         for run in fx.finished_runs {
-            self.archive(&run);
+            self.archive(&run, &mut out);
+        }
+        if fx.ops.is_empty() && self.in_flight.is_empty() {
+            self.release(out);
+            return Ok(());
+        }
+        // One commit per step: the store decides how to write it (see `StateStore::commit`).
+        let (ops, since) = (fx.ops.len(), std::time::Instant::now());
+        match self.state.submit(epoch, fx.ops) {
+            Submitted::Queued(ticket) => self.in_flight.push_back(InFlight {
+                ticket,
+                effects: out,
+                ops,
+                since,
+            }),
+            Submitted::NotPipelined(all) => {
+                if let Err(e) = self.state.commit(epoch, all).await {
+                    metrics.commit_failed();
+                    return Err(e.into());
+                }
+                metrics.committed(ops, since.elapsed());
+                self.release(out);
+            }
         }
         Ok(())
+    }
+
+    /// Sends a message on a worker's stream, if that session is still the worker's.
+    fn send(&self, worker: &WorkerId, session: u64, msg: pb::SchedulerMessage) {
+        if let Some((s, tx)) = self.sessions.get(worker) {
+            if *s == session {
+                let _ = tx.send(msg);
+            }
+        }
+    }
+}
+
+/// The oldest commit in flight.
+async fn oldest(
+    in_flight: &mut std::collections::VecDeque<InFlight>,
+) -> Result<(), crate::store::StoreError> {
+    match in_flight.front_mut() {
+        Some(step) => (&mut step.ticket).await,
+        None => std::future::pending().await,
     }
 }

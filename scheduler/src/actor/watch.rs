@@ -1,11 +1,10 @@
 //! Clients following runs: the first event when a watch opens, then the changes of each
-//! committed step.
+//! committed step, each built from the state its step left and sent once that is durable.
 
-use super::{Actor, Reply, WatchTx, Watcher};
+use super::{Actor, Deferred, Reply, WatchTx, Watcher};
 use crate::engine::TrRef;
 use baton_proto as pb;
 use std::collections::HashMap;
-use tokio::sync::mpsc;
 
 impl Actor {
     pub(super) fn watch(
@@ -14,6 +13,7 @@ impl Actor {
         with_task_runs: bool,
         tx: WatchTx,
         reply: Reply<()>,
+        out: &mut Vec<Deferred>,
     ) {
         let first = self.engine.get_run(&id).and_then(|run| {
             let task_runs = if with_task_runs {
@@ -28,23 +28,27 @@ impl Actor {
         });
         match first {
             Ok(ev) => {
-                let terminal = is_terminal(&ev);
-                let _ = tx.try_send(Ok(ev));
-                if !terminal {
-                    self.watchers
-                        .entry(id)
-                        .or_default()
-                        .push(Watcher { tx, with_task_runs });
+                if !is_terminal(&ev) {
+                    self.watchers.entry(id).or_default().push(Watcher {
+                        tx: tx.clone(),
+                        with_task_runs,
+                    });
                 }
-                let _ = reply.send(Ok(()));
+                out.push(Box::new(move |_| {
+                    let _ = tx.try_send(Ok(ev));
+                    let _ = reply.send(Ok(()));
+                }));
             }
-            Err(e) => {
-                let _ = reply.send(Err(e));
-            }
+            Err(e) => out.push(super::answer(reply, Err(e))),
         }
     }
 
-    pub(super) fn notify(&mut self, runs: &[baton_common::ids::RunId], trs: &[TrRef]) {
+    pub(super) fn notify(
+        &mut self,
+        runs: &[baton_common::ids::RunId],
+        trs: &[TrRef],
+        out: &mut Vec<Deferred>,
+    ) {
         let mut by_run: HashMap<&str, Vec<TrRef>> = HashMap::new();
         for &t in trs {
             if let Some(id) = self.engine.run_id_of(t) {
@@ -79,17 +83,29 @@ impl Actor {
                 _ => bare.clone(),
             };
             if terminal {
-                for w in watchers.drain(..) {
-                    let ev = event_for(&w);
-                    self.tasks.spawn(async move {
-                        let _ = w.tx.send(Ok(ev)).await;
-                    });
-                }
+                let last: Vec<_> = watchers
+                    .drain(..)
+                    .map(|w| (w.tx.clone(), event_for(&w)))
+                    .collect();
+                out.push(Box::new(move |a: &mut Actor| {
+                    for (tx, ev) in last {
+                        a.tasks.spawn(async move {
+                            let _ = tx.send(Ok(ev)).await;
+                        });
+                    }
+                }));
             } else {
-                watchers.retain(|w| match w.tx.try_send(Ok(event_for(w))) {
-                    Ok(()) | Err(mpsc::error::TrySendError::Full(_)) => true,
-                    Err(mpsc::error::TrySendError::Closed(_)) => false,
-                });
+                watchers.retain(|w| !w.tx.is_closed());
+                let events: Vec<_> = watchers
+                    .iter()
+                    .map(|w| (w.tx.clone(), event_for(w)))
+                    .collect();
+                out.push(Box::new(move |_| {
+                    for (tx, ev) in events {
+                        // A watcher that does not keep up misses events, not the run's end.
+                        let _ = tx.try_send(Ok(ev));
+                    }
+                }));
             }
             if watchers.is_empty() {
                 self.watchers.remove(&id.0);

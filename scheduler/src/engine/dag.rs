@@ -127,6 +127,13 @@ impl Engine {
     pub(super) fn finish_tr(&mut self, t: TrRef, now: i64) {
         self.mark_tr(t);
         let node = &mut self.runs[t.run].nodes[t.node as usize];
+        let tr = &node.runs[t.index as usize];
+        let latency = if tr.us.ended_us > 0 && tr.ready_us > 0 {
+            tr.us.ended_us - tr.ready_us
+        } else {
+            0
+        };
+        self.stats.ended.push((tr.state, latency));
         // A finished task run is never dispatched again: its inputs are not needed.
         node.runs[t.index as usize].inputs = None;
         node.done += 1;

@@ -111,6 +111,11 @@ impl Engine {
         tr.worker = Some(Runner::Worker(name.clone()));
         tr.started_ms = now;
         tr.us.assigned_us = assigned_us;
+        let waited_us = if tr.ready_us > 0 {
+            assigned_us - tr.ready_us
+        } else {
+            0
+        };
         tr.us.started_us = 0;
         tr.us.ended_us = 0;
         tr.error.clear();
@@ -177,6 +182,7 @@ impl Engine {
         });
         self.hold(t, attempt, class);
         self.mark_tr(t);
+        self.stats.dispatch_waits_us.push(waited_us.max(0));
     }
 
     /// A worker opened a session: adopt the attempts it reports, lose those it forgot.

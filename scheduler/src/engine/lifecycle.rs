@@ -172,6 +172,8 @@ impl Engine {
         }
         tr.error = error;
         if retryable && tr.failures <= policy.count {
+            self.stats.retries += 1;
+            let tr = self.tr_mut(t);
             tr.state = TaskState::Retrying;
             let attempt = tr.attempt;
             let delay = policy.delay_before(attempt + 1, seed) as i64;
@@ -349,6 +351,7 @@ impl Engine {
                 Timer::Timeout(t, attempt) => {
                     if self.is_current_attempt(t, attempt) {
                         let ms = self.runs[t.run].flow.task(t.node as usize).timeout_ms;
+                        self.stats.timeouts += 1;
                         self.send_cancel(t, "timed out");
                         let child = self.children.of(t).map(str::to_string);
                         self.fail_attempt(t, format!("timed out after {ms} ms"), true, now);

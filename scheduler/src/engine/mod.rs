@@ -17,6 +17,7 @@ mod registry;
 mod schedule;
 mod schedules;
 mod seal;
+mod stats;
 mod subflow;
 mod table;
 pub mod tables;
@@ -32,6 +33,7 @@ pub use model::{
 pub use recover::Recovered;
 pub use registry::Gpu;
 pub use schedules::ScheduleRecord;
+pub use stats::StepStats;
 pub use table::RunKey;
 
 use crate::config::defaults;
@@ -149,6 +151,8 @@ pub struct Effects {
     /// Records that could not be encoded: the host must not commit this step (it would
     /// store an incomplete state) and steps down instead.
     pub encode_errors: Vec<String>,
+    /// What the step did, for metrics.
+    pub stats: StepStats,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -200,6 +204,8 @@ pub struct Engine {
     leaving: Vec<RunKey>,
     /// Sealed runs (out of memory) whose archives are being written.
     tombstones: HashMap<String, seal::Tombstone>,
+    /// What this step did, for metrics.
+    stats: StepStats,
 }
 
 impl Engine {
@@ -230,6 +236,7 @@ impl Engine {
             encode_errors: Vec::new(),
             leaving: Vec::new(),
             tombstones: HashMap::new(),
+            stats: StepStats::default(),
         }
     }
 
@@ -360,6 +367,7 @@ impl Engine {
                 .push(tables::idempotency::put(&req.idempotency_key, &id.0));
         }
         self.mark_run(slot);
+        self.stats.runs_created += 1;
         self.start_roots(slot, now);
         Ok((id, true))
     }
@@ -408,6 +416,7 @@ impl Engine {
             run.dirty = false;
             if run.state.is_terminal() && !run.archiving {
                 run.archiving = true;
+                self.stats.runs_ended.push(run.state);
                 finished_runs.push(run.id.clone());
             }
             let rec = RunRecord {
@@ -479,6 +488,7 @@ impl Engine {
             changed_task_runs,
             finished_runs,
             encode_errors: std::mem::take(&mut self.encode_errors),
+            stats: std::mem::take(&mut self.stats),
         }
     }
 

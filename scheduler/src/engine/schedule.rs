@@ -61,6 +61,7 @@ impl Engine {
         for fired in self.schedules.fire(now) {
             let key = &fired.key;
             if fired.skipped {
+                self.stats.schedule_missed += 1;
                 tracing::warn!(project = %key.0, flow = %key.1, "schedule ticks were missed and skipped");
             }
             for &tick in &fired.ticks {
@@ -74,6 +75,7 @@ impl Engine {
                 };
                 match self.create_run(req, now) {
                     Ok((id, true)) => {
+                        self.stats.schedule_fired += 1;
                         tracing::info!(run = %id, project = %key.0, flow = %key.1, tick, "scheduled run")
                     }
                     Ok((id, false)) => {

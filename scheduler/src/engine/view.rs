@@ -210,6 +210,21 @@ impl Engine {
         })
     }
 
+    /// Ready task runs by the worker labels they need (comma-joined, sorted; "" for
+    /// none), for metrics.
+    pub fn ready_by_labels(&self) -> Vec<(String, usize)> {
+        let mut by: std::collections::BTreeMap<String, usize> = Default::default();
+        for c in &self.registry.classes {
+            *by.entry(c.labels.join(",")).or_default() += c.queue.len();
+        }
+        by.into_iter().collect()
+    }
+
+    /// Runs in memory (live, not yet archived).
+    pub fn live_runs(&self) -> usize {
+        self.runs.len()
+    }
+
     /// Connected (and recently lost) workers.
     pub fn workers(&self) -> Vec<pb::WorkerInfo> {
         self.registry

@@ -186,6 +186,7 @@ impl Keeper {
             || a.stored_bytes + (a.pending_bytes + line.bytes()) as u64 > self.max_stored
         {
             a.over_limit += 1;
+            crate::metrics::get().lines_dropped(1);
             return;
         }
         a.pending_bytes += line.bytes();
@@ -196,6 +197,7 @@ impl Keeper {
             };
             a.pending_bytes -= old.bytes();
             a.dropped += 1;
+            crate::metrics::get().lines_dropped(1);
         }
     }
 
@@ -343,6 +345,7 @@ impl Logs {
     pub fn lines(&self, l: pb::LogLines) {
         let n = l.lines.len() as u64;
         if let Err(mpsc::error::TrySendError::Full(_)) = self.tx.try_send(Msg::Lines(l.lines)) {
+            crate::metrics::get().lines_dropped(n);
             let before = DROPPED.fetch_add(n, Ordering::Relaxed);
             if before / 10_000 != (before + n) / 10_000 || before == 0 {
                 tracing::warn!(

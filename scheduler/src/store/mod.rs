@@ -112,4 +112,23 @@ pub trait StateStore: Send + Sync + 'static {
     /// run record may be missing for a task the run's record shows started (it is rebuilt
     /// from the flow and dispatched again: at least once, never committed twice).
     async fn commit(&self, epoch: Epoch, ops: Vec<Op>) -> Result<(), StoreError>;
+    /// Queues `ops` for commit behind every commit queued before them, without waiting:
+    /// the ticket resolves once they are durable, and tickets resolve in the order of their
+    /// submission (a failed commit fails every later one). A store that cannot keep that
+    /// order hands the operations back, and the caller commits them with [`Self::commit`].
+    fn submit(&self, _epoch: Epoch, ops: Vec<Op>) -> Submitted {
+        Submitted::NotPipelined(ops)
+    }
+}
+
+/// A queued commit: resolves once its operations are durable.
+pub type Ticket =
+    std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), StoreError>> + Send>>;
+
+/// What [`StateStore::submit`] did.
+pub enum Submitted {
+    /// Queued behind the commits before it.
+    Queued(Ticket),
+    /// This store does not pipeline commits: here are the operations back.
+    NotPipelined(Vec<Op>),
 }

@@ -23,6 +23,7 @@ mod latency;
 mod lifecycle;
 mod limits;
 mod logs;
+mod metrics;
 mod python_client;
 mod retries;
 mod ridge_sweep;

@@ -45,6 +45,13 @@ pub async fn run(config: WorkerConfig, shutdown: CancellationToken) -> Result<()
         slots = config.slots,
         "worker starting"
     );
+    if let Some(at) = &config.metrics_addr {
+        let bound =
+            baton_common::metrics::spawn(at, crate::metrics::get().registry(), shutdown.clone())
+                .await
+                .map_err(|e| crate::error::Error::config("metrics-addr", format!("{at}: {e}")))?;
+        tracing::info!(addr = %bound, "serving metrics at /metrics");
+    }
     let containers = if config.allow_container {
         let c = crate::executor::Containers::connect(&config.id)
             .await
@@ -115,6 +122,8 @@ struct Running {
     cancel: CancellationToken,
     /// The failure it reports when it was cancelled on purpose.
     reason: Option<TaskError>,
+    /// When it was assigned here (for metrics).
+    since: std::time::Instant,
 }
 
 /// A drain in progress.
@@ -210,6 +219,7 @@ impl Worker {
             return;
         }
         self.connected = false;
+        crate::metrics::get().connected(false);
         if let Some(vouched) = now.checked_sub(self.keep_alive() * 2) {
             self.leader_seen = self.leader_seen.max(vouched);
         }
@@ -235,6 +245,12 @@ impl Worker {
         mut fin: proto::Finished,
     ) -> Option<proto::Finished> {
         let running = self.running.remove(&key)?;
+        let metrics = crate::metrics::get();
+        metrics.running(self.running.len());
+        metrics.ended(
+            matches!(fin.outcome, Some(Outcome::Success(_))) && running.reason.is_none(),
+            running.since.elapsed(),
+        );
         if let (Some(reason), Some(Outcome::Failure(_))) = (running.reason, &fin.outcome) {
             fin.outcome = Some(Outcome::Failure(proto::TaskFailure {
                 error: reason.message,

@@ -48,6 +48,7 @@ impl Outbound {
         }) {
             Ok(()) => Ok(()),
             Err(TrySendError::Full(_)) => {
+                crate::metrics::get().lines_dropped(lines);
                 tracing::debug!(lines, "outbound queue full, dropping log lines");
                 Ok(())
             }

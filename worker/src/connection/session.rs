@@ -316,6 +316,7 @@ impl Worker {
                     welcome.result_store
                 ))
             })?;
+            let store = crate::metrics::get().store.wrap(store);
             self.store = Some((welcome.result_store.clone(), store));
         }
         for k in &welcome.unknown {
@@ -324,6 +325,7 @@ impl Worker {
             self.forget(&key);
         }
         self.connected = true;
+        crate::metrics::get().connected(true);
         self.heard_from_leader(Instant::now());
         Ok(match welcome.heartbeat_interval_ms {
             0 => DEFAULT_HEARTBEAT,
@@ -469,8 +471,10 @@ impl Worker {
             Running {
                 cancel: self.root.child_token(),
                 reason: None,
+                since: std::time::Instant::now(),
             },
         );
+        crate::metrics::get().running(self.running.len());
         self.place(key, assign, out).await
     }
 

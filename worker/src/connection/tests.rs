@@ -190,6 +190,7 @@ impl Harness {
             secrets: Default::default(),
             tls: Default::default(),
             health_file: Some(dir.path().join("health")),
+            metrics_addr: None,
         };
         let shutdown = CancellationToken::new();
         let worker = tokio::spawn(run(config, shutdown.clone()));
@@ -582,6 +583,7 @@ fn leased_worker(lease_ms: u64) -> (Worker, CancellationToken) {
         Running {
             cancel: cancel.clone(),
             reason: None,
+            since: std::time::Instant::now(),
         },
     );
     w.connected = true;

@@ -196,6 +196,10 @@ impl ReadyQueue {
         self.len == 0
     }
 
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
     /// The priority of the task run `pop` would return.
     pub fn head_priority(&self) -> Option<i32> {
         self.by_priority.keys().next().map(|p| p.0)

@@ -13,7 +13,7 @@ mod log;
 mod sizes;
 mod writer;
 
-use super::{Epoch, Leadership, Op, StateStore, StoreError};
+use super::{Epoch, Leadership, Op, StateStore, StoreError, Submitted};
 use async_trait::async_trait;
 use std::fs::{File, OpenOptions};
 use std::path::{Path, PathBuf};
@@ -148,6 +148,21 @@ impl StateStore for EmbeddedStore {
         }
         self.ask(|reply| Request::Commit { epoch, ops, reply })
             .await
+    }
+
+    /// The writer thread applies requests in the order they are sent, so commits pipeline:
+    /// the request is sent now, and the ticket waits for its answer.
+    fn submit(&self, epoch: Epoch, ops: Vec<Op>) -> Submitted {
+        if ops.is_empty() {
+            return Submitted::Queued(Box::pin(std::future::ready(Ok(()))));
+        }
+        let (reply, rx) = oneshot::channel();
+        let sent = self.requests.send(Request::Commit { epoch, ops, reply });
+        Submitted::Queued(Box::pin(async move {
+            let stopped = || StoreError::Unavailable("the state writer has stopped".into());
+            sent.map_err(|_| stopped())?;
+            rx.await.map_err(|_| stopped())?
+        }))
     }
 }
 

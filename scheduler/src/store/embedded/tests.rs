@@ -95,7 +95,15 @@ async fn a_failed_write_is_cut_back_and_later_commits_survive_a_reopen() {
             .commit(e, vec![put("k/2", "two"), put("k/3", "three")])
             .await;
         assert!(matches!(failed, Err(StoreError::Io(_))), "{failed:?}");
-        // The store goes on: the next commit lands after the last good frame.
+        // Later commits of that epoch, computed as if it had landed, are refused.
+        let later = s.commit(e, vec![put("k/5", "five")]).await;
+        assert!(
+            matches!(later, Err(StoreError::Unavailable(_))),
+            "{later:?}"
+        );
+        // The store goes on under the next leader (as the scheduler steps down and leads
+        // again): the next commit lands after the last good frame.
+        let e = s.acquire().await.unwrap().epoch;
         s.commit(e, vec![put("k/4", "four")]).await.unwrap();
         let create = Op::Create {
             key: "k/2".into(),
@@ -229,4 +237,36 @@ async fn a_large_state_is_compacted_in_several_frames_with_every_value_intact() 
         assert_eq!(i % 2, 1);
         assert_eq!(v, value(i, 1).as_bytes(), "{k}");
     }
+}
+
+#[tokio::test]
+async fn pipelined_commits_land_in_order_and_a_failed_one_fails_the_rest_of_its_epoch() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = EmbeddedStore::open(dir.path(), SyncMode::Batch).unwrap();
+    let e = s.acquire().await.unwrap().epoch;
+    let create = |k: &str| Op::Create {
+        key: k.into(),
+        value: b"1".to_vec(),
+    };
+    let ticket = |sub: Submitted| match sub {
+        Submitted::Queued(t) => t,
+        Submitted::NotPipelined(_) => panic!("the embedded store pipelines"),
+    };
+    // Queued without waiting, answered in order.
+    let a = ticket(s.submit(e, vec![create("a"), put("n", "1")]));
+    let b = ticket(s.submit(e, vec![put("n", "2")]));
+    a.await.unwrap();
+    b.await.unwrap();
+    // A conflict fails its commit and every later one of the epoch, which were computed
+    // as if it had landed.
+    let c = ticket(s.submit(e, vec![create("a")]));
+    let d = ticket(s.submit(e, vec![put("n", "3")]));
+    assert!(matches!(c.await, Err(StoreError::Conflict(k)) if k == "a"));
+    let refused = d.await.unwrap_err().to_string();
+    assert!(refused.contains("an earlier commit of epoch"), "{refused}");
+    assert_eq!(s.load("n").await.unwrap()[0].1, b"2");
+    // The next leader (a new epoch) writes again.
+    let e2 = s.acquire().await.unwrap().epoch;
+    ticket(s.submit(e2, vec![put("n", "4")])).await.unwrap();
+    assert_eq!(s.load("n").await.unwrap()[0].1, b"4");
 }

@@ -76,6 +76,9 @@ struct Writer {
     epoch: Epoch,
     /// Set when a failed write could not be cut back: no more writes are taken.
     failed: Option<String>,
+    /// An epoch one of whose commits failed: its later commits, queued behind the failed
+    /// one (pipelined) and computed as if it had landed, are refused too.
+    broken: Option<Epoch>,
     /// A running compaction's result, when it is done.
     compacting: Option<Receiver<Result<Snapshot, String>>>,
     compact_min: u64,
@@ -115,6 +118,7 @@ pub(super) fn spawn(
         snapshot: Some(setup.map),
         epoch,
         failed: None,
+        broken: None,
         compacting: None,
         compact_min: setup.compact_min,
         compact_floor: 0,
@@ -275,6 +279,12 @@ impl Writer {
         let mut accepted = Vec::with_capacity(commits.len());
         self.buf.clear();
         for (epoch, ops, reply) in commits {
+            if self.broken == Some(epoch) {
+                let _ = reply.send(Err(StoreError::Unavailable(format!(
+                    "an earlier commit of epoch {epoch} failed"
+                ))));
+                continue;
+            }
             if epoch != self.epoch {
                 let _ = reply.send(Err(StoreError::Fenced {
                     ours: epoch,
@@ -287,6 +297,7 @@ impl Writer {
                 _ => None,
             });
             if let Some(key) = conflict {
+                self.broken = Some(epoch);
                 let _ = reply.send(Err(StoreError::Conflict(key)));
                 continue;
             }
@@ -303,6 +314,7 @@ impl Writer {
         self.snapshot = None;
         let result = self.append(self.sync == SyncMode::Batch);
         if result.is_err() {
+            self.broken = Some(self.epoch);
             // Nothing of the group is in the log: forget its sizes too.
             for (id, old) in undo.into_iter().rev() {
                 match old {
