@@ -81,13 +81,13 @@ for b in baton-scheduler baton-worker baton; do
   if cmp -s "$context/bin/$b.new" "$context/bin/$b"; then rm "$context/bin/$b.new"; else mv "$context/bin/$b.new" "$context/bin/$b"; fi
 done
 cp -p "$s3s_fs" "$context/bin/s3s-fs"
-cp -p docker/setup.sh docker/s3-entrypoint.sh "$context/"
+cp -p docker/setup.sh docker/s3-entrypoint.sh docker/prometheus.yml "$context/"
 
 base=$(base_image)
 version=$(git describe --always --dirty 2>/dev/null || echo dev)
 # `runtime` is the Debian base every image starts from (a shell, CA certificates, tini): the
 # container-task tests run their commands in it.
-for target in runtime etcd s3 scheduler worker; do
+for target in runtime etcd s3 prometheus scheduler worker; do
   say "image baton-$target:$TAG (base $base)"
   docker build -q -f docker/Dockerfile --target "$target" \
     --build-arg "BASE=$base" --build-arg "VERSION=$version" \
@@ -96,4 +96,4 @@ done
 # The docker example's image (examples/docker): Python with the ridge training code.
 say "image baton-ridge:$TAG (base $base)"
 docker build -q --build-arg "BASE=$base" -t "baton-ridge:$TAG" examples/docker >/dev/null
-say "images built: baton-{scheduler,worker,etcd,s3,runtime,ridge}:$TAG"
+say "images built: baton-{scheduler,worker,etcd,s3,prometheus,runtime,ridge}:$TAG"

@@ -15,20 +15,22 @@ pub struct ComposeCluster {
     tool: Vec<String>,
     project: String,
     file: PathBuf,
-    /// Published ports of scheduler1..3, and of the S3 server.
+    /// Published ports of scheduler1..3, of the S3 server and of Prometheus.
     pub scheduler_ports: [u16; 3],
     pub s3_port: u16,
+    pub prometheus_port: u16,
     /// The client's TLS files, copied out of the secrets volume once (they outlive `down`).
     tls_dir: tempfile::TempDir,
     tls: std::sync::OnceLock<baton_client::tls::TlsFiles>,
 }
 
 /// The images the compose file runs.
-pub const IMAGES: [&str; 4] = [
+pub const IMAGES: [&str; 5] = [
     "baton-scheduler:local",
     "baton-worker:local",
     "baton-etcd:local",
     "baton-s3:local",
+    "baton-prometheus:local",
 ];
 
 fn compose_tool() -> anyhow::Result<Vec<String>> {
@@ -84,6 +86,7 @@ impl ComposeCluster {
             file,
             scheduler_ports: [free_port()?, free_port()?, free_port()?],
             s3_port: free_port()?,
+            prometheus_port: free_port()?,
             tls_dir: tempfile::tempdir()?,
             tls: std::sync::OnceLock::new(),
         };
@@ -99,7 +102,8 @@ impl ComposeCluster {
             .arg("-f")
             .arg(&self.file)
             .env("BATON_TAG", "local")
-            .env("BATON_S3_PORT", self.s3_port.to_string());
+            .env("BATON_S3_PORT", self.s3_port.to_string())
+            .env("BATON_PROMETHEUS_PORT", self.prometheus_port.to_string());
         for (i, port) in self.scheduler_ports.iter().enumerate() {
             cmd.env(format!("BATON_PORT_{}", i + 1), port.to_string());
         }

@@ -9,11 +9,12 @@ use std::io::{Read, Write};
 use std::path::PathBuf;
 use std::time::Duration;
 
-/// A running Prometheus, stopped when dropped.
+/// A Prometheus server: one this process started (stopped when dropped), or one already
+/// running (the compose cluster's).
 pub struct Prometheus {
-    _node: Node,
+    _node: Option<Node>,
     port: u16,
-    _dir: tempfile::TempDir,
+    _dir: Option<tempfile::TempDir>,
 }
 
 /// One sample of an instant query's answer: its labels and value.
@@ -51,16 +52,34 @@ impl Prometheus {
             dir.path().join("prometheus.log"),
         )?;
         let p = Prometheus {
-            _node: node,
+            _node: Some(node),
             port,
-            _dir: dir,
+            _dir: Some(dir),
         };
-        crate::eventually(Duration::from_secs(30), "Prometheus to be ready", || {
-            let ready = p.get("/-/ready").ok().filter(|(status, _)| *status == 200);
+        p.ready().await?;
+        Ok(p)
+    }
+
+    /// A Prometheus already serving on 127.0.0.1:`port`, once it is ready.
+    pub async fn at(port: u16) -> anyhow::Result<Prometheus> {
+        let p = Prometheus {
+            _node: None,
+            port,
+            _dir: None,
+        };
+        p.ready().await?;
+        Ok(p)
+    }
+
+    async fn ready(&self) -> anyhow::Result<()> {
+        crate::eventually(Duration::from_secs(60), "Prometheus to be ready", || {
+            let ready = self
+                .get("/-/ready")
+                .ok()
+                .filter(|(status, _)| *status == 200);
             async move { ready.map(|_| ()) }
         })
-        .await?;
-        Ok(p)
+        .await
     }
 
     /// The answer to an instant PromQL query: one sample per series.

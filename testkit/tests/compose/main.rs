@@ -3,7 +3,8 @@
 //! test command builds them first). The cluster comes up from a clean state, runs the ridge
 //! sweep through its published ports with results in its S3 server, survives `docker kill`
 //! of the leader's container and a worker cut off the network with runs in flight, and
-//! keeps flows, runs and results across `docker-compose down` and `up`.
+//! keeps flows, runs and results across `docker-compose down` and `up`; its Prometheus
+//! scrapes every scheduler and worker.
 
 #[path = "../support/mod.rs"]
 mod support;
@@ -13,6 +14,7 @@ use baton_client::Client;
 use baton_common::result_store::{ResultStore, S3Options, S3Store, StaticCredentials};
 use baton_proto as pb;
 use baton_testkit::compose::ComposeCluster;
+use baton_testkit::prometheus::Prometheus;
 use std::collections::BTreeMap;
 use std::time::Duration;
 use support::{fan_out, fan_out_total, ridge_scores};
@@ -145,6 +147,23 @@ async fn the_compose_cluster_runs_survives_faults_and_keeps_its_data() -> anyhow
     assert_eq!(in_containers.len(), 6);
     for (alpha, r2) in ridge_scores(&trs)? {
         assert!((in_containers[&alpha] - r2).abs() < 1e-9, "alpha {alpha}");
+    }
+
+    // Prometheus scrapes every scheduler and worker: one leader, and the task runs above.
+    let prom = Prometheus::at(c.prometheus_port).await?;
+    let value = |q: &str| prom.scalar(q).ok().flatten();
+    let seen = baton_testkit::eventually(Duration::from_secs(60), "Prometheus", || {
+        let ok = value("count(up{job=\"baton-scheduler\"} == 1)") == Some(3.0)
+            && value("count(up{job=\"baton-worker\"} == 1)") == Some(3.0)
+            && value("sum(baton_leader)") == Some(1.0)
+            && value("sum(baton_workers_connected)") == Some(3.0)
+            && value("sum(baton_task_runs_ended_total{state=\"completed\"})")
+                .is_some_and(|n| n >= 23.0);
+        async move { ok.then_some(()) }
+    })
+    .await;
+    if let Err(e) = seen {
+        anyhow::bail!("{e}: targets {:?}", prom.targets());
     }
 
     // `docker kill` of the leader's container with a run in flight: another replica takes
