@@ -14,5 +14,6 @@ pub mod telemetry;
 pub mod text;
 pub mod time;
 pub mod token;
+pub mod traces;
 
 pub use error::{Error, Result};

@@ -44,6 +44,37 @@ pub fn init(default_filter: &str) {
 
 /// [`init`], writing lines in `format`.
 pub fn init_with(default_filter: &str, format: LogFormat) {
+    install(default_filter, format, None);
+}
+
+/// [`init_with`] for a service (`baton-scheduler`, `baton-worker`), which also exports
+/// spans over OTLP when an endpoint is configured (see [`crate::traces`]); call it inside
+/// the Tokio runtime and keep what it returns for the life of the process.
+pub fn init_service(
+    default_filter: &str,
+    format: LogFormat,
+    service: &'static str,
+) -> crate::traces::Traces {
+    let provider = match crate::traces::provider(service) {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("{service}: traces are off: {e}");
+            None
+        }
+    };
+    install(
+        default_filter,
+        format,
+        provider.as_ref().map(|p| (p, service)),
+    );
+    crate::traces::keep(provider)
+}
+
+fn install(
+    default_filter: &str,
+    format: LogFormat,
+    traces: Option<(&opentelemetry_sdk::trace::SdkTracerProvider, &'static str)>,
+) {
     use std::io::IsTerminal;
     let filter =
         EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_filter));
@@ -62,9 +93,19 @@ pub fn init_with(default_filter: &str, format: LogFormat) {
             .with_span_list(false)
             .boxed(),
     };
+    // Spans of baton's own code at info level: runs, task run attempts (and their events).
+    let otel = traces.map(|(provider, service)| {
+        crate::traces::layer(provider, service).with_filter(
+            tracing_subscriber::filter::Targets::new()
+                .with_target("baton_scheduler", Level::INFO)
+                .with_target("baton_worker", Level::INFO)
+                .with_target("baton_common", Level::INFO),
+        )
+    });
     let _ = tracing_subscriber::registry()
         .with(fmt.with_filter(filter))
         .with(TaskLogLayer.with_filter(LevelFilter::INFO))
+        .with(otel)
         .try_init();
 }
 

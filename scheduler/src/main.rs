@@ -27,7 +27,7 @@ fn main() -> anyhow::Result<()> {
 #[tokio::main]
 async fn serve() -> anyhow::Result<()> {
     let a = Args::parse();
-    baton_common::telemetry::init_with("info", a.log_format);
+    let _traces = baton_common::telemetry::init_service("info", a.log_format, "baton-scheduler");
     // A file grown past the process's size limit is a write error to report (the state
     // store cuts its log back and stops taking work), not a signal that kills the process.
     // SAFETY: SIG_IGN installs no handler code; changing a disposition is process-wide

@@ -7,6 +7,7 @@ pub mod certs;
 pub mod compose;
 pub mod etcd;
 pub mod ha;
+pub mod otlp;
 mod process;
 pub mod prometheus;
 pub mod proxy;

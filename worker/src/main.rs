@@ -195,7 +195,7 @@ async fn worker_main() -> ExitCode {
             }
         };
     }
-    baton_common::telemetry::init_with("info", args.log_format);
+    let _traces = baton_common::telemetry::init_service("info", args.log_format, "baton-worker");
     let config = match args.into_config() {
         Ok(c) => c,
         Err(e) => {

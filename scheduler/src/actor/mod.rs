@@ -135,6 +135,7 @@ impl Handle {
 
 mod archive;
 mod results;
+mod traces;
 mod watch;
 
 struct Actor {
@@ -157,6 +158,8 @@ struct Actor {
     in_flight: std::collections::VecDeque<InFlight>,
     /// When the metrics' gauges were last refreshed.
     gauges_at: std::time::Instant,
+    /// Spans of runs and attempts, while traces are exported.
+    traces: traces::RunTraces,
     /// Fault injection: stop after this step, as after a failed write.
     stop_on_its_own: bool,
 }
@@ -184,6 +187,7 @@ pub fn spawn(
         awaiting: HashMap::new(),
         in_flight: std::collections::VecDeque::new(),
         gauges_at: std::time::Instant::now(),
+        traces: traces::RunTraces::default(),
         stop_on_its_own: false,
     };
     let join = tokio::spawn(actor.run(rx, shutdown));
@@ -326,22 +330,30 @@ impl Actor {
                     })
                 }));
             }
-            Command::CreateRun(req, reply) => match self.engine.create_run(req, now) {
-                Ok((id, created)) => self.after_commit.push(Box::new(move |e: &Engine| {
-                    let run = match e.get_run(&id.0) {
-                        // A finished run known only from the archive: the service reads it.
-                        Err(_) if !created => Ok(pb::FlowRun {
-                            id: id.0,
-                            ..Default::default()
-                        }),
-                        other => other,
-                    };
-                    answer(reply, run.map(|r| (r, created)))
-                })),
-                Err(e) => {
-                    let _ = reply.send(Err(e));
+            Command::CreateRun(mut req, reply) => {
+                let traceparent = std::mem::take(&mut req.traceparent);
+                match self.engine.create_run(req, now) {
+                    Ok((id, created)) => {
+                        if created {
+                            self.traces.caller(&id.0, traceparent);
+                        }
+                        self.after_commit.push(Box::new(move |e: &Engine| {
+                            let run = match e.get_run(&id.0) {
+                                // A finished run known only from the archive: the service reads it.
+                                Err(_) if !created => Ok(pb::FlowRun {
+                                    id: id.0,
+                                    ..Default::default()
+                                }),
+                                other => other,
+                            };
+                            answer(reply, run.map(|r| (r, created)))
+                        }))
+                    }
+                    Err(e) => {
+                        let _ = reply.send(Err(e));
+                    }
                 }
-            },
+            }
             // Reads are answered once this step's changes are committed, so that nobody
             // sees a state that a failed commit (a deposed leader) never made durable.
             Command::GetRun(id, reply) => self
@@ -439,7 +451,11 @@ impl Actor {
             }
             Up::Finished(f) => {
                 if let Some(k) = f.key.as_ref() {
-                    self.logs.ended(AttemptKey::from(k));
+                    let key = AttemptKey::from(k);
+                    if baton_common::traces::on() {
+                        self.traces.finished(&key);
+                    }
+                    self.logs.ended(key);
                 }
                 self.finished(id, session, f, now)
             }
@@ -497,6 +513,10 @@ impl Actor {
             metrics.gauges(&self.engine);
         }
         let mut out: Vec<Deferred> = Vec::new();
+        let mut fx = fx;
+        if baton_common::traces::on() {
+            self.trace(&mut fx);
+        }
         let mut per_worker: HashMap<WorkerId, (u64, Vec<pb::SchedulerMessage>)> = HashMap::new();
         for o in fx.outgoing {
             if matches!(o.msg.msg, Some(pb::scheduler_message::Msg::Welcome(_))) {
@@ -562,6 +582,32 @@ impl Actor {
             }
         }
         Ok(())
+    }
+
+    /// Opens the spans of runs seen for the first time and of attempts being dispatched
+    /// (their `traceparent` goes in `Assign`), and closes those of runs that ended.
+    fn trace(&mut self, fx: &mut crate::engine::Effects) {
+        for id in &fx.changed_runs {
+            if !self.traces.knows(&id.0) {
+                if let Ok(run) = self.engine.get_run(&id.0) {
+                    self.traces.opened(&run);
+                }
+            }
+        }
+        for o in &mut fx.outgoing {
+            if let Some(pb::scheduler_message::Msg::Assign(a)) = o.msg.msg.as_mut() {
+                self.traces.assigned(a, &o.worker.0);
+            }
+        }
+        for id in &fx.finished_runs {
+            let state = self
+                .engine
+                .get_run(&id.0)
+                .ok()
+                .and_then(|r| pb::RunState::try_from(r.state).ok())
+                .map_or("", |s| s.as_str_name());
+            self.traces.ended(&id.0, state);
+        }
     }
 
     /// Sends a message on a worker's stream, if that session is still the worker's.

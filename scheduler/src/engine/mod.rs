@@ -120,6 +120,8 @@ pub struct NewRun {
     /// Set for a child run started by a sub-flow task.
     pub parent: Option<ParentLink>,
     pub trigger: Trigger,
+    /// The caller's W3C trace context: the run's span joins that trace (not stored).
+    pub traceparent: String,
 }
 
 /// How an attempt ended, as its worker reported it.

@@ -95,6 +95,7 @@ impl Engine {
                 map_index,
             }),
             trigger: Trigger::Parent,
+            traceparent: String::new(),
         };
         match self.create_run(req, now) {
             Ok((id, _)) => {

@@ -165,6 +165,15 @@ impl FlowService for FlowApi {
         &self,
         req: Request<pb::CreateRunRequest>,
     ) -> Result<Response<pb::CreateRunResponse>, Status> {
+        // A caller's W3C trace context (`traceparent` metadata): the run joins its trace. A
+        // well-formed one is 55 bytes; anything longer is ignored.
+        let traceparent = req
+            .metadata()
+            .get("traceparent")
+            .and_then(|v| v.to_str().ok())
+            .filter(|v| v.len() <= 64)
+            .unwrap_or_default()
+            .to_string();
         let req = req.into_inner();
         bounds::check_len("project", &req.project, bounds::MAX_NAME_BYTES)?;
         bounds::check_len("flow", &req.flow, bounds::MAX_NAME_BYTES)?;
@@ -202,6 +211,7 @@ impl FlowService for FlowApi {
             scheduled_start_ms: 0,
             no_cache: req.no_cache,
             priority: req.priority,
+            traceparent,
             ..Default::default()
         };
         let (mut run, created) = self

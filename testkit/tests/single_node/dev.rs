@@ -4,7 +4,6 @@
 use baton_client::Client;
 use baton_proto as pb;
 use baton_testkit::{bin_path, eventually, free_port};
-use std::collections::BTreeMap;
 use std::time::Duration;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -40,15 +39,7 @@ async fn baton_dev_runs_the_ridge_sweep() -> anyhow::Result<()> {
         labels,
         ["baton:process,local", "baton:process,local,trainer"]
     );
-    let source = std::fs::read_to_string(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../examples/ridge_sweep.yaml"
-    ))?;
-    let run = client
-        .run_source(source, BTreeMap::new(), String::new())
-        .await?
-        .run
-        .expect("run");
+    let run = crate::support::start_ridge(&client).await?;
     let done = tokio::time::timeout(Duration::from_secs(60), client.wait(&run.id)).await??;
     assert_eq!(done.state, pb::RunState::Completed as i32, "{}", done.error);
     let scores: Vec<f64> = client

@@ -31,4 +31,5 @@ mod schedules;
 mod secrets;
 mod shedding;
 mod tls;
+mod traces;
 mod values;

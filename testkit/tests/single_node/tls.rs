@@ -8,7 +8,6 @@ use baton_client::Client;
 use baton_proto as pb;
 use baton_testkit::certs::Ca;
 use baton_testkit::{bin_path, eventually, Cluster};
-use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Duration;
 
@@ -77,15 +76,7 @@ async fn mutual_tls_between_every_process() -> anyhow::Result<()> {
         async move { (client.workers().await.ok()?.len() == 2).then_some(()) }
     })
     .await?;
-    let source = std::fs::read_to_string(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../examples/ridge_sweep.yaml"
-    ))?;
-    let run = client
-        .run_source(source, BTreeMap::new(), String::new())
-        .await?
-        .run
-        .expect("a run");
+    let run = crate::support::start_ridge(&client).await?;
     let done = tokio::time::timeout(Duration::from_secs(120), client.wait(&run.id)).await??;
     cluster.assert_completed(&done);
     let workers: Vec<String> = client.workers().await?.into_iter().map(|w| w.id).collect();

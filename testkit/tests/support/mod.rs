@@ -25,6 +25,19 @@ pub async fn serial() -> tokio::sync::MutexGuard<'static, ()> {
     SERIAL.lock().await
 }
 
+/// Starts the example ridge sweep (examples/ridge_sweep.yaml) with its default parameters.
+pub async fn start_ridge(client: &Client) -> anyhow::Result<pb::FlowRun> {
+    let source = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../examples/ridge_sweep.yaml"
+    ))?;
+    client
+        .run_source(source, BTreeMap::new(), String::new())
+        .await?
+        .run
+        .ok_or_else(|| anyhow::anyhow!("CreateRun answered no run"))
+}
+
 /// A fan-out of `n` sleeping tasks of `ms` each, then their sum (n(n-1)/2).
 pub fn fan_out(name: &str, n: usize, ms: u64) -> String {
     format!(

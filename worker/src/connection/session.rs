@@ -538,6 +538,8 @@ impl Worker {
             map_index = key.map_index,
             attempt = key.attempt
         );
+        // The scheduler's span of this attempt, when traces are exported.
+        baton_common::traces::set_parent(&span, &assign.traceparent);
         let body = {
             let (key, store) = (key.clone(), store.clone());
             let (finished, logs) = (self.finished_tx.clone(), self.logs_tx.clone());

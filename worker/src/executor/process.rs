@@ -114,6 +114,12 @@ pub(super) fn baton_env(ctx: &TaskContext) -> Vec<(String, String)> {
     ]
     .into_iter()
     .map(|(k, v)| (k.to_string(), v))
+    // The attempt's span (W3C trace context), for a task with an OpenTelemetry SDK.
+    .chain(
+        Some(baton_common::traces::traceparent(&tracing::Span::current()))
+            .filter(|tp| !tp.is_empty())
+            .map(|tp| ("TRACEPARENT".to_string(), tp)),
+    )
     .collect()
 }
 

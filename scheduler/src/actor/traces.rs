@@ -1,0 +1,112 @@
+//! Spans of runs and of their task runs' attempts, made only while traces are exported: a
+//! run's span lasts from its creation to its end (under the caller's `traceparent`, or its
+//! parent run's span for a child run); an attempt's from its dispatch to its result, under
+//! its run's, and its `traceparent` goes to the worker in `Assign`. A run gets at most
+//! [`MAX_ATTEMPT_SPANS`] attempt spans (a wide fan-out would flood the collector); later
+//! attempts send the run's own `traceparent`, so their worker spans still join the trace.
+
+use baton_common::ids::AttemptKey;
+use baton_common::traces;
+use baton_proto as pb;
+use std::collections::HashMap;
+use tracing::Span;
+
+/// Attempt spans per run, at most.
+pub const MAX_ATTEMPT_SPANS: usize = 1000;
+
+#[derive(Default)]
+pub(super) struct RunTraces {
+    runs: HashMap<String, RunTrace>,
+    /// `traceparent`s given with runs being created, until their spans are made.
+    callers: HashMap<String, String>,
+}
+
+struct RunTrace {
+    span: Span,
+    attempts: HashMap<(String, i64, u32), Span>,
+    made: usize,
+}
+
+impl RunTraces {
+    /// A client created run `id` under `traceparent`.
+    pub fn caller(&mut self, id: &str, traceparent: String) {
+        if traces::on() && !traceparent.is_empty() {
+            self.callers.insert(id.to_string(), traceparent);
+        }
+    }
+
+    /// Whether run `id` has a span.
+    pub fn knows(&self, id: &str) -> bool {
+        self.runs.contains_key(id)
+    }
+
+    /// Opens the span of a run seen for the first time.
+    pub fn opened(&mut self, run: &pb::FlowRun) {
+        let span = tracing::info_span!(
+            "run",
+            run = %run.id,
+            project = %run.project,
+            flow = %run.flow,
+            parent_run = %run.parent_run_id,
+            parent_task = %run.parent_task,
+            state = tracing::field::Empty,
+        );
+        if let Some(tp) = self.callers.remove(&run.id) {
+            traces::set_parent(&span, &tp);
+        } else if let Some(parent) = self.runs.get(&run.parent_run_id) {
+            let _ = tracing_opentelemetry::OpenTelemetrySpanExt::set_parent(
+                &span,
+                tracing_opentelemetry::OpenTelemetrySpanExt::context(&parent.span),
+            );
+        }
+        self.runs.insert(
+            run.id.clone(),
+            RunTrace {
+                span,
+                attempts: HashMap::new(),
+                made: 0,
+            },
+        );
+    }
+
+    /// An attempt is being sent to `worker`: its span opens, and `Assign` carries it.
+    pub fn assigned(&mut self, a: &mut pb::Assign, worker: &str) {
+        let Some(k) = a.key.as_ref() else { return };
+        let Some(run) = self.runs.get_mut(&k.run_id) else {
+            return;
+        };
+        if run.made >= MAX_ATTEMPT_SPANS {
+            a.traceparent = traces::traceparent(&run.span);
+            return;
+        }
+        run.made += 1;
+        let span = tracing::info_span!(
+            parent: &run.span,
+            "task_run",
+            run = %k.run_id,
+            task = %k.task,
+            map_index = k.map_index,
+            attempt = k.attempt,
+            worker = %worker,
+        );
+        a.traceparent = traces::traceparent(&span);
+        run.attempts
+            .insert((k.task.clone(), k.map_index, k.attempt), span);
+    }
+
+    /// An attempt's result came back: its span closes.
+    pub fn finished(&mut self, key: &AttemptKey) {
+        if let Some(run) = self.runs.get_mut(&key.run) {
+            run.attempts
+                .remove(&(key.task.clone(), key.map_index, key.attempt));
+        }
+    }
+
+    /// A run ended: its span closes, and any attempt's left.
+    pub fn ended(&mut self, id: &str, state: &str) {
+        if let Some(run) = self.runs.remove(id) {
+            run.span.record("state", state);
+            drop(run);
+        }
+    }
+}
