@@ -99,6 +99,7 @@ fn install(
             tracing_subscriber::filter::Targets::new()
                 .with_target("baton_scheduler", Level::INFO)
                 .with_target("baton_worker", Level::INFO)
+                .with_target("baton_worker::untraced", LevelFilter::OFF)
                 .with_target("baton_common", Level::INFO),
         )
     });

@@ -96,6 +96,19 @@ pub fn traceparent(span: &tracing::Span) -> String {
     carrier.remove("traceparent").unwrap_or_default()
 }
 
+/// Whether `traceparent` asks for its children to be recorded (its sampled flag is set).
+pub fn sampled(traceparent: &str) -> bool {
+    traceparent.ends_with("-01")
+}
+
+/// `traceparent` with its sampled flag cleared: spans under it are not recorded.
+pub fn unsampled(traceparent: &str) -> String {
+    match traceparent.rsplit_once('-') {
+        Some((head, _flags)) => format!("{head}-00"),
+        None => String::new(),
+    }
+}
+
 /// Makes `traceparent` (W3C; ignored when empty or malformed) the parent of `span`, which
 /// must not have been entered yet.
 pub fn set_parent(span: &tracing::Span, traceparent: &str) {

@@ -3,7 +3,8 @@
 //! parent run's span for a child run); an attempt's from its dispatch to its result, under
 //! its run's, and its `traceparent` goes to the worker in `Assign`. A run gets at most
 //! [`MAX_ATTEMPT_SPANS`] attempt spans (a wide fan-out would flood the collector); later
-//! attempts send the run's own `traceparent`, so their worker spans still join the trace.
+//! attempts send the run's `traceparent` marked not sampled, so that their workers record
+//! no span either, while a task's own SDK still sees the run's trace id.
 
 use baton_common::ids::AttemptKey;
 use baton_common::traces;
@@ -12,7 +13,7 @@ use std::collections::HashMap;
 use tracing::Span;
 
 /// Attempt spans per run, at most.
-pub const MAX_ATTEMPT_SPANS: usize = 1000;
+pub const MAX_ATTEMPT_SPANS: usize = 200;
 
 #[derive(Default)]
 pub(super) struct RunTraces {
@@ -25,6 +26,8 @@ struct RunTrace {
     span: Span,
     attempts: HashMap<(String, i64, u32), Span>,
     made: usize,
+    /// The run's `traceparent`, not sampled, for attempts past the cap (made once).
+    unsampled: Option<String>,
 }
 
 impl RunTraces {
@@ -65,6 +68,7 @@ impl RunTraces {
                 span,
                 attempts: HashMap::new(),
                 made: 0,
+                unsampled: None,
             },
         );
     }
@@ -76,7 +80,11 @@ impl RunTraces {
             return;
         };
         if run.made >= MAX_ATTEMPT_SPANS {
-            a.traceparent = traces::traceparent(&run.span);
+            let span = &run.span;
+            a.traceparent = run
+                .unsampled
+                .get_or_insert_with(|| traces::unsampled(&traces::traceparent(span)))
+                .clone();
             return;
         }
         run.made += 1;

@@ -41,6 +41,21 @@ const CLOSE_GRACE: Duration = Duration::from_secs(1);
 /// that address next.
 pub use baton_proto::limits::LEADER_METADATA;
 
+/// The span of an attempt, with target `$target`.
+macro_rules! attempt_span {
+    ($target:literal, $worker:expr, $key:expr) => {
+        tracing::info_span!(
+            target: $target,
+            "attempt",
+            worker = %$worker,
+            run = %$key.run,
+            task = %$key.task,
+            map_index = $key.map_index,
+            attempt = $key.attempt
+        )
+    };
+}
+
 /// How a session ended.
 pub(super) enum End {
     /// The drain is complete.
@@ -530,16 +545,16 @@ impl Worker {
             containers: self.containers.clone(),
             secrets: self.config.secrets.clone(),
         };
-        let span = tracing::info_span!(
-            "attempt",
-            worker = %self.config.id,
-            run = %key.run,
-            task = %key.task,
-            map_index = key.map_index,
-            attempt = key.attempt
-        );
-        // The scheduler's span of this attempt, when traces are exported.
-        baton_common::traces::set_parent(&span, &assign.traceparent);
+        // Exported (under the scheduler's span of this attempt) only when the scheduler
+        // asks for it: traces are on and the attempt is sampled. Otherwise the span has a
+        // target the trace exporter does not take, and only logs see it.
+        let span = if baton_common::traces::sampled(&assign.traceparent) {
+            let span = attempt_span!("baton_worker::traced", self.config.id, key);
+            baton_common::traces::set_parent(&span, &assign.traceparent);
+            span
+        } else {
+            attempt_span!("baton_worker::untraced", self.config.id, key)
+        };
         let body = {
             let (key, store) = (key.clone(), store.clone());
             let (finished, logs) = (self.finished_tx.clone(), self.logs_tx.clone());

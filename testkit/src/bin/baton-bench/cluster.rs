@@ -31,6 +31,8 @@ pub struct Cluster {
     worker_ids: Vec<String>,
     procs: Mutex<Vec<Proc>>,
     finished: bool,
+    /// Set on every process (the OTLP endpoint with `--otlp`).
+    env: Vec<(String, String)>,
 }
 
 /// A free TCP port on 127.0.0.1 (bound, then released).
@@ -83,7 +85,11 @@ pub fn log_tail(path: &Path, n: usize) -> String {
 impl Cluster {
     /// Starts the scheduler and two workers (labels `local` and `local,trainer`) with
     /// `slots` slots each, and waits until both workers are connected.
-    pub async fn start(slots: u32, no_fsync: bool) -> Result<(Cluster, Client)> {
+    pub async fn start(
+        slots: u32,
+        no_fsync: bool,
+        otlp: Option<&baton_testkit::otlp::Receiver>,
+    ) -> Result<(Cluster, Client)> {
         let bins = bin_dir()?;
         let scheduler_bin = binary(&bins, "baton-scheduler")?;
         let worker_bin = binary(&bins, "baton-worker")?;
@@ -98,6 +104,9 @@ impl Cluster {
             worker_ids: Vec::new(),
             procs: Mutex::new(Vec::new()),
             finished: false,
+            env: otlp
+                .map(|r| vec![("OTEL_EXPORTER_OTLP_ENDPOINT".to_string(), r.endpoint())])
+                .unwrap_or_default(),
         };
         let data_dir = dir.join("scheduler-data");
         let mut cmd = Command::new(&scheduler_bin);
@@ -139,6 +148,7 @@ impl Cluster {
             File::create(&log).with_context(|| format!("cannot create {}", log.display()))?;
         let out = file.try_clone()?;
         cmd.env("NO_COLOR", "1")
+            .envs(self.env.iter().cloned())
             .stdin(Stdio::null())
             .stdout(out)
             .stderr(file);

@@ -64,6 +64,10 @@ struct Args {
     /// Keep the temporary folder with the processes' logs and the scheduler's state.
     #[arg(long)]
     keep: bool,
+    /// Single node: export traces (OTLP/gRPC, the default sampling) from the scheduler and
+    /// workers to a receiver in the benchmark's process, to measure what tracing costs.
+    #[arg(long, conflicts_with = "cluster")]
+    otlp: bool,
     /// Also measure memory over history: the scheduler's memory after each of 10 fan-outs
     /// of 100,000 tasks, then the peak through a fan-out of 1,000,000 (with --quick: 3 of
     /// 5,000, then 20,000). Runs first, on a fresh scheduler, so that the peak is its own.
@@ -461,6 +465,11 @@ async fn bench(args: &Args) -> Result<Report> {
     let leader_lease_ms = args
         .leader_lease_ms
         .unwrap_or(baton_scheduler::SchedulerConfig::default().leader_lease_ms);
+    let receiver = if args.otlp {
+        Some(baton_testkit::otlp::Receiver::start().await?)
+    } else {
+        None
+    };
     let (mut nodes, client) = if args.cluster {
         progress(format!(
             "starting {} etcd members, s3s-fs, {} scheduler replicas (leader lease {}) and 2 workers ({} slots each)",
@@ -482,7 +491,8 @@ async fn bench(args: &Args) -> Result<Report> {
             },
             args.slots
         ));
-        let (cluster, client) = Cluster::start(args.slots, args.no_fsync).await?;
+        let (cluster, client) =
+            Cluster::start(args.slots, args.no_fsync, receiver.as_ref()).await?;
         progress(format!("cluster up; logs in {}", cluster.dir().display()));
         (Nodes::Single(cluster), client)
     };
@@ -719,6 +729,7 @@ async fn bench(args: &Args) -> Result<Report> {
             chain: chain_len,
             ridge_file: ridge_file.display().to_string(),
             fsync: args.cluster || !args.no_fsync,
+            spans: receiver.as_ref().map(|r| r.spans().len()),
             cluster: args.cluster.then_some(ClusterSettings {
                 replicas: ha::REPLICAS,
                 etcd_members: ha::ETCD_MEMBERS,
