@@ -14,6 +14,7 @@ pub use tree::{parent_line, tree_json, tree_text, ChildRun, RunTree};
 use baton_common::state::{run_state_name, task_state_name};
 use baton_proto as pb;
 use serde_json::{json, Value};
+use std::collections::BTreeMap;
 
 /// A duration in milliseconds as `1.23s` / `2m03s`; `-` when unknown (negative).
 pub fn duration(ms: i64) -> String {
@@ -87,49 +88,14 @@ fn worker_cell(t: &pb::TaskRun) -> String {
     }
 }
 
-/// The final table of a run's task runs.
+/// The table of a run's task runs, every one on a row, at full width.
 pub fn task_table(trs: &[pb::TaskRun]) -> String {
-    let rows: Vec<Vec<String>> = trs
-        .iter()
-        .map(|t| {
-            let detail = if !t.error.is_empty() {
-                clip(&t.error, 80)
-            } else if !t.value.is_empty() {
-                clip(&t.value, 60)
-            } else {
-                t.waiting_reason.clone()
-            };
-            vec![
-                t.task.clone(),
-                if t.map_index < 0 {
-                    "-".into()
-                } else {
-                    t.map_index.to_string()
-                },
-                task_state_name(t.state).to_string(),
-                t.attempt.to_string(),
-                worker_cell(t),
-                duration(task_duration(t)),
-                t.result
-                    .as_ref()
-                    .map(|r| r.uri.clone())
-                    .unwrap_or_else(|| "-".into()),
-                detail,
-            ]
-        })
-        .collect();
-    table(
-        &[
-            "TASK",
-            "INDEX",
-            "STATE",
-            "ATTEMPT",
-            "WORKER",
-            "DURATION",
-            "RESULT",
-            "VALUE / ERROR",
-        ],
-        &rows,
+    run_table(
+        trs,
+        TableOpts {
+            all: true,
+            width: None,
+        },
     )
 }
 
@@ -497,5 +463,196 @@ mod tests {
         let none = leader_json(&pb::GetLeaderResponse::default());
         assert!(none["leader"].is_null());
         assert!(leader_report(&pb::GetLeaderResponse::default()).contains("none known"));
+    }
+}
+
+/// How [`run_table`] lays out a run's task runs.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct TableOpts {
+    /// Every task run of a mapped task on a row of its own (else one row per mapped task,
+    /// with the failed ones listed under it).
+    pub all: bool,
+    /// Fit in this many columns (shortened locations, clipped values); `None`: full width.
+    pub width: Option<usize>,
+}
+
+/// Failed task runs of a mapped task listed under its row when it is grouped.
+const FAILED_LISTED: usize = 10;
+
+/// The final table of a run: an unmapped task's run on a row; a mapped task's runs on one
+/// row with counts by state (and its failed runs, a few, on rows of their own) unless
+/// `all`; fitted to a width when given.
+pub fn run_table(trs: &[pb::TaskRun], opts: TableOpts) -> String {
+    let mut rows: Vec<Vec<String>> = Vec::new();
+    if opts.all {
+        rows.extend(trs.iter().map(|t| task_row(t, opts)));
+    } else {
+        // Tasks in the order their first task run comes; each with its unmapped run and
+        // its mapped runs.
+        type Runs<'a> = (Vec<&'a pb::TaskRun>, Vec<&'a pb::TaskRun>);
+        let mut order: Vec<&str> = Vec::new();
+        let mut by_task: std::collections::HashMap<&str, Runs> = Default::default();
+        for t in trs {
+            let entry = by_task.entry(&t.task).or_insert_with(|| {
+                order.push(&t.task);
+                (Vec::new(), Vec::new())
+            });
+            if t.map_index < 0 {
+                entry.0.push(t);
+            } else {
+                entry.1.push(t);
+            }
+        }
+        for task in order {
+            let (single, mapped) = &by_task[task];
+            rows.extend(single.iter().map(|t| task_row(t, opts)));
+            if mapped.is_empty() {
+                continue;
+            }
+            rows.push(group_row(task, mapped));
+            let failed: Vec<&&pb::TaskRun> = mapped
+                .iter()
+                .filter(|t| t.state == pb::TaskState::Failed as i32)
+                .collect();
+            rows.extend(failed.iter().take(FAILED_LISTED).map(|t| task_row(t, opts)));
+            if failed.len() > FAILED_LISTED {
+                let mut more = vec![String::new(); 8];
+                more[2] = format!("{} more failed", failed.len() - FAILED_LISTED);
+                more[7] = "(--all lists every task run)".into();
+                rows.push(more);
+            }
+        }
+    }
+    const HEADER: [&str; 8] = [
+        "TASK",
+        "INDEX",
+        "STATE",
+        "ATTEMPT",
+        "WORKER",
+        "DURATION",
+        "RESULT",
+        "VALUE / ERROR",
+    ];
+    if let Some(width) = opts.width {
+        fit_last_column(&HEADER, &mut rows, width);
+    }
+    table(&HEADER, &rows)
+}
+
+/// A task run's row.
+fn task_row(t: &pb::TaskRun, opts: TableOpts) -> Vec<String> {
+    let detail = if !t.error.is_empty() {
+        clip(&t.error, 80)
+    } else if !t.value.is_empty() {
+        clip(&t.value, 60)
+    } else {
+        t.waiting_reason.clone()
+    };
+    let result = t.result.as_ref().map_or_else(
+        || "-".to_string(),
+        |r| {
+            if opts.width.is_some() {
+                short_location(&r.uri)
+            } else {
+                r.uri.clone()
+            }
+        },
+    );
+    vec![
+        t.task.clone(),
+        if t.map_index < 0 {
+            "-".into()
+        } else {
+            t.map_index.to_string()
+        },
+        task_state_name(t.state).to_string(),
+        t.attempt.to_string(),
+        worker_cell(t),
+        duration(task_duration(t)),
+        result,
+        detail,
+    ]
+}
+
+/// The row of a mapped task's runs: how many, counts by state, workers, the longest.
+fn group_row(task: &str, runs: &[&pb::TaskRun]) -> Vec<String> {
+    let mut states: BTreeMap<&str, usize> = BTreeMap::new();
+    let mut workers = std::collections::BTreeSet::new();
+    for t in runs {
+        *states.entry(task_state_name(t.state)).or_default() += 1;
+        if !t.worker.is_empty() {
+            workers.insert(t.worker.as_str());
+        }
+    }
+    let counts: Vec<String> = states.iter().map(|(s, n)| format!("{s} {n}")).collect();
+    let longest = runs.iter().map(|t| task_duration(t)).max().unwrap_or(-1);
+    let attempts = runs.iter().map(|t| t.attempt).max().unwrap_or(0);
+    vec![
+        task.to_string(),
+        format!("0..{}", runs.len().saturating_sub(1)),
+        counts.join(", "),
+        format!("≤{attempts}"),
+        match workers.len() {
+            0 => "-".into(),
+            1 => workers
+                .iter()
+                .next()
+                .map_or_else(String::new, |w| w.to_string()),
+            n => format!("{n} workers"),
+        },
+        format!("≤{}", duration(longest)),
+        "-".into(),
+        format!("{} task runs (--all lists each)", runs.len()),
+    ]
+}
+
+/// A location shortened for a narrow table: its last part.
+fn short_location(uri: &str) -> String {
+    tail(uri, 32)
+}
+
+/// The last `keep` characters of `s`, with `…` in front when it was longer.
+fn tail(s: &str, keep: usize) -> String {
+    let n = s.chars().count();
+    if n <= keep {
+        return s.to_string();
+    }
+    let tail: String = s.chars().skip(n - keep.saturating_sub(1)).collect();
+    format!("…{tail}")
+}
+
+/// The RESULT column, shortened first when a row does not fit.
+const RESULT_COLUMN: usize = 6;
+/// What the last column keeps at least, and the RESULT column.
+const MIN_LAST: usize = 16;
+const MIN_RESULT: usize = 12;
+
+/// Fits every row in `width` columns: the last column (values, errors) is clipped, and the
+/// RESULT column cut to its end when that is not enough.
+fn fit_last_column(header: &[&str], rows: &mut [Vec<String>], width: usize) {
+    let cols = header.len();
+    let mut widths: Vec<usize> = header.iter().map(|h| h.chars().count()).collect();
+    for r in rows.iter() {
+        for (i, c) in r.iter().enumerate().take(cols - 1) {
+            widths[i] = widths[i].max(c.chars().count());
+        }
+    }
+    let used: usize = widths[..cols - 1].iter().map(|w| w + 2).sum();
+    if used + MIN_LAST > width && widths[RESULT_COLUMN] > MIN_RESULT {
+        let over = used + MIN_LAST - width;
+        let keep = widths[RESULT_COLUMN].saturating_sub(over).max(MIN_RESULT);
+        for r in rows.iter_mut() {
+            if let Some(c) = r.get_mut(RESULT_COLUMN) {
+                *c = tail(c, keep);
+            }
+        }
+        widths[RESULT_COLUMN] = keep;
+    }
+    let used: usize = widths[..cols - 1].iter().map(|w| w + 2).sum();
+    let room = width.saturating_sub(used).max(MIN_LAST);
+    for r in rows.iter_mut() {
+        if let Some(last) = r.get_mut(cols - 1) {
+            *last = clip(last, room);
+        }
     }
 }

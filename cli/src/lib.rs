@@ -5,6 +5,7 @@
 pub use baton_client as client;
 pub mod embedded;
 pub mod format;
+pub mod progress;
 
 pub use client::Client;
 pub use embedded::{EmbeddedCluster, WorkerSpec};

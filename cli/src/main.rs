@@ -221,6 +221,40 @@ enum ResultCmd {
     },
 }
 
+/// `baton dev`'s help, without the connection options the other commands share (they
+/// are global, so that they go before or after a subcommand): `dev` starts its own
+/// scheduler and connects to none.
+fn dev_help() -> String {
+    use clap::CommandFactory;
+    // A subcommand of the unbuilt command has only its own arguments; of the global ones,
+    // only the log format applies to `dev`.
+    let cli = Cli::command();
+    let log_format = cli
+        .get_arguments()
+        .find(|a| a.get_id() == "log_format")
+        .cloned();
+    cli.find_subcommand("dev")
+        .cloned()
+        .map(|dev| {
+            let dev = match log_format {
+                Some(a) => dev.arg(a.global(false)),
+                None => dev,
+            };
+            dev.bin_name("baton dev").render_help().to_string()
+        })
+        .unwrap_or_default()
+}
+
+fn parse_args() -> Cli {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let dev = args.first().is_some_and(|a| a == "dev");
+    if dev && args.iter().any(|a| a == "--help" || a == "-h") {
+        print!("{}", dev_help());
+        std::process::exit(0);
+    }
+    Cli::parse()
+}
+
 fn main() {
     // The process shim of a task of an embedded worker (`baton dev`) runs here and exits.
     baton_worker::shim::init();
@@ -235,7 +269,7 @@ fn main() {
 
 #[tokio::main]
 async fn cli_main() {
-    let cli = Cli::parse();
+    let cli = parse_args();
     baton_common::telemetry::init_with("warn", cli.log_format);
     let in_process_workers = match &cli.cmd {
         Cmd::Dev { .. } => true,
@@ -417,6 +451,27 @@ mod tests {
     use super::*;
 
     /// Every argument of every command says what it is in `--help`.
+    #[test]
+    fn dev_help_leaves_out_the_connection_options() {
+        let dev = super::dev_help();
+        assert!(
+            dev.contains("--listen") && dev.contains("baton dev"),
+            "{dev}"
+        );
+        assert!(dev.contains("--log-format"), "{dev}");
+        for hidden in ["--scheduler", "--token", "--tls-ca"] {
+            assert!(!dev.contains(hidden), "{hidden} in:\n{dev}");
+        }
+        let mut cmd = <Cli as clap::CommandFactory>::command();
+        cmd.build();
+        let run = cmd
+            .find_subcommand_mut("run")
+            .expect("run")
+            .render_help()
+            .to_string();
+        assert!(run.contains("--scheduler"), "{run}");
+    }
+
     #[test]
     fn every_argument_has_help() {
         fn missing(cmd: &clap::Command, path: &str, out: &mut Vec<String>) {

@@ -4,7 +4,6 @@ use anyhow::Context;
 use baton_cli::embedded::{default_workers, EmbeddedCluster};
 use baton_cli::{client::is_finished, format};
 use baton_common::flow::MAX_FLOW_FILE_BYTES;
-use baton_common::state::{run_state_name, task_state_name};
 use baton_proto as pb;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -24,9 +23,18 @@ pub struct RunArgs {
     /// that starts with `[`, `{` or `"` must be valid JSON).
     #[arg(long = "param", short = 'p')]
     params: Vec<String>,
-    /// Print task state changes while the run goes on.
+    /// Show progress while the run goes on, also when stderr is not a terminal (on a
+    /// terminal it is shown anyway): a bar per task there, a summary line every 2 s here.
     #[arg(long)]
     watch: bool,
+    /// In the final table, every task run of a mapped task on a row of its own (by
+    /// default a mapped task is one row with counts by state, and its failed runs).
+    #[arg(long)]
+    all: bool,
+    /// Full result locations and values in the final table (by default it is fitted to
+    /// the terminal's width).
+    #[arg(long)]
+    wide: bool,
     /// Print the finished run with its task runs and small results as JSON.
     #[arg(long)]
     json: bool,
@@ -179,40 +187,35 @@ async fn submit(
             run.id, run.project, run.flow, run.version
         );
     }
-    let mut stream = client.watch(&run.id, args.watch).await?;
+    use std::io::IsTerminal;
+    let terminal = std::io::stderr().is_terminal();
+    let mut progress = (!args.json && (args.watch || terminal))
+        .then(|| baton_cli::progress::Progress::new(terminal));
+    let mut stream = client.watch(&run.id, progress.is_some()).await?;
     let mut last = run;
+    let mut waiting = String::new();
     while let Some(ev) = stream.message().await? {
-        if args.watch {
-            for t in &ev.task_runs {
-                let index = if t.map_index < 0 {
-                    String::new()
-                } else {
-                    format!("[{}]", t.map_index)
-                };
-                let worker = if t.worker.is_empty() {
-                    String::new()
-                } else {
-                    format!(" on {}", t.worker)
-                };
-                eprintln!(
-                    "  {}{} {} (attempt {}){}",
-                    t.task,
-                    index,
-                    task_state_name(t.state),
-                    t.attempt,
-                    worker
-                );
-            }
+        if let Some(p) = progress.as_mut() {
+            p.update(&ev.task_runs);
         }
         if let Some(r) = ev.run {
-            if args.watch && r.state != last.state {
-                eprintln!("run {}: {}", r.id, run_state_name(r.state));
+            // Why the run waits (no worker with its labels, say), as soon as it is known.
+            if !args.json && r.waiting_reason != waiting {
+                waiting = r.waiting_reason.clone();
+                match progress.as_mut() {
+                    Some(p) => p.waiting(&waiting),
+                    None if !waiting.is_empty() => eprintln!("waiting: {waiting}"),
+                    None => {}
+                }
             }
             last = r;
             if is_finished(&last) {
                 break;
             }
         }
+    }
+    if let Some(p) = progress.as_mut() {
+        p.finish();
     }
     let final_run = client.get_run(&last.id).await?;
     let trs = client.task_runs(&final_run.id, true).await?;
@@ -223,11 +226,36 @@ async fn submit(
         );
     } else {
         println!("{}", format::run_line(&final_run));
-        print!("{}", format::task_table(&trs));
+        let width = (!args.wide).then(terminal_width).flatten();
+        let opts = format::TableOpts {
+            all: args.all,
+            width,
+        };
+        print!("{}", format::run_table(&trs, opts));
     }
     Ok(if final_run.state == pb::RunState::Completed as i32 {
         0
     } else {
         1
+    })
+}
+
+/// The width of the terminal on stdout; `None` when stdout is not one.
+fn terminal_width() -> Option<usize> {
+    use std::io::IsTerminal;
+    if !std::io::stdout().is_terminal() {
+        return None;
+    }
+    let cols = std::env::var("COLUMNS").ok().and_then(|c| c.parse().ok());
+    cols.or_else(|| {
+        let mut ws = libc::winsize {
+            ws_row: 0,
+            ws_col: 0,
+            ws_xpixel: 0,
+            ws_ypixel: 0,
+        };
+        // SAFETY: TIOCGWINSZ fills the winsize struct it is given, on stdout's descriptor.
+        let rc = unsafe { libc::ioctl(libc::STDOUT_FILENO, libc::TIOCGWINSZ, &mut ws) };
+        (rc == 0 && ws.ws_col > 0).then_some(ws.ws_col as usize)
     })
 }

@@ -189,3 +189,78 @@ async fn json_logs_carry_the_attempt_fields() -> anyhow::Result<()> {
     assert!(span["map_index"].is_i64(), "{span}");
     Ok(())
 }
+
+const MAPPED: &str = "name: mapped\ntasks:\n  - {name: items, builtin: range, inputs: {n: 200}}\n  - {name: ok, builtin: echo, inputs: {value: {result: items}}, map: [value]}\n  - {name: few, builtin: range, inputs: {n: 12}}\n  - {name: bad, builtin: fail, inputs: {message: {result: few}, retryable: false}, map: [message]}\n";
+
+/// `baton run` shows progress (summary lines in a pipe, bars on a terminal), never a line
+/// per task run; its final table groups a mapped task's runs (`--all` lists each) and fits
+/// the terminal; a run no worker can take says why it waits at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_shows_progress_groups_mapped_tasks_and_says_why_a_run_waits() -> anyhow::Result<()>
+{
+    let mut cluster = Cluster::start(&["--unrunnable-timeout-ms", "4000"]).await?;
+    cluster.add_worker("cli-p", "local", 8)?;
+    let flow = cluster.dir.path().join("mapped.yaml");
+    std::fs::write(&flow, MAPPED)?;
+    let flow = flow.display().to_string();
+    eventually(Duration::from_secs(20), "the worker", || async {
+        let (code, out, _) = baton(&cluster, &["workers"]).ok()?;
+        (code == 0 && out.contains("cli-p")).then_some(())
+    })
+    .await?;
+
+    // In a pipe: summary lines, and a grouped table.
+    let (code, out, err) = baton(&cluster, &["run", &flow, "--watch"])?;
+    assert_eq!(code, 1, "the `bad` task fails: {out}{err}");
+    assert!(err.contains("progress: "), "{err}");
+    assert!(err.contains("ok 200/200"), "{err}");
+    assert!(err.lines().count() < 20, "a line per task run?\n{err}");
+    assert!(
+        out.lines()
+            .any(|l| l.starts_with("ok ") && l.contains("0..199") && l.contains("COMPLETED 200")),
+        "{out}"
+    );
+    assert!(
+        out.lines()
+            .any(|l| l.starts_with("bad ") && l.contains("FAILED 12")),
+        "{out}"
+    );
+    assert!(out.contains("2 more failed"), "{out}");
+    assert!(out.lines().count() < 30, "{out}");
+    let (_, all, _) = baton(&cluster, &["run", &flow, "--all"])?;
+    assert!(all.lines().count() > 212, "{all}");
+
+    // On a terminal (a pseudo-terminal from `script`): bars, and a table that fits.
+    let cmd = format!(
+        "{} --scheduler {} run {flow}",
+        bin_path("baton")?.display(),
+        cluster.url()
+    );
+    let tty = Command::new("script")
+        .args(["-qec", &cmd, "/dev/null"])
+        .env("COLUMNS", "100")
+        .output()?;
+    let text = String::from_utf8_lossy(&tty.stdout);
+    assert!(text.contains("200/200"), "{text}");
+    assert!(text.contains("[====="), "no bar: {text}");
+    let row = text
+        .lines()
+        .find(|l| l.starts_with("ok ") && l.contains("0..199"))
+        .unwrap_or_else(|| panic!("no row of `ok`: {text}"));
+    assert!(row.trim_end().chars().count() <= 100, "{row}");
+
+    // A run that no worker can take says why at once (and fails after the timeout).
+    let nowhere = cluster.dir.path().join("nowhere.yaml");
+    std::fs::write(
+        &nowhere,
+        "name: nowhere\nlabels: [gpu-a100]\ntasks:\n  - {name: t, builtin: noop}\n",
+    )?;
+    let (code, _, err) = baton(&cluster, &["run", &nowhere.display().to_string()])?;
+    assert_eq!(code, 1, "{err}");
+    let waiting = err
+        .lines()
+        .find(|l| l.starts_with("waiting: "))
+        .unwrap_or_else(|| panic!("no waiting reason: {err}"));
+    assert!(waiting.contains("gpu-a100"), "{waiting}");
+    Ok(())
+}
