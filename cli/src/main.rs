@@ -405,20 +405,26 @@ async fn execute(cli: Cli) -> anyhow::Result<i32> {
         Cmd::Result {
             cmd: ResultCmd::Get { location, direct },
         } => {
-            let data = get_result(&target, &location, direct).await?;
-            let mut out = std::io::stdout().lock();
-            out.write_all(&data)?;
-            if !data.ends_with(b"\n") {
+            let mut out = std::io::stdout();
+            let ended_line = get_result(&target, &location, direct, &mut out).await?;
+            if !ended_line {
                 out.write_all(b"\n")?;
             }
+            out.flush()?;
             Ok(0)
         }
     }
 }
 
-/// Reads a result through the scheduler, or an s3:// location straight from its bucket with
-/// `--direct` or when no scheduler answers.
-async fn get_result(target: &Target, location: &str, direct: bool) -> anyhow::Result<Vec<u8>> {
+/// Writes a result to `out`: streamed through the scheduler in parts (any size, little
+/// memory), or an s3:// location read straight from its bucket with `--direct` or when no
+/// scheduler answers. Whether what was written ends a line.
+async fn get_result(
+    target: &Target,
+    location: &str,
+    direct: bool,
+    out: &mut dyn Write,
+) -> anyhow::Result<bool> {
     let scheduler = &target.addr;
     let s3 = location.starts_with("s3://");
     if direct && !s3 {
@@ -428,8 +434,15 @@ async fn get_result(target: &Target, location: &str, direct: bool) -> anyhow::Re
     }
     if !direct {
         match target.connect().await {
-            Ok(c) => match c.get_result(location).await {
-                Ok(r) => return Ok(r.data),
+            Ok(c) => match c.read_result(location).await {
+                Ok(mut parts) => {
+                    let mut last = b'\n';
+                    while let Some(part) = parts.message().await? {
+                        out.write_all(&part.data)?;
+                        last = part.data.last().copied().unwrap_or(last);
+                    }
+                    return Ok(last == b'\n');
+                }
                 // Not in the cluster's store: read with this machine's own credentials.
                 Err(baton_cli::client::ClientError::Status(s))
                     if s3 && s.code() == tonic::Code::PermissionDenied =>
@@ -443,14 +456,16 @@ async fn get_result(target: &Target, location: &str, direct: bool) -> anyhow::Re
         }
     }
     let store = open_store(location).await?;
-    Ok(store.get(location).await?)
+    let data = store.get(location).await?;
+    out.write_all(&data)?;
+    Ok(data.ends_with(b"\n"))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    /// Every argument of every command says what it is in `--help`.
+    /// `baton dev --help` shows only what `dev` takes.
     #[test]
     fn dev_help_leaves_out_the_connection_options() {
         let dev = super::dev_help();
@@ -472,6 +487,7 @@ mod tests {
         assert!(run.contains("--scheduler"), "{run}");
     }
 
+    /// Every argument of every command says what it is in `--help`.
     #[test]
     fn every_argument_has_help() {
         fn missing(cmd: &clap::Command, path: &str, out: &mut Vec<String>) {

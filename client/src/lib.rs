@@ -492,6 +492,22 @@ impl Client {
             .workers)
     }
 
+    /// Opens a stream of the parts of a result or artifact of any size (`ReadResult`); the
+    /// first part gives its size.
+    pub async fn read_result(
+        &self,
+        uri: &str,
+    ) -> Result<tonic::Streaming<pb::ResultChunk>, ClientError> {
+        let req = pb::GetResultRequest {
+            uri: uri.to_string(),
+        };
+        self.call(Retry::Always, |mut c| {
+            let req = req.clone();
+            async move { c.read_result(req).await }
+        })
+        .await
+    }
+
     pub async fn get_result(&self, uri: &str) -> Result<pb::GetResultResponse, ClientError> {
         let req = pb::GetResultRequest {
             uri: uri.to_string(),

@@ -92,6 +92,15 @@ type EventStream = std::pin::Pin<
 #[tonic::async_trait]
 impl FlowService for Replica {
     type WatchRunStream = EventStream;
+    type ReadResultStream =
+        std::pin::Pin<Box<dyn tokio_stream::Stream<Item = Result<pb::ResultChunk, Status>> + Send>>;
+
+    async fn read_result(
+        &self,
+        _r: Request<pb::GetResultRequest>,
+    ) -> Result<Response<Self::ReadResultStream>, Status> {
+        Err(Status::unimplemented("not scripted"))
+    }
 
     async fn register_flow(
         &self,

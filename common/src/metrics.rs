@@ -163,6 +163,13 @@ impl ResultStore for Measured {
         r
     }
 
+    async fn get_range(&self, uri: &str, offset: u64, len: u64) -> Result<(Vec<u8>, u64)> {
+        let start = Instant::now();
+        let r = self.inner.get_range(uri, offset, len).await;
+        self.m.done("get", start, &r);
+        r
+    }
+
     async fn exists(&self, uri: &str) -> Result<bool> {
         let start = Instant::now();
         let r = self.inner.exists(uri).await;

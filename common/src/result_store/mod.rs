@@ -72,6 +72,9 @@ pub trait ResultStore: Send + Sync + 'static {
     /// Reads the object at `uri` if it is at most `max` bytes; a larger one is refused
     /// (`TooLarge`) before it is read into memory.
     async fn get_at_most(&self, uri: &str, max: u64) -> Result<Vec<u8>>;
+    /// Reads at most `len` bytes of the object at `uri` from byte `offset` (fewer at its
+    /// end, none past it), with the object's whole size: large objects are read in parts.
+    async fn get_range(&self, uri: &str, offset: u64, len: u64) -> Result<(Vec<u8>, u64)>;
     /// Whether an object exists at `uri`.
     async fn exists(&self, uri: &str) -> Result<bool>;
     /// Deletes the object at `uri`; deleting a missing object is not an error.

@@ -350,6 +350,38 @@ impl ResultStore for S3Store {
         retrying(self.retry_for, uri, |_| self.read(bucket, key, max)).await
     }
 
+    async fn get_range(&self, uri: &str, offset: u64, len: u64) -> Result<(Vec<u8>, u64)> {
+        let (bucket, key) = split_uri(uri)?;
+        check_key(key, "key")?;
+        retrying(self.retry_for, uri, move |_| async move {
+            let Some((size, _)) = self.head(bucket, key).await? else {
+                return Err(Failure::NotFound);
+            };
+            if offset >= size || len == 0 {
+                return Ok((Vec::new(), size));
+            }
+            let last = offset.saturating_add(len).min(size) - 1;
+            let out = self
+                .client
+                .get()
+                .await
+                .get_object()
+                .bucket(bucket)
+                .key(key)
+                .range(format!("bytes={offset}-{last}"))
+                .send()
+                .await
+                .map_err(Failure::from_sdk)?;
+            let body = out
+                .body
+                .collect()
+                .await
+                .map_err(|e| Failure::Transient(format!("reading the body: {e}")))?;
+            Ok((body.into_bytes().to_vec(), size))
+        })
+        .await
+    }
+
     async fn exists(&self, uri: &str) -> Result<bool> {
         let (bucket, key) = split_uri(uri)?;
         check_key(key, "key")?;

@@ -109,6 +109,43 @@ use baton_proto::limits::{MAX_MESSAGE_BYTES, MAX_RUNS_PAGE, MAX_TASK_RUNS_PAGE};
 
 type EventStream = Pin<Box<dyn Stream<Item = Result<pb::RunEvent, Status>> + Send>>;
 
+/// A part of a streamed result: 1 MiB.
+const CHUNK_BYTES: u64 = 1 << 20;
+
+/// The parts of a result, as [`FlowService::read_result`] streams them.
+type ChunkStream =
+    std::pin::Pin<Box<dyn tokio_stream::Stream<Item = Result<pb::ResultChunk, Status>> + Send>>;
+
+/// The content type of a result, from its location.
+fn content_type(uri: &str) -> &'static str {
+    if uri.ends_with(".json") {
+        "application/json"
+    } else if uri.ends_with(".csv") {
+        "text/csv"
+    } else {
+        "application/octet-stream"
+    }
+}
+
+impl FlowApi {
+    /// `uri`, checked: bounded, and in this cluster's own store (never another bucket or
+    /// file read with the scheduler's credentials; `baton result get --direct` reads
+    /// elsewhere with the caller's own).
+    fn own_location(&self, uri: String) -> Result<String, Status> {
+        require("uri", &uri)?;
+        bounds::check_len("uri", &uri, bounds::MAX_LOCATION_BYTES)?;
+        let root = self.results.root_uri();
+        if !uri.starts_with(&format!("{}/", root.trim_end_matches('/'))) {
+            return Err(Status::permission_denied(format!(
+                "`{}` is not in this cluster's result store; read it with your own \
+                 credentials (`baton result get --direct`)",
+                bounds::quote(&uri)
+            )));
+        }
+        Ok(uri)
+    }
+}
+
 #[tonic::async_trait]
 impl FlowService for FlowApi {
     async fn set_schedule(
@@ -372,41 +409,80 @@ impl FlowService for FlowApi {
         &self,
         req: Request<pb::GetResultRequest>,
     ) -> Result<Response<pb::GetResultResponse>, Status> {
-        let uri = req.into_inner().uri;
-        require("uri", &uri)?;
-        bounds::check_len("uri", &uri, bounds::MAX_LOCATION_BYTES)?;
-        // Only this cluster's own store: never another bucket or file with the scheduler's
-        // credentials (`baton result get --direct` reads elsewhere with the caller's own).
-        let root = self.results.root_uri();
-        if !uri.starts_with(&format!("{}/", root.trim_end_matches('/'))) {
-            return Err(Status::permission_denied(format!(
-                "`{}` is not in this cluster's result store; read it with your own \
-                 credentials (`baton result get --direct`)",
-                bounds::quote(&uri)
-            )));
-        }
-        // The answer must fit a message; larger objects are read directly from the store.
+        let uri = self.own_location(req.into_inner().uri)?;
+        // The answer must fit a message; larger objects are read with `ReadResult`.
         let max = (MAX_MESSAGE_BYTES - 64 * 1024) as u64;
         let data = match self.results.get_at_most(&uri, max).await {
             Err(e @ baton_common::Error::TooLarge { .. }) => {
                 return Err(Status::resource_exhausted(format!(
-                    "{e}, more than one answer holds: read it directly from the result store \
-                     (`baton result get --direct`)"
+                    "{e}, more than one answer holds: read it in parts with ReadResult (as \
+                     `baton result get` does)"
                 )))
             }
             got => got.map_err(Error::from)?,
         };
-        let content_type = if uri.ends_with(".json") {
-            "application/json"
-        } else if uri.ends_with(".csv") {
-            "text/csv"
-        } else {
-            "application/octet-stream"
-        };
         Ok(Response::new(pb::GetResultResponse {
             data,
-            content_type: content_type.to_string(),
+            content_type: content_type(&uri).to_string(),
         }))
+    }
+
+    type ReadResultStream = ChunkStream;
+
+    async fn read_result(
+        &self,
+        req: Request<pb::GetResultRequest>,
+    ) -> Result<Response<Self::ReadResultStream>, Status> {
+        let uri = self.own_location(req.into_inner().uri)?;
+        // The first part is read before answering, so that a missing object is an error
+        // of the call, not of the stream.
+        let (first, size) = self
+            .results
+            .get_range(&uri, 0, CHUNK_BYTES)
+            .await
+            .map_err(Error::from)?;
+        let store = self.results.clone();
+        let (tx, rx) = tokio::sync::mpsc::channel(2);
+        tokio::spawn(async move {
+            let mut offset = first.len() as u64;
+            let head = pb::ResultChunk {
+                data: first,
+                size,
+                content_type: content_type(&uri).to_string(),
+            };
+            if tx.send(Ok(head)).await.is_err() {
+                return;
+            }
+            while offset < size {
+                let part = match store.get_range(&uri, offset, CHUNK_BYTES).await {
+                    Ok((data, _)) if !data.is_empty() => data,
+                    Ok(_) => {
+                        let _ = tx
+                            .send(Err(Status::data_loss(
+                                "the object shrank while it was read",
+                            )))
+                            .await;
+                        return;
+                    }
+                    Err(e) => {
+                        let _ = tx.send(Err(Error::from(e).into())).await;
+                        return;
+                    }
+                };
+                offset += part.len() as u64;
+                let chunk = pb::ResultChunk {
+                    data: part,
+                    ..Default::default()
+                };
+                // The caller went away: stop reading.
+                if tx.send(Ok(chunk)).await.is_err() {
+                    return;
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+        )))
     }
 
     async fn get_leader(

@@ -264,3 +264,35 @@ async fn the_cli_shows_progress_groups_mapped_tasks_and_says_why_a_run_waits() -
     assert!(waiting.contains("gpu-a100"), "{waiting}");
     Ok(())
 }
+
+/// `baton result get` of a 20 MB artifact (past one message) streams it, byte for byte.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn result_get_streams_an_artifact_larger_than_a_message() -> anyhow::Result<()> {
+    let cluster = Cluster::start(&[]).await?;
+    let dir = cluster.data_dir().join("store").join("artifacts");
+    std::fs::create_dir_all(&dir)?;
+    let path = dir.join("big.bin");
+    let mut x = 0x2545_f491_4f6c_dd1du64;
+    let data: Vec<u8> = (0..20 << 20)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x >> 24) as u8
+        })
+        .collect();
+    std::fs::write(&path, &data)?;
+    let location = format!("file://{}", path.canonicalize()?.display());
+    let out = Command::new(bin_path("baton")?)
+        .args(["--scheduler", &cluster.url(), "result", "get", &location])
+        .output()?;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // What was stored, and the line end the command adds to a result without one.
+    assert_eq!(out.stdout.len(), data.len() + 1);
+    assert!(out.stdout[..data.len()] == data[..], "the bytes differ");
+    Ok(())
+}

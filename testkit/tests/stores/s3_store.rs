@@ -53,6 +53,17 @@ async fn round_trip_with_checksum() -> anyhow::Result<()> {
         matches!(small, Err(Error::TooLarge { size, max: 4 }) if size == data.len() as u64),
         "{small:?}"
     );
+    // Parts of it, by byte range, with its size; none past its end.
+    let size = data.len() as u64;
+    assert_eq!(
+        store.get_range(&r.uri, 0, 4).await?,
+        (data[..4].to_vec(), size)
+    );
+    assert_eq!(
+        store.get_range(&r.uri, 10, 100).await?,
+        (data[10..].to_vec(), size)
+    );
+    assert_eq!(store.get_range(&r.uri, size, 8).await?, (Vec::new(), size));
     // It really is in the server's bucket, under the prefix.
     let on_disk = s3
         .data_dir()
