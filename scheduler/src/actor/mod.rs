@@ -160,6 +160,9 @@ struct Actor {
     gauges_at: std::time::Instant,
     /// Spans of runs and attempts, while traces are exported.
     traces: traces::RunTraces,
+    /// Spans of attempts whose results this step commits, and of those commits: closed
+    /// once the step is durable.
+    committing: Vec<(tracing::Span, tracing::Span)>,
     /// Fault injection: stop after this step, as after a failed write.
     stop_on_its_own: bool,
 }
@@ -188,6 +191,7 @@ pub fn spawn(
         in_flight: std::collections::VecDeque::new(),
         gauges_at: std::time::Instant::now(),
         traces: traces::RunTraces::default(),
+        committing: Vec::new(),
         stop_on_its_own: false,
     };
     let join = tokio::spawn(actor.run(rx, shutdown));
@@ -453,7 +457,7 @@ impl Actor {
                 if let Some(k) = f.key.as_ref() {
                     let key = AttemptKey::from(k);
                     if baton_common::traces::on() {
-                        self.traces.finished(&key);
+                        self.committing.extend(self.traces.finished(&key));
                     }
                     self.logs.ended(key);
                 }
@@ -558,6 +562,19 @@ impl Actor {
         }
         for run in fx.finished_runs {
             self.archive(&run, &mut out);
+        }
+        if !self.committing.is_empty() {
+            let spans = std::mem::take(&mut self.committing);
+            for (_, commit) in &spans {
+                commit.record("operations", fx.ops.len());
+            }
+            out.push(Box::new(move |_| {
+                // The commit's span ends first, then its attempt's.
+                for (attempt, commit) in spans {
+                    drop(commit);
+                    drop(attempt);
+                }
+            }));
         }
         if fx.ops.is_empty() && self.in_flight.is_empty() {
             self.release(out);

@@ -102,12 +102,20 @@ impl RunTraces {
             .insert((k.task.clone(), k.map_index, k.attempt), span);
     }
 
-    /// An attempt's result came back: its span closes.
-    pub fn finished(&mut self, key: &AttemptKey) {
-        if let Some(run) = self.runs.get_mut(&key.run) {
-            run.attempts
-                .remove(&(key.task.clone(), key.map_index, key.attempt));
-        }
+    /// An attempt's result came back: its span, with a child span for the commit of its
+    /// result (the group commit of this step), both to be closed once that is durable.
+    pub fn finished(&mut self, key: &AttemptKey) -> Option<(Span, Span)> {
+        let span = self.runs.get_mut(&key.run)?.attempts.remove(&(
+            key.task.clone(),
+            key.map_index,
+            key.attempt,
+        ))?;
+        let commit = tracing::info_span!(
+            parent: &span,
+            "result_commit",
+            operations = tracing::field::Empty,
+        );
+        Some((span, commit))
     }
 
     /// A run ended: its span closes, and any attempt's left.

@@ -1,7 +1,8 @@
 //! OpenTelemetry traces on real processes: a real OTLP/gRPC receiver gets the spans of the
 //! scheduler and two workers. After the ridge sweep, the run is one trace in which every
 //! task run attempt is a worker span under the scheduler's span of that attempt, under the
-//! run's span; a process task's `TRACEPARENT` names its attempt's worker span.
+//! run's span, with the commit of its result as a span of its own; a process task's
+//! `TRACEPARENT` names its attempt's worker span.
 
 use baton_client::Client;
 use baton_testkit::otlp::{Received, Receiver};
@@ -59,7 +60,8 @@ async fn a_run_is_one_trace_from_the_scheduler_to_every_attempt_on_the_workers(
         ("OTEL_BSP_SCHEDULE_DELAY", "100".to_string()),
     ];
     let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
-    cluster.add_worker_with("w-local", "local", 2, &["--allow", "process"], &env)?;
+    let json = ["--allow", "process", "--log-format", "json"];
+    cluster.add_worker_with("w-local", "local", 2, &json, &env)?;
     cluster.add_worker_with("w-trainer", "local,trainer", 2, &[], &env)?;
     let client = Client::connect(&cluster.url()).await?;
     let run = crate::support::start_ridge(&client).await?;
@@ -82,7 +84,8 @@ async fn a_run_is_one_trace_from_the_scheduler_to_every_attempt_on_the_workers(
             .iter()
             .all(|(id, n)| {
                 trace_of(&spans, id).is_some_and(|(_, all)| {
-                    all.iter().filter(|s| s.name == "attempt").count() >= *n
+                    let count = |name: &str| all.iter().filter(|s| s.name == name).count();
+                    count("attempt") >= *n && count("result_commit") >= *n
                 })
             });
         async move { done.then_some(spans) }
@@ -119,7 +122,26 @@ async fn a_run_is_one_trace_from_the_scheduler_to_every_attempt_on_the_workers(
         assert_eq!(on_worker.parent, by_scheduler.span_id, "{on_worker:?}");
         assert_eq!(by_scheduler.parent, root.span_id, "{by_scheduler:?}");
         assert!(reaches(on_worker, root, &all));
+        // The commit of its result, in a group commit of at least one operation.
+        let commit = all
+            .iter()
+            .find(|s| s.name == "result_commit" && s.parent == by_scheduler.span_id)
+            .unwrap_or_else(|| panic!("no result commit for {} [{index}]", t.task));
+        let ops: u64 = commit.attributes["operations"].parse()?;
+        assert!(ops >= 1, "{commit:?}");
     }
+
+    // The worker's JSON log lines of a traced attempt name its trace.
+    let log = std::fs::read_to_string(&cluster.workers[0].log)?;
+    let traced_line = log.lines().any(|l| {
+        serde_json::from_str::<serde_json::Value>(l)
+            .is_ok_and(|v| v["span"]["trace_id"].as_str() == Some(root.trace_id.as_str()))
+    });
+    assert!(
+        traced_line,
+        "no log line with trace {}:\n{log}",
+        root.trace_id
+    );
 
     // The process task saw its attempt's span as TRACEPARENT.
     let (_, all) = trace_of(&spans, &traced.id).expect("the second run's trace");

@@ -51,7 +51,8 @@ macro_rules! attempt_span {
             run = %$key.run,
             task = %$key.task,
             map_index = $key.map_index,
-            attempt = $key.attempt
+            attempt = $key.attempt,
+            trace_id = tracing::field::Empty
         )
     };
 }
@@ -551,6 +552,10 @@ impl Worker {
         let span = if baton_common::traces::sampled(&assign.traceparent) {
             let span = attempt_span!("baton_worker::traced", self.config.id, key);
             baton_common::traces::set_parent(&span, &assign.traceparent);
+            // Log lines of the attempt carry its trace.
+            if let Some(trace) = assign.traceparent.split('-').nth(1) {
+                span.record("trace_id", trace);
+            }
             span
         } else {
             attempt_span!("baton_worker::untraced", self.config.id, key)
