@@ -14,6 +14,18 @@ pub fn cut(s: &mut String, max: usize, marker: &str) {
     s.push_str(marker);
 }
 
+/// Percent-encodes `s` for a URL's query (every byte but the unreserved ones).
+pub fn percent_encode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     #[test]

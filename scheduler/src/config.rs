@@ -60,6 +60,10 @@ pub struct SchedulerConfig {
         default_value_t = defaults::UNRUNNABLE_TIMEOUT_MS
     )]
     pub unrunnable_timeout_ms: u64,
+    /// Serve the web UI at http://ADDR/ (e.g. 127.0.0.1:8080); off when unset. With
+    /// authentication on, the UI asks for a token and acts with that token's role.
+    #[arg(long, value_name = "ADDR", env = "BATON_HTTP")]
+    pub http: Option<String>,
     /// Serve Prometheus metrics at http://ADDR/metrics (e.g. 0.0.0.0:9464); off when unset.
     #[arg(long, value_name = "ADDR", env = "BATON_METRICS_ADDR")]
     pub metrics_addr: Option<String>,

@@ -18,6 +18,7 @@ pub mod service;
 pub mod shed;
 pub mod store;
 pub mod tls;
+pub mod web;
 
 pub use config::SchedulerConfig;
 pub use error::{Error, Result};

@@ -58,6 +58,19 @@ pub async fn serve(
             .map_err(|e| Error::Config(format!("--metrics-addr {at}: {e}")))?;
         tracing::info!(addr = %bound, "serving metrics at /metrics");
     }
+    if let Some(at) = &config.http {
+        let listener = TcpListener::bind(at)
+            .await
+            .map_err(|e| Error::Config(format!("--http {at}: {e}")))?;
+        let bound = crate::web::spawn(
+            listener,
+            format!("{scheme}://{addr}"),
+            tokens.is_some(),
+            shutdown.clone(),
+        )
+        .await?;
+        tracing::info!(url = %format!("http://{bound}/"), "serving the web UI");
+    }
     let roles = Arc::new(Roles::new(state.clone(), replica_id, advertise));
 
     let flow = FlowServiceServer::new(FlowApi::new(roles.clone(), results.clone()))

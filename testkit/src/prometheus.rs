@@ -4,6 +4,7 @@
 
 use crate::process::{free_port, Node};
 use anyhow::{anyhow, bail, Context};
+use baton_common::text::percent_encode as encode;
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::path::PathBuf;
@@ -161,18 +162,6 @@ impl Prometheus {
             .context("no HTTP status")?;
         Ok((status, body.to_string()))
     }
-}
-
-/// Percent-encodes a query parameter.
-fn encode(s: &str) -> String {
-    s.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
-                (b as char).to_string()
-            }
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
 }
 
 fn binary() -> anyhow::Result<PathBuf> {

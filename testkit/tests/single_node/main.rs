@@ -33,3 +33,4 @@ mod shedding;
 mod tls;
 mod traces;
 mod values;
+mod web;

@@ -1,0 +1,181 @@
+//! The web UI: pages served by the scheduler on its own HTTP address (`--http`), rendered on
+//! the server (maud) from the gRPC API, which the UI calls as a client of its own replica
+//! (a follower's calls follow the leader; the caller's token, from the login cookie, is the
+//! one the API checks, so the UI can do only what that token may).
+
+mod pages;
+
+use axum::extract::{Form, Path, Query, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{Html, IntoResponse, Redirect, Response};
+use baton_client::Client;
+use std::collections::HashMap;
+use std::sync::Arc;
+use tokio_util::sync::CancellationToken;
+
+/// The cookie holding a user's token.
+const COOKIE: &str = "baton_token";
+/// The stylesheet, shipped in the binary (no asset is loaded from elsewhere).
+const STYLE: &str = include_str!("style.css");
+
+/// What every page needs: where the API is.
+#[derive(Clone)]
+struct Web {
+    /// This replica's gRPC address.
+    api: Arc<String>,
+    /// Whether the API requires a token.
+    auth: bool,
+}
+
+/// Serves the UI on `listener` until `shutdown`, calling the API at `api`.
+pub async fn spawn(
+    listener: tokio::net::TcpListener,
+    api: String,
+    auth: bool,
+    shutdown: CancellationToken,
+) -> std::io::Result<std::net::SocketAddr> {
+    let addr = listener.local_addr()?;
+    let state = Web {
+        api: Arc::new(api),
+        auth,
+    };
+    let app = axum::Router::new()
+        .route("/", axum::routing::get(dashboard))
+        .route("/runs", axum::routing::get(runs))
+        .route("/runs/{id}", axum::routing::get(run))
+        .route("/flows", axum::routing::get(flows))
+        .route("/workers", axum::routing::get(workers))
+        .route("/login", axum::routing::get(login_form).post(login))
+        .route("/style.css", axum::routing::get(style))
+        .with_state(state);
+    tokio::spawn(async move {
+        let served = axum::serve(listener, app)
+            .with_graceful_shutdown(async move { shutdown.cancelled().await })
+            .await;
+        if let Err(e) = served {
+            tracing::warn!(error = %e, "the web UI stopped");
+        }
+    });
+    Ok(addr)
+}
+
+/// A page's outcome: its HTML, or an error page.
+type Page = Result<Html<String>, Response>;
+
+impl Web {
+    /// A client of the API with the caller's token; without one where a token is needed,
+    /// the login page.
+    async fn client(&self, headers: &HeaderMap) -> Result<Client, Response> {
+        let token = cookie(headers, COOKIE);
+        if self.auth && token.is_none() {
+            return Err(Redirect::to("/login").into_response());
+        }
+        Client::connect_with(std::slice::from_ref(&*self.api), token.as_deref(), None)
+            .await
+            .map_err(|e| failure(&e.to_string()))
+    }
+}
+
+/// An error page (status 502: the API did not answer as asked).
+fn failure(message: &str) -> Response {
+    let body = pages::layout("Error", pages::error(message));
+    (StatusCode::BAD_GATEWAY, Html(body.into_string())).into_response()
+}
+
+/// The value of cookie `name`.
+fn cookie(headers: &HeaderMap, name: &str) -> Option<String> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|kv| kv.trim().split_once('='))
+        .find(|(k, _)| *k == name)
+        .map(|(_, v)| v.to_string())
+        .filter(|v| !v.is_empty())
+}
+
+async fn style() -> impl IntoResponse {
+    ([(header::CONTENT_TYPE, "text/css; charset=utf-8")], STYLE)
+}
+
+async fn dashboard(State(web): State<Web>, headers: HeaderMap) -> Page {
+    let c = web.client(&headers).await?;
+    let api = |e: baton_client::ClientError| failure(&e.to_string());
+    let leader = c.leader().await.map_err(api)?;
+    let runs = c.list_runs(200).await.map_err(api)?;
+    let workers = c.workers().await.map_err(api)?;
+    Ok(Html(
+        pages::layout("Dashboard", pages::dashboard(&leader, &runs, &workers)).into_string(),
+    ))
+}
+
+async fn runs(
+    State(web): State<Web>,
+    headers: HeaderMap,
+    Query(q): Query<HashMap<String, String>>,
+) -> Page {
+    let c = web.client(&headers).await?;
+    let runs = c
+        .list_runs(1000)
+        .await
+        .map_err(|e| failure(&e.to_string()))?;
+    let filter = pages::RunFilter::from_query(&q);
+    Ok(Html(
+        pages::layout("Runs", pages::runs(&runs, &filter)).into_string(),
+    ))
+}
+
+async fn run(
+    State(web): State<Web>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    Query(q): Query<HashMap<String, String>>,
+) -> Page {
+    let c = web.client(&headers).await?;
+    let api = |e: baton_client::ClientError| failure(&e.to_string());
+    let run = c.get_run(&id).await.map_err(api)?;
+    let trs = c.task_runs(&id, true).await.map_err(api)?;
+    let view = pages::TaskFilter::from_query(&q);
+    let title = format!("Run {}", run.id);
+    Ok(Html(
+        pages::layout(&title, pages::run(&run, &trs, &view)).into_string(),
+    ))
+}
+
+async fn flows(State(web): State<Web>, headers: HeaderMap) -> Page {
+    let c = web.client(&headers).await?;
+    let flows = c
+        .list_flows("")
+        .await
+        .map_err(|e| failure(&e.to_string()))?;
+    Ok(Html(
+        pages::layout("Flows", pages::flows(&flows)).into_string(),
+    ))
+}
+
+async fn workers(State(web): State<Web>, headers: HeaderMap) -> Page {
+    let c = web.client(&headers).await?;
+    let workers = c.workers().await.map_err(|e| failure(&e.to_string()))?;
+    Ok(Html(
+        pages::layout("Workers", pages::workers(&workers)).into_string(),
+    ))
+}
+
+async fn login_form() -> Html<String> {
+    Html(pages::layout("Sign in", pages::login()).into_string())
+}
+
+/// Keeps the token in an http-only cookie (the UI never shows it again), then goes home.
+async fn login(Form(form): Form<HashMap<String, String>>) -> Response {
+    let token = form.get("token").map(|t| t.trim()).unwrap_or_default();
+    if token.is_empty() || token.len() > 4096 || !token.bytes().all(|b| b.is_ascii_graphic()) {
+        return (
+            StatusCode::BAD_REQUEST,
+            Html(pages::layout("Sign in", pages::login()).into_string()),
+        )
+            .into_response();
+    }
+    let cookie = format!("{COOKIE}={token}; HttpOnly; SameSite=Strict; Path=/");
+    ([(header::SET_COOKIE, cookie)], Redirect::to("/")).into_response()
+}

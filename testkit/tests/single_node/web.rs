@@ -1,0 +1,143 @@
+//! The web UI served by a real scheduler (`--http`): the dashboard, runs (filtered), a run
+//! with its mapped task's runs grouped and paged, flows, workers, the stylesheet; and with
+//! authentication on, a sign-in that keeps the token in an http-only cookie.
+
+use crate::support::fan_out;
+use baton_client::Client;
+use baton_scheduler::auth::{tokens, Role};
+use baton_testkit::{eventually, free_port, Cluster};
+use std::collections::BTreeMap;
+use std::io::{Read, Write};
+use std::time::Duration;
+
+/// An HTTP/1.0 request to the UI: (status, headers, body).
+fn http(port: u16, request: &str) -> anyhow::Result<(u16, String, String)> {
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port))?;
+    s.set_read_timeout(Some(Duration::from_secs(20)))?;
+    s.write_all(request.as_bytes())?;
+    let mut raw = String::new();
+    s.read_to_string(&mut raw)?;
+    let (head, body) = raw
+        .split_once("\r\n\r\n")
+        .ok_or_else(|| anyhow::anyhow!("a malformed answer: {raw}"))?;
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .ok_or_else(|| anyhow::anyhow!("no status: {head}"))?;
+    Ok((status, head.to_string(), body.to_string()))
+}
+
+fn get(port: u16, path: &str, cookie: Option<&str>) -> anyhow::Result<(u16, String, String)> {
+    let cookie = cookie.map_or(String::new(), |c| format!("Cookie: {c}\r\n"));
+    http(
+        port,
+        &format!("GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n{cookie}\r\n"),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_ui_shows_runs_tasks_flows_and_workers() -> anyhow::Result<()> {
+    let port = free_port()?;
+    let at = format!("127.0.0.1:{port}");
+    let mut cluster = Cluster::start(&["--http", &at]).await?;
+    cluster.add_worker("web-w", "local", 8)?;
+    let c = Client::connect(&cluster.url()).await?;
+    let run = c
+        .run_source(fan_out("webfan", 120, 0), BTreeMap::new(), String::new())
+        .await?
+        .run
+        .ok_or_else(|| anyhow::anyhow!("no run"))?;
+    cluster.assert_completed(&c.wait(&run.id).await?);
+
+    let (status, _, home) = get(port, "/", None)?;
+    assert_eq!(status, 200, "{home}");
+    assert!(
+        home.contains("Dashboard") && home.contains(&run.id),
+        "{home}"
+    );
+    assert!(home.contains("/style.css"), "{home}");
+
+    let (_, _, runs) = get(port, "/runs?state=completed", None)?;
+    assert!(runs.contains(&run.id), "{runs}");
+    let (_, _, none) = get(port, "/runs?state=failed", None)?;
+    assert!(!none.contains(&run.id), "{none}");
+
+    // The run: its mapped task grouped (120 runs, all completed), one page of 50 rows.
+    let path = format!("/runs/{}", run.id);
+    let (status, _, page) = get(port, &path, None)?;
+    assert_eq!(status, 200, "{page}");
+    assert!(page.contains("COMPLETED</span> 120"), "{page}");
+    let (_, _, first) = get(port, &format!("{path}?task=work&state=completed"), None)?;
+    assert_eq!(first.matches("<td>work</td>").count(), 50, "{first}");
+    assert!(first.contains("120 task runs"), "{first}");
+    let (_, _, last) = get(port, &format!("{path}?task=work&offset=100"), None)?;
+    assert_eq!(last.matches("<td>work</td>").count(), 20, "{last}");
+    assert!(last.contains("← newer"), "{last}");
+    let (_, _, total) = get(port, &format!("{path}?task=total"), None)?;
+    assert!(total.contains("7140"), "the sum of 0..120: {total}");
+
+    let (_, _, flows) = get(port, "/flows", None)?;
+    assert!(flows.contains("webfan"), "{flows}");
+    let (_, _, workers) = get(port, "/workers", None)?;
+    assert!(
+        workers.contains("web-w") && workers.contains("local"),
+        "{workers}"
+    );
+    let (status, head, css) = get(port, "/style.css", None)?;
+    assert_eq!(status, 200);
+    assert!(
+        head.contains("text/css") && css.contains("prefers-color-scheme"),
+        "{head}"
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_tokens_the_ui_asks_for_one_and_keeps_it_in_an_http_only_cookie() -> anyhow::Result<()>
+{
+    let keys = tempfile::tempdir()?;
+    let client = tokens::generate();
+    let file = keys.path().join("tokens");
+    std::fs::write(&file, tokens::entry(Role::Client, "alice", &client))?;
+    let port = free_port()?;
+    let at = format!("127.0.0.1:{port}");
+    let cluster =
+        Cluster::start(&["--tokens-file", &file.display().to_string(), "--http", &at]).await?;
+    let _ = &cluster;
+    // Without a token: the sign-in page, no data.
+    let (status, head, _) = eventually(Duration::from_secs(10), "the UI", || async {
+        get(port, "/runs", None).ok()
+    })
+    .await?;
+    assert_eq!(status, 303, "{head}");
+    assert!(head.contains("location: /login"), "{head}");
+    let (_, _, form) = get(port, "/login", None)?;
+    assert!(form.contains("type=\"password\""), "{form}");
+    // Signing in sets the cookie; with it the pages answer.
+    let body = format!("token={client}");
+    let (status, head, _) = http(
+        port,
+        &format!(
+            "POST /login HTTP/1.0\r\nHost: 127.0.0.1\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        ),
+    )?;
+    assert_eq!(status, 303, "{head}");
+    let cookie = head
+        .lines()
+        .find_map(|l| l.strip_prefix("set-cookie: "))
+        .ok_or_else(|| anyhow::anyhow!("no cookie: {head}"))?;
+    assert!(
+        cookie.contains("HttpOnly") && cookie.contains("SameSite=Strict"),
+        "{cookie}"
+    );
+    let pair = cookie.split(';').next().unwrap_or_default();
+    let (status, _, page) = get(port, "/runs", Some(pair))?;
+    assert_eq!(status, 200, "{page}");
+    // A wrong token: the API's refusal, not data.
+    let (status, _, page) = get(port, "/runs", Some("baton_token=not-a-token"))?;
+    assert_eq!(status, 502, "{page}");
+    assert!(!page.contains("<td>"), "{page}");
+    Ok(())
+}
