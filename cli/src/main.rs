@@ -125,6 +125,9 @@ enum Cmd {
         /// `local`, and `local,trainer` with the host's GPUs).
         #[arg(long = "worker")]
         workers: Vec<String>,
+        /// Address for the web UI (`off`: none). When it is taken, dev goes on without.
+        #[arg(long, default_value = "127.0.0.1:8070")]
+        http: String,
     },
     /// Run a flow file, or a registered flow (--flow), and wait for it to finish.
     Run(run::RunArgs),
@@ -333,6 +336,7 @@ async fn execute(cli: Cli) -> anyhow::Result<i32> {
             listen,
             data,
             workers,
+            http,
         } => {
             let specs = if workers.is_empty() {
                 default_workers()
@@ -350,6 +354,12 @@ async fn execute(cli: Cli) -> anyhow::Result<i32> {
                 specs.len(),
                 data.display()
             );
+            if http != "off" {
+                match cluster.serve_ui(&http).await {
+                    Ok(at) => eprintln!("baton dev: web UI at http://{at}/"),
+                    Err(e) => eprintln!("baton dev: no web UI ({http}: {e})"),
+                }
+            }
             let stop = tokio_util::sync::CancellationToken::new();
             baton_common::shutdown::on_signals(
                 stop.clone(),

@@ -1,5 +1,5 @@
-//! `baton dev`: one command starts a scheduler with a `local` and a `local,trainer` worker;
-//! the ridge sweep runs on it; Ctrl-C stops it cleanly.
+//! `baton dev`: one command starts a scheduler with a `local` and a `local,trainer` worker,
+//! and the web UI, whose URL it prints; the ridge sweep runs on it; Ctrl-C stops it cleanly.
 
 use baton_client::Client;
 use baton_proto as pb;
@@ -9,12 +9,14 @@ use std::time::Duration;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn baton_dev_runs_the_ridge_sweep() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
-    let port = free_port()?;
+    let (port, ui) = (free_port()?, free_port()?);
+    let said = dir.path().join("dev.log");
     let mut dev = std::process::Command::new(bin_path("baton")?)
         .args(["dev", "--listen", &format!("127.0.0.1:{port}"), "--data"])
         .arg(dir.path().join("data"))
+        .args(["--http", &format!("127.0.0.1:{ui}")])
         .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&said)?)
         .spawn()?;
     let url = format!("http://127.0.0.1:{port}");
     let client = eventually(Duration::from_secs(30), "baton dev to serve", || {
@@ -39,6 +41,22 @@ async fn baton_dev_runs_the_ridge_sweep() -> anyhow::Result<()> {
         labels,
         ["baton:process,local", "baton:process,local,trainer"]
     );
+    // The web UI, at the URL it printed, shows the workers.
+    let printed = std::fs::read_to_string(&said)?;
+    assert!(
+        printed.contains(&format!("web UI at http://127.0.0.1:{ui}/")),
+        "{printed}"
+    );
+    let page = tokio::task::spawn_blocking(move || -> anyhow::Result<String> {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", ui))?;
+        s.write_all(b"GET /workers HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")?;
+        let mut out = String::new();
+        s.read_to_string(&mut out)?;
+        Ok(out)
+    })
+    .await??;
+    assert!(page.contains("dev-local-1"), "{page}");
     let run = crate::support::start_ridge(&client).await?;
     let done = tokio::time::timeout(Duration::from_secs(60), client.wait(&run.id)).await??;
     assert_eq!(done.state, pb::RunState::Completed as i32, "{}", done.error);
