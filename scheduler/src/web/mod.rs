@@ -9,6 +9,7 @@ use axum::extract::{Form, Path, Query, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{Html, IntoResponse, Redirect, Response};
 use baton_client::Client;
+use baton_common::text::percent_encode as encode;
 use std::collections::HashMap;
 use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
@@ -43,6 +44,15 @@ pub async fn spawn(
         .route("/", axum::routing::get(dashboard))
         .route("/runs", axum::routing::get(runs))
         .route("/runs/{id}", axum::routing::get(run))
+        .route("/runs/{id}/cancel", axum::routing::post(cancel))
+        .route(
+            "/flows/{project}/{flow}/run",
+            axum::routing::get(quick_run_form).post(quick_run),
+        )
+        .route(
+            "/flows/{project}/{flow}/schedule",
+            axum::routing::post(schedule),
+        )
         .route("/flows", axum::routing::get(flows))
         .route("/workers", axum::routing::get(workers))
         .route("/login", axum::routing::get(login_form).post(login))
@@ -72,7 +82,7 @@ impl Web {
         }
         Client::connect_with(std::slice::from_ref(&*self.api), token.as_deref(), None)
             .await
-            .map_err(|e| failure(&e.to_string()))
+            .map_err(api)
     }
 }
 
@@ -101,7 +111,6 @@ async fn style() -> impl IntoResponse {
 
 async fn dashboard(State(web): State<Web>, headers: HeaderMap) -> Page {
     let c = web.client(&headers).await?;
-    let api = |e: baton_client::ClientError| failure(&e.to_string());
     let leader = c.leader().await.map_err(api)?;
     let runs = c.list_runs(200).await.map_err(api)?;
     let workers = c.workers().await.map_err(api)?;
@@ -116,10 +125,7 @@ async fn runs(
     Query(q): Query<HashMap<String, String>>,
 ) -> Page {
     let c = web.client(&headers).await?;
-    let runs = c
-        .list_runs(1000)
-        .await
-        .map_err(|e| failure(&e.to_string()))?;
+    let runs = c.list_runs(1000).await.map_err(api)?;
     let filter = pages::RunFilter::from_query(&q);
     Ok(Html(
         pages::layout("Runs", pages::runs(&runs, &filter)).into_string(),
@@ -133,7 +139,6 @@ async fn run(
     Query(q): Query<HashMap<String, String>>,
 ) -> Page {
     let c = web.client(&headers).await?;
-    let api = |e: baton_client::ClientError| failure(&e.to_string());
     let run = c.get_run(&id).await.map_err(api)?;
     let trs = c.task_runs(&id, true).await.map_err(api)?;
     let view = pages::TaskFilter::from_query(&q);
@@ -145,10 +150,7 @@ async fn run(
 
 async fn flows(State(web): State<Web>, headers: HeaderMap) -> Page {
     let c = web.client(&headers).await?;
-    let flows = c
-        .list_flows("")
-        .await
-        .map_err(|e| failure(&e.to_string()))?;
+    let flows = c.list_flows("").await.map_err(api)?;
     Ok(Html(
         pages::layout("Flows", pages::flows(&flows)).into_string(),
     ))
@@ -156,10 +158,97 @@ async fn flows(State(web): State<Web>, headers: HeaderMap) -> Page {
 
 async fn workers(State(web): State<Web>, headers: HeaderMap) -> Page {
     let c = web.client(&headers).await?;
-    let workers = c.workers().await.map_err(|e| failure(&e.to_string()))?;
+    let workers = c.workers().await.map_err(api)?;
     Ok(Html(
         pages::layout("Workers", pages::workers(&workers)).into_string(),
     ))
+}
+
+/// Cancels a run, then shows it.
+async fn cancel(State(web): State<Web>, headers: HeaderMap, Path(id): Path<String>) -> Action {
+    let c = web.client(&headers).await?;
+    c.cancel_run(&id).await.map_err(api)?;
+    Ok(Redirect::to(&format!("/runs/{}", encode(&id))).into_response())
+}
+
+/// What an action answers: where to go next, or an error page.
+type Action = Result<Response, Response>;
+
+/// The error page of an API call's failure.
+fn api(e: baton_client::ClientError) -> Response {
+    failure(&e.to_string())
+}
+
+/// Switches a flow's schedule on (`active=on`) or off, then shows the flows.
+async fn schedule(
+    State(web): State<Web>,
+    headers: HeaderMap,
+    Path((project, flow)): Path<(String, String)>,
+    Form(form): Form<HashMap<String, String>>,
+) -> Action {
+    let c = web.client(&headers).await?;
+    let active = form.get("active").is_some_and(|v| v == "on");
+    c.set_schedule(&project, &flow, active).await.map_err(api)?;
+    Ok(Redirect::to("/flows").into_response())
+}
+
+/// The Quick Run form of a flow: its parameters, their defaults filled in.
+async fn quick_run_form(
+    State(web): State<Web>,
+    headers: HeaderMap,
+    Path((project, flow)): Path<(String, String)>,
+) -> Page {
+    let c = web.client(&headers).await?;
+    let def = c.get_flow(&project, &flow, 0).await.map_err(api)?;
+    let title = format!("Quick run: {project}/{flow}");
+    Ok(Html(
+        pages::layout(&title, pages::quick_run(&def, None)).into_string(),
+    ))
+}
+
+/// Starts a run of the flow's latest version with the form's values (each JSON; one that
+/// is not is shown back with the error), then shows the run.
+async fn quick_run(
+    State(web): State<Web>,
+    headers: HeaderMap,
+    Path((project, flow)): Path<(String, String)>,
+    Form(form): Form<HashMap<String, String>>,
+) -> Action {
+    let c = web.client(&headers).await?;
+    let mut parameters = HashMap::new();
+    for (k, v) in &form {
+        let Some(name) = k.strip_prefix("p.") else {
+            continue;
+        };
+        if v.trim().is_empty() {
+            continue;
+        }
+        if let Err(e) = serde_json::from_str::<serde_json::Value>(v) {
+            let def = c.get_flow(&project, &flow, 0).await.map_err(api)?;
+            let why = format!("parameter `{name}`: not JSON ({e}); a string is written in quotes");
+            let body = pages::quick_run(&def, Some(&why));
+            return Err((
+                StatusCode::BAD_REQUEST,
+                Html(pages::layout("Quick run", body).into_string()),
+            )
+                .into_response());
+        }
+        parameters.insert(name.to_string(), v.clone());
+    }
+    let req = baton_proto::CreateRunRequest {
+        project,
+        flow,
+        parameters,
+        idempotency_key: uuid::Uuid::new_v4().to_string(),
+        ..Default::default()
+    };
+    let run = c
+        .create_run(req)
+        .await
+        .map_err(api)?
+        .run
+        .ok_or_else(|| failure("the scheduler answered no run"))?;
+    Ok(Redirect::to(&format!("/runs/{}", encode(&run.id))).into_response())
 }
 
 async fn login_form() -> Html<String> {

@@ -243,6 +243,13 @@ pub fn run(r: &pb::FlowRun, trs: &[pb::TaskRun], f: &TaskFilter) -> Markup {
             @if !r.error.is_empty() {
                 tr { th { "Error" } td.error { (r.error) } }
             }
+            @if !finished(r) {
+                tr { th { "" } td {
+                    form.inline method="post" action={ "/runs/" (r.id) "/cancel" } {
+                        button type="submit" { "Cancel run" }
+                    }
+                } }
+            }
             @for (k, v) in &r.parameters {
                 tr { th { "param " (k) } td.mono { (v) } }
             }
@@ -301,7 +308,7 @@ fn clip(s: &str, n: usize) -> String {
 pub fn flows(flows: &[pb::FlowSummary]) -> Markup {
     html! {
         table {
-            tr { th { "Project" } th { "Flow" } th { "Version" } th { "Schedule" } th { "Runs" } }
+            tr { th { "Project" } th { "Flow" } th { "Version" } th { "Schedule" } th { "Runs" } th { "" } }
             @for f in flows {
                 tr {
                     td { (f.project) }
@@ -309,11 +316,20 @@ pub fn flows(flows: &[pb::FlowSummary]) -> Markup {
                     td.num { (f.latest_version) }
                     td {
                         @if let Some(s) = &f.schedule {
-                            code { (s.cron) } " "
-                            @if s.active { (state("COMPLETED")) } @else { span.muted { "off" } }
+                            form.inline method="post" action={ "/flows/" (encode(&f.project)) "/" (encode(&f.flow)) "/schedule" } {
+                                code { (s.cron) } " "
+                                @if s.active {
+                                    input type="hidden" name="active" value="off";
+                                    button type="submit" aria-pressed="true" { "on · switch off" }
+                                } @else {
+                                    input type="hidden" name="active" value="on";
+                                    button type="submit" aria-pressed="false" { "off · switch on" }
+                                }
+                            }
                         } @else { span.muted { "-" } }
                     }
                     td { a href={ "/runs?project=" (encode(&f.project)) "&flow=" (encode(&f.flow)) } { "runs" } }
+                    td { a href={ "/flows/" (encode(&f.project)) "/" (encode(&f.flow)) "/run" } { "Quick run" } }
                 }
             }
         }
@@ -349,6 +365,48 @@ pub fn login() -> Markup {
             label for="token" { "Token " }
             input id="token" name="token" type="password" autocomplete="off" required;
             " " button type="submit" { "Sign in" }
+        }
+    }
+}
+
+fn finished(r: &pb::FlowRun) -> bool {
+    matches!(
+        pb::RunState::try_from(r.state),
+        Ok(pb::RunState::Completed | pb::RunState::Failed | pb::RunState::Cancelled)
+    )
+}
+
+/// The Quick Run form: a field per parameter, its default filled in (JSON).
+pub fn quick_run(def: &pb::GetFlowResponse, error: Option<&str>) -> Markup {
+    let spec: serde_json::Value = serde_json::from_str(&def.definition_json).unwrap_or_default();
+    let params: Vec<(String, String)> = spec["parameters"]
+        .as_object()
+        .map(|m| {
+            m.iter()
+                .map(|(k, v)| {
+                    let default = match &v["default"] {
+                        serde_json::Value::Null => String::new(),
+                        d => d.to_string(),
+                    };
+                    (k.clone(), default)
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    let action = format!("/flows/{}/{}/run", encode(&def.project), encode(&def.flow));
+    html! {
+        @if let Some(e) = error { p.error { (e) } }
+        p.muted { "Version " (def.latest_version) ". Values are JSON: a string is written in quotes." }
+        form method="post" action=(action) {
+            table {
+                @for (name, default) in &params {
+                    tr {
+                        th { label for={ "p-" (name) } { (name) } }
+                        td { input id={ "p-" (name) } name={ "p." (name) } value=(default) size="60"; }
+                    }
+                }
+            }
+            p { button type="submit" { "Run" } }
         }
     }
 }

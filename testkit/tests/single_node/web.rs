@@ -141,3 +141,93 @@ async fn with_tokens_the_ui_asks_for_one_and_keeps_it_in_an_http_only_cookie() -
     assert!(!page.contains("<td>"), "{page}");
     Ok(())
 }
+
+fn post(port: u16, path: &str, form: &str) -> anyhow::Result<(u16, String, String)> {
+    http(
+        port,
+        &format!(
+            "POST {path} HTTP/1.0\r\nHost: 127.0.0.1\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\n\r\n{form}",
+            form.len()
+        ),
+    )
+}
+
+/// Where a redirect goes.
+fn location(head: &str) -> String {
+    head.lines()
+        .find_map(|l| l.strip_prefix("location: "))
+        .unwrap_or_default()
+        .to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_ui_switches_schedules_quick_runs_and_cancels() -> anyhow::Result<()> {
+    let port = free_port()?;
+    let at = format!("127.0.0.1:{port}");
+    let mut cluster = Cluster::start(&["--http", &at]).await?;
+    cluster.add_worker("web-a", "local", 4)?;
+    let c = Client::connect(&cluster.url()).await?;
+    c.register_flow(
+        "name: params\nparameters:\n  xs: {default: [1, 2]}\ntasks:\n  - {name: double, builtin: echo, inputs: {value: {param: xs}}, map: [value]}\n  - {name: total, builtin: sum, inputs: {values: {result: double}}}\n".into(),
+    )
+    .await?;
+    c.register_flow(
+        "name: ticking\nschedule: {cron: '* * * * * *'}\ntasks:\n  - {name: t, builtin: noop}\n"
+            .into(),
+    )
+    .await?;
+
+    // The schedule's switch: on, runs appear; off again.
+    let (_, _, flows) = get(port, "/flows", None)?;
+    assert!(flows.contains("off · switch on"), "{flows}");
+    let (status, head, _) = post(port, "/flows/default/ticking/schedule", "active=on")?;
+    assert_eq!(status, 303, "{head}");
+    let (_, _, flows) = get(port, "/flows", None)?;
+    assert!(flows.contains("on · switch off"), "{flows}");
+    eventually(Duration::from_secs(20), "a scheduled run", || async {
+        let (_, _, runs) = get(port, "/runs?flow=ticking", None).ok()?;
+        runs.contains("schedule").then_some(())
+    })
+    .await?;
+    post(port, "/flows/default/ticking/schedule", "active=off")?;
+    let (_, _, flows) = get(port, "/flows", None)?;
+    assert!(flows.contains("off · switch on"), "{flows}");
+
+    // Quick run: the form has the default; a bad value is shown back; a good one runs.
+    let (_, _, form) = get(port, "/flows/default/params/run", None)?;
+    assert!(form.contains("name=\"p.xs\" value=\"[1,2]\""), "{form}");
+    let (status, _, bad) = post(port, "/flows/default/params/run", "p.xs=%5B1%2C2")?;
+    assert_eq!(status, 400, "{bad}");
+    assert!(bad.contains("not JSON"), "{bad}");
+    let (status, head, _) = post(port, "/flows/default/params/run", "p.xs=%5B3%2C4%2C5%5D")?;
+    assert_eq!(status, 303, "{head}");
+    let to = location(&head);
+    let id = to.trim_start_matches("/runs/").to_string();
+    let done = c.wait(&id).await?;
+    cluster.assert_completed(&done);
+    let trs = c.task_runs(&id, true).await?;
+    let total = trs
+        .iter()
+        .find(|t| t.task == "total")
+        .map(|t| t.value.clone());
+    assert_eq!(total.as_deref(), Some("12.0"));
+
+    // Cancel from the run's page.
+    let slow = c
+        .run_source(
+            "name: slow\ntasks:\n  - {name: nap, builtin: sleep, inputs: {ms: 60000, value: 1}}\n"
+                .into(),
+            BTreeMap::new(),
+            String::new(),
+        )
+        .await?
+        .run
+        .ok_or_else(|| anyhow::anyhow!("no run"))?;
+    let (_, _, page) = get(port, &format!("/runs/{}", slow.id), None)?;
+    assert!(page.contains("Cancel run"), "{page}");
+    let (status, head, _) = post(port, &format!("/runs/{}/cancel", slow.id), "")?;
+    assert_eq!(status, 303, "{head}");
+    let end = c.wait(&slow.id).await?;
+    assert_eq!(end.state, baton_proto::RunState::Cancelled as i32);
+    Ok(())
+}
