@@ -152,6 +152,18 @@ impl S3Store {
 
     /// Reads an object of at most `max` bytes.
     async fn read(&self, bucket: &str, key: &str, max: u64) -> Try<Vec<u8>> {
+        self.fetch(bucket, key, None, max).await
+    }
+
+    /// Reads an object, or the byte `range` of it (`bytes=A-B`), if what is read is at most
+    /// `max` bytes.
+    async fn fetch(
+        &self,
+        bucket: &str,
+        key: &str,
+        range: Option<String>,
+        max: u64,
+    ) -> Try<Vec<u8>> {
         let out = self
             .client
             .get()
@@ -159,6 +171,7 @@ impl S3Store {
             .get_object()
             .bucket(bucket)
             .key(key)
+            .set_range(range)
             .send()
             .await
             .map_err(Failure::from_sdk)?;
@@ -361,23 +374,8 @@ impl ResultStore for S3Store {
                 return Ok((Vec::new(), size));
             }
             let last = offset.saturating_add(len).min(size) - 1;
-            let out = self
-                .client
-                .get()
-                .await
-                .get_object()
-                .bucket(bucket)
-                .key(key)
-                .range(format!("bytes={offset}-{last}"))
-                .send()
-                .await
-                .map_err(Failure::from_sdk)?;
-            let body = out
-                .body
-                .collect()
-                .await
-                .map_err(|e| Failure::Transient(format!("reading the body: {e}")))?;
-            Ok((body.into_bytes().to_vec(), size))
+            let range = Some(format!("bytes={offset}-{last}"));
+            Ok((self.fetch(bucket, key, range, len).await?, size))
         })
         .await
     }

@@ -501,7 +501,7 @@ impl Actor {
     /// message or batch per worker), answers, watch events, archives. A store that does not
     /// pipeline commits is waited for here.
     async fn flush(&mut self) -> Result<(), crate::Error> {
-        let fx = self.engine.take_effects();
+        let mut fx = self.engine.take_effects();
         if let Some(e) = fx.encode_errors.first() {
             // Committing the rest would store a state with records missing.
             return Err(crate::Error::Internal(format!(
@@ -517,7 +517,6 @@ impl Actor {
             metrics.gauges(&self.engine);
         }
         let mut out: Vec<Deferred> = Vec::new();
-        let mut fx = fx;
         if baton_common::traces::on() {
             self.trace(&mut fx);
         }
@@ -605,10 +604,16 @@ impl Actor {
     /// (their `traceparent` goes in `Assign`), and closes those of runs that ended.
     fn trace(&mut self, fx: &mut crate::engine::Effects) {
         for id in &fx.changed_runs {
-            if !self.traces.knows(&id.0) {
-                if let Ok(run) = self.engine.get_run(&id.0) {
-                    self.traces.opened(&run);
+            if self.traces.knows(&id.0) {
+                continue;
+            }
+            // A run seen again after its span closed (a late report touches it) gets no new
+            // span: nothing would close it. One that ends in this very step is closed below.
+            match self.engine.get_run(&id.0) {
+                Ok(run) if fx.finished_runs.contains(id) || !baton_client::is_finished(&run) => {
+                    self.traces.opened(&run)
                 }
+                _ => {}
             }
         }
         for o in &mut fx.outgoing {

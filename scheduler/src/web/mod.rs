@@ -26,6 +26,9 @@ struct Web {
     api: Arc<String>,
     /// Whether the API requires a token.
     auth: bool,
+    /// The client without a token, connected once (with a token, each request has its
+    /// caller's).
+    anonymous: Arc<tokio::sync::OnceCell<Client>>,
 }
 
 /// Serves the UI on `listener` until `shutdown`, calling the API at `api`.
@@ -39,6 +42,7 @@ pub async fn spawn(
     let state = Web {
         api: Arc::new(api),
         auth,
+        anonymous: Arc::default(),
     };
     let app = axum::Router::new()
         .route("/", axum::routing::get(dashboard))
@@ -77,12 +81,19 @@ impl Web {
     /// the login page.
     async fn client(&self, headers: &HeaderMap) -> Result<Client, Response> {
         let token = cookie(headers, COOKIE);
-        if self.auth && token.is_none() {
-            return Err(Redirect::to("/login").into_response());
+        let api_at = std::slice::from_ref(&*self.api);
+        match token {
+            Some(t) => Client::connect_with(api_at, Some(&t), None)
+                .await
+                .map_err(api),
+            None if self.auth => Err(Redirect::to("/login").into_response()),
+            None => self
+                .anonymous
+                .get_or_try_init(|| Client::connect_with(api_at, None, None))
+                .await
+                .cloned()
+                .map_err(api),
         }
-        Client::connect_with(std::slice::from_ref(&*self.api), token.as_deref(), None)
-            .await
-            .map_err(api)
     }
 }
 

@@ -243,7 +243,7 @@ pub fn run(r: &pb::FlowRun, trs: &[pb::TaskRun], f: &TaskFilter) -> Markup {
             @if !r.error.is_empty() {
                 tr { th { "Error" } td.error { (r.error) } }
             }
-            @if !finished(r) {
+            @if !baton_client::is_finished(r) {
                 tr { th { "" } td {
                     form.inline method="post" action={ "/runs/" (r.id) "/cancel" } {
                         button type="submit" { "Cancel run" }
@@ -367,13 +367,6 @@ pub fn login() -> Markup {
             " " button type="submit" { "Sign in" }
         }
     }
-}
-
-fn finished(r: &pb::FlowRun) -> bool {
-    matches!(
-        pb::RunState::try_from(r.state),
-        Ok(pb::RunState::Completed | pb::RunState::Failed | pb::RunState::Cancelled)
-    )
 }
 
 /// The Quick Run form: a field per parameter, its default filled in (JSON).
