@@ -62,6 +62,17 @@ impl AttemptKey {
         format!("results/{}.json", self.stem())
     }
 
+    /// A key for this attempt's result when its worker ran it ahead of the scheduler: unique
+    /// to that run ahead (the task run may be dispatched as this attempt after all, if the
+    /// scheduler does not take what was run ahead).
+    pub fn ahead_result_key(&self) -> String {
+        format!(
+            "results/{}.ahead-{}.json",
+            self.stem(),
+            uuid::Uuid::new_v4().simple()
+        )
+    }
+
     /// The key of chunk `chunk` (from 0) of this attempt's log lines; never reused.
     pub fn log_key(&self, chunk: u32) -> String {
         format!("logs/{}.{chunk}.log", self.stem())

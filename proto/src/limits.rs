@@ -53,6 +53,11 @@ pub const MAX_LOG_BYTES_HELD: usize = 4 * MIB;
 pub const MAX_LOG_BYTES_STORED: u64 = 256 << 20;
 /// Log bytes a second one worker session may send, sustained (bursts to twice this).
 pub const LOG_BYTES_PER_SEC: usize = 8 * MIB;
+/// Successors a worker is offered to run ahead with one assignment, and reports with one
+/// result; further ones are dropped (they run as ordinary assignments).
+pub const MAX_RUN_AHEAD: usize = 64;
+/// The successors offered with one assignment, their specs and inputs together.
+pub const MAX_RUN_AHEAD_HINT_BYTES: usize = 64 * KIB;
 /// Labels one worker may register.
 pub const MAX_WORKER_LABELS: usize = 64;
 /// Most task runs in one `ListTaskRuns` answer.
@@ -235,6 +240,12 @@ pub const TABLE: &[Limit] = &[
         value: DEFAULT_CLIENT_RATE as u64,
         unit: Unit::CallsPerSecond,
         over: "RESOURCE_EXHAUSTED naming the flag",
+    },
+    Limit {
+        what: "successors a worker reports run ahead with one result",
+        value: MAX_RUN_AHEAD as u64,
+        unit: Unit::Count,
+        over: "the rest are dropped and dispatched as usual",
     },
 ];
 

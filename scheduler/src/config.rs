@@ -71,6 +71,10 @@ pub struct SchedulerConfig {
     /// crash of the process but not a power loss or an OS crash.
     #[arg(long, env = "BATON_NO_FSYNC")]
     pub no_fsync: bool,
+    /// Do not offer workers the chains of instant built-ins that follow their attempts: every
+    /// task run is then dispatched on its own (see "Chains run ahead" in the README).
+    #[arg(long, env = "BATON_NO_RUN_AHEAD")]
+    pub no_run_ahead: bool,
     /// etcd endpoints (comma-separated); enables cluster mode with leader election.
     #[arg(long, env = "BATON_ETCD", value_delimiter = ',')]
     pub etcd: Vec<String>,
@@ -338,6 +342,7 @@ impl SchedulerConfig {
             adopt_grace_ms: self.adopt_grace_ms,
             unrunnable_timeout_ms: self.unrunnable_timeout_ms,
             max_lost_attempts: defaults::MAX_LOST_ATTEMPTS,
+            run_ahead: !self.no_run_ahead,
             fault_duplicate_dispatch: self.faults.duplicate_dispatch.clone(),
             fault_crash_before_commit: self.faults.crash_before_commit.clone(),
             fault_stop_engine: self.faults.stop_engine.clone(),

@@ -49,6 +49,8 @@ pub struct Metrics {
     runs_live: Gauge,
     dispatched: Counter,
     retries: Counter,
+    ran_ahead: Counter,
+    ahead_dropped: Counter,
     timeouts: Counter,
     dispatch_latency: Histogram,
     task_latency: Histogram,
@@ -90,6 +92,8 @@ impl Metrics {
             runs_live: Gauge::default(),
             dispatched: Counter::default(),
             retries: Counter::default(),
+            ran_ahead: Counter::default(),
+            ahead_dropped: Counter::default(),
             timeouts: Counter::default(),
             dispatch_latency: latency_histogram(),
             task_latency: latency_histogram(),
@@ -122,6 +126,16 @@ impl Metrics {
             "baton_task_run_retries",
             "Attempts that failed and are retried",
             m.retries.clone(),
+        );
+        r.register(
+            "baton_task_runs_ran_ahead",
+            "Task runs a worker ran ahead in a chain, taken as their first attempt",
+            m.ran_ahead.clone(),
+        );
+        r.register(
+            "baton_task_runs_ahead_dropped",
+            "Task runs a worker ran ahead that were not taken (dispatched as usual)",
+            m.ahead_dropped.clone(),
         );
         r.register(
             "baton_task_run_timeouts",
@@ -252,6 +266,8 @@ impl Metrics {
             }
         }
         self.retries.inc_by(s.retries);
+        self.ran_ahead.inc_by(s.ran_ahead);
+        self.ahead_dropped.inc_by(s.ahead_dropped);
         self.timeouts.inc_by(s.timeouts);
         self.runs_created.inc_by(s.runs_created);
         for state in &s.runs_ended {

@@ -1,5 +1,6 @@
 //! Flow specs: the validated model of a flow file, its parsing and its input resolution.
 
+mod ahead;
 mod depth;
 #[cfg(test)]
 mod fuzz;
@@ -18,11 +19,16 @@ pub const EXECUTORS: &[&str] = &[PROCESS_EXECUTOR, CONTAINER_EXECUTOR];
 /// The label the scheduler gives a worker that runs process tasks, and requires of every
 /// process task; workers may not claim labels with this prefix themselves.
 pub const EXECUTOR_LABEL_PREFIX: &str = "baton:";
+pub use ahead::{inputs_digest, partial_inputs, reads_only, PartialInputs};
 pub use parse::{parse_flow, MAX_FLOW_FILE_BYTES};
 pub use resolve::{bind_parameters, resolve_inputs, InputError, ResolvedInputs, RunContext};
 
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
+
+/// Built-ins quick and pure enough to be run ahead of the scheduler (see
+/// [`PartialInputs`]): a chain of them runs on one worker without a round trip per task.
+pub const INSTANT_BUILTINS: &[&str] = &["noop", "echo", "sum"];
 
 /// The built-in functions every worker offers.
 pub const BUILTINS: &[&str] = &[
@@ -274,7 +280,7 @@ pub enum Input {
 }
 
 impl Input {
-    fn upstream<'a>(&'a self, out: &mut Vec<&'a str>) {
+    pub(crate) fn upstream<'a>(&'a self, out: &mut Vec<&'a str>) {
         match self {
             Input::Result(t) | Input::Element { task: t, .. } => {
                 if !out.contains(&t.as_str()) {

@@ -185,7 +185,7 @@ pub fn resolve_inputs<'a>(
     Ok(ResolvedInputs { fixed, mapped })
 }
 
-fn eval<'a>(
+pub(super) fn eval<'a>(
     input: &Input,
     params: &BTreeMap<String, Value>,
     context: &RunContext,

@@ -453,7 +453,11 @@ impl Actor {
                     }
                 }
             }
-            Up::Finished(f) => {
+            Up::Finished(mut f) => {
+                let ahead = std::mem::take(&mut f.ahead);
+                if !ahead.is_empty() {
+                    self.engine.ran_ahead(id, session, ahead);
+                }
                 if let Some(k) = f.key.as_ref() {
                     let key = AttemptKey::from(k);
                     if baton_common::traces::on() {

@@ -6,7 +6,7 @@ use super::model::{NodeState, Runner, TaskRun, TrRef};
 use super::tables;
 use super::Engine;
 use super::RunKey;
-use baton_common::flow::{resolve_inputs, RunContext};
+use baton_common::flow::resolve_inputs;
 use baton_common::state::{RunState, TaskState};
 use serde_json::Value;
 use std::sync::Arc;
@@ -17,16 +17,7 @@ impl Engine {
         let run = &self.runs[slot];
         let flow = run.flow.clone();
         let task = flow.task(i);
-        let context = RunContext {
-            run_id: run.id.0.clone(),
-            flow_version: flow.version,
-            scheduled_start_ms: run.scheduled_start_ms,
-            parent_run_id: run
-                .parent
-                .as_ref()
-                .map(|p| p.run.clone())
-                .unwrap_or_default(),
-        };
+        let context = run.context();
         let resolved = resolve_inputs(task, &run.params, &context, |name| {
             let j = flow.spec.task_index(name)?;
             run.nodes[j].value.as_deref()
@@ -129,7 +120,7 @@ impl Engine {
         let node = &mut self.runs[t.run].nodes[t.node as usize];
         let tr = &node.runs[t.index as usize];
         let latency = if tr.us.ended_us > 0 && tr.ready_us > 0 {
-            tr.us.ended_us - tr.ready_us
+            (tr.us.ended_us - tr.ready_us).max(0)
         } else {
             0
         };

@@ -30,6 +30,7 @@ impl Engine {
     /// Assigns ready task runs to workers with matching labels and free resources, higher
     /// priorities first across classes, within the concurrency limits of their tags.
     pub fn dispatch(&mut self, now: i64) {
+        self.drop_ahead();
         let mut blocked = vec![false; self.registry.classes.len()];
         while let Some((c, floor)) = self.registry.next_class(&blocked) {
             if !self.dispatch_class(c, floor, now) {
@@ -94,6 +95,7 @@ impl Engine {
     }
 
     fn assign(&mut self, t: TrRef, worker: &WorkerId, now: i64) {
+        let successors = self.successors(t);
         let epoch = self.epoch;
         let assigned_us = self.us(now);
         let Some(w) = self.registry.workers.get_mut(worker) else {
@@ -165,6 +167,7 @@ impl Engine {
                 }),
                 traceparent: String::new(),
                 scheduled_start_ms: run.scheduled_start_ms,
+                successors,
             })),
         };
         if run.state == RunState::Pending {

@@ -102,6 +102,8 @@ impl Engine {
         let committed = match t {
             Some(t) if self.is_current_attempt(t, key.attempt) => {
                 self.settle_attempt(t, outcome, now);
+                // The chain its worker ran ahead, as far as it is taken.
+                self.take_ahead(now);
                 true
             }
             _ => {
@@ -221,6 +223,10 @@ impl Engine {
             self.start_child(t, now);
             return;
         }
+        if self.ready_ahead(t) {
+            return;
+        }
+        let run = &self.runs[t.run];
         let class = run.nodes[t.node as usize].class;
         let priority = run.priority;
         self.registry.classes[class].queue.push(priority, t);

@@ -3,6 +3,7 @@
 //! the current time, and yields [`Effects`]: state-store operations to commit, then messages
 //! for workers. It does no I/O, so it is tested with virtual workers and virtual time.
 
+pub(crate) mod ahead;
 mod cache;
 mod children;
 mod dag;
@@ -62,6 +63,8 @@ pub struct EngineConfig {
     pub unrunnable_timeout_ms: u64,
     /// Attempts lost with their worker before the task run fails.
     pub max_lost_attempts: u32,
+    /// Whether workers are offered the chains that follow their attempts (see [`ahead`]).
+    pub run_ahead: bool,
     /// Fault injection (tests only): tasks of this name are dispatched twice.
     pub fault_duplicate_dispatch: Option<String>,
     /// Fault injection (tests only): the host aborts on a success of this task before
@@ -81,6 +84,7 @@ impl Default for EngineConfig {
             adopt_grace_ms: defaults::ADOPT_GRACE_MS,
             unrunnable_timeout_ms: defaults::UNRUNNABLE_TIMEOUT_MS,
             max_lost_attempts: defaults::MAX_LOST_ATTEMPTS,
+            run_ahead: true,
             fault_duplicate_dispatch: None,
             fault_crash_before_commit: None,
             fault_stop_engine: None,
@@ -208,6 +212,8 @@ pub struct Engine {
     tombstones: HashMap<String, seal::Tombstone>,
     /// What this step did, for metrics.
     stats: StepStats,
+    /// Task runs workers ran ahead, reported this step (see [`ahead`]).
+    ahead: ahead::Ahead,
 }
 
 impl Engine {
@@ -239,6 +245,7 @@ impl Engine {
             leaving: Vec::new(),
             tombstones: HashMap::new(),
             stats: StepStats::default(),
+            ahead: ahead::Ahead::default(),
         }
     }
 

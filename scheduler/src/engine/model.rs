@@ -31,6 +31,8 @@ pub struct CompiledFlow {
     pub kind_json: Vec<Arc<str>>,
     /// Per task: the labels it requires (the flow's and its own), sorted.
     pub labels: Vec<Vec<String>>,
+    /// Per task: the successor its worker may run ahead (see [`super::ahead`]).
+    pub ahead: Vec<Option<u32>>,
 }
 
 impl CompiledFlow {
@@ -51,7 +53,7 @@ impl CompiledFlow {
             .iter()
             .map(|t| Arc::from(t.assignment_json()))
             .collect();
-        let labels = spec
+        let labels: Vec<Vec<String>> = spec
             .tasks
             .iter()
             .map(|t| {
@@ -69,6 +71,7 @@ impl CompiledFlow {
                 l
             })
             .collect();
+        let ahead = super::ahead::successors(&spec, &upstream, &downstream, &labels);
         CompiledFlow {
             spec,
             version,
@@ -76,6 +79,7 @@ impl CompiledFlow {
             downstream,
             kind_json,
             labels,
+            ahead,
         }
     }
 
@@ -419,6 +423,24 @@ pub struct Run {
 }
 
 impl Run {
+    /// The id of the run whose task started this one (empty for a top-level run).
+    pub fn parent_run_id(&self) -> String {
+        self.parent
+            .as_ref()
+            .map(|p| p.run.clone())
+            .unwrap_or_default()
+    }
+
+    /// What `{context: NAME}` inputs of its tasks read.
+    pub fn context(&self) -> baton_common::flow::RunContext {
+        baton_common::flow::RunContext {
+            run_id: self.id.0.clone(),
+            flow_version: self.flow.version,
+            scheduled_start_ms: self.scheduled_start_ms,
+            parent_run_id: self.parent_run_id(),
+        }
+    }
+
     pub fn tr(&self, node: u32, index: u32) -> Option<&TaskRun> {
         self.nodes.get(node as usize)?.runs.get(index as usize)
     }

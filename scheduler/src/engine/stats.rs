@@ -14,6 +14,10 @@ pub struct StepStats {
     pub ended: Vec<(TaskState, i64)>,
     /// Attempts that failed and will be retried.
     pub retries: u64,
+    /// Task runs taken as run ahead by a worker (see `engine::ahead`), and those offered
+    /// but dispatched as usual.
+    pub ran_ahead: u64,
+    pub ahead_dropped: u64,
     /// Attempts that ran past their timeout.
     pub timeouts: u64,
     /// Runs created.
@@ -32,6 +36,8 @@ impl StepStats {
         self.dispatch_waits_us.is_empty()
             && self.ended.is_empty()
             && self.retries == 0
+            && self.ran_ahead == 0
+            && self.ahead_dropped == 0
             && self.timeouts == 0
             && self.runs_created == 0
             && self.runs_ended.is_empty()

@@ -37,11 +37,7 @@ impl Engine {
             tasks_done: done,
             priority: run.priority,
             scheduled_start_ms: run.scheduled_start_ms,
-            parent_run_id: run
-                .parent
-                .as_ref()
-                .map(|p| p.run.clone())
-                .unwrap_or_default(),
+            parent_run_id: run.parent_run_id(),
             parent_task: run
                 .parent
                 .as_ref()

@@ -467,9 +467,30 @@ fn worker_message(run: String) -> impl Strategy<Value = pb::WorkerMessage> {
         }),
         (k(), any::<bool>(), ".{0,40}", text(String::new())).prop_map(|(key, ok, value, uri)| {
             use pb::finished::Outcome;
+            // The same attempt claimed as run ahead after itself: never taken.
+            let ahead = vec![pb::RanAhead {
+                finished: Some(pb::Finished {
+                    key: Some(key.clone()),
+                    at_ms: 0,
+                    outcome: Some(Outcome::Success(pb::TaskSuccess {
+                        result: Some(pb::ResultRef {
+                            uri: uri.clone(),
+                            size: value.len() as u64,
+                            ..Default::default()
+                        }),
+                        inline_value: value.clone(),
+                    })),
+                    ahead: Vec::new(),
+                }),
+                after: Some(key.clone()),
+                inputs_digest: value.len() as u64,
+                started_us: 0,
+                ended_us: i64::MAX,
+            }];
             Msg::Finished(pb::Finished {
                 key: Some(key),
                 at_ms: 0,
+                ahead,
                 outcome: Some(if ok {
                     Outcome::Success(pb::TaskSuccess {
                         result: Some(pb::ResultRef {

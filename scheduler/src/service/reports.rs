@@ -9,7 +9,7 @@ use baton_common::text::cut;
 use baton_proto as pb;
 use baton_proto::limits::{
     MAX_ERROR_BYTES, MAX_INLINE_RESULT_BYTES, MAX_LOCATION_BYTES, MAX_LOG_LINE_BYTES,
-    MAX_RESULT_BYTES, MAX_RESULT_META_BYTES,
+    MAX_RESULT_BYTES, MAX_RESULT_META_BYTES, MAX_RUN_AHEAD,
 };
 use pb::finished::Outcome;
 use pb::worker_message::Msg;
@@ -52,6 +52,16 @@ impl Reports {
     }
 
     fn finished(&self, f: &mut pb::Finished) {
+        // What was run ahead: successes only, each within the limits; the chain ends at the
+        // first that is not.
+        f.ahead.truncate(MAX_RUN_AHEAD);
+        let mut ahead = std::mem::take(&mut f.ahead);
+        let good = ahead
+            .iter_mut()
+            .position(|r| !self.ran_ahead_ok(r))
+            .unwrap_or(ahead.len());
+        ahead.truncate(good);
+        f.ahead = ahead;
         match &mut f.outcome {
             Some(Outcome::Success(s)) => {
                 if s.inline_value.len() > MAX_INLINE_RESULT_BYTES {
@@ -70,6 +80,23 @@ impl Reports {
                 " … (cut: the error is over the 16 KiB limit)",
             ),
             None => {}
+        }
+    }
+
+    /// Whether a task run reported run ahead is a success within the limits (its own
+    /// `ahead` is emptied: chains are flat).
+    fn ran_ahead_ok(&self, r: &mut pb::RanAhead) -> bool {
+        let Some(f) = r.finished.as_mut() else {
+            return false;
+        };
+        f.ahead.clear();
+        match &f.outcome {
+            Some(Outcome::Success(s)) => {
+                s.inline_value.len() <= MAX_INLINE_RESULT_BYTES
+                    && !s.inline_value.is_empty()
+                    && s.result.as_ref().is_some_and(|r| self.refusal(r).is_none())
+            }
+            _ => false,
         }
     }
 

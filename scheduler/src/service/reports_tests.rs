@@ -53,6 +53,7 @@ fn a_result_reported_outside_the_store_fails_the_attempt() {
                 }),
                 inline_value: String::new(),
             })),
+            ahead: Vec::new(),
         })))
         .expect("send");
 

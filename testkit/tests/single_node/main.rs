@@ -7,6 +7,7 @@
 #[path = "../support/mod.rs"]
 mod support;
 
+mod ahead;
 mod auth;
 mod bad_input;
 mod caching;

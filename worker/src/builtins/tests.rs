@@ -421,3 +421,14 @@ fn the_tensor_score_used_on_gpus_matches_the_exact_one() {
     );
     assert!(exact > 0.0 && exact < 1.0, "{exact}");
 }
+
+#[test]
+fn every_instant_built_in_runs_at_once() {
+    for f in baton_common::flow::INSTANT_BUILTINS {
+        assert!(baton_common::flow::BUILTINS.contains(f), "{f}");
+        let inputs = serde_json::json!({"value": 1, "values": [1, 2]});
+        let r = super::run_instant(f, inputs).unwrap_or_else(|| panic!("{f} is not run"));
+        assert!(r.is_ok(), "{f}: {r:?}");
+    }
+    assert!(super::run_instant("sleep", serde_json::json!({})).is_none());
+}

@@ -148,6 +148,9 @@ struct Worker {
     /// Parent of every attempt's token.
     root: CancellationToken,
     drain: Option<Drain>,
+    /// Cancelled when the drain begins: attempts then run no chain ahead (that would be
+    /// new work).
+    draining: CancellationToken,
     /// Whether a leader has welcomed the current stream.
     connected: bool,
     /// The last time a leader was heard from (see [`Worker::leader_lost`]); the leader
@@ -185,6 +188,7 @@ impl Worker {
             logs_tx,
             root: CancellationToken::new(),
             drain: None,
+            draining: CancellationToken::new(),
             connected: false,
             leader_seen: Instant::now(),
             gpu_holds: HashMap::new(),
@@ -305,6 +309,7 @@ impl Worker {
             drain_timeout_ms = self.config.drain_timeout_ms,
             "draining"
         );
+        self.draining.cancel();
         self.drain = Some(Drain {
             deadline: Instant::now() + Duration::from_millis(self.config.drain_timeout_ms),
             cancelled: false,

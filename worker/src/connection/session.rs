@@ -499,7 +499,7 @@ impl Worker {
     async fn place(
         &mut self,
         key: AttemptKey,
-        assign: proto::Assign,
+        mut assign: proto::Assign,
         out: &Outbound,
     ) -> Result<(), Lost> {
         let wanted: Vec<u32> = assign
@@ -563,8 +563,21 @@ impl Worker {
         let body = {
             let (key, store) = (key.clone(), store.clone());
             let (finished, logs) = (self.finished_tx.clone(), self.logs_tx.clone());
+            let successors = std::mem::take(&mut assign.successors);
+            let draining = self.draining.clone();
             async move {
-                let fin = executor::execute(key.clone(), assign, grant, store, cancel, logs).await;
+                let mut fin =
+                    executor::execute(key.clone(), assign, grant, store.clone(), cancel, logs)
+                        .await;
+                // The chain that follows, run ahead and reported with this result.
+                if let Some(proto::finished::Outcome::Success(s)) = &fin.outcome {
+                    let ahead = !successors.is_empty() && !draining.is_cancelled();
+                    if ahead && !s.inline_value.is_empty() {
+                        let value = s.inline_value.clone();
+                        fin.ahead =
+                            executor::run_ahead(&key, &value, successors, store.as_ref()).await;
+                    }
+                }
                 let _ = finished.send((key, fin));
             }
         };

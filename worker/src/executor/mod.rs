@@ -2,11 +2,13 @@
 //! built-in function or a process) under the attempt's timeout and cancellation, writes the
 //! result to the store under the attempt's own key and builds the `Finished` message.
 
+mod ahead;
 mod container;
 #[cfg(test)]
 mod fuzz;
 mod process;
 
+pub use ahead::run_ahead;
 pub use container::{Containers, WORKER_LABEL as CONTAINER_WORKER_LABEL};
 pub use process::kill_all_groups;
 
@@ -290,6 +292,17 @@ async fn persist_checked(
     value: &Value,
     secrets: &Redactor,
 ) -> Result<proto::TaskSuccess, TaskError> {
+    persist_at(store, key, &key.result_key(), value, secrets).await
+}
+
+/// Writes `value` under `object_key` (never overwriting) for attempt `key`.
+async fn persist_at(
+    store: &dyn ResultStore,
+    key: &AttemptKey,
+    object_key: &str,
+    value: &Value,
+    secrets: &Redactor,
+) -> Result<proto::TaskSuccess, TaskError> {
     let bytes = serde_json::to_vec(value)
         .map_err(|e| TaskError::fatal(format!("the result cannot be serialized: {e}")))?;
     if bytes.len() > MAX_RESULT_BYTES {
@@ -307,10 +320,9 @@ async fn persist_checked(
         String::new()
     };
     let bytes = bytes::Bytes::from(bytes);
-    let object_key = key.result_key();
     // One try: the result store retries transient failures itself (see
     // `baton_common::retry`); a failure left after that makes the attempt retryable.
-    match store.put(&object_key, bytes, "application/json").await {
+    match store.put(object_key, bytes, "application/json").await {
         Ok(r) => Ok(proto::TaskSuccess {
             result: Some(r.into()),
             inline_value,
@@ -346,6 +358,7 @@ pub fn finished(
                 retryable: e.retryable,
             }),
         }),
+        ahead: Vec::new(),
     }
 }
 

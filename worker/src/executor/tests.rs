@@ -445,3 +445,102 @@ async fn secrets_reach_the_task_and_nothing_that_leaves_the_worker() {
     .await;
     assert!(failure(&fin).error.contains("`MISSING`"));
 }
+
+fn successor(task: &str, function: &str, fixed: Value, bound: Value) -> proto::Successor {
+    proto::Successor {
+        task: task.into(),
+        task_spec: json!({"kind": "builtin", "function": function}).to_string(),
+        fixed_inputs: fixed.to_string(),
+        bound_inputs: bound.to_string(),
+        timeout_ms: 0,
+    }
+}
+
+#[tokio::test]
+async fn a_chain_runs_ahead_until_a_task_that_is_not_instant() {
+    let f = fixture();
+    let chain = vec![
+        successor("b", "echo", json!({}), json!({"value": {"result": "t"}})),
+        successor(
+            "c",
+            "sum",
+            json!({}),
+            json!({"values": {"flatten": [{"result": "b"}, {"value": [0.25]}]}}),
+        ),
+        successor("d", "noop", json!({"k": 1}), json!({})),
+        successor("e", "sleep", json!({"ms": 1}), json!({})),
+        successor("f", "noop", json!({}), json!({})),
+    ];
+    let ran = run_ahead(&key(), "[1.5,2]", chain, f.store.as_ref()).await;
+    let tasks: Vec<String> = ran
+        .iter()
+        .map(|r| {
+            r.finished
+                .as_ref()
+                .unwrap()
+                .key
+                .as_ref()
+                .unwrap()
+                .task
+                .clone()
+        })
+        .collect();
+    assert_eq!(tasks, ["b", "c", "d"], "stops at sleep");
+    let values: Vec<String> = ran
+        .iter()
+        .map(|r| success(r.finished.as_ref().unwrap()).inline_value.clone())
+        .collect();
+    assert_eq!(values, ["[1.5,2]", "3.75", "null"]);
+    // Each after the one before, as attempt 1, with the digest of its inputs' text.
+    let after: Vec<String> = ran
+        .iter()
+        .map(|r| r.after.as_ref().unwrap().task.clone())
+        .collect();
+    assert_eq!(after, ["t", "b", "c"]);
+    assert_eq!(
+        ran[0].inputs_digest,
+        baton_common::flow::inputs_digest(r#"{"value":[1.5,2]}"#)
+    );
+    for r in &ran {
+        let fin = r.finished.as_ref().unwrap();
+        assert_eq!(fin.key.as_ref().unwrap().attempt, 1);
+        assert!(r.ended_us >= r.started_us && r.started_us > 0);
+        let s = success(fin);
+        let uri = &s.result.as_ref().unwrap().uri;
+        let stored = f.store.get(uri).await.unwrap();
+        assert_eq!(stored, s.inline_value.as_bytes());
+    }
+
+    // Stored under a key of its own each time, never the attempt's.
+    let b = AttemptKey {
+        task: "b".into(),
+        ..key()
+    };
+    let (one, two) = (b.ahead_result_key(), b.ahead_result_key());
+    assert!(
+        one != two && one != b.result_key() && one.starts_with("results/"),
+        "{one}"
+    );
+
+    // A predecessor's result that a binding cannot take ends the chain at once.
+    let chain = vec![successor(
+        "b",
+        "echo",
+        json!({}),
+        json!({"value": {"element": {"task": "t", "index": 3}}}),
+    )];
+    assert!(run_ahead(&key(), "[1]", chain, f.store.as_ref())
+        .await
+        .is_empty());
+    // So does a function that is not instant, or a task that is not a built-in.
+    let chain = vec![proto::Successor {
+        task: "b".into(),
+        task_spec: sh("echo 1").to_string(),
+        fixed_inputs: "{}".into(),
+        bound_inputs: "{}".into(),
+        timeout_ms: 0,
+    }];
+    assert!(run_ahead(&key(), "1", chain, f.store.as_ref())
+        .await
+        .is_empty());
+}

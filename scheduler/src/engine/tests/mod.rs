@@ -17,6 +17,7 @@ use baton_proto::scheduler_message::Msg;
 use serde_json::{json, Value};
 use std::collections::{BTreeMap, HashMap};
 
+mod ahead;
 mod caching;
 mod dataflow;
 mod dispatch;
@@ -63,6 +64,8 @@ struct Assignment {
     at: i64,
     /// The GPUs pinned to it (device indices).
     gpus: Vec<u32>,
+    /// The chain it may run ahead.
+    successors: Vec<pb::Successor>,
 }
 
 impl Assignment {
@@ -351,6 +354,7 @@ impl VirtualCluster {
                             .iter()
                             .flat_map(|r| r.devices.iter().map(|d| d.index))
                             .collect(),
+                        successors: a.successors.clone(),
                     };
                     w.running.push(asg.clone());
                     self.assigns.push(asg.clone());
@@ -393,6 +397,14 @@ impl VirtualCluster {
         };
         self.values.insert(result.uri.clone(), value.clone());
         self.finish(a, Outcome::Success { result, value })
+    }
+
+    /// The worker reports success with `value` and the task runs it ran ahead.
+    fn succeed_ahead(&mut self, a: &Assignment, value: Value, ahead: Vec<pb::RanAhead>) -> bool {
+        let session = self.workers[&a.worker].session;
+        self.engine
+            .ran_ahead(&WorkerId(a.worker.clone()), session, ahead);
+        self.succeed_with(a, value)
     }
 
     fn fail(&mut self, a: &Assignment, error: &str, retryable: bool) -> bool {

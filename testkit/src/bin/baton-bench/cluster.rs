@@ -83,11 +83,11 @@ pub fn log_tail(path: &Path, n: usize) -> String {
 }
 
 impl Cluster {
-    /// Starts the scheduler and two workers (labels `local` and `local,trainer`) with
-    /// `slots` slots each, and waits until both workers are connected.
+    /// Starts the scheduler (with the extra `flags`) and two workers (labels `local` and
+    /// `local,trainer`) with `slots` slots each, and waits until both workers are connected.
     pub async fn start(
         slots: u32,
-        no_fsync: bool,
+        flags: &[&str],
         otlp: Option<&baton_testkit::otlp::Receiver>,
     ) -> Result<(Cluster, Client)> {
         let bins = bin_dir()?;
@@ -114,9 +114,7 @@ impl Cluster {
             .arg(&listen)
             .arg("--data-dir")
             .arg(&data_dir);
-        if no_fsync {
-            cmd.arg("--no-fsync");
-        }
+        cmd.args(flags);
         cluster.scheduler_pid = cluster.spawn("scheduler", cmd)?;
 
         let nonce = std::process::id();

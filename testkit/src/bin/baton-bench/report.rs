@@ -112,6 +112,8 @@ pub struct Settings {
     pub ridge_file: String,
     /// Whether the single-node scheduler fsyncs its state before acknowledging.
     pub fsync: bool,
+    /// Whether chains of instant built-ins run ahead on workers (the default).
+    pub run_ahead: bool,
     /// Spans received over OTLP (`--otlp`), when traces were exported.
     pub spans: Option<usize>,
     /// Cluster mode's settings; `None` in single-node mode.
@@ -146,9 +148,10 @@ impl Report {
             ));
         }
         out.push_str(&format!(
-            "settings: {} workers x {} slots, repeat {}, {} cores, fan-outs {:?}, chain {}, ridge flow {}, state fsync {}, traces {}\n",
+            "settings: {} workers x {} slots, repeat {}, {} cores, fan-outs {:?}, chain {}, ridge flow {}, state fsync {}, run ahead {}, traces {}\n",
             s.workers, s.slots, s.repeat, s.cores, s.fanouts, s.chain, s.ridge_file,
             if s.fsync { "on" } else { "off" },
+            if s.run_ahead { "on" } else { "off" },
             match s.spans {
                 Some(n) => format!("on (OTLP, {n} spans received)"),
                 None => "off".to_string(),
@@ -186,6 +189,7 @@ impl Report {
                 "chain": s.chain,
                 "ridge_file": s.ridge_file,
                 "fsync": s.fsync,
+                "run_ahead": s.run_ahead,
                 "spans": s.spans,
                 "cluster": s.cluster.as_ref().map(|c| json!({
                     "scheduler_replicas": c.replicas,
