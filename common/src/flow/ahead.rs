@@ -81,10 +81,12 @@ impl PartialInputs {
         .json_for(0))
     }
 
-    /// The JSON texts sent in `Successor.fixed_inputs` and `Successor.bound_inputs`.
-    pub fn to_json(&self) -> (String, String) {
-        let bound = serde_json::to_string(&self.bound).unwrap_or_else(|_| "{}".into());
-        (Value::Object(self.fixed.clone()).to_string(), bound)
+    /// The JSON texts sent in `Successor.fixed_inputs` and `Successor.bound_inputs`; `None`
+    /// when they cannot be written (the chain then ends before this task).
+    pub fn to_json(&self) -> Option<(String, String)> {
+        let fixed = serde_json::to_string(&self.fixed).ok()?;
+        let bound = serde_json::to_string(&self.bound).ok()?;
+        Some((fixed, bound))
     }
 
     /// Reads what [`Self::to_json`] wrote.
@@ -156,7 +158,7 @@ tasks:
         };
         let p = partial_inputs(&b, &params, &ctx, "a").expect("runs ahead");
         assert_eq!(p.bound.len(), 3);
-        let (fixed, bound) = p.to_json();
+        let (fixed, bound) = p.to_json().expect("JSON");
         let p = PartialInputs::from_json(&fixed, &bound).expect("round trip");
         let a = json!([0.1, 5e-324, 1.7976931348623157e308]);
         let got = p.complete("a", &a).expect("complete");

@@ -90,7 +90,9 @@ impl Engine {
             else {
                 break;
             };
-            let (fixed_inputs, bound_inputs) = inputs.to_json();
+            let Some((fixed_inputs, bound_inputs)) = inputs.to_json() else {
+                break;
+            };
             let spec = &flow.kind_json[b];
             bytes += fixed_inputs.len() + bound_inputs.len() + spec.len() + task.name.len();
             if bytes > MAX_RUN_AHEAD_HINT_BYTES {
@@ -101,7 +103,6 @@ impl Engine {
                 task_spec: spec.to_string(),
                 fixed_inputs,
                 bound_inputs,
-                timeout_ms: task.timeout_ms,
             });
             prev = b;
             match flow.ahead[b] {

@@ -130,7 +130,17 @@ tasks:
     let all = etcd
         .get("", Some(etcd_client::GetOptions::new().with_all_keys()))
         .await?;
-    assert!(all.kvs().len() > 10, "etcd holds the cluster's state");
+    // What etcd keeps of this flow and run whether or not the run was archived yet (its
+    // task runs then moved to the bucket, scanned below): the flow and the run's summary.
+    let keys: Vec<&str> = all
+        .kvs()
+        .iter()
+        .filter_map(|kv| kv.key_str().ok())
+        .collect();
+    assert!(
+        keys.iter().any(|k| k.contains("/secret_digest/")) && keys.iter().any(|k| k.contains(&run)),
+        "etcd holds the flow and the run: {keys:?}"
+    );
     for kv in all.kvs() {
         let holds = |b: &[u8]| b.windows(SECRET.len()).any(|w| w == SECRET.as_bytes());
         assert!(

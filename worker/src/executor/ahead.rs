@@ -82,6 +82,8 @@ async fn run_one(
     if success.inline_value.is_empty() {
         return None;
     }
+    // The value the scheduler will read back (from the same text) feeds the next task, so
+    // that both compute the same inputs.
     let next: Value = serde_json::from_str(&success.inline_value).ok()?;
     let ended_us = now_us();
     let ran = proto::RanAhead {

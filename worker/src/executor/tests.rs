@@ -452,7 +452,6 @@ fn successor(task: &str, function: &str, fixed: Value, bound: Value) -> proto::S
         task_spec: json!({"kind": "builtin", "function": function}).to_string(),
         fixed_inputs: fixed.to_string(),
         bound_inputs: bound.to_string(),
-        timeout_ms: 0,
     }
 }
 
@@ -538,7 +537,6 @@ async fn a_chain_runs_ahead_until_a_task_that_is_not_instant() {
         task_spec: sh("echo 1").to_string(),
         fixed_inputs: "{}".into(),
         bound_inputs: "{}".into(),
-        timeout_ms: 0,
     }];
     assert!(run_ahead(&key(), "1", chain, f.store.as_ref())
         .await
