@@ -92,12 +92,18 @@ install_python_grpc() {
 }
 
 # ---------------------------------------------------------------------------------------
+# A browser for the web UI's test (testkit/tests/single_node/browser.rs): Debian's chromium,
+# headless, driven through WebDriver by chromium-driver (/usr/bin/chromedriver).
+
+# ---------------------------------------------------------------------------------------
 
 main() {
   install_deb etcd-server etcd etcd
   say "etcd: $(etcd --version | head -n 1)"
   install_deb prometheus prometheus prometheus
   say "prometheus: $(prometheus --version 2>&1 | head -n 1)"
+  install_deb chromium-driver chromedriver chromium-driver
+  say "chromium: $(chromium --version 2>/dev/null | head -n 1)"
   install_s3s_fs
   install_python_grpc
 }

@@ -148,7 +148,7 @@ impl EmbeddedCluster {
     /// Serves the web UI on `addr` for this cluster; the address it is at.
     pub async fn serve_ui(&self, addr: &str) -> std::io::Result<SocketAddr> {
         let listener = tokio::net::TcpListener::bind(addr).await?;
-        baton_scheduler::web::spawn(listener, self.url(), false, self.shutdown.clone()).await
+        baton_scheduler::web::spawn(listener, self.url(), false, None, self.shutdown.clone()).await
     }
 
     /// The scheduler's address as a URL.

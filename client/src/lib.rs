@@ -416,7 +416,7 @@ impl Client {
                 run_id: run_id.to_string(),
                 with_values,
                 offset: out.len() as u32,
-                limit: 0,
+                ..Default::default()
             };
             let page = self
                 .call(Retry::Always, |mut c| {
@@ -430,6 +430,19 @@ impl Client {
                 return Ok(out);
             }
         }
+    }
+
+    /// One page of a run's task runs as `req` asks (filtered by task, state and map index,
+    /// with the run's counts by task and state when asked).
+    pub async fn task_runs_query(
+        &self,
+        req: pb::ListTaskRunsRequest,
+    ) -> Result<pb::ListTaskRunsResponse, ClientError> {
+        self.call(Retry::Always, |mut c| {
+            let req = req.clone();
+            async move { c.list_task_runs(req).await }
+        })
+        .await
     }
 
     /// The run's events (with the task runs that changed when `with_task_runs`), ending

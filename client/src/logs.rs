@@ -14,10 +14,22 @@ impl Client {
         task: &str,
         follow: bool,
     ) -> Result<tonic::Streaming<pb::LogEntry>, ClientError> {
+        self.logs_of(run_id, task, None, follow).await
+    }
+
+    /// [`Self::logs`], of one task run when `map_index` is given (-1: an unmapped task's).
+    pub async fn logs_of(
+        &self,
+        run_id: &str,
+        task: &str,
+        map_index: Option<i64>,
+        follow: bool,
+    ) -> Result<tonic::Streaming<pb::LogEntry>, ClientError> {
         let req = pb::GetLogsRequest {
             run_id: run_id.to_string(),
             task: task.to_string(),
             follow,
+            map_index,
         };
         self.call(Retry::Always, |mut c| {
             let req = req.clone();

@@ -64,6 +64,8 @@ pub const MAX_WORKER_LABELS: usize = 64;
 pub const MAX_TASK_RUNS_PAGE: usize = 10_000;
 /// Most runs in one `ListRuns` answer.
 pub const MAX_RUNS_PAGE: usize = 1_000;
+/// Most states one `ListTaskRuns` filter names.
+pub const MAX_STATES_ASKED: usize = 16;
 /// Default client calls in flight per caller (`--client-concurrency`).
 pub const DEFAULT_CLIENT_CONCURRENCY: u32 = 512;
 /// Default client calls in flight per connection (`--connection-concurrency`).
@@ -210,6 +212,12 @@ pub const TABLE: &[Limit] = &[
         value: MAX_TASK_RUNS_PAGE as u64,
         unit: Unit::Count,
         over: "the page is cut (ask with `offset`)",
+    },
+    Limit {
+        what: "states in one `ListTaskRuns` filter",
+        value: MAX_STATES_ASKED as u64,
+        unit: Unit::Count,
+        over: INVALID,
     },
     Limit {
         what: "runs in one `ListRuns` answer",

@@ -62,13 +62,9 @@ pub async fn serve(
         let listener = TcpListener::bind(at)
             .await
             .map_err(|e| Error::Config(format!("--http {at}: {e}")))?;
-        let bound = crate::web::spawn(
-            listener,
-            format!("{scheme}://{addr}"),
-            tokens.is_some(),
-            shutdown.clone(),
-        )
-        .await?;
+        let (api, api_tls) = web_api(&config, addr);
+        let bound =
+            crate::web::spawn(listener, api, tokens.is_some(), api_tls, shutdown.clone()).await?;
         tracing::info!(url = %format!("http://{bound}/"), "serving the web UI");
     }
     let roles = Arc::new(Roles::new(state.clone(), replica_id, advertise));
@@ -264,4 +260,47 @@ async fn lead(
             return Ok(());
         }
     }
+}
+
+/// Where the web UI calls this replica's API, and with what TLS. Over loopback when the
+/// replica listens on every address; under TLS by the name `localhost` (which a replica's
+/// certificate holds, as the health check's `https://localhost:PORT` needs), trusting the
+/// CA in `BATON_TLS_CA` or else the one that signs client certificates, and presenting the
+/// replica's own certificate where clients must present one.
+fn web_api(
+    config: &SchedulerConfig,
+    addr: std::net::SocketAddr,
+) -> (String, Option<baton_client::tls::TlsFiles>) {
+    let port = addr.port();
+    let ip = if addr.ip().is_unspecified() {
+        std::net::IpAddr::from([127, 0, 0, 1])
+    } else {
+        addr.ip()
+    };
+    let Some(files) = config.tls_files() else {
+        return (
+            format!("http://{}", std::net::SocketAddr::new(ip, port)),
+            None,
+        );
+    };
+    let host = if ip.is_loopback() {
+        "localhost".to_string()
+    } else {
+        std::net::SocketAddr::new(ip, port).ip().to_string()
+    };
+    let host = if host.contains(':') {
+        format!("[{host}]")
+    } else {
+        host
+    };
+    let ca = std::env::var_os("BATON_TLS_CA")
+        .map(std::path::PathBuf::from)
+        .or_else(|| files.client_ca.clone());
+    let mutual = files.client_ca.is_some();
+    let tls = baton_client::tls::TlsFiles {
+        ca,
+        cert: mutual.then(|| files.cert.clone()),
+        key: mutual.then(|| files.key.clone()),
+    };
+    (format!("https://{host}:{port}"), Some(tls))
 }

@@ -19,6 +19,8 @@ pub struct ComposeCluster {
     pub scheduler_ports: [u16; 3],
     pub s3_port: u16,
     pub prometheus_port: u16,
+    /// scheduler1's web UI (plain HTTP on the host's loopback).
+    pub ui_port: u16,
     /// The client's TLS files, copied out of the secrets volume once (they outlive `down`).
     tls_dir: tempfile::TempDir,
     tls: std::sync::OnceLock<baton_client::tls::TlsFiles>,
@@ -86,6 +88,7 @@ impl ComposeCluster {
             file,
             scheduler_ports: [free_port()?, free_port()?, free_port()?],
             s3_port: free_port()?,
+            ui_port: free_port()?,
             prometheus_port: free_port()?,
             tls_dir: tempfile::tempdir()?,
             tls: std::sync::OnceLock::new(),
@@ -103,6 +106,7 @@ impl ComposeCluster {
             .arg(&self.file)
             .env("BATON_TAG", "local")
             .env("BATON_S3_PORT", self.s3_port.to_string())
+            .env("BATON_UI_PORT", self.ui_port.to_string())
             .env("BATON_PROMETHEUS_PORT", self.prometheus_port.to_string());
         for (i, port) in self.scheduler_ports.iter().enumerate() {
             cmd.env(format!("BATON_PORT_{}", i + 1), port.to_string());

@@ -6,6 +6,7 @@
 //! commits the next steps run meanwhile; their commits land, and their effects go out, in
 //! order, and a failed commit drops its own effects and every later step's.
 
+use crate::engine::query::{TaskPage, TaskQuery};
 use crate::engine::{Engine, EngineError, NewRun, Outcome, WorkerRegistration};
 use crate::store::{StateStore, Submitted};
 use baton_common::flow::FlowSpec;
@@ -71,8 +72,8 @@ pub enum Command {
     CreateRun(NewRun, Reply<(pb::FlowRun, bool)>),
     GetRun(String, Reply<pb::FlowRun>),
     ListRuns(usize, Reply<Vec<pb::FlowRun>>),
-    /// A page of a run's task runs: (run, with values, offset, limit) → (rows, total).
-    TaskRuns(String, bool, usize, usize, Reply<(Vec<pb::TaskRun>, usize)>),
+    /// A page of a run's task runs as the query asks, with its counts.
+    TaskQuery(String, TaskQuery, Reply<TaskPage>),
     CancelRun(String, Reply<pb::FlowRun>),
     /// Registered flows of a project ("" for all).
     ListFlows(String, Reply<Vec<pb::FlowSummary>>),
@@ -374,11 +375,9 @@ impl Actor {
             Command::ListRuns(limit, reply) => self
                 .after_commit
                 .push(Box::new(move |e| answer(reply, Ok(e.list_runs(limit))))),
-            Command::TaskRuns(id, values, offset, limit, reply) => {
-                self.after_commit.push(Box::new(move |e| {
-                    answer(reply, e.task_runs_page(&id, values, offset, limit))
-                }))
-            }
+            Command::TaskQuery(id, q, reply) => self
+                .after_commit
+                .push(Box::new(move |e| answer(reply, e.task_query(&id, &q)))),
             Command::CancelRun(id, reply) => match self.engine.cancel_run(&id, now) {
                 Ok(()) => self
                     .after_commit

@@ -13,6 +13,7 @@ pub(crate) mod held;
 mod lifecycle;
 mod limits;
 mod model;
+pub mod query;
 mod recover;
 mod registry;
 mod schedule;

@@ -51,6 +51,7 @@ impl Engine {
     }
 
     /// One run's summary.
+    /// One run's summary.
     pub fn get_run(&self, id: &str) -> Result<pb::FlowRun, EngineError> {
         let slot = self.slot_of(id)?;
         Ok(self.run_view(&self.runs[slot]))
@@ -75,7 +76,7 @@ impl Engine {
         out
     }
 
-    fn tr_view(
+    pub(super) fn tr_view(
         &self,
         run: &Run,
         node: usize,
@@ -246,6 +247,7 @@ impl Engine {
                 }),
                 running: w.attempts.len() as u32,
                 connected_ms: w.connected_ms,
+                last_seen_ms: w.last_seen_ms,
                 address: w.address.clone(),
                 gpus_held: w
                     .gpus

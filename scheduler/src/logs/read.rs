@@ -39,11 +39,14 @@ pub async fn open(
         (None, None)
     };
     // Asked even of an archived run: its last lines may still be on their way to the store.
-    let held = leader.logs.held(&req.run_id, &req.task, ftx).await?;
+    let mut held = leader.logs.held(&req.run_id, &req.task, ftx).await?;
+    let index = req.map_index;
+    held.retain(|h| index.is_none_or(|i| h.key.map_index == i));
     let mut attempts = Attempts::new();
     for tr in task_runs
         .iter()
         .filter(|t| req.task.is_empty() || t.task == req.task)
+        .filter(|t| index.is_none_or(|i| t.map_index == i))
     {
         let last = tr
             .attempts
@@ -71,7 +74,7 @@ pub async fn open(
             return;
         }
         if let Some(frx) = frx {
-            follow(&tx, &leader, &req.run_id, frx).await;
+            follow(&tx, &leader, &req.run_id, index, frx).await;
         }
     });
     Ok(ReceiverStream::new(rx))
@@ -135,12 +138,21 @@ async fn send_known(
     Ok(())
 }
 
-/// Passes on new lines until the run is over (or gone from this leader), then ends.
-async fn follow(tx: &Tx, leader: &Handle, run: &str, mut frx: mpsc::Receiver<pb::LogEntry>) {
+/// Passes on new lines (of map index `index` when given) until the run is over (or gone
+/// from this leader), then ends.
+async fn follow(
+    tx: &Tx,
+    leader: &Handle,
+    run: &str,
+    index: Option<i64>,
+    mut frx: mpsc::Receiver<pb::LogEntry>,
+) {
+    let wanted = |e: &pb::LogEntry| index.is_none_or(|i| e.map_index == i);
     let mut poll = tokio::time::interval(POLL);
     loop {
         tokio::select! {
             e = frx.recv() => match e {
+                Some(e) if !wanted(&e) => {}
                 Some(e) => {
                     if tx.send(Ok(e)).await.is_err() {
                         return;
@@ -164,7 +176,7 @@ async fn follow(tx: &Tx, leader: &Handle, run: &str, mut frx: mpsc::Receiver<pb:
                     // returns, and so in `frx`.
                     leader.logs.barrier().await;
                     while let Ok(e) = frx.try_recv() {
-                        if tx.send(Ok(e)).await.is_err() {
+                        if wanted(&e) && tx.send(Ok(e)).await.is_err() {
                             return;
                         }
                     }

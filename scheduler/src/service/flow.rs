@@ -2,6 +2,7 @@
 
 use super::bounds;
 use crate::actor::Command;
+use crate::engine::query::{query_rows, TaskPage, TaskQuery};
 use crate::engine::NewRun;
 use crate::leadership::Roles;
 use crate::Error;
@@ -10,8 +11,9 @@ use baton_common::result_store::ResultStore;
 use baton_proto as pb;
 use pb::flow_service_server::FlowService;
 use std::collections::BTreeMap;
+use std::collections::VecDeque;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
 
@@ -19,11 +21,43 @@ use tonic::{Request, Response, Status};
 pub struct FlowApi {
     roles: Arc<Roles>,
     results: Arc<dyn ResultStore>,
+    /// Archives read lately, newest last (finished runs never change): a run page asks
+    /// for several pages of one archived run, and each would read and decode all of it.
+    archives: Arc<Mutex<Archives>>,
 }
+
+/// Decoded archives by run id, oldest first.
+type Archives = VecDeque<(String, Arc<pb::RunArchive>)>;
+
+/// Task runs of the archives kept decoded, in all (one larger archive is kept alone).
+const ARCHIVED_ROWS_KEPT: usize = 200_000;
 
 impl FlowApi {
     pub fn new(roles: Arc<Roles>, results: Arc<dyn ResultStore>) -> Self {
-        FlowApi { roles, results }
+        FlowApi {
+            roles,
+            results,
+            archives: Arc::default(),
+        }
+    }
+
+    /// The archive of `run` if it was read lately.
+    fn kept_archive(&self, run: &str) -> Option<Arc<pb::RunArchive>> {
+        let kept = self.archives.lock().unwrap_or_else(|e| e.into_inner());
+        kept.iter()
+            .find(|(id, _)| id == run)
+            .map(|(_, a)| a.clone())
+    }
+
+    /// Keeps an archive just read, dropping the oldest beyond [`ARCHIVED_ROWS_KEPT`].
+    fn keep_archive(&self, run: &str, archive: Arc<pb::RunArchive>) {
+        let mut kept = self.archives.lock().unwrap_or_else(|e| e.into_inner());
+        kept.retain(|(id, _)| id != run);
+        kept.push_back((run.to_string(), archive));
+        let rows = |k: &Archives| -> usize { k.iter().map(|(_, a)| a.task_runs.len()).sum() };
+        while kept.len() > 1 && rows(&kept) > ARCHIVED_ROWS_KEPT {
+            kept.pop_front();
+        }
     }
 
     pub(super) fn roles(&self) -> &Roles {
@@ -66,16 +100,35 @@ impl FlowApi {
         asked: Result<pb::FlowRun, Error>,
     ) -> Result<Option<pb::FlowRun>, Status> {
         match asked {
-            Err(e) if is_not_found(&e) => Ok(self.archived(id, e).await?.run),
+            Err(e) if is_not_found(&e) => Ok(self.archived(id, e).await?.run.clone()),
             other => Ok(Some(other?)),
+        }
+    }
+
+    /// A page of a run's task runs, live or archived.
+    async fn task_query(&self, run: &str, q: TaskQuery) -> Result<TaskPage, Status> {
+        let asked = self
+            .roles
+            .leader()?
+            .ask(|r| Command::TaskQuery(run.to_string(), q.clone(), r))
+            .await;
+        match asked {
+            Err(e) if is_not_found(&e) => {
+                let archive = self.archived(run, e).await?;
+                Ok(query_rows(&archive.task_runs, &q))
+            }
+            other => Ok(other?),
         }
     }
 
     /// A finished run that has left the live state, from its archive; `missing` is the
     /// error to return when there is none.
-    async fn archived(&self, run: &str, missing: Error) -> Result<pb::RunArchive, Status> {
+    async fn archived(&self, run: &str, missing: Error) -> Result<Arc<pb::RunArchive>, Status> {
         if run.contains('/') || run.contains("..") {
             return Err(missing.into());
+        }
+        if let Some(a) = self.kept_archive(run) {
+            return Ok(a);
         }
         let uri = format!(
             "{}/{}",
@@ -89,8 +142,15 @@ impl FlowApi {
             .ask(|r| Command::AwaitArchive(run.to_string(), r))
             .await?;
         match self.results.get(&uri).await {
-            Ok(bytes) => <pb::RunArchive as prost::Message>::decode(bytes.as_slice())
-                .map_err(|e| Status::internal(format!("archive of run `{run}` is damaged: {e}"))),
+            Ok(bytes) => {
+                let archive = <pb::RunArchive as prost::Message>::decode(bytes.as_slice())
+                    .map_err(|e| {
+                        Status::internal(format!("archive of run `{run}` is damaged: {e}"))
+                    })?;
+                let archive = Arc::new(archive);
+                self.keep_archive(run, archive.clone());
+                Ok(archive)
+            }
             Err(baton_common::Error::NotFound(_)) => Err(missing.into()),
             Err(e) => Err(Error::from(e).into()),
         }
@@ -105,7 +165,7 @@ pub(super) fn require(field: &str, value: &str) -> Result<(), Status> {
     }
 }
 
-use baton_proto::limits::{MAX_MESSAGE_BYTES, MAX_RUNS_PAGE, MAX_TASK_RUNS_PAGE};
+use baton_proto::limits::{MAX_MESSAGE_BYTES, MAX_RUNS_PAGE, MAX_STATES_ASKED, MAX_TASK_RUNS_PAGE};
 
 type EventStream = Pin<Box<dyn Stream<Item = Result<pb::RunEvent, Status>> + Send>>;
 
@@ -262,8 +322,8 @@ impl FlowService for FlowApi {
                 "no run `{}`",
                 run.id
             )));
-            if let Some(r) = self.archived(&run.id, missing).await?.run {
-                run = r;
+            if let Some(r) = &self.archived(&run.id, missing).await?.run {
+                run = r.clone();
             }
         }
         Ok(Response::new(pb::CreateRunResponse {
@@ -323,12 +383,12 @@ impl FlowService for FlowApi {
                 // A finished, archived run: one final event.
                 let a = self.archived(&req.run_id, e).await?;
                 let task_runs = if req.with_task_runs {
-                    a.task_runs
+                    a.task_runs.clone()
                 } else {
                     Vec::new()
                 };
                 let _ = tx.try_send(Ok(pb::RunEvent {
-                    run: a.run,
+                    run: a.run.clone(),
                     task_runs,
                 }));
             }
@@ -350,34 +410,34 @@ impl FlowService for FlowApi {
             0 => MAX_TASK_RUNS_PAGE,
             n => (n as usize).min(MAX_TASK_RUNS_PAGE),
         };
-        let offset = req.offset as usize;
-        let asked = self
-            .roles
-            .leader()?
-            .ask(|r| Command::TaskRuns(req.run_id.clone(), req.with_values, offset, limit, r))
-            .await;
-        let (task_runs, total) = match asked {
-            Err(e) if is_not_found(&e) => {
-                let all = self.archived(&req.run_id, e).await?.task_runs;
-                let total = all.len();
-                let page = all
-                    .into_iter()
-                    .skip(offset)
-                    .take(limit)
-                    .map(|mut t| {
-                        if !req.with_values {
-                            t.value.clear();
-                        }
-                        t
-                    })
-                    .collect();
-                (page, total)
-            }
-            other => other?,
+        bounds::check_len("task", &req.task, bounds::MAX_NAME_BYTES)?;
+        if req.states.len() > MAX_STATES_ASKED {
+            return Err(Status::invalid_argument(format!(
+                "{} states asked, at most {MAX_STATES_ASKED}",
+                req.states.len()
+            )));
+        }
+        if let Some(bad) = req
+            .states
+            .iter()
+            .find(|s| pb::TaskState::try_from(**s).is_err())
+        {
+            return Err(Status::invalid_argument(format!("no task state {bad}")));
+        }
+        let q = TaskQuery {
+            with_values: req.with_values,
+            offset: req.offset as usize,
+            limit,
+            task: req.task,
+            states: req.states,
+            map_index: req.map_index,
+            with_counts: req.with_counts,
         };
+        let page = self.task_query(&req.run_id, q).await?;
         Ok(Response::new(pb::ListTaskRunsResponse {
-            task_runs,
-            total: total as u32,
+            task_runs: page.rows,
+            total: page.total as u32,
+            counts: page.counts,
         }))
     }
 
@@ -537,13 +597,21 @@ impl FlowService for FlowApi {
         bounds::run_id(&req.run_id)?;
         bounds::check_len("task", &req.task, bounds::MAX_NAME_BYTES)?;
         let leader = self.roles.leader()?;
-        let run = req.run_id.clone();
+        let q = TaskQuery {
+            limit: usize::MAX,
+            task: req.task.clone(),
+            map_index: req.map_index,
+            ..Default::default()
+        };
         let asked = leader
-            .ask(|r| Command::TaskRuns(run, false, 0, usize::MAX, r))
+            .ask(|r| Command::TaskQuery(req.run_id.clone(), q.clone(), r))
             .await;
         let (task_runs, live) = match asked {
-            Err(e) if is_not_found(&e) => (self.archived(&req.run_id, e).await?.task_runs, false),
-            other => (other?.0, true),
+            Err(e) if is_not_found(&e) => {
+                let archive = self.archived(&req.run_id, e).await?;
+                (query_rows(&archive.task_runs, &q).rows, false)
+            }
+            other => (other?.rows, true),
         };
         let stream =
             crate::logs::read::open(leader, self.results.clone(), req, task_runs, live).await?;

@@ -192,14 +192,29 @@ fn call(run: String) -> impl Strategy<Value = Call> {
                 with_task_runs
             }
         )),
-        (t(), any::<bool>(), any::<u32>(), any::<u32>()).prop_map(
-            |(run_id, with_values, offset, limit)| Call::ListTaskRuns(pb::ListTaskRunsRequest {
-                run_id,
-                with_values,
-                offset,
-                limit
-            })
-        ),
+        (
+            (t(), any::<bool>(), any::<u32>(), any::<u32>()),
+            (
+                t(),
+                proptest::collection::vec(any::<i32>(), 0..20),
+                proptest::option::of(any::<i64>()),
+                any::<bool>()
+            )
+        )
+            .prop_map(
+                |((run_id, with_values, offset, limit), (task, states, map_index, with_counts))| {
+                    Call::ListTaskRuns(pb::ListTaskRunsRequest {
+                        run_id,
+                        with_values,
+                        offset,
+                        limit,
+                        task,
+                        states,
+                        map_index,
+                        with_counts,
+                    })
+                }
+            ),
         t().prop_map(|run_id| Call::CancelRun(pb::CancelRunRequest { run_id })),
         t().prop_map(|uri| Call::GetResult(pb::GetResultRequest { uri })),
         (t(), t(), any::<u32>()).prop_map(|(project, flow, version)| Call::GetFlow(
@@ -210,11 +225,14 @@ fn call(run: String) -> impl Strategy<Value = Call> {
             }
         )),
         t().prop_map(|project| Call::ListFlows(pb::ListFlowsRequest { project })),
-        (t(), t()).prop_map(|(run_id, task)| Call::GetLogs(pb::GetLogsRequest {
-            run_id,
-            task,
-            follow: false
-        })),
+        (t(), t(), proptest::option::of(any::<i64>())).prop_map(|(run_id, task, map_index)| {
+            Call::GetLogs(pb::GetLogsRequest {
+                run_id,
+                task,
+                follow: false,
+                map_index,
+            })
+        }),
         (t(), t(), any::<bool>()).prop_map(|(project, flow, active)| Call::SetSchedule(
             pb::SetScheduleRequest {
                 project,

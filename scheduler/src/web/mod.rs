@@ -3,21 +3,33 @@
 //! (a follower's calls follow the leader; the caller's token, from the login cookie, is the
 //! one the API checks, so the UI can do only what that token may).
 
+mod admin;
+mod dag;
+mod get;
+mod live;
 mod pages;
+mod post;
+mod run_page;
+mod task_page;
 
-use axum::extract::{Form, Path, Query, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{Html, IntoResponse, Redirect, Response};
+use axum::routing::{get, post};
+use baton_client::tls::TlsFiles;
 use baton_client::Client;
-use baton_common::text::percent_encode as encode;
-use std::collections::HashMap;
-use std::sync::Arc;
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
 use tokio_util::sync::CancellationToken;
 
 /// The cookie holding a user's token.
 const COOKIE: &str = "baton_token";
-/// The stylesheet, shipped in the binary (no asset is loaded from elsewhere).
+/// The stylesheet and the script, shipped in the binary (no asset is loaded from
+/// elsewhere).
 const STYLE: &str = include_str!("style.css");
+const SCRIPT: &str = include_str!("live.js");
+
+/// Clients kept connected, one per token (the oldest dropped beyond this).
+const CLIENTS: usize = 64;
 
 /// What every page needs: where the API is.
 #[derive(Clone)]
@@ -26,41 +38,55 @@ struct Web {
     api: Arc<String>,
     /// Whether the API requires a token.
     auth: bool,
-    /// The client without a token, connected once (with a token, each request has its
-    /// caller's).
+    /// TLS to the API, when it serves gRPC over TLS.
+    tls: Option<TlsFiles>,
+    /// The client without a token, connected once.
     anonymous: Arc<tokio::sync::OnceCell<Client>>,
+    /// Clients of the tokens seen, connected once each (a token the API refused is not
+    /// kept), in the order they connected.
+    clients: Arc<Mutex<VecDeque<(String, Client)>>>,
 }
 
-/// Serves the UI on `listener` until `shutdown`, calling the API at `api`.
+/// Serves the UI on `listener` until `shutdown`, calling the API at `api` (over TLS with
+/// `tls`).
 pub async fn spawn(
     listener: tokio::net::TcpListener,
     api: String,
     auth: bool,
+    tls: Option<TlsFiles>,
     shutdown: CancellationToken,
 ) -> std::io::Result<std::net::SocketAddr> {
     let addr = listener.local_addr()?;
     let state = Web {
         api: Arc::new(api),
         auth,
+        tls,
         anonymous: Arc::default(),
+        clients: Arc::default(),
     };
     let app = axum::Router::new()
-        .route("/", axum::routing::get(dashboard))
-        .route("/runs", axum::routing::get(runs))
-        .route("/runs/{id}", axum::routing::get(run))
-        .route("/runs/{id}/cancel", axum::routing::post(cancel))
+        .route("/", get(get::dashboard))
+        .route("/runs", get(get::runs))
+        .route("/runs/{id}", get(get::run))
+        .route("/runs/{id}/rows", get(get::run_rows))
+        .route("/runs/{id}/events", get(live::events))
+        .route("/runs/{id}/tasks/{task}/{index}", get(get::task_run))
+        .route("/runs/{id}/cancel", post(post::cancel))
+        .route("/result", get(get::result))
         .route(
             "/flows/{project}/{flow}/run",
-            axum::routing::get(quick_run_form).post(quick_run),
+            get(get::quick_run_form).post(post::quick_run),
         )
-        .route(
-            "/flows/{project}/{flow}/schedule",
-            axum::routing::post(schedule),
-        )
-        .route("/flows", axum::routing::get(flows))
-        .route("/workers", axum::routing::get(workers))
-        .route("/login", axum::routing::get(login_form).post(login))
-        .route("/style.css", axum::routing::get(style))
+        .route("/flows/{project}/{flow}/schedule", post(post::schedule))
+        .route("/flows", get(get::flows))
+        .route("/schedules", get(get::schedules))
+        .route("/limits", get(get::limits).post(post::set_limit))
+        .route("/limits/{tag}/delete", post(post::delete_limit))
+        .route("/workers", get(get::workers))
+        .route("/login", get(get::login_form).post(post::login))
+        .route("/logout", post(post::logout))
+        .route("/style.css", get(style))
+        .route("/live.js", get(script))
         .with_state(state);
     tokio::spawn(async move {
         let served = axum::serve(listener, app)
@@ -83,24 +109,88 @@ impl Web {
         let token = cookie(headers, COOKIE);
         let api_at = std::slice::from_ref(&*self.api);
         match token {
-            Some(t) => Client::connect_with(api_at, Some(&t), None)
-                .await
-                .map_err(api),
+            Some(t) => {
+                let known = self.known(&t);
+                if let Some(c) = known {
+                    return Ok(c);
+                }
+                let c = Client::connect_with(api_at, Some(&t), self.tls.clone())
+                    .await
+                    .map_err(api)?;
+                let mut clients = self.clients.lock().unwrap_or_else(|e| e.into_inner());
+                if clients.len() >= CLIENTS {
+                    clients.pop_front();
+                }
+                clients.push_back((t, c.clone()));
+                Ok(c)
+            }
             None if self.auth => Err(Redirect::to("/login").into_response()),
             None => self
                 .anonymous
-                .get_or_try_init(|| Client::connect_with(api_at, None, None))
+                .get_or_try_init(|| Client::connect_with(api_at, None, self.tls.clone()))
                 .await
                 .cloned()
                 .map_err(api),
         }
     }
+
+    /// The client of `token`, if one is connected.
+    fn known(&self, token: &str) -> Option<Client> {
+        let clients = self.clients.lock().unwrap_or_else(|e| e.into_inner());
+        clients
+            .iter()
+            .find(|(t, _)| t == token)
+            .map(|(_, c)| c.clone())
+    }
 }
 
-/// An error page (status 502: the API did not answer as asked).
-fn failure(message: &str) -> Response {
-    let body = pages::layout("Error", pages::error(message));
-    (StatusCode::BAD_GATEWAY, Html(body.into_string())).into_response()
+/// A whole page: `body` in the layout.
+fn page(title: &str, body: maud::Markup) -> Html<String> {
+    Html(pages::layout(title, body).into_string())
+}
+
+/// A page that refreshes its parts on the events of run `run` while it is not finished
+/// (and every `poll` ms when given).
+fn live_page(
+    title: &str,
+    run: &baton_proto::FlowRun,
+    poll: Option<u32>,
+    body: maud::Markup,
+) -> Html<String> {
+    if baton_client::is_finished(run) {
+        return page(title, body);
+    }
+    let events = format!(
+        "/runs/{}/events",
+        baton_common::text::percent_encode(&run.id)
+    );
+    Html(pages::layout_live(title, Some(&events), poll, body).into_string())
+}
+
+/// An error page with `status`.
+fn failure(status: StatusCode, message: &str) -> Response {
+    let body = pages::layout("Error", pages::error(status, message));
+    (status, Html(body.into_string())).into_response()
+}
+
+/// The error page of an API call's failure, with the HTTP status that matches the API's:
+/// 401 for a missing or wrong token, 403 for a role that may not, 404, 400 for a request
+/// the API refused, 502 otherwise (the API did not answer as asked).
+fn api(e: baton_client::ClientError) -> Response {
+    use tonic::Code;
+    let status = match &e {
+        baton_client::ClientError::Status(s) => match s.code() {
+            Code::Unauthenticated => StatusCode::UNAUTHORIZED,
+            Code::PermissionDenied => StatusCode::FORBIDDEN,
+            Code::NotFound => StatusCode::NOT_FOUND,
+            Code::InvalidArgument | Code::FailedPrecondition | Code::AlreadyExists => {
+                StatusCode::BAD_REQUEST
+            }
+            _ => StatusCode::BAD_GATEWAY,
+        },
+        _ => StatusCode::BAD_GATEWAY,
+    };
+    failure(status, &e.to_string())
 }
 
 /// The value of cookie `name`.
@@ -120,162 +210,9 @@ async fn style() -> impl IntoResponse {
     ([(header::CONTENT_TYPE, "text/css; charset=utf-8")], STYLE)
 }
 
-async fn dashboard(State(web): State<Web>, headers: HeaderMap) -> Page {
-    let c = web.client(&headers).await?;
-    let leader = c.leader().await.map_err(api)?;
-    let runs = c.list_runs(200).await.map_err(api)?;
-    let workers = c.workers().await.map_err(api)?;
-    Ok(Html(
-        pages::layout("Dashboard", pages::dashboard(&leader, &runs, &workers)).into_string(),
-    ))
-}
-
-async fn runs(
-    State(web): State<Web>,
-    headers: HeaderMap,
-    Query(q): Query<HashMap<String, String>>,
-) -> Page {
-    let c = web.client(&headers).await?;
-    let runs = c.list_runs(1000).await.map_err(api)?;
-    let filter = pages::RunFilter::from_query(&q);
-    Ok(Html(
-        pages::layout("Runs", pages::runs(&runs, &filter)).into_string(),
-    ))
-}
-
-async fn run(
-    State(web): State<Web>,
-    headers: HeaderMap,
-    Path(id): Path<String>,
-    Query(q): Query<HashMap<String, String>>,
-) -> Page {
-    let c = web.client(&headers).await?;
-    let run = c.get_run(&id).await.map_err(api)?;
-    let trs = c.task_runs(&id, true).await.map_err(api)?;
-    let view = pages::TaskFilter::from_query(&q);
-    let title = format!("Run {}", run.id);
-    Ok(Html(
-        pages::layout(&title, pages::run(&run, &trs, &view)).into_string(),
-    ))
-}
-
-async fn flows(State(web): State<Web>, headers: HeaderMap) -> Page {
-    let c = web.client(&headers).await?;
-    let flows = c.list_flows("").await.map_err(api)?;
-    Ok(Html(
-        pages::layout("Flows", pages::flows(&flows)).into_string(),
-    ))
-}
-
-async fn workers(State(web): State<Web>, headers: HeaderMap) -> Page {
-    let c = web.client(&headers).await?;
-    let workers = c.workers().await.map_err(api)?;
-    Ok(Html(
-        pages::layout("Workers", pages::workers(&workers)).into_string(),
-    ))
-}
-
-/// Cancels a run, then shows it.
-async fn cancel(State(web): State<Web>, headers: HeaderMap, Path(id): Path<String>) -> Action {
-    let c = web.client(&headers).await?;
-    c.cancel_run(&id).await.map_err(api)?;
-    Ok(Redirect::to(&format!("/runs/{}", encode(&id))).into_response())
-}
-
-/// What an action answers: where to go next, or an error page.
-type Action = Result<Response, Response>;
-
-/// The error page of an API call's failure.
-fn api(e: baton_client::ClientError) -> Response {
-    failure(&e.to_string())
-}
-
-/// Switches a flow's schedule on (`active=on`) or off, then shows the flows.
-async fn schedule(
-    State(web): State<Web>,
-    headers: HeaderMap,
-    Path((project, flow)): Path<(String, String)>,
-    Form(form): Form<HashMap<String, String>>,
-) -> Action {
-    let c = web.client(&headers).await?;
-    let active = form.get("active").is_some_and(|v| v == "on");
-    c.set_schedule(&project, &flow, active).await.map_err(api)?;
-    Ok(Redirect::to("/flows").into_response())
-}
-
-/// The Quick Run form of a flow: its parameters, their defaults filled in.
-async fn quick_run_form(
-    State(web): State<Web>,
-    headers: HeaderMap,
-    Path((project, flow)): Path<(String, String)>,
-) -> Page {
-    let c = web.client(&headers).await?;
-    let def = c.get_flow(&project, &flow, 0).await.map_err(api)?;
-    let title = format!("Quick run: {project}/{flow}");
-    Ok(Html(
-        pages::layout(&title, pages::quick_run(&def, None)).into_string(),
-    ))
-}
-
-/// Starts a run of the flow's latest version with the form's values (each JSON; one that
-/// is not is shown back with the error), then shows the run.
-async fn quick_run(
-    State(web): State<Web>,
-    headers: HeaderMap,
-    Path((project, flow)): Path<(String, String)>,
-    Form(form): Form<HashMap<String, String>>,
-) -> Action {
-    let c = web.client(&headers).await?;
-    let mut parameters = HashMap::new();
-    for (k, v) in &form {
-        let Some(name) = k.strip_prefix("p.") else {
-            continue;
-        };
-        if v.trim().is_empty() {
-            continue;
-        }
-        if let Err(e) = serde_json::from_str::<serde_json::Value>(v) {
-            let def = c.get_flow(&project, &flow, 0).await.map_err(api)?;
-            let why = format!("parameter `{name}`: not JSON ({e}); a string is written in quotes");
-            let body = pages::quick_run(&def, Some(&why));
-            return Err((
-                StatusCode::BAD_REQUEST,
-                Html(pages::layout("Quick run", body).into_string()),
-            )
-                .into_response());
-        }
-        parameters.insert(name.to_string(), v.clone());
-    }
-    let req = baton_proto::CreateRunRequest {
-        project,
-        flow,
-        parameters,
-        idempotency_key: uuid::Uuid::new_v4().to_string(),
-        ..Default::default()
-    };
-    let run = c
-        .create_run(req)
-        .await
-        .map_err(api)?
-        .run
-        .ok_or_else(|| failure("the scheduler answered no run"))?;
-    Ok(Redirect::to(&format!("/runs/{}", encode(&run.id))).into_response())
-}
-
-async fn login_form() -> Html<String> {
-    Html(pages::layout("Sign in", pages::login()).into_string())
-}
-
-/// Keeps the token in an http-only cookie (the UI never shows it again), then goes home.
-async fn login(Form(form): Form<HashMap<String, String>>) -> Response {
-    let token = form.get("token").map(|t| t.trim()).unwrap_or_default();
-    if token.is_empty() || token.len() > 4096 || !token.bytes().all(|b| b.is_ascii_graphic()) {
-        return (
-            StatusCode::BAD_REQUEST,
-            Html(pages::layout("Sign in", pages::login()).into_string()),
-        )
-            .into_response();
-    }
-    let cookie = format!("{COOKIE}={token}; HttpOnly; SameSite=Strict; Path=/");
-    ([(header::SET_COOKIE, cookie)], Redirect::to("/")).into_response()
+async fn script() -> impl IntoResponse {
+    (
+        [(header::CONTENT_TYPE, "text/javascript; charset=utf-8")],
+        SCRIPT,
+    )
 }

@@ -31,6 +31,8 @@ async fn ridge_sweep_on(cfg: HaConfig) -> anyhow::Result<()> {
     let _one = serial().await;
     let cfg = HaConfig {
         worker_env: vec![("BATON_SECRET_API_KEY".into(), SECRET.into())],
+        // Every replica serves the web UI (on a port of its own, which it logs).
+        scheduler_args: vec!["--http=127.0.0.1:0".into()],
         ..cfg
     };
     let c = cluster(
@@ -92,7 +94,54 @@ async fn ridge_sweep_on(cfg: HaConfig) -> anyhow::Result<()> {
         }
         assert!(c.etcd.endpoints().iter().all(|e| e.starts_with("https://")));
     }
+    web_ui_on_every_replica(&c, &run)?;
     secrets_stay_on_the_workers(&c).await
+}
+
+/// The web UIs the replicas logged that they serve (`url=http://…/`).
+fn web_uis(c: &baton_testkit::ha::HaCluster) -> anyhow::Result<Vec<u16>> {
+    let mut ports = Vec::new();
+    for entry in std::fs::read_dir(c.dir.path())? {
+        let path = entry?.path();
+        if path.extension().is_none_or(|e| e != "log") {
+            continue;
+        }
+        let text = std::fs::read_to_string(&path)?;
+        for line in text.lines().filter(|l| l.contains("serving the web UI")) {
+            let port = line
+                .split("url=http://127.0.0.1:")
+                .nth(1)
+                .and_then(|rest| rest.split('/').next())
+                .and_then(|p| p.parse::<u16>().ok());
+            ports.extend(port);
+        }
+    }
+    Ok(ports)
+}
+
+/// Every replica's UI, leader or follower, shows the run with a token: each reads through
+/// its own replica's API (over mutual TLS when the cluster's is), which follows the leader.
+fn web_ui_on_every_replica(c: &baton_testkit::ha::HaCluster, run: &str) -> anyhow::Result<()> {
+    use std::io::{Read, Write};
+    let ports = web_uis(c)?;
+    assert_eq!(ports.len(), c.replicas.len(), "{}", c.logs());
+    for port in ports {
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", port))?;
+        s.set_read_timeout(Some(Duration::from_secs(20)))?;
+        write!(
+            s,
+            "GET /runs/{run} HTTP/1.0\r\nHost: 127.0.0.1\r\nCookie: baton_token={}\r\n\r\n",
+            c.token()
+        )?;
+        let mut page = String::new();
+        s.read_to_string(&mut page)?;
+        assert!(page.starts_with("HTTP/1.0 200"), "UI on {port}: {page}");
+        assert!(
+            page.contains("COMPLETED") && page.contains("<svg class=\"dag\""),
+            "UI on {port}: {page}"
+        );
+    }
+    Ok(())
 }
 
 /// A flow using a secret runs on the cluster, and the secret's value is nowhere in etcd, the

@@ -20,6 +20,44 @@ use std::time::Duration;
 use support::{fan_out, fan_out_total, ridge_scores};
 
 /// Who leads now, as the compose service name (`scheduler2`), and the epoch.
+/// A GET of scheduler1's web UI with a cookie: (status, body).
+fn ui_get(c: &ComposeCluster, path: &str, cookie: &str) -> anyhow::Result<(u16, String)> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", c.ui_port))?;
+    s.set_read_timeout(Some(Duration::from_secs(20)))?;
+    write!(
+        s,
+        "GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\nCookie: {cookie}\r\n\r\n"
+    )?;
+    let mut raw = String::new();
+    s.read_to_string(&mut raw)?;
+    let status = raw
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    Ok((status, raw))
+}
+
+/// The web UI of the compose cluster: a sign-in without a token; with one, the dashboard,
+/// which its replica read from the API over mutual TLS.
+async fn web_ui(c: &ComposeCluster, token: &str) -> anyhow::Result<()> {
+    let (status, page) =
+        baton_testkit::eventually(Duration::from_secs(30), "the web UI", || async {
+            ui_get(c, "/", "none=1").ok().filter(|(s, _)| *s != 0)
+        })
+        .await?;
+    assert_eq!(status, 303, "{page}");
+    assert!(page.contains("location: /login"), "{page}");
+    let (status, page) = ui_get(c, "/", &format!("baton_token={token}"))?;
+    assert_eq!(status, 200, "{page}");
+    assert!(
+        page.contains("Dashboard") && page.contains("https://scheduler"),
+        "{page}"
+    );
+    Ok(())
+}
+
 async fn leader(c: &ComposeCluster) -> Option<(String, u64)> {
     let tls = c.client_tls().ok()?;
     for url in c.urls() {
@@ -104,6 +142,7 @@ async fn the_compose_cluster_runs_survives_faults_and_keeps_its_data() -> anyhow
     );
     let token = c.secret("admin.token")?;
     let client = Client::connect_with(&c.urls(), Some(&token), Some(c.client_tls()?)).await?;
+    web_ui(&c, &token).await?;
 
     // The ridge sweep, through the published ports, with its results in the S3 server.
     let source = std::fs::read_to_string(concat!(

@@ -10,6 +10,7 @@ mod support;
 mod ahead;
 mod auth;
 mod bad_input;
+mod browser;
 mod caching;
 mod cli;
 mod containers;

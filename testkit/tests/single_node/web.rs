@@ -68,14 +68,50 @@ async fn the_ui_shows_runs_tasks_flows_and_workers() -> anyhow::Result<()> {
     let (status, _, page) = get(port, &path, None)?;
     assert_eq!(status, 200, "{page}");
     assert!(page.contains("COMPLETED</span> 120"), "{page}");
+    assert!(
+        page.contains("<svg class=\"dag\"") && page.contains("class=\"gantt\""),
+        "{page}"
+    );
+    let rows = |page: &str| page.matches("/tasks/work/").count();
     let (_, _, first) = get(port, &format!("{path}?task=work&state=completed"), None)?;
-    assert_eq!(first.matches("<td>work</td>").count(), 50, "{first}");
+    assert_eq!(rows(&first), 50, "{first}");
     assert!(first.contains("120 task runs"), "{first}");
+    let (_, _, none) = get(port, &format!("{path}?task=work&state=failed"), None)?;
+    assert_eq!(rows(&none), 0, "{none}");
+    assert!(none.contains(">0 task runs"), "{none}");
     let (_, _, last) = get(port, &format!("{path}?task=work&offset=100"), None)?;
-    assert_eq!(last.matches("<td>work</td>").count(), 20, "{last}");
-    assert!(last.contains("← newer"), "{last}");
+    assert_eq!(rows(&last), 20, "{last}");
+    assert!(
+        last.contains("← previous") && last.contains("101–120 of 120"),
+        "{last}"
+    );
+    // More rows as the list is scrolled: table rows only, from the offset asked.
+    let (status, _, more) = get(port, &format!("{path}/rows?task=work&offset=50"), None)?;
+    assert_eq!(status, 200, "{more}");
+    assert_eq!(rows(&more), 50, "{more}");
+    assert!(
+        more.starts_with("<tr>") && more.contains(">work[50]<"),
+        "{more}"
+    );
     let (_, _, total) = get(port, &format!("{path}?task=total"), None)?;
     assert!(total.contains("7140"), "the sum of 0..120: {total}");
+    // One task run's page; one that does not exist.
+    let (status, _, one) = get(port, &format!("{path}/tasks/work/7"), None)?;
+    assert_eq!(status, 200, "{one}");
+    assert!(
+        one.contains("work[7]") && one.contains("id=\"value\""),
+        "{one}"
+    );
+    let (status, _, _) = get(port, &format!("{path}/tasks/work/120"), None)?;
+    assert_eq!(status, 404);
+    // A finished run's events: one `end`.
+    let (status, head, events) = get(port, &format!("{path}/events"), None)?;
+    assert_eq!(status, 200, "{head}");
+    assert!(head.contains("text/event-stream"), "{head}");
+    assert!(
+        events.contains("event: end") && events.contains("COMPLETED"),
+        "{events}"
+    );
 
     let (_, _, flows) = get(port, "/flows", None)?;
     assert!(flows.contains("webfan"), "{flows}");
@@ -90,6 +126,16 @@ async fn the_ui_shows_runs_tasks_flows_and_workers() -> anyhow::Result<()> {
         head.contains("text/css") && css.contains("prefers-color-scheme"),
         "{head}"
     );
+    let (status, head, js) = get(port, "/live.js", None)?;
+    assert_eq!(status, 200);
+    assert!(
+        head.contains("text/javascript") && js.contains("EventSource"),
+        "{head}"
+    );
+    for page in ["/schedules", "/limits"] {
+        let (status, _, body) = get(port, page, None)?;
+        assert_eq!(status, 200, "{page}: {body}");
+    }
     Ok(())
 }
 
@@ -137,7 +183,7 @@ async fn with_tokens_the_ui_asks_for_one_and_keeps_it_in_an_http_only_cookie() -
     assert_eq!(status, 200, "{page}");
     // A wrong token: the API's refusal, not data.
     let (status, _, page) = get(port, "/runs", Some("baton_token=not-a-token"))?;
-    assert_eq!(status, 502, "{page}");
+    assert_eq!(status, 401, "{page}");
     assert!(!page.contains("<td>"), "{page}");
     Ok(())
 }
@@ -179,11 +225,11 @@ async fn the_ui_switches_schedules_quick_runs_and_cancels() -> anyhow::Result<()
 
     // The schedule's switch: on, runs appear; off again.
     let (_, _, flows) = get(port, "/flows", None)?;
-    assert!(flows.contains("off · switch on"), "{flows}");
+    assert!(flows.contains("aria-checked=\"false\""), "{flows}");
     let (status, head, _) = post(port, "/flows/default/ticking/schedule", "active=on")?;
     assert_eq!(status, 303, "{head}");
     let (_, _, flows) = get(port, "/flows", None)?;
-    assert!(flows.contains("on · switch off"), "{flows}");
+    assert!(flows.contains("aria-checked=\"true\""), "{flows}");
     eventually(Duration::from_secs(20), "a scheduled run", || async {
         let (_, _, runs) = get(port, "/runs?flow=ticking", None).ok()?;
         runs.contains("schedule").then_some(())
@@ -191,7 +237,7 @@ async fn the_ui_switches_schedules_quick_runs_and_cancels() -> anyhow::Result<()
     .await?;
     post(port, "/flows/default/ticking/schedule", "active=off")?;
     let (_, _, flows) = get(port, "/flows", None)?;
-    assert!(flows.contains("off · switch on"), "{flows}");
+    assert!(flows.contains("aria-checked=\"false\""), "{flows}");
 
     // Quick run: the form has the default; a bad value is shown back; a good one runs.
     let (_, _, form) = get(port, "/flows/default/params/run", None)?;
@@ -229,5 +275,28 @@ async fn the_ui_switches_schedules_quick_runs_and_cancels() -> anyhow::Result<()
     assert_eq!(status, 303, "{head}");
     let end = c.wait(&slow.id).await?;
     assert_eq!(end.state, baton_proto::RunState::Cancelled as i32);
+
+    // Concurrency limits: set, shown, a bad one refused, removed.
+    let (status, head, _) = post(port, "/limits", "tag=gpu&limit=2")?;
+    assert_eq!(
+        (status, location(&head).as_str()),
+        (303, "/limits"),
+        "{head}"
+    );
+    let (_, _, limits) = get(port, "/limits", None)?;
+    assert!(limits.contains(">gpu<"), "{limits}");
+    let (status, _, bad) = post(port, "/limits", "tag=gpu&limit=many")?;
+    assert_eq!(status, 400, "{bad}");
+    let (status, _, _) = post(port, "/limits/gpu/delete", "")?;
+    assert_eq!(status, 303);
+    assert!(c.list_limits().await?.is_empty());
+
+    // An action sent from another site's page is refused (and changes nothing).
+    let (status, _, refused) = http(
+        port,
+        "POST /limits HTTP/1.0\r\nHost: 127.0.0.1\r\nOrigin: http://elsewhere.example\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: 15\r\n\r\ntag=gpu&limit=2",
+    )?;
+    assert_eq!(status, 403, "{refused}");
+    assert!(c.list_limits().await?.is_empty());
     Ok(())
 }

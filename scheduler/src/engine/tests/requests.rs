@@ -179,3 +179,111 @@ fn task_runs_are_listed_page_by_page() {
         all[3..].iter().map(key).collect::<Vec<_>>()
     );
 }
+
+#[test]
+fn task_runs_are_filtered_by_task_state_and_index_with_the_runs_counts() {
+    use crate::engine::query::{query_rows, TaskQuery};
+    let mut c = VirtualCluster::new();
+    c.register(SQUARES);
+    c.connect("w", &[], 8, 0);
+    c.behave("gen", |_| json!([1, 2, 3, 4, 5]));
+    let run = c.start("squares", json!({}));
+    let gen = c.step();
+    c.succeed(&gen[0]);
+    let sq = c.step();
+    assert_eq!(sq.len(), 5);
+    c.succeed(&sq[1]);
+    c.succeed(&sq[3]);
+    c.step();
+    let done = pb::TaskState::Completed as i32;
+    let ask = |q: TaskQuery| c.engine.task_query(&run, &q).unwrap();
+    let indexes = |rows: &[pb::TaskRun]| rows.iter().map(|t| t.map_index).collect::<Vec<_>>();
+
+    // One task, one state: only its completed map entries, and the run's counts.
+    let page = ask(TaskQuery {
+        limit: 10,
+        task: "sq".into(),
+        states: vec![done],
+        with_counts: true,
+        ..Default::default()
+    });
+    assert_eq!((page.total, indexes(&page.rows)), (2, vec![1, 3]));
+    let counts: Vec<(String, i32, u32, bool)> = page
+        .counts
+        .iter()
+        .map(|k| (k.task.clone(), k.state, k.count, k.mapped))
+        .collect();
+    let assigned = pb::TaskState::Assigned as i32;
+    let pending = pb::TaskState::Pending as i32;
+    assert_eq!(
+        counts,
+        vec![
+            ("gen".into(), done, 1, false),
+            ("sq".into(), assigned, 3, true),
+            ("sq".into(), done, 2, true),
+            ("total".into(), pending, 1, false),
+        ]
+    );
+    assert!(page.counts[0].first_started_ms > 0 && page.counts[0].last_ended_ms > 0);
+
+    // Paging is over the matching rows; one map index is one row; other states none.
+    let page = ask(TaskQuery {
+        offset: 1,
+        limit: 1,
+        task: "sq".into(),
+        states: vec![assigned],
+        ..Default::default()
+    });
+    assert_eq!((page.total, indexes(&page.rows)), (3, vec![2]));
+    assert!(page.counts.is_empty());
+    let one = ask(TaskQuery {
+        limit: 10,
+        task: "sq".into(),
+        map_index: Some(4),
+        ..Default::default()
+    });
+    assert_eq!((one.total, indexes(&one.rows)), (1, vec![4]));
+    let unmapped = ask(TaskQuery {
+        limit: 10,
+        task: "total".into(),
+        map_index: Some(-1),
+        ..Default::default()
+    });
+    assert_eq!((unmapped.total, unmapped.rows[0].state), (1, pending));
+    let none = ask(TaskQuery {
+        limit: 10,
+        states: vec![pb::TaskState::Failed as i32],
+        ..Default::default()
+    });
+    assert_eq!((none.total, none.rows.len()), (0, 0));
+
+    // An archived run's rows answer every query the same way.
+    let rows = c.engine.task_runs(&run, true).unwrap();
+    for q in [
+        TaskQuery {
+            limit: 10,
+            task: "sq".into(),
+            states: vec![done],
+            with_counts: true,
+            ..Default::default()
+        },
+        TaskQuery {
+            offset: 2,
+            limit: 3,
+            with_counts: true,
+            ..Default::default()
+        },
+        TaskQuery {
+            limit: 10,
+            task: "sq".into(),
+            map_index: Some(3),
+            ..Default::default()
+        },
+    ] {
+        let live = ask(q.clone());
+        let archived = query_rows(&rows, &q);
+        assert_eq!(live.total, archived.total, "{q:?}");
+        assert_eq!(indexes(&live.rows), indexes(&archived.rows), "{q:?}");
+        assert_eq!(live.counts, archived.counts, "{q:?}");
+    }
+}
