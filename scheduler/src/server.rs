@@ -59,6 +59,15 @@ pub async fn serve(
         tracing::info!(addr = %bound, "serving metrics at /metrics");
     }
     if let Some(at) = &config.http {
+        if tokens.is_none() && config.tls_client_ca.is_some() {
+            // The UI calls the API with this replica's own certificate: without tokens it
+            // would open the API to anyone who reaches the UI's port.
+            return Err(Error::Config(format!(
+                "--http {at}: the API requires client certificates (--tls-client-ca) and no \
+                 token; the web UI would open it to anyone who reaches {at}. Give \
+                 --tokens-file"
+            )));
+        }
         let listener = TcpListener::bind(at)
             .await
             .map_err(|e| Error::Config(format!("--http {at}: {e}")))?;

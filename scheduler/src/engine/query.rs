@@ -94,12 +94,29 @@ impl Engine {
         let slot = self.slot_of(id)?;
         let run = &self.runs[slot];
         let mut page = TaskPage::default();
+        // Without a state or index filter, a task's rows are all its task runs: the page
+        // takes its slice of them and the rest is only counted.
+        let unfiltered = q.states.is_empty() && q.map_index.is_none();
         for (i, n) in run.nodes.iter().enumerate() {
             let name = &run.flow.task(i).name;
             if q.with_counts {
                 self.count_node(run, i, &mut page.counts);
             }
             if !q.wants_task(name) {
+                continue;
+            }
+            if unfiltered && !n.runs.is_empty() {
+                let len = n.runs.len();
+                let from = q.offset.saturating_sub(page.total).min(len);
+                let upto = q
+                    .offset
+                    .saturating_add(q.limit)
+                    .saturating_sub(page.total)
+                    .min(len);
+                for (j, tr) in n.runs.iter().enumerate().take(upto).skip(from) {
+                    page.rows.push(self.tr_view(run, i, j, tr, q.with_values));
+                }
+                page.total += len;
                 continue;
             }
             if n.runs.is_empty() {
@@ -157,9 +174,10 @@ pub fn query_rows(rows: &[pb::TaskRun], q: &TaskQuery) -> TaskPage {
     for t in rows {
         if q.with_counts {
             if tallies.last().is_none_or(|(task, _, _)| *task != t.task) {
-                tallies.push((t.task.clone(), t.map_index >= 0, Tally::default()));
+                tallies.push((t.task.clone(), false, Tally::default()));
             }
-            if let Some((_, _, tally)) = tallies.last_mut() {
+            if let Some((_, mapped, tally)) = tallies.last_mut() {
+                *mapped |= t.map_index >= 0;
                 tally.add(t.state, t.started_ms, t.ended_ms);
             }
         }

@@ -26,11 +26,11 @@ pub struct FlowApi {
     archives: Arc<Mutex<Archives>>,
 }
 
-/// Decoded archives by run id, oldest first.
-type Archives = VecDeque<(String, Arc<pb::RunArchive>)>;
+/// Decoded archives by run id with their encoded sizes, oldest first.
+type Archives = VecDeque<(String, Arc<pb::RunArchive>, usize)>;
 
-/// Task runs of the archives kept decoded, in all (one larger archive is kept alone).
-const ARCHIVED_ROWS_KEPT: usize = 200_000;
+/// Encoded bytes of the archives kept decoded, in all (a larger archive is not kept).
+const ARCHIVE_BYTES_KEPT: usize = 64 << 20;
 
 impl FlowApi {
     pub fn new(roles: Arc<Roles>, results: Arc<dyn ResultStore>) -> Self {
@@ -45,17 +45,20 @@ impl FlowApi {
     fn kept_archive(&self, run: &str) -> Option<Arc<pb::RunArchive>> {
         let kept = self.archives.lock().unwrap_or_else(|e| e.into_inner());
         kept.iter()
-            .find(|(id, _)| id == run)
-            .map(|(_, a)| a.clone())
+            .find(|(id, _, _)| id == run)
+            .map(|(_, a, _)| a.clone())
     }
 
-    /// Keeps an archive just read, dropping the oldest beyond [`ARCHIVED_ROWS_KEPT`].
-    fn keep_archive(&self, run: &str, archive: Arc<pb::RunArchive>) {
+    /// Keeps an archive just read (`bytes` long, encoded), dropping the oldest beyond
+    /// [`ARCHIVE_BYTES_KEPT`] (decoded, an archive takes a few times its encoded size).
+    fn keep_archive(&self, run: &str, archive: Arc<pb::RunArchive>, bytes: usize) {
+        if bytes > ARCHIVE_BYTES_KEPT {
+            return;
+        }
         let mut kept = self.archives.lock().unwrap_or_else(|e| e.into_inner());
-        kept.retain(|(id, _)| id != run);
-        kept.push_back((run.to_string(), archive));
-        let rows = |k: &Archives| -> usize { k.iter().map(|(_, a)| a.task_runs.len()).sum() };
-        while kept.len() > 1 && rows(&kept) > ARCHIVED_ROWS_KEPT {
+        kept.retain(|(id, _, _)| id != run);
+        kept.push_back((run.to_string(), archive, bytes));
+        while kept.iter().map(|(_, _, b)| b).sum::<usize>() > ARCHIVE_BYTES_KEPT {
             kept.pop_front();
         }
     }
@@ -148,7 +151,7 @@ impl FlowApi {
                         Status::internal(format!("archive of run `{run}` is damaged: {e}"))
                     })?;
                 let archive = Arc::new(archive);
-                self.keep_archive(run, archive.clone());
+                self.keep_archive(run, archive.clone(), bytes.len());
                 Ok(archive)
             }
             Err(baton_common::Error::NotFound(_)) => Err(missing.into()),
@@ -596,6 +599,11 @@ impl FlowService for FlowApi {
         let req = req.into_inner();
         bounds::run_id(&req.run_id)?;
         bounds::check_len("task", &req.task, bounds::MAX_NAME_BYTES)?;
+        if req.map_index.is_some() && req.task.is_empty() {
+            return Err(Status::invalid_argument(
+                "`map_index` names a task run of `task`: give the task too",
+            ));
+        }
         let leader = self.roles.leader()?;
         let q = TaskQuery {
             limit: usize::MAX,

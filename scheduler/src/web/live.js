@@ -25,12 +25,23 @@ requestAnimationFrame(() => {
       busy = true;
       try {
         const answer = await fetch(location.href, { credentials: "same-origin" });
-        if (answer.ok) {
+        // A redirect (to the sign-in page, say) is not this page: leave it as it is.
+        if (answer.ok && !answer.redirected) {
           const doc = new DOMParser().parseFromString(await answer.text(), "text/html");
           for (const part of doc.querySelectorAll("[data-part]")) {
             const here = document.getElementById(part.id);
-            // A list that was scrolled further than its first page keeps its rows.
-            if (here && !here.querySelector("[data-grown]")) here.replaceWith(part);
+            if (!here || busyWith(here)) continue;
+            // Logs and other boxes stay where they were scrolled to.
+            const scrolled = [...here.querySelectorAll("pre")].map((p) => p.scrollTop);
+            here.replaceWith(part);
+            part.querySelectorAll("pre").forEach((p, i) => {
+              if (scrolled[i]) p.scrollTop = scrolled[i];
+            });
+          }
+          const fresh = doc.querySelector("main");
+          if (timer && fresh && !fresh.dataset.poll) {
+            clearInterval(timer);
+            timer = null;
           }
           bindLists();
           document.body.dataset.refreshed = String(Date.now());
@@ -44,14 +55,25 @@ requestAnimationFrame(() => {
         setTimeout(refresh, 200);
       }
     };
+    let timer = main.dataset.poll ? setInterval(refresh, Number(main.dataset.poll)) : null;
     const events = new EventSource(main.dataset.live);
     events.addEventListener("change", refresh);
     events.addEventListener("end", () => {
       events.close();
       refresh();
       if (timer) clearInterval(timer);
+      timer = null;
     });
-    const timer = main.dataset.poll ? setInterval(refresh, Number(main.dataset.poll)) : null;
+  }
+
+  // A part the user is at: a control in it has the focus, or its list was scrolled (or
+  // grew past its first page). It is left as it is rather than swapped under them.
+  function busyWith(part) {
+    const focused = document.activeElement;
+    if (focused && focused !== document.body && part.contains(focused)) return true;
+    return [...part.querySelectorAll("[data-rows]")].some(
+      (box) => box.hasAttribute("data-grown") || box.scrollTop > 0,
+    );
   }
 
   function bindList(box) {
@@ -68,7 +90,7 @@ requestAnimationFrame(() => {
         const url = new URL(box.dataset.rows, location.href);
         url.searchParams.set("offset", String(next));
         const answer = await fetch(url, { credentials: "same-origin" });
-        if (answer.ok) {
+        if (answer.ok && !answer.redirected) {
           const rows = await answer.text();
           const body = box.querySelector("tbody");
           body.insertAdjacentHTML("beforeend", rows);

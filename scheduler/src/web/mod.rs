@@ -117,6 +117,8 @@ impl Web {
                 let c = Client::connect_with(api_at, Some(&t), self.tls.clone())
                     .await
                     .map_err(api)?;
+                // Kept only once the API takes it (connecting asks nothing a token opens).
+                c.list_limits().await.map_err(api)?;
                 let mut clients = self.clients.lock().unwrap_or_else(|e| e.into_inner());
                 if clients.len() >= CLIENTS {
                     clients.pop_front();
@@ -125,6 +127,13 @@ impl Web {
                 Ok(c)
             }
             None if self.auth => Err(Redirect::to("/login").into_response()),
+            // Without tokens, a page of another site could reach this UI by a name of its
+            // own that resolves here (DNS rebinding): only addresses are answered.
+            None if !by_address(headers) => Err(failure(
+                StatusCode::FORBIDDEN,
+                "without tokens this UI answers only at its address (127.0.0.1:PORT), not \
+                 by a host name",
+            )),
             None => self
                 .anonymous
                 .get_or_try_init(|| Client::connect_with(api_at, None, self.tls.clone()))
@@ -191,6 +200,24 @@ fn api(e: baton_client::ClientError) -> Response {
         _ => StatusCode::BAD_GATEWAY,
     };
     failure(status, &e.to_string())
+}
+
+/// Whether the request's `Host` is `localhost` or an IP address (not another name).
+fn by_address(headers: &HeaderMap) -> bool {
+    let name = host_name(headers);
+    name == "localhost" || name.parse::<std::net::IpAddr>().is_ok()
+}
+
+/// The request's `Host`, without its port (and without brackets for IPv6).
+fn host_name(headers: &HeaderMap) -> &str {
+    let host = headers
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .unwrap_or_default();
+    match host.strip_prefix('[') {
+        Some(v6) => v6.split(']').next().unwrap_or_default(),
+        None => host.rsplit_once(':').map_or(host, |(h, _)| h),
+    }
 }
 
 /// The value of cookie `name`.

@@ -250,7 +250,7 @@ impl RunFilter {
             flow: get("flow"),
             state: get("state").to_ascii_uppercase(),
             since: get("since"),
-            offset: get("offset").parse().unwrap_or(0),
+            offset: offset(q),
         }
     }
 
@@ -309,6 +309,14 @@ pub fn runs(all: &[pb::FlowRun], f: &RunFilter, now: i64) -> Markup {
     }
 }
 
+/// The `offset` a list is asked from (0 when absent or not a number; at most `u32::MAX`,
+/// the API's own bound).
+pub fn offset(q: &HashMap<String, String>) -> usize {
+    q.get("offset")
+        .and_then(|o| o.parse::<u32>().ok())
+        .unwrap_or(0) as usize
+}
+
 pub fn pager(path: &str, keep: &[(&str, &str)], offset: usize, total: usize) -> Markup {
     let query = |off: usize| {
         let mut q: Vec<String> = keep
@@ -322,8 +330,8 @@ pub fn pager(path: &str, keep: &[(&str, &str)], offset: usize, total: usize) -> 
     html! {
         nav.pager aria-label="pages" {
             @if offset > 0 { a href=(query(offset.saturating_sub(PAGE))) { "← previous" } }
-            @if total > 0 { span.muted { (offset + 1) "–" ((offset + PAGE).min(total)) " of " (total) } }
-            @if offset + PAGE < total { a href=(query(offset + PAGE)) { "next →" } }
+            @if total > offset { span.muted { (offset.saturating_add(1)) "–" (offset.saturating_add(PAGE).min(total)) " of " (total) } }
+            @if offset.saturating_add(PAGE) < total { a href=(query(offset + PAGE)) { "next →" } }
         }
     }
 }

@@ -14,23 +14,30 @@ use std::collections::HashMap;
 type Action = Result<Response, Response>;
 type F = Form<HashMap<String, String>>;
 
-/// Refuses a request that another site's page sent (its `Origin` is not this host): the
-/// cookie is `SameSite=Strict` already, and without tokens there is no cookie at all.
+/// Refuses an action that this UI's own pages did not send: the browser must say so, by
+/// `Sec-Fetch-Site: same-origin` or an `Origin` naming this host (the cookie is
+/// `SameSite=Strict` too, but without tokens there is no cookie at all).
 fn same_origin(headers: &HeaderMap) -> Result<(), Box<Response>> {
-    let Some(origin) = headers.get(header::ORIGIN).and_then(|o| o.to_str().ok()) else {
-        return Ok(());
+    let text = |name| {
+        headers
+            .get(name)
+            .and_then(|v: &axum::http::HeaderValue| v.to_str().ok())
+            .unwrap_or_default()
     };
-    let host = headers
-        .get(header::HOST)
-        .and_then(|h| h.to_str().ok())
-        .unwrap_or_default();
+    let host = text(header::HOST);
+    let origin = text(header::ORIGIN);
     let origin_host = origin.split_once("://").map_or(origin, |(_, h)| h);
-    if !host.is_empty() && origin_host == host {
+    let from_here = match text(axum::http::HeaderName::from_static("sec-fetch-site")) {
+        "same-origin" => true,
+        "" => !host.is_empty() && origin_host == host,
+        _ => false,
+    };
+    if from_here {
         Ok(())
     } else {
         Err(Box::new(failure(
             StatusCode::FORBIDDEN,
-            "this action was sent from another site's page",
+            "this action did not come from this UI's own page",
         )))
     }
 }
@@ -148,37 +155,48 @@ pub(super) async fn delete_limit(
 }
 
 /// Keeps the token in an http-only cookie (the UI never shows it again), then goes home.
-/// The cookie is `Secure` (sent over HTTPS only) unless the UI is reached on this machine
-/// (loopback), where no network sees it.
+/// Only over HTTPS (then the cookie is `Secure`) or on this machine (loopback), where no
+/// network sees it.
 pub(super) async fn login(headers: HeaderMap, Form(form): F) -> Response {
     if let Err(r) = same_origin(&headers) {
         return *r;
     }
     let token = form.get("token").map(|t| t.trim()).unwrap_or_default();
-    if token.is_empty() || token.len() > 4096 || !token.bytes().all(|b| b.is_ascii_graphic()) {
+    let cookie_safe = |b: u8| b.is_ascii_alphanumeric() || b"-._~+/=".contains(&b);
+    if token.is_empty() || token.len() > 4096 || !token.bytes().all(cookie_safe) {
         return (StatusCode::BAD_REQUEST, page("Sign in", pages::login())).into_response();
     }
-    let secure = if loopback(&headers) { "" } else { "; Secure" };
+    // Over plain HTTP beyond this machine the token would cross the network in clear: the
+    // cookie is `Secure`, which the browser keeps only from HTTPS (a proxy in front).
+    let https = headers
+        .get("x-forwarded-proto")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|p| p.eq_ignore_ascii_case("https"));
+    if !https && !loopback(&headers) {
+        return failure(
+            StatusCode::BAD_REQUEST,
+            "sign in over HTTPS (a proxy in front of the UI that sets X-Forwarded-Proto: \
+             https), or on this machine (http://127.0.0.1, or an SSH tunnel to it): the token \
+             would cross the network in clear",
+        );
+    }
+    let secure = if https { "; Secure" } else { "" };
     let cookie = format!("{COOKIE}={token}; HttpOnly; SameSite=Strict; Path=/{secure}");
     ([(header::SET_COOKIE, cookie)], Redirect::to("/")).into_response()
 }
 
 /// Forgets the token.
-pub(super) async fn logout() -> Response {
+pub(super) async fn logout(headers: HeaderMap) -> Response {
+    if let Err(r) = same_origin(&headers) {
+        return *r;
+    }
     let cookie = format!("{COOKIE}=; HttpOnly; SameSite=Strict; Path=/; Max-Age=0");
     ([(header::SET_COOKIE, cookie)], Redirect::to("/login")).into_response()
 }
 
 /// Whether the request names a loopback host (`localhost`, `127.x`, `[::1]`).
 fn loopback(headers: &HeaderMap) -> bool {
-    let host = headers
-        .get(header::HOST)
-        .and_then(|h| h.to_str().ok())
-        .unwrap_or_default();
-    let name = match host.strip_prefix('[') {
-        Some(v6) => v6.split(']').next().unwrap_or_default(),
-        None => host.rsplit_once(':').map_or(host, |(h, _)| h),
-    };
+    let name = super::host_name(headers);
     name == "localhost"
         || name
             .parse::<std::net::IpAddr>()

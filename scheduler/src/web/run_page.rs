@@ -27,20 +27,30 @@ pub struct TaskFilter {
 impl TaskFilter {
     pub fn from_query(q: &HashMap<String, String>) -> Self {
         let get = |k: &str| q.get(k).cloned().unwrap_or_default();
+        // A state that is not one is no filter (the form shows "any").
+        let state = get("state").to_ascii_uppercase();
+        let state = if Self::named(&state).is_some() {
+            state
+        } else {
+            String::new()
+        };
         TaskFilter {
             task: get("task"),
-            state: get("state").to_ascii_uppercase(),
-            offset: get("offset").parse().unwrap_or(0),
+            state,
+            offset: super::pages::offset(q),
         }
     }
 
-    /// The state asked for, as the API's filter (an unknown name matches nothing).
+    fn named(state: &str) -> Option<pb::TaskState> {
+        pb::TaskState::from_str_name(&format!("TASK_STATE_{state}"))
+            .filter(|s| *s != pb::TaskState::Unspecified)
+    }
+
+    /// The state asked for, as the API's filter.
     pub fn states(&self) -> Vec<i32> {
-        if self.state.is_empty() {
-            return Vec::new();
-        }
-        let named = pb::TaskState::from_str_name(&format!("TASK_STATE_{}", self.state));
-        vec![named.map_or(-1, |s| s as i32)]
+        Self::named(&self.state)
+            .map(|s| vec![s as i32])
+            .unwrap_or_default()
     }
 
     fn keep(&self) -> [(&'static str, &str); 2] {
@@ -217,7 +227,7 @@ pub fn run(
                 q
             };
             div.scroll tabindex="0" aria-label="task runs" data-rows=(rows_url)
-                data-next=((f.offset + rows.task_runs.len()).to_string()) data-total=(rows.total) {
+                data-next=((f.offset.saturating_add(rows.task_runs.len())).to_string()) data-total=(rows.total) {
                 table {
                     thead { tr { th { "Task run" } th { "State" } th.num { "Attempt" } th { "Worker" } th { "Time" } th.num { "Took" } th { "Value / error" } } }
                     tbody { (rows_markup(r, &rows.task_runs)) }

@@ -342,7 +342,7 @@ async fn drive(
     );
     // (Lines reach the scheduler on their own path: a finished run's page may be read
     // again until they are there.)
-    let line = "trained a ridge model with alpha 0.001";
+    let line = "trained a ridge model alpha=0.001";
     eventually(Duration::from_secs(30), "train[3]'s log line", || async {
         let logs = b.text("#logs").await.ok()?;
         if logs.contains(line) {

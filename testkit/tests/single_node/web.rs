@@ -165,7 +165,7 @@ async fn with_tokens_the_ui_asks_for_one_and_keeps_it_in_an_http_only_cookie() -
     let (status, head, _) = http(
         port,
         &format!(
-            "POST /login HTTP/1.0\r\nHost: 127.0.0.1\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\n\r\n{body}",
+            "POST /login HTTP/1.0\r\nHost: 127.0.0.1\r\nOrigin: http://127.0.0.1\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\n\r\n{body}",
             body.len()
         ),
     )?;
@@ -179,6 +179,30 @@ async fn with_tokens_the_ui_asks_for_one_and_keeps_it_in_an_http_only_cookie() -
         "{cookie}"
     );
     let pair = cookie.split(';').next().unwrap_or_default();
+    assert!(
+        !cookie.contains("Secure"),
+        "on loopback over HTTP: {cookie}"
+    );
+    // Beyond loopback, a token is taken only over HTTPS (a proxy in front), and its cookie
+    // is then `Secure`.
+    let signin = |host: &str, proto: &str| {
+        http(
+            port,
+            &format!(
+                "POST /login HTTP/1.0\r\nHost: {host}\r\nOrigin: http://{host}\r\n{proto}Content-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\n\r\n{body}",
+                body.len()
+            ),
+        )
+    };
+    let (status, head, page) = signin("ui.example.org", "")?;
+    assert_eq!(status, 400, "{head}");
+    assert!(
+        page.contains("HTTPS") && !head.contains("set-cookie"),
+        "{page}"
+    );
+    let (status, head, _) = signin("ui.example.org", "X-Forwarded-Proto: https\r\n")?;
+    assert_eq!(status, 303, "{head}");
+    assert!(head.contains("; Secure"), "{head}");
     let (status, _, page) = get(port, "/runs", Some(pair))?;
     assert_eq!(status, 200, "{page}");
     // A wrong token: the API's refusal, not data.
@@ -192,7 +216,7 @@ fn post(port: u16, path: &str, form: &str) -> anyhow::Result<(u16, String, Strin
     http(
         port,
         &format!(
-            "POST {path} HTTP/1.0\r\nHost: 127.0.0.1\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\n\r\n{form}",
+            "POST {path} HTTP/1.0\r\nHost: 127.0.0.1\r\nSec-Fetch-Site: same-origin\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\n\r\n{form}",
             form.len()
         ),
     )
@@ -297,6 +321,22 @@ async fn the_ui_switches_schedules_quick_runs_and_cancels() -> anyhow::Result<()
         "POST /limits HTTP/1.0\r\nHost: 127.0.0.1\r\nOrigin: http://elsewhere.example\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: 15\r\n\r\ntag=gpu&limit=2",
     )?;
     assert_eq!(status, 403, "{refused}");
+    // As is one that no browser page sent (neither `Origin` nor `Sec-Fetch-Site`), one
+    // another site's page sent, and, without tokens, a page reached by a host name (DNS
+    // rebinding).
+    let (status, _, refused) = http(
+        port,
+        "POST /limits HTTP/1.0\r\nHost: 127.0.0.1\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: 15\r\n\r\ntag=gpu&limit=2",
+    )?;
+    assert_eq!(status, 403, "{refused}");
+    let (status, _, refused) = http(
+        port,
+        "POST /limits HTTP/1.0\r\nHost: 127.0.0.1\r\nSec-Fetch-Site: cross-site\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: 15\r\n\r\ntag=gpu&limit=2",
+    )?;
+    assert_eq!(status, 403, "{refused}");
     assert!(c.list_limits().await?.is_empty());
+    let (status, _, refused) = http(port, "GET /runs HTTP/1.0\r\nHost: attacker.example\r\n\r\n")?;
+    assert_eq!(status, 403, "{refused}");
+    assert!(!refused.contains("<td>"), "{refused}");
     Ok(())
 }

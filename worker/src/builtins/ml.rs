@@ -155,10 +155,6 @@ pub(super) async fn train_ridge(inputs: Value, ctx: &TaskContext) -> TaskResult 
     .await?;
     let model_uri = put_artifact(F, ctx, "model.json", bytes, "application/json").await?;
     tracing::info!(alpha, model = %model_uri, device = %on, "trained a ridge model");
-    ctx.log(
-        "log",
-        format!("trained a ridge model with alpha {alpha} on {on}: {model_uri}"),
-    );
     Ok(Value::String(model_uri))
 }
 

@@ -257,8 +257,29 @@ fn task_runs_are_filtered_by_task_state_and_index_with_the_runs_counts() {
     });
     assert_eq!((none.total, none.rows.len()), (0, 0));
 
-    // An archived run's rows answer every query the same way.
+    // Unfiltered pages (sliced without visiting every task run) cover every row once.
     let rows = c.engine.task_runs(&run, true).unwrap();
+    let key = |t: &pb::TaskRun| (t.task.clone(), t.map_index);
+    let mut paged = Vec::new();
+    for offset in (0..10).step_by(3) {
+        let page = ask(TaskQuery {
+            offset,
+            limit: 3,
+            ..Default::default()
+        });
+        assert_eq!(page.total, rows.len());
+        paged.extend(page.rows.iter().map(key));
+    }
+    assert_eq!(paged, rows.iter().map(key).collect::<Vec<_>>());
+    let sq_only = ask(TaskQuery {
+        offset: 4,
+        limit: 10,
+        task: "sq".into(),
+        ..Default::default()
+    });
+    assert_eq!((sq_only.total, indexes(&sq_only.rows)), (5, vec![4]));
+
+    // An archived run's rows answer every query the same way.
     for q in [
         TaskQuery {
             limit: 10,
