@@ -35,9 +35,11 @@
 mod failure;
 mod live;
 mod options;
+mod pack;
 
 pub use options::{S3Options, StaticCredentials};
 
+use super::segment::PACK_LIMIT;
 use super::{checksum, ResultRef, ResultStore};
 use crate::{Error, Result};
 use async_trait::async_trait;
@@ -48,6 +50,7 @@ use aws_sdk_s3::Client;
 use bytes::Bytes;
 use failure::{retrying, Failure, Try};
 use std::io::ErrorKind;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 /// Objects larger than this are uploaded in parts of this size.
@@ -87,6 +90,11 @@ pub struct S3Store {
     bucket: String,
     prefix: String,
     retry_for: Duration,
+    /// Packs small results (see [`pack`]); started on the first such put.
+    packer: Arc<OnceLock<pack::Packer>>,
+    /// Whether the server refuses a conditional write over an object (`If-None-Match: *`):
+    /// then a put sends no HEAD first. Probed on the first put that needs to know.
+    conditional: Arc<tokio::sync::OnceCell<bool>>,
 }
 
 impl S3Store {
@@ -106,6 +114,8 @@ impl S3Store {
             client: live::LiveClient::new(options).await?,
             bucket: bucket.to_string(),
             prefix: prefix.to_string(),
+            packer: Arc::default(),
+            conditional: Arc::default(),
         })
     }
 
@@ -205,13 +215,28 @@ impl S3Store {
         sum: &str,
         retried: bool,
     ) -> Try<()> {
-        let written = match self.head(&self.bucket, key).await? {
-            Some(_) => Err(Failure::Exists),
-            None if data.len() > PART_BYTES => {
-                self.put_multipart(key, data, content_type, sum).await
-            }
-            None => self
-                .client
+        // A server that honours `If-None-Match` refuses the PUT itself: no HEAD first.
+        if !self.honours_conditional_writes().await && self.head(&self.bucket, key).await?.is_some()
+        {
+            return Err(Failure::Exists);
+        }
+        self.put_new(key, data, content_type, sum, retried).await
+    }
+
+    /// Writes `data` at `key` with `If-None-Match: *` (no HEAD first: for a name used once,
+    /// or a server that honours the condition).
+    async fn put_new(
+        &self,
+        key: &str,
+        data: &Bytes,
+        content_type: &str,
+        sum: &str,
+        retried: bool,
+    ) -> Try<()> {
+        let written = if data.len() > PART_BYTES {
+            self.put_multipart(key, data, content_type, sum).await
+        } else {
+            self.client
                 .get()
                 .await
                 .put_object()
@@ -224,7 +249,7 @@ impl S3Store {
                 .send()
                 .await
                 .map(drop)
-                .map_err(Failure::from_sdk),
+                .map_err(Failure::from_sdk)
         };
         match written {
             // An earlier try whose answer was lost may have written it.
@@ -326,6 +351,67 @@ impl S3Store {
     }
 }
 
+impl S3Store {
+    /// Whether the server refuses `If-None-Match: *` over an existing object, found once by
+    /// writing a probe object twice (and deleting it); a server that does not answer counts
+    /// as not honouring it, and is asked again on the next put.
+    async fn honours_conditional_writes(&self) -> bool {
+        let probed = self
+            .conditional
+            .get_or_try_init(|| async {
+                let key = self.full_key(&format!(
+                    ".baton/conditional-probe-{}",
+                    uuid::Uuid::new_v4().simple()
+                ))?;
+                let data = Bytes::from_static(b"probe");
+                let sum = checksum(&data);
+                let first = self.put_new(&key, &data, "text/plain", &sum, false).await;
+                let second = self.put_new(&key, &data, "text/plain", &sum, false).await;
+                let _ = self
+                    .client
+                    .get()
+                    .await
+                    .delete_object()
+                    .bucket(&self.bucket)
+                    .key(&key)
+                    .send()
+                    .await;
+                match (first, second) {
+                    (Ok(()), Err(Failure::Exists)) => Ok(true),
+                    (Ok(()), Ok(())) => Ok(false),
+                    _ => Err(Error::InvalidArgument("the probe was not answered".into())),
+                }
+            })
+            .await;
+        probed.is_ok_and(|honoured| *honoured)
+    }
+
+    /// The packer of this store, started on first use.
+    fn packer(&self) -> &pack::Packer {
+        self.packer.get_or_init(|| {
+            // The packer's own store only uploads: it has a packer of its own, never used.
+            pack::Packer::start(S3Store {
+                packer: Arc::default(),
+                ..self.clone()
+            })
+        })
+    }
+}
+
+/// `key#OFFSET+LEN` of an object in a pack: the pack's key and the range (at most
+/// [`PACK_LIMIT`] long).
+fn packed(key: &str) -> Result<Option<(&str, u64, u64)>> {
+    if !key.contains('#') {
+        return Ok(None);
+    }
+    match super::segment::parse_packed(key) {
+        Some((pack, offset, len)) if len <= PACK_LIMIT as u64 => Ok(Some((pack, offset, len))),
+        _ => Err(Error::InvalidArgument(format!(
+            "`{key}` is not a location in a pack (KEY#OFFSET+LEN, at most {PACK_LIMIT} bytes)"
+        ))),
+    }
+}
+
 #[async_trait]
 impl ResultStore for S3Store {
     fn root_uri(&self) -> String {
@@ -337,10 +423,20 @@ impl ResultStore for S3Store {
     }
 
     async fn put(&self, key: &str, data: Bytes, content_type: &str) -> Result<ResultRef> {
+        let packs = data.len() <= PACK_LIMIT && key.starts_with("results/");
         let key = self.full_key(key)?;
         let uri = format!("s3://{}/{key}", self.bucket);
         let sum = checksum(&data);
         let size = data.len() as u64;
+        if packs {
+            let uri = self.packer().put(key, data, &uri).await?;
+            return Ok(ResultRef {
+                uri,
+                size,
+                checksum: sum,
+                content_type: content_type.to_string(),
+            });
+        }
         retrying(self.retry_for, &uri, |retried| {
             self.put_once(&key, &data, content_type, &sum, retried)
         })
@@ -360,12 +456,33 @@ impl ResultStore for S3Store {
     async fn get_at_most(&self, uri: &str, max: u64) -> Result<Vec<u8>> {
         let (bucket, key) = split_uri(uri)?;
         check_key(key, "key")?;
+        if let Some((pack, offset, len)) = packed(key)? {
+            if len > max {
+                return Err(Error::TooLarge { size: len, max });
+            }
+            if len == 0 {
+                return Ok(Vec::new());
+            }
+            let range = format!("bytes={offset}-{}", offset + len - 1);
+            return retrying(self.retry_for, uri, |_| {
+                self.fetch(bucket, pack, Some(range.clone()), len)
+            })
+            .await;
+        }
         retrying(self.retry_for, uri, |_| self.read(bucket, key, max)).await
     }
 
     async fn get_range(&self, uri: &str, offset: u64, len: u64) -> Result<(Vec<u8>, u64)> {
         let (bucket, key) = split_uri(uri)?;
         check_key(key, "key")?;
+        if packed(key)?.is_some() {
+            // A packed object is small: read whole, then cut.
+            let all = self.get(uri).await?;
+            let size = all.len() as u64;
+            let start = offset.min(size) as usize;
+            let end = offset.saturating_add(len).min(size) as usize;
+            return Ok((all[start..end].to_vec(), size));
+        }
         retrying(self.retry_for, uri, move |_| async move {
             let Some((size, _)) = self.head(bucket, key).await? else {
                 return Err(Failure::NotFound);
@@ -383,6 +500,7 @@ impl ResultStore for S3Store {
     async fn exists(&self, uri: &str) -> Result<bool> {
         let (bucket, key) = split_uri(uri)?;
         check_key(key, "key")?;
+        let key = packed(key)?.map_or(key, |(pack, _, _)| pack);
         retrying(self.retry_for, uri, move |_| async move {
             Ok(self.head(bucket, key).await?.is_some())
         })
@@ -392,6 +510,10 @@ impl ResultStore for S3Store {
     async fn delete(&self, uri: &str) -> Result<()> {
         let (bucket, key) = split_uri(uri)?;
         check_key(key, "key")?;
+        if packed(key)?.is_some() {
+            // Its pack holds other objects: it goes when the pack is reclaimed.
+            return Ok(());
+        }
         retrying(self.retry_for, uri, move |_| async move {
             match self
                 .client

@@ -34,12 +34,12 @@ async fn round_trip_with_checksum() -> anyhow::Result<()> {
     let data = br#"{"rmse": 0.25}"#.to_vec();
     let r = store
         .put(
-            "results/r1/fit/attempt-1.json",
+            "artifacts/r1/fit/attempt-1.json",
             data.clone().into(),
             "application/json",
         )
         .await?;
-    assert_eq!(r.uri, "s3://baton/runs/a/results/r1/fit/attempt-1.json");
+    assert_eq!(r.uri, "s3://baton/runs/a/artifacts/r1/fit/attempt-1.json");
     assert_eq!(r.size, data.len() as u64);
     assert_eq!(r.checksum, sha256(&data));
     assert_eq!(r.content_type, "application/json");
@@ -67,7 +67,7 @@ async fn round_trip_with_checksum() -> anyhow::Result<()> {
     // It really is in the server's bucket, under the prefix.
     let on_disk = s3
         .data_dir()
-        .join("baton/runs/a/results/r1/fit/attempt-1.json");
+        .join("baton/runs/a/artifacts/r1/fit/attempt-1.json");
     assert_eq!(std::fs::read(on_disk)?, data);
     Ok(())
 }
@@ -195,9 +195,26 @@ async fn puts_survive_a_server_restart() -> anyhow::Result<()> {
             })
         })
         .collect();
+    // Small results too: their pack goes up once the server is back.
+    let packed: Vec<_> = (0..4)
+        .map(|i| {
+            let store = store.clone();
+            tokio::spawn(async move {
+                let data = format!("{{\"packed\": {i}}}").into_bytes();
+                let r = store
+                    .put(
+                        &format!("results/r/{i}.attempt-1.json"),
+                        data.clone().into(),
+                        "x",
+                    )
+                    .await;
+                (data, r)
+            })
+        })
+        .collect();
     tokio::time::sleep(Duration::from_secs(1)).await;
     s3.restart().await?;
-    for p in puts {
+    for p in puts.into_iter().chain(packed) {
         let (data, r) = p.await?;
         let r = r.map_err(|e| anyhow::anyhow!("{e}\n{}", s3.logs()))?;
         assert_eq!(store.get(&r.uri).await?, data);
@@ -238,8 +255,13 @@ async fn cli_reads_results_straight_from_s3() -> anyhow::Result<()> {
     let (code, out, err) = baton(&s3, &["--scheduler", &nobody, "result", "get", &r.uri])?;
     assert_eq!(code, 0, "{err}");
     assert_eq!(out, b"[1, 2]\n");
-    let missing = format!("{}.missing", r.uri);
-    let (code, _, err) = baton(&s3, &["result", "get", "--direct", &missing])?;
+    assert!(
+        r.uri.contains("/packs/"),
+        "a small result is packed: {}",
+        r.uri
+    );
+    let missing = "s3://baton/cli/results/r/t/never.json";
+    let (code, _, err) = baton(&s3, &["result", "get", "--direct", missing])?;
     assert_ne!(code, 0);
     assert!(err.contains("not found"), "{err}");
     Ok(())
@@ -291,5 +313,114 @@ async fn an_s3_server_with_a_private_ca_is_trusted_given_the_ca() -> anyhow::Res
     })
     .await?;
     assert_eq!(back, b"42");
+    Ok(())
+}
+
+/// Small results go up together: a burst of puts lands in a few pack objects, each result
+/// addressed by its pack and byte range and read back exactly (whole, in parts); larger
+/// ones and other keys stay objects of their own; a pack holds its records as written.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn small_results_are_packed_and_read_by_range() -> anyhow::Result<()> {
+    let s3 = S3Server::start().await?;
+    let store = Arc::new(s3.store("packed").await?);
+    let n = 600;
+    let puts: Vec<_> = (0..n)
+        .map(|i| {
+            let store = store.clone();
+            tokio::spawn(async move {
+                let data =
+                    format!("{{\"i\": {i}, \"pad\": \"{}\"}}", "x".repeat(i % 97)).into_bytes();
+                let key = format!("results/run/work/{i}.attempt-1.json");
+                let r = store
+                    .put(&key, data.clone().into(), "application/json")
+                    .await;
+                (key, data, r)
+            })
+        })
+        .collect();
+    let mut written = Vec::new();
+    for p in puts {
+        let (key, data, r) = p.await?;
+        written.push((key, data, r?));
+    }
+    let mut packs = std::collections::BTreeMap::<String, Vec<(u64, u64)>>::new();
+    for (_, data, r) in &written {
+        assert_eq!(r.checksum, sha256(data));
+        assert_eq!(r.size, data.len() as u64);
+        let (pack, range) = r.uri.split_once('#').expect("a packed location");
+        assert!(pack.starts_with("s3://baton/packed/packs/"), "{}", r.uri);
+        let (offset, len) = range.split_once('+').expect("offset+len");
+        packs
+            .entry(pack.to_string())
+            .or_default()
+            .push((offset.parse()?, len.parse()?));
+    }
+    assert!(
+        packs.len() < n / 4,
+        "{} packs for {n} results: not packed together",
+        packs.len()
+    );
+    // No byte of a pack is addressed twice.
+    for ranges in packs.values_mut() {
+        ranges.sort();
+        for pair in ranges.windows(2) {
+            assert!(pair[0].0 + pair[0].1 <= pair[1].0, "overlap: {pair:?}");
+        }
+    }
+    for (_, data, r) in written.iter().step_by(7) {
+        assert_eq!(&store.get(&r.uri).await?, data);
+        let size = data.len() as u64;
+        assert_eq!(
+            store.get_range(&r.uri, 2, 5).await?,
+            (data[2..7].to_vec(), size)
+        );
+        assert!(store.exists(&r.uri).await?);
+        let small = store.get_at_most(&r.uri, 3).await;
+        assert!(matches!(small, Err(Error::TooLarge { .. })), "{small:?}");
+    }
+    // Deleting one leaves its pack (and its neighbours) as they are.
+    let (_, first_data, first) = &written[0];
+    store.delete(&first.uri).await?;
+    assert_eq!(&store.get(&first.uri).await?, first_data);
+    // A pack on the server's disk: the records as written, key and data.
+    let (pack_uri, _) = first.uri.split_once('#').expect("packed");
+    let path = s3.data_dir().join(pack_uri.trim_start_matches("s3://"));
+    let bytes = std::fs::read(&path)?;
+    let mut at = 0usize;
+    let mut found = 0;
+    while at < bytes.len() {
+        let klen = u32::from_le_bytes(bytes[at..at + 4].try_into()?) as usize;
+        let key = std::str::from_utf8(&bytes[at + 4..at + 4 + klen])?.to_string();
+        at += 4 + klen;
+        let dlen = u32::from_le_bytes(bytes[at..at + 4].try_into()?) as usize;
+        let data = &bytes[at + 4..at + 4 + dlen];
+        at += 4 + dlen;
+        let (_, expected, _) = written
+            .iter()
+            .find(|(k, _, _)| key.ends_with(k.as_str()))
+            .expect("a key that was written");
+        assert_eq!(data, expected.as_slice());
+        found += 1;
+    }
+    assert!(found >= 1);
+    // Forged ranges are refused: too long for a packed object, or past the pack's end.
+    let too_long = format!("{pack_uri}#0+{}", 1 << 20);
+    assert!(matches!(
+        store.get(&too_long).await,
+        Err(Error::InvalidArgument(_))
+    ));
+    let past = format!("{pack_uri}#{}+10", bytes.len() + 100);
+    assert!(store.get(&past).await.is_err());
+    // A larger result, and a small object elsewhere, are objects of their own.
+    let big = random_bytes(100 << 10, 3);
+    let r = store
+        .put("results/run/big.attempt-1.json", big.clone().into(), "x")
+        .await?;
+    assert_eq!(r.uri, "s3://baton/packed/results/run/big.attempt-1.json");
+    assert_eq!(store.get(&r.uri).await?, big);
+    let log = store
+        .put("logs/run/t.0.log", b"line".to_vec().into(), "x")
+        .await?;
+    assert_eq!(log.uri, "s3://baton/packed/logs/run/t.0.log");
     Ok(())
 }
