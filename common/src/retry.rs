@@ -58,9 +58,12 @@ pub const S3: Policy = Policy::endless(Duration::from_millis(200), Duration::fro
 pub const ETCD: Policy = Policy::endless(Duration::from_millis(50), Duration::from_secs(1));
 /// A replica's campaign for leadership after a failure.
 pub const CAMPAIGN: Policy = Policy::endless(Duration::from_millis(300), Duration::from_secs(5));
-/// A worker's connection to the schedulers: short, so that a worker finds a new leader well
-/// within its lease (delays reach up to twice `max` with their jitter).
-pub const DIAL: Policy = Policy::endless(Duration::from_millis(50), Duration::from_millis(500));
+/// A worker's connection to the schedulers: short, so that a worker finds a new leader
+/// within half a second of its election (delays reach up to twice `max` with their
+/// jitter): a failover's first dispatch waits for the workers to come back.
+pub const DIAL: Policy = Policy::endless(Duration::from_millis(50), Duration::from_millis(200));
+/// A worker a scheduler refused (a bad token, say): it tries again, slowly.
+pub const REFUSED: Duration = Duration::from_secs(1);
 
 #[cfg(test)]
 mod tests {

@@ -354,8 +354,9 @@ impl S3Store {
 impl S3Store {
     /// Whether the server refuses `If-None-Match: *` over an existing object, found once by
     /// writing a probe object twice (and deleting it); a server that does not answer counts
-    /// as not honouring it, and is asked again on the next put.
-    async fn honours_conditional_writes(&self) -> bool {
+    /// as not honouring it, and is asked again on the next put. When it does, a put sends
+    /// no HEAD before its PUT.
+    pub async fn honours_conditional_writes(&self) -> bool {
         let probed = self
             .conditional
             .get_or_try_init(|| async {

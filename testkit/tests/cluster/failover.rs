@@ -63,7 +63,10 @@ async fn ridge_sweep_on(cfg: HaConfig) -> anyhow::Result<()> {
     assert_eq!(scores.len(), 6);
     for t in &scores {
         let uri = &t.result.as_ref().expect("result").uri;
-        assert!(uri.starts_with("s3://baton/cluster/results/"), "{uri}");
+        assert!(
+            uri.starts_with("s3://baton/cluster/packs/") && uri.contains('#'),
+            "{uri}"
+        );
         // `baton result get s3://…` reads it back (straight from S3, with the local AWS
         // settings, as a user with credentials would).
         let out = std::process::Command::new(baton_testkit::bin_path("baton")?)

@@ -168,7 +168,11 @@ async fn the_compose_cluster_runs_survives_faults_and_keeps_its_data() -> anyhow
     )
     .await?;
     let uri = scores[0].result.as_ref().expect("a result").uri.clone();
-    assert!(uri.starts_with("s3://baton/cluster/results/"), "{uri}");
+    // A small result: in a pack of results, by byte range.
+    assert!(
+        uri.starts_with("s3://baton/cluster/packs/") && uri.contains('#'),
+        "{uri}"
+    );
     let stored: serde_json::Value = serde_json::from_slice(&s3.get(&uri).await?)?;
     assert!(stored["r2"].as_f64().is_some_and(|r2| r2 > 0.5), "{stored}");
 

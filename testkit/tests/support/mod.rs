@@ -245,7 +245,50 @@ pub async fn check_fan_out(
         .unwrap_or_default();
     let total: f64 = serde_json::from_str(&total)?;
     assert_eq!(total, fan_out_total(n), "the sum of the fan-out");
+    check_results(c, &trs).await?;
     Ok(trs)
+}
+
+/// The committed results of a run's task runs in the bucket: no byte of a pack is
+/// referenced twice, and each result (a sample of them) reads back as the value committed.
+pub async fn check_results(c: &HaCluster, trs: &[pb::TaskRun]) -> anyhow::Result<()> {
+    let mut packs: BTreeMap<&str, Vec<(u64, u64, &str)>> = BTreeMap::new();
+    for t in trs {
+        let Some(r) = &t.result else { continue };
+        if let Some((pack, range)) = r.uri.split_once('#') {
+            let (offset, len) = range
+                .split_once('+')
+                .ok_or_else(|| anyhow::anyhow!("a malformed location {}", r.uri))?;
+            packs
+                .entry(pack)
+                .or_default()
+                .push((offset.parse()?, len.parse()?, &r.uri));
+        }
+    }
+    for ranges in packs.values_mut() {
+        ranges.sort();
+        for pair in ranges.windows(2) {
+            assert!(
+                pair[0].0 + pair[0].1 <= pair[1].0,
+                "two committed results share bytes: {} and {}",
+                pair[0].2,
+                pair[1].2
+            );
+        }
+    }
+    let store = c.s3.store("cluster").await?;
+    let with_values: Vec<&pb::TaskRun> = trs
+        .iter()
+        .filter(|t| t.result.is_some() && !t.value.is_empty())
+        .collect();
+    let step = (with_values.len() / 100).max(1);
+    for t in with_values.into_iter().step_by(step) {
+        let uri = &t.result.as_ref().map(|r| r.uri.clone()).unwrap_or_default();
+        let stored: serde_json::Value = serde_json::from_slice(&store.get(uri).await?)?;
+        let committed: serde_json::Value = serde_json::from_str(&t.value)?;
+        assert_eq!(stored, committed, "{}[{}] at {uri}", t.task, t.map_index);
+    }
+    Ok(())
 }
 
 /// Waits until at least `k` task runs of `run` completed (seen through any leader).

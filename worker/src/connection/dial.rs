@@ -72,15 +72,17 @@ impl Dialer {
 }
 
 /// The reconnection delays: the one retry policy's ([`retry::DIAL`]), started again after a
-/// welcome and at its cap after a refusal.
+/// welcome, and [`retry::REFUSED`] apart after a refusal.
 pub(super) struct Backoff {
     delays: retry::ExponentialBackoff,
+    cap: Duration,
 }
 
 impl Default for Backoff {
     fn default() -> Self {
         Backoff {
             delays: retry::DIAL.delays(),
+            cap: MAX_BACKOFF,
         }
     }
 }
@@ -88,7 +90,7 @@ impl Default for Backoff {
 impl Backoff {
     /// The next delay: from [`MIN_BACKOFF`] growing to at most [`MAX_BACKOFF`].
     pub(super) fn next(&mut self) -> Duration {
-        self.delays.next().unwrap_or(MAX_BACKOFF).min(MAX_BACKOFF)
+        self.delays.next().unwrap_or(self.cap).min(self.cap)
     }
 
     /// The delay before following a leader hint: short, and the backoff does not grow.
@@ -98,12 +100,13 @@ impl Backoff {
     }
 
     pub(super) fn reset(&mut self) {
-        self.delays = retry::DIAL.delays();
+        *self = Backoff::default();
     }
 
     /// From now on the longest delays (the scheduler refused this worker).
     pub(super) fn saturate(&mut self) {
-        self.delays = retry::Policy::endless(retry::DIAL.max, retry::DIAL.max).delays();
+        self.delays = retry::Policy::endless(retry::REFUSED, retry::REFUSED).delays();
+        self.cap = retry::REFUSED.saturating_mul(2);
     }
 }
 
@@ -174,6 +177,6 @@ mod tests {
         assert!(b.next() <= MIN_BACKOFF * 2);
         assert!(b.quick() <= MIN_BACKOFF);
         b.saturate();
-        assert!(b.next() >= retry::DIAL.max);
+        assert!(b.next() >= retry::REFUSED);
     }
 }

@@ -1,11 +1,13 @@
 //! Running a chain ahead of the scheduler: after an attempt succeeds, the successors its
 //! assignment offered (`Assign.successors`) are run here, in order, as long as each is an
 //! instant built-in whose inputs can be completed from its predecessor's result, within a
-//! small time budget. Their results are written under keys of their own and reported with
-//! the attempt's result; the scheduler takes each as the task run's first attempt, or drops
-//! it and dispatches the task run as usual.
+//! small time budget. Their results are written under keys of their own, all at once once
+//! the chain has run (so that a store that packs small results writes them in one pack,
+//! one round trip for the whole chain), and reported with the attempt's result; the
+//! scheduler takes each as the task run's first attempt, or drops it and dispatches the
+//! task run as usual.
 
-use super::{parse_kind, persist_at};
+use super::{parse_kind, persist_at, MAX_INLINE_BYTES};
 use crate::secrets::Redactor;
 use baton_common::flow::{inputs_digest, PartialInputs, TaskKind, INSTANT_BUILTINS};
 use baton_common::ids::AttemptKey;
@@ -29,33 +31,70 @@ pub async fn run_ahead(
     store: &dyn ResultStore,
 ) -> Vec<proto::RanAhead> {
     let since = Instant::now();
-    let mut out = Vec::new();
     let Ok(mut value) = serde_json::from_str::<Value>(head_value) else {
-        return out;
+        return Vec::new();
     };
+    let mut ran = Vec::new();
     let mut after = head.clone();
     for s in successors.into_iter().take(MAX_RUN_AHEAD) {
         if since.elapsed() > BUDGET {
             break;
         }
-        let Some((key, ran, next)) = run_one(&after, &value, s, store).await else {
+        let Some(one) = run_one(&after, &value, s) else {
             break;
         };
-        out.push(ran);
-        after = key;
-        value = next;
+        after = one.key.clone();
+        value = one.next.clone();
+        ran.push(one);
+    }
+    // Every result at once; the chain ends at the first one that cannot be written.
+    let redactor = Redactor::default();
+    let keys: Vec<String> = ran.iter().map(|r| r.key.ahead_result_key()).collect();
+    let written = futures::future::join_all(
+        ran.iter()
+            .zip(&keys)
+            .map(|(r, k)| persist_at(store, &r.key, k, &r.result, &redactor)),
+    )
+    .await;
+    let ended_us = now_us();
+    let mut out = Vec::with_capacity(ran.len());
+    for (r, success) in ran.into_iter().zip(written) {
+        let Ok(success) = success else { break };
+        if success.inline_value.is_empty() {
+            break;
+        }
+        out.push(proto::RanAhead {
+            finished: Some(proto::Finished {
+                key: Some((&r.key).into()),
+                at_ms: ended_us.div_euclid(1000),
+                outcome: Some(proto::finished::Outcome::Success(success)),
+                ahead: Vec::new(),
+            }),
+            after: Some((&r.after).into()),
+            inputs_digest: inputs_digest(&r.inputs),
+            started_us: r.started_us,
+            ended_us,
+        });
     }
     out
 }
 
-/// Runs one successor after `after` (whose result is `value`): its key, its report and its
-/// result; `None` when it cannot or should not be run ahead.
-async fn run_one(
-    after: &AttemptKey,
-    value: &Value,
-    s: proto::Successor,
-    store: &dyn ResultStore,
-) -> Option<(AttemptKey, proto::RanAhead, Value)> {
+/// One successor run ahead, its result not yet written.
+struct Ran {
+    key: AttemptKey,
+    after: AttemptKey,
+    /// Its inputs' JSON text.
+    inputs: String,
+    result: Value,
+    /// The result as the scheduler will read it back (from its JSON text), which feeds the
+    /// next task, so that both compute the same inputs.
+    next: Value,
+    started_us: i64,
+}
+
+/// Runs one successor after `after` (whose result is `value`); `None` when it cannot or
+/// should not be run ahead (its result would not be small enough to report inline, say).
+fn run_one(after: &AttemptKey, value: &Value, s: proto::Successor) -> Option<Ran> {
     let (kind, secrets) = parse_kind(&s.task_spec).ok()?;
     let TaskKind::Builtin { function } = kind else {
         return None;
@@ -75,28 +114,17 @@ async fn run_one(
     let started_us = now_us();
     // A failure is not reported: the task run is dispatched as usual and fails there.
     let result = crate::builtins::run_instant(&function, inputs)?.ok()?;
-    let object_key = key.ahead_result_key();
-    let success = persist_at(store, &key, &object_key, &result, &Redactor::default())
-        .await
-        .ok()?;
-    if success.inline_value.is_empty() {
+    let text = serde_json::to_vec(&result).ok()?;
+    if text.len() > MAX_INLINE_BYTES {
         return None;
     }
-    // The value the scheduler will read back (from the same text) feeds the next task, so
-    // that both compute the same inputs.
-    let next: Value = serde_json::from_str(&success.inline_value).ok()?;
-    let ended_us = now_us();
-    let ran = proto::RanAhead {
-        finished: Some(proto::Finished {
-            key: Some((&key).into()),
-            at_ms: ended_us.div_euclid(1000),
-            outcome: Some(proto::finished::Outcome::Success(success)),
-            ahead: Vec::new(),
-        }),
-        after: Some(after.into()),
-        inputs_digest: inputs_digest(&json),
+    let next: Value = serde_json::from_slice(&text).ok()?;
+    Some(Ran {
+        key,
+        after: after.clone(),
+        inputs: json,
+        result,
+        next,
         started_us,
-        ended_us,
-    };
-    Some((key, ran, next))
+    })
 }
