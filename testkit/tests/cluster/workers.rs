@@ -177,24 +177,21 @@ async fn worker_paused_past_its_lease_its_late_result_is_refused() -> anyhow::Re
     let uri = committed.result.as_ref().expect("a result").uri.clone();
 
     // The resumed worker finishes its stale attempt and offers the result: refused.
-    let stale_uri = uri.replace(
-        &format!("attempt-{}", committed.attempt),
-        &format!("attempt-{}", first.attempt),
+    assert_eq!(
+        result_location(&c, &run, "slow", committed.attempt)?.as_deref(),
+        Some(uri.as_str())
     );
-    assert_ne!(
-        stale_uri, uri,
-        "cannot derive the stale attempt's key from {uri}"
-    );
-    let store = c.s3.store("cluster").await?;
+    let stale = first.attempt;
     let lease = Duration::from_millis(c.cfg.worker_leader_lease_ms);
     let late = eventually(
         Duration::from_secs(15),
         "the stopped worker's late result",
-        || async { store.exists(&stale_uri).await.ok()?.then_some(()) },
+        || async { result_location(&c, &run, "slow", stale).ok().flatten() },
     )
     .await;
+    let stale_uri = format!("attempt {stale} of slow");
     match late {
-        Ok(()) => eprintln!("the late result {stale_uri} was uploaded"),
+        Ok(at) => eprintln!("the late result of {stale_uri} was uploaded at {at}"),
         // Stopped past its own leader lease, the worker rightly drops the attempt.
         Err(_) if paused_for + Duration::from_secs(2) >= lease => {
             eprintln!("no late result: stopped for {paused_for:?}, lease {lease:?}")
@@ -273,20 +270,24 @@ tasks:
     let uri = dup.result.as_ref().expect("a result").uri.clone();
     let value: u32 = dup.value.parse()?;
     assert_eq!(value, dup.attempt, "the committed value is its attempt's");
-    assert!(uri.contains(&format!("attempt-{value}")), "{uri}");
-    let other_attempt = if value == 1 { 2 } else { 1 };
-    let other = uri.replace(
-        &format!("attempt-{value}"),
-        &format!("attempt-{other_attempt}"),
+    assert_eq!(
+        result_location(&c, &run, "dup", value)?.as_deref(),
+        Some(uri.as_str()),
+        "the committed location is its attempt's"
     );
+    let other_attempt = if value == 1 { 2 } else { 1 };
     let store = c.s3.store("cluster").await?;
-    eventually(
+    let other = eventually(
         Duration::from_secs(15),
         "the other attempt's result object",
-        || async { store.exists(&other).await.ok()?.then_some(()) },
+        || async {
+            result_location(&c, &run, "dup", other_attempt)
+                .ok()
+                .flatten()
+        },
     )
     .await
-    .map_err(|e| anyhow::anyhow!("{e}: {other}\n{}", c.logs()))?;
+    .map_err(|e| anyhow::anyhow!("{e}\n{}", c.logs()))?;
     assert!(store.exists(&uri).await?, "{uri}");
     let other_value: u32 = serde_json::from_slice(&store.get(&other).await?)?;
     assert_eq!(other_value, other_attempt, "{other} holds its own attempt");

@@ -394,3 +394,58 @@ pub async fn wait_workers(c: &HaCluster, n: usize) -> anyhow::Result<()> {
     })
     .await
 }
+
+/// Where the result of attempt `attempt` of `run`'s unmapped task `task` lies in the
+/// cluster's bucket, read from the S3 server's folder: its own object, or its record in a
+/// pack (`…pack#offset+len`); `None` while it is not there.
+pub fn result_location(
+    c: &HaCluster,
+    run: &str,
+    task: &str,
+    attempt: u32,
+) -> anyhow::Result<Option<String>> {
+    let key = baton_common::ids::AttemptKey {
+        run: run.to_string(),
+        task: task.to_string(),
+        map_index: -1,
+        attempt,
+    }
+    .result_key();
+    let root = c.s3.data_dir().join("baton/cluster");
+    if root.join(&key).is_file() {
+        return Ok(Some(format!("s3://baton/cluster/{key}")));
+    }
+    let full = format!("cluster/{key}");
+    let Ok(packs) = std::fs::read_dir(root.join("packs")) else {
+        return Ok(None);
+    };
+    for entry in packs {
+        let path = entry?.path();
+        if path.extension().is_none_or(|e| e != "pack") {
+            continue;
+        }
+        let bytes = std::fs::read(&path)?;
+        let field = |at: usize| -> Option<usize> {
+            Some(u32::from_le_bytes(bytes.get(at..at + 4)?.try_into().ok()?) as usize)
+        };
+        let mut at = 0;
+        while let Some(klen) = field(at) {
+            let record_key = bytes.get(at + 4..at + 4 + klen);
+            let Some(dlen) = field(at + 4 + klen) else {
+                break;
+            };
+            let data_at = at + 8 + klen;
+            if record_key == Some(full.as_bytes()) {
+                let name = path
+                    .file_name()
+                    .and_then(|n| n.to_str())
+                    .unwrap_or_default();
+                return Ok(Some(format!(
+                    "s3://baton/cluster/packs/{name}#{data_at}+{dlen}"
+                )));
+            }
+            at = data_at + dlen;
+        }
+    }
+    Ok(None)
+}

@@ -22,8 +22,9 @@ use tokio::sync::{mpsc, oneshot, Semaphore};
 pub const IN_FLIGHT: usize = 4;
 /// Most objects in one pack.
 pub const MAX_OBJECTS: usize = 4096;
-/// A pack is closed once it holds this many bytes.
-pub const MAX_PACK_BYTES: usize = 8 << 20;
+/// A pack is closed once it holds this many bytes (so that with its last record it stays
+/// under the size that goes up in parts).
+pub const MAX_PACK_BYTES: usize = 4 << 20;
 /// Puts waiting for a pack, at most (more wait to be queued).
 const QUEUE: usize = 65_536;
 
