@@ -177,6 +177,10 @@ struct Bench<'a> {
 struct Finished {
     run: pb::FlowRun,
     wall: Duration,
+    /// Unix µs on this machine's clock (the scheduler's too): when CreateRun was called,
+    /// and when the client saw the run's end.
+    asked_us: i64,
+    seen_us: i64,
 }
 
 impl Finished {
@@ -190,6 +194,10 @@ impl Finished {
 struct Chain {
     /// Client-side, from CreateRun to the end.
     wall: Duration,
+    /// From the CreateRun call to the run's creation, and from its end to the client seeing
+    /// it (ms): what the wall time holds beyond the run itself.
+    create_wait: f64,
+    end_wait: f64,
     /// From creation to end as the scheduler recorded them.
     recorded: Duration,
     /// Each task's end after the previous task's end (ms).
@@ -207,6 +215,7 @@ impl Bench<'_> {
     async fn run(&self, source: &str, params: BTreeMap<String, String>) -> Result<Finished> {
         guarded(self.alive, async {
             let t0 = Instant::now();
+            let asked_us = baton_common::time::now_us();
             let created = self
                 .client
                 .run_source(source.to_string(), params, String::new())
@@ -231,7 +240,12 @@ impl Bench<'_> {
             if run.state != pb::RunState::Completed as i32 {
                 bail!("{}", self.failure(&run).await);
             }
-            Ok(Finished { run, wall })
+            Ok(Finished {
+                run,
+                wall,
+                asked_us,
+                seen_us: baton_common::time::now_us(),
+            })
         })
         .await
     }
@@ -347,6 +361,8 @@ impl Bench<'_> {
         );
         Ok(Chain {
             wall: done.wall,
+            create_wait: (done.run.created_us - done.asked_us) as f64 / 1000.0,
+            end_wait: (done.seen_us - done.run.ended_us) as f64 / 1000.0,
             recorded,
             gaps,
             waits,
@@ -591,6 +607,18 @@ async fn bench(args: &Args) -> Result<Report> {
             3,
         )
     });
+    let mut create_wait = Figure::new(
+        &format!("chain_{chain_len}_create_wait_ms"),
+        &format!("chain of {chain_len} no-op tasks: CreateRun called -> run created"),
+        "ms",
+        3,
+    );
+    let mut end_wait = Figure::new(
+        &format!("chain_{chain_len}_end_wait_ms"),
+        &format!("chain of {chain_len} no-op tasks: run ended -> client saw it"),
+        "ms",
+        3,
+    );
     let mut chain_wall = Figure::new(
         &format!("chain_{chain_len}_wall_s"),
         &format!("chain of {chain_len} no-op tasks: wall time"),
@@ -628,13 +656,15 @@ async fn bench(args: &Args) -> Result<Report> {
             .samples
             .push(percentile(&c.waits, 99.0).unwrap_or(0.0));
         chain_wall.samples.push(wall.as_secs_f64());
+        create_wait.samples.push(c.create_wait);
+        end_wait.samples.push(c.end_wait);
         for (figure, values) in phases.iter_mut().zip(&c.phases) {
             figure.samples.push(percentile(values, 50.0).unwrap_or(0.0));
         }
     }
     figures.extend([p50, p99, per_task, wait50, wait99]);
     figures.extend(phases);
-    figures.extend([mean, chain_wall]);
+    figures.extend([mean, chain_wall, create_wait, end_wait]);
 
     let mut ridge = Figure::new("ridge_sweep_wall_s", "ridge sweep: wall time", "s", 3);
     let mut ridge_recorded = Figure::new(
