@@ -8,6 +8,7 @@ use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{Html, IntoResponse, Response};
 use baton_client::Client;
 use baton_common::flow::FlowSpec;
+use baton_common::time::now_ms;
 use baton_proto as pb;
 use std::collections::HashMap;
 use tokio_stream::StreamExt;
@@ -300,9 +301,4 @@ pub(super) async fn quick_run_form(
 
 pub(super) async fn login_form() -> Html<String> {
     page("Sign in", pages::login())
-}
-
-/// Now, in Unix milliseconds.
-pub(super) fn now_ms() -> i64 {
-    jiff::Timestamp::now().as_millisecond()
 }

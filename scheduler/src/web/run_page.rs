@@ -326,7 +326,7 @@ fn until(r: &pb::FlowRun) -> i64 {
     if r.ended_ms > 0 {
         r.ended_ms
     } else {
-        jiff::Timestamp::now().as_millisecond()
+        baton_common::time::now_ms()
     }
 }
 
