@@ -160,8 +160,15 @@ async fn child_tree(c: &Client, run: &pb::FlowRun, spec: Option<&FlowSpec>) -> r
 pub(super) async fn task_run(
     State(web): State<Web>,
     headers: HeaderMap,
-    Path((id, task, index)): Path<(String, String, i64)>,
+    Path((id, task, index)): Path<(String, String, String)>,
 ) -> Page {
+    // Parsed here: the router's own refusal would echo the whole segment back.
+    let Ok(index) = index.parse::<i64>() else {
+        return Err(failure(
+            StatusCode::BAD_REQUEST,
+            "the map index in the path is not a number (-1 for an unmapped task)",
+        ));
+    };
     let c = web.client(&headers).await?;
     let run = c.get_run(&id).await.map_err(api)?;
     let req = pb::ListTaskRunsRequest {

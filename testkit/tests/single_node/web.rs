@@ -104,6 +104,11 @@ async fn the_ui_shows_runs_tasks_flows_and_workers() -> anyhow::Result<()> {
     );
     let (status, _, _) = get(port, &format!("{path}/tasks/work/120"), None)?;
     assert_eq!(status, 404);
+    // A map index that is no number: refused without echoing it.
+    let long = "9".repeat(3000);
+    let (status, _, refused) = get(port, &format!("{path}/tasks/work/{long}"), None)?;
+    assert_eq!(status, 400, "{refused}");
+    assert!(!refused.contains(&long[..100]), "{refused}");
     // A finished run's events: one `end`.
     let (status, head, events) = get(port, &format!("{path}/events"), None)?;
     assert_eq!(status, 200, "{head}");
