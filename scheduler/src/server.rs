@@ -184,6 +184,7 @@ async fn open_state(
             advertise: advertise.to_string(),
             lease_ttl: Duration::from_millis(config.leader_lease_ms),
             tls: config.etcd_tls()?,
+            compact_every: crate::store::etcd::DEFAULT_COMPACT_EVERY,
         })
         .await?;
         return Ok(Arc::new(store));

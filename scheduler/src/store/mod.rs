@@ -22,6 +22,10 @@ pub enum Op {
     Create { key: String, value: Vec<u8> },
     /// Removes `key`.
     Delete { key: String },
+    /// Removes every key under `prefix` (a run's task runs when it is archived): one range
+    /// delete where the store has them. `keys` are those under `prefix` that the writer
+    /// knows of; a store without range deletes removes those one by one.
+    DeletePrefix { prefix: String, keys: Vec<String> },
 }
 
 impl Op {
@@ -30,6 +34,15 @@ impl Op {
         match self {
             Op::Put { key, value } | Op::Create { key, value } => key.len() + value.len(),
             Op::Delete { key } => key.len(),
+            Op::DeletePrefix { prefix, .. } => prefix.len(),
+        }
+    }
+
+    /// The key it writes, or the prefix it deletes.
+    pub fn key(&self) -> &str {
+        match self {
+            Op::Put { key, .. } | Op::Create { key, .. } | Op::Delete { key } => key,
+            Op::DeletePrefix { prefix, .. } => prefix,
         }
     }
 }

@@ -15,6 +15,7 @@ fn config(endpoints: Vec<String>, id: &str, ns: &str) -> EtcdConfig {
         advertise: format!("http://{id}:7070"),
         lease_ttl: Duration::from_secs(3),
         tls: None,
+        compact_every: baton_scheduler::store::etcd::DEFAULT_COMPACT_EVERY,
     }
 }
 
@@ -265,5 +266,76 @@ async fn the_store_speaks_tls_to_etcd_with_a_client_certificate() -> anyhow::Res
         "{}",
         std::fs::read_to_string(dir.path().join("scheduler.log")).unwrap_or_default()
     );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_is_deleted_by_prefix_and_the_leader_compacts_history() -> anyhow::Result<()> {
+    let etcd = EtcdCluster::start(1).await?;
+    let s = EtcdStore::connect(EtcdConfig {
+        compact_every: Duration::from_millis(300),
+        ..config(etcd.endpoints(), "a", "prefix")
+    })
+    .await?;
+    let l = s.acquire().await?;
+    // 20,000 task runs of run `r1`, a neighbour `r10` whose ids share its first characters,
+    // and a key of `r1` that the writer does not list.
+    let mut ops: Vec<Op> = (0..20_000)
+        .map(|i| put(&format!("tr/r1/t/{i}"), "record"))
+        .collect();
+    ops.push(put("tr/r10/t/0", "neighbour"));
+    ops.push(put("tr/r1/u/-1", "unlisted"));
+    s.commit(l.epoch, ops).await?;
+    assert_eq!(s.load("tr/").await?.len(), 20_002);
+    let mut raw = etcd.client().await?;
+    let before = raw.get("/prefix/", None).await?;
+    let rev_before = before.header().map(|h| h.revision()).unwrap_or_default();
+    s.commit(
+        l.epoch,
+        vec![
+            put("done", "yes"),
+            Op::DeletePrefix {
+                prefix: "tr/r1/".into(),
+                keys: (0..20_000).map(|i| format!("tr/r1/t/{i}")).collect(),
+            },
+        ],
+    )
+    .await?;
+    let left = s.load("tr/").await?;
+    assert_eq!(
+        left,
+        vec![("tr/r10/t/0".to_string(), b"neighbour".to_vec())],
+        "everything under the prefix went, and nothing else"
+    );
+    // One transaction: the revision moved by one.
+    let after = raw.get("/prefix/", None).await?;
+    let rev_after = after.header().map(|h| h.revision()).unwrap_or_default();
+    assert_eq!(rev_after, rev_before + 1, "the batch was one transaction");
+    // The same batch again (a retry after a lost answer) is no error.
+    s.commit(
+        l.epoch,
+        vec![Op::DeletePrefix {
+            prefix: "tr/r1/".into(),
+            keys: Vec::new(),
+        }],
+    )
+    .await?;
+
+    // Within a few periods, the history before the deletes is compacted away.
+    baton_testkit::eventually(
+        Duration::from_secs(20),
+        "the leader to compact etcd's history",
+        || {
+            let mut raw = raw.clone();
+            async move {
+                let old = etcd_client::GetOptions::new().with_revision(rev_before);
+                match raw.get("/prefix/state/tr/r1/t/0", Some(old)).await {
+                    Err(e) if e.to_string().contains("compacted") => Some(()),
+                    _ => None,
+                }
+            }
+        },
+    )
+    .await?;
     Ok(())
 }

@@ -30,8 +30,10 @@ pub fn create(run: &str, task: &str, index: i64, result: &ResultRef) -> Result<O
     })
 }
 
-pub fn delete(run: &str, task: &str, index: i64) -> Op {
-    Op::Delete {
-        key: key(run, task, index),
+/// Deletes every result pointer of `run`; `keys` are those the engine knows of.
+pub fn delete_run(run: &str, keys: Vec<String>) -> Op {
+    Op::DeletePrefix {
+        prefix: format!("{}{run}/", Results::PREFIX),
+        keys,
     }
 }

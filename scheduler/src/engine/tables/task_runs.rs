@@ -29,8 +29,10 @@ pub fn put(run: &str, task: &str, index: i64, record: &TaskRunRecord) -> Result<
     })
 }
 
-pub fn delete(run: &str, task: &str, index: i64) -> Op {
-    Op::Delete {
-        key: key(run, task, index),
+/// Deletes every task run record of `run`; `keys` are those the engine knows of.
+pub fn delete_run(run: &str, keys: Vec<String>) -> Op {
+    Op::DeletePrefix {
+        prefix: format!("{}{run}/", TaskRuns::PREFIX),
+        keys,
     }
 }

@@ -8,7 +8,7 @@ use baton_common::state::{RunState, TaskState};
 fn put_value(op: &Op) -> (&str, &[u8]) {
     match op {
         Op::Put { key, value } | Op::Create { key, value } => (key, value),
-        Op::Delete { .. } => panic!("not a write"),
+        _ => panic!("not a write"),
     }
 }
 

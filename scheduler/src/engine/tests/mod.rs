@@ -320,6 +320,7 @@ impl VirtualCluster {
                 Op::Delete { key } => {
                     self.store.remove(key);
                 }
+                Op::DeletePrefix { prefix, keys } => delete_prefix(&mut self.store, prefix, keys),
             }
             self.ops.push(op);
         }
@@ -563,6 +564,7 @@ impl VirtualCluster {
                 Op::Delete { key } => {
                     self.store.remove(key);
                 }
+                Op::DeletePrefix { prefix, keys } => delete_prefix(&mut self.store, prefix, keys),
             }
             self.ops.push(op);
         }
@@ -686,3 +688,9 @@ tasks:
     inputs:
       xs: {result: sq}
 "#;
+
+/// A range delete as etcd does it; the keys the engine named must all lie under the prefix.
+fn delete_prefix(store: &mut BTreeMap<String, Vec<u8>>, prefix: &str, keys: &[String]) {
+    assert!(keys.iter().all(|k| k.starts_with(prefix)), "{prefix}");
+    store.retain(|k, _| !k.starts_with(prefix));
+}

@@ -32,12 +32,9 @@ pub(super) fn encode_frame(ops: &[Op], out: &mut Vec<u8>) {
                 out.extend_from_slice(&(value.len() as u32).to_le_bytes());
                 out.extend_from_slice(value);
             }
-            Op::Delete { key } => {
-                out.push(TAG_DELETE);
-                out.extend_from_slice(&(key.len() as u32).to_le_bytes());
-                out.extend_from_slice(key.as_bytes());
-                out.extend_from_slice(&0u32.to_le_bytes());
-            }
+            Op::Delete { key } => delete(key, out),
+            // No range deletes here: the keys the writer knows of, one by one.
+            Op::DeletePrefix { keys, .. } => keys.iter().for_each(|k| delete(k, out)),
         }
     }
     let len = (out.len() - start - HEADER) as u32;
@@ -46,9 +43,20 @@ pub(super) fn encode_frame(ops: &[Op], out: &mut Vec<u8>) {
     out[start + 4..start + 8].copy_from_slice(&crc.to_le_bytes());
 }
 
+fn delete(key: &str, out: &mut Vec<u8>) {
+    out.push(TAG_DELETE);
+    out.extend_from_slice(&(key.len() as u32).to_le_bytes());
+    out.extend_from_slice(key.as_bytes());
+    out.extend_from_slice(&0u32.to_le_bytes());
+}
+
 /// Bytes a frame of `ops` takes.
 pub(super) fn frame_len(ops: &[Op]) -> usize {
-    HEADER + ops.iter().map(|o| 9 + o.size()).sum::<usize>()
+    let op_len = |o: &Op| match o {
+        Op::DeletePrefix { keys, .. } => keys.iter().map(|k| 9 + k.len()).sum(),
+        o => 9 + o.size(),
+    };
+    HEADER + ops.iter().map(op_len).sum::<usize>()
 }
 
 /// What replay found.

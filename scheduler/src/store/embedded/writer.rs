@@ -345,13 +345,16 @@ impl Writer {
                 }
                 undo.push((id, old));
             }
-            Op::Delete { key } => {
-                let id = self.sizes.id(key);
-                if let Some(old) = self.sizes.remove(id) {
-                    self.live_bytes -= (key.len() + old as usize) as u64;
-                    undo.push((id, Some(old)));
-                }
-            }
+            Op::Delete { key } => self.delete_size(key, undo),
+            Op::DeletePrefix { keys, .. } => keys.iter().for_each(|k| self.delete_size(k, undo)),
+        }
+    }
+
+    fn delete_size(&mut self, key: &str, undo: &mut Vec<(KeyId, Option<u32>)>) {
+        let id = self.sizes.id(key);
+        if let Some(old) = self.sizes.remove(id) {
+            self.live_bytes -= (key.len() + old as usize) as u64;
+            undo.push((id, Some(old)));
         }
     }
 

@@ -2,13 +2,15 @@
 //! own loop keeps alive, every write a transaction fenced by the election key's create
 //! revision (the epoch), and a view of the leader and replicas for `GetLeader`.
 
+mod compact;
 mod election;
 mod keys;
 mod lease;
+mod pipeline;
 mod pool;
 mod txn;
 
-use super::{ClusterView, Epoch, Leadership, Op, StateStore, StoreError};
+use super::{ClusterView, Epoch, Leadership, Op, StateStore, StoreError, Submitted};
 use async_trait::async_trait;
 use election::{CampaignError, Won};
 use etcd_client::{ConnectOptions, GetOptions};
@@ -37,16 +39,25 @@ pub struct EtcdConfig {
     /// certificate auth, this replica's certificate and key. They are read again when they
     /// change, so renewed certificates need no restart.
     pub tls: Option<baton_client::tls::TlsFiles>,
+    /// How often the leader compacts etcd's history (see [`compact`]);
+    /// [`DEFAULT_COMPACT_EVERY`] in production.
+    pub compact_every: Duration,
 }
+
+/// How often the leader compacts etcd's history, and the least age of what it removes.
+pub const DEFAULT_COMPACT_EVERY: Duration = Duration::from_secs(30);
 
 /// Transactions of one batch in flight at once.
 const PARALLEL_TXNS: usize = 8;
 /// Keys read per page when loading.
 const LOAD_PAGE: i64 = 5_000;
 
+#[derive(Clone)]
 struct Held {
     won: Won,
     lease: Arc<Lease>,
+    /// The leader's committer (see [`pipeline`]).
+    pipe: tokio::sync::mpsc::UnboundedSender<pipeline::Queued>,
 }
 
 /// State in etcd. See the module docs.
@@ -113,9 +124,18 @@ impl EtcdStore {
         })
     }
 
-    fn held(&self) -> Option<(Won, Arc<Lease>)> {
-        let h = self.held.lock().unwrap_or_else(|e| e.into_inner());
-        h.as_ref().map(|h| (h.won.clone(), h.lease.clone()))
+    fn held_now(&self) -> Option<Held> {
+        self.held
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    fn shared(&self) -> Shared {
+        Shared {
+            pool: self.pool.clone(),
+            keys: self.keys.clone(),
+        }
     }
 
     /// One campaign on a fresh lease; `Ok(None)` when it must be tried again.
@@ -161,7 +181,23 @@ impl EtcdStore {
                         v.leader = None;
                     }
                 });
-                *self.held.lock().unwrap_or_else(|e| e.into_inner()) = Some(Held { won, lease });
+                // The leader compacts etcd's history while it leads.
+                tokio::spawn(compact::run(
+                    self.pool.clone(),
+                    won.key.clone(),
+                    self.cfg.compact_every,
+                    [lost.clone(), self.stop.clone()],
+                ));
+                let (pipe, queued) = tokio::sync::mpsc::unbounded_channel();
+                tokio::spawn(pipeline::run(
+                    self.shared(),
+                    won.clone(),
+                    lease.clone(),
+                    epoch,
+                    queued,
+                ));
+                *self.held.lock().unwrap_or_else(|e| e.into_inner()) =
+                    Some(Held { won, lease, pipe });
                 Ok(Some(Leadership { epoch, lost }))
             }
             Ok(_) | Err(CampaignError::NotLeader) => {
@@ -267,58 +303,119 @@ impl StateStore for EtcdStore {
     }
 
     async fn commit(&self, epoch: Epoch, ops: Vec<Op>) -> Result<(), StoreError> {
-        let Some((won, lease)) = self.held() else {
+        let Some(held) = self.held_now() else {
             return Err(StoreError::Fenced {
                 ours: epoch,
                 current: 0,
             });
         };
-        if won.epoch != epoch || !lease.alive() {
-            return Err(StoreError::Fenced {
-                ours: epoch,
-                current: won.epoch,
-            });
-        }
-        let alive = || lease.alive();
-        let fence = txn::Fence {
-            pool: &self.pool,
-            keys: &self.keys,
-            election_key: &won.key,
-            epoch,
-            alive: &alive,
-            lost: &lease.lost,
-        };
-        let distinct = {
-            let mut seen = HashSet::with_capacity(ops.len());
-            ops.iter().all(|op| {
-                seen.insert(match op {
-                    Op::Put { key, .. } | Op::Create { key, .. } | Op::Delete { key } => {
-                        key.as_str()
-                    }
-                })
-            })
-        };
-        let chunks = txn::chunks(ops);
-        let result = if distinct {
-            // Chunks touch distinct keys, so their order does not matter.
-            commit_parallel(&fence, &chunks).await
-        } else {
-            let mut r = Ok(());
-            for c in &chunks {
-                r = fence.commit(c).await;
-                if r.is_err() {
-                    break;
-                }
-            }
-            r
-        };
-        if let Err(e) = &result {
-            if e.deposes() {
-                lease.lost.cancel();
-            }
-        }
-        result
+        commit_ops(&self.shared(), &held.won, &held.lease, epoch, ops).await
     }
+
+    /// Queued to the leader's committer (see [`pipeline`]).
+    fn submit(&self, epoch: Epoch, ops: Vec<Op>) -> Submitted {
+        let (done, answer) = tokio::sync::oneshot::channel();
+        let sent = match self.held_now() {
+            Some(h) if h.won.epoch == epoch => h
+                .pipe
+                .send(pipeline::Queued { ops, done })
+                .map_err(|_| StoreError::Unavailable("the committer has stopped".into())),
+            Some(h) => Err(StoreError::Fenced {
+                ours: epoch,
+                current: h.won.epoch,
+            }),
+            None => Err(StoreError::Fenced {
+                ours: epoch,
+                current: 0,
+            }),
+        };
+        Submitted::Queued(Box::pin(async move {
+            sent?;
+            answer
+                .await
+                .map_err(|_| StoreError::Unavailable("the committer has stopped".into()))?
+        }))
+    }
+}
+
+/// What the store's committers share with it.
+#[derive(Clone)]
+pub(crate) struct Shared {
+    pool: Arc<Pool>,
+    keys: Keys,
+}
+
+/// Writes `ops` as leader `won` (on `lease`), in fenced transactions.
+pub(crate) async fn commit_ops(
+    shared: &Shared,
+    won: &Won,
+    lease: &Lease,
+    epoch: Epoch,
+    ops: Vec<Op>,
+) -> Result<(), StoreError> {
+    if ops.is_empty() {
+        return Ok(());
+    }
+    if won.epoch != epoch || !lease.alive() {
+        return Err(StoreError::Fenced {
+            ours: epoch,
+            current: won.epoch,
+        });
+    }
+    let alive = || lease.alive();
+    let fence = txn::Fence {
+        pool: &shared.pool,
+        keys: &shared.keys,
+        election_key: &won.key,
+        epoch,
+        alive: &alive,
+        lost: &lease.lost,
+    };
+    let distinct = distinct(&ops);
+    let chunks = txn::chunks(ops);
+    let result = if distinct {
+        // Chunks touch distinct keys, so their order does not matter.
+        commit_parallel(&fence, &chunks).await
+    } else {
+        let mut r = Ok(());
+        for c in &chunks {
+            r = fence.commit(c).await;
+            if r.is_err() {
+                break;
+            }
+        }
+        r
+    };
+    if let Err(e) = &result {
+        if e.deposes() {
+            lease.lost.cancel();
+        }
+    }
+    result
+}
+
+/// Whether no two of `ops` touch the same key (a prefix delete touches every key under its
+/// prefix), so that their transactions may land in any order.
+fn distinct(ops: &[Op]) -> bool {
+    let mut seen = HashSet::with_capacity(ops.len());
+    if !ops.iter().all(|op| seen.insert(op.key())) {
+        return false;
+    }
+    let prefixes: Vec<&str> = ops
+        .iter()
+        .filter_map(|op| match op {
+            Op::DeletePrefix { prefix, .. } => Some(prefix.as_str()),
+            _ => None,
+        })
+        .collect();
+    prefixes.is_empty()
+        || ops.iter().all(|op| {
+            prefixes
+                .iter()
+                .filter(|p| op.key().starts_with(**p))
+                .count()
+                <= usize::from(matches!(op, Op::DeletePrefix { .. }))
+        })
 }
 
 /// Commits chunks with up to [`PARALLEL_TXNS`] transactions in flight.

@@ -7,7 +7,7 @@
 use super::keys::Keys;
 use super::pool::Pool;
 use crate::store::{Epoch, Op, StoreError};
-use etcd_client::{Compare, CompareOp, Txn, TxnOp, TxnOpResponse};
+use etcd_client::{Compare, CompareOp, DeleteOptions, GetOptions, Txn, TxnOp, TxnOpResponse};
 use std::time::Duration;
 use tokio::time::timeout;
 
@@ -130,6 +130,10 @@ impl Fence<'_> {
                     then.push(TxnOp::put(k, value.clone(), None));
                 }
                 Op::Delete { key } => then.push(TxnOp::delete(self.keys.state(key), None)),
+                Op::DeletePrefix { prefix, .. } => then.push(TxnOp::delete(
+                    self.keys.state(prefix),
+                    Some(DeleteOptions::new().with_prefix()),
+                )),
             }
         }
         Txn::new().when(when).and_then(then)
@@ -143,11 +147,12 @@ impl Fence<'_> {
     ) -> Result<bool, etcd_client::Error> {
         let gets: Vec<TxnOp> = ops
             .iter()
-            .map(|op| {
-                let key = match op {
-                    Op::Put { key, .. } | Op::Create { key, .. } | Op::Delete { key } => key,
-                };
-                TxnOp::get(self.keys.state(key), None)
+            .map(|op| match op {
+                Op::DeletePrefix { prefix, .. } => TxnOp::get(
+                    self.keys.state(prefix),
+                    Some(GetOptions::new().with_prefix().with_limit(1).with_keys_only()),
+                ),
+                op => TxnOp::get(self.keys.state(op.key()), None),
             })
             .collect();
         let resp = client.kv_client().txn(Txn::new().and_then(gets)).await?;
@@ -158,7 +163,7 @@ impl Fence<'_> {
             let found = g.kvs().first().map(|kv| kv.value());
             let ok = match op {
                 Op::Put { value, .. } | Op::Create { value, .. } => found == Some(value.as_slice()),
-                Op::Delete { .. } => found.is_none(),
+                Op::Delete { .. } | Op::DeletePrefix { .. } => found.is_none(),
             };
             if !ok {
                 return Ok(false);

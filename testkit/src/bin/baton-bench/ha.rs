@@ -340,6 +340,21 @@ impl HaBench {
         })
     }
 
+    /// etcd's database size and the part of it in use, in MiB, the largest of the members.
+    pub async fn etcd_db_mib(&self) -> Result<(f64, f64)> {
+        let mut most = (0.0f64, 0.0f64);
+        for i in 0..self.cluster.etcd.len() {
+            let mut c = self.cluster.etcd.member_client(i).await?;
+            let s = c.status().await?;
+            let mib = |b: i64| b as f64 / (1024.0 * 1024.0);
+            most = (
+                most.0.max(mib(s.db_size())),
+                most.1.max(mib(s.raft_used_db_size())),
+            );
+        }
+        Ok(most)
+    }
+
     /// Copies every node's log into a new folder that stays, and returns it.
     fn keep_logs(&self) -> Result<PathBuf> {
         let nanos = SystemTime::now()

@@ -75,6 +75,7 @@ struct Args {
     /// Also measure memory over history: the scheduler's memory after each of 10 fan-outs
     /// of 100,000 tasks, then the peak through a fan-out of 1,000,000 (with --quick: 3 of
     /// 5,000, then 20,000). Runs first, on a fresh scheduler, so that the peak is its own.
+    /// With --cluster: the leader's memory and etcd's database size after the 10 fan-outs.
     #[arg(long)]
     memory: bool,
 }
@@ -163,6 +164,15 @@ impl Nodes {
         match self {
             Nodes::Single(c) => c.finish(keep),
             Nodes::Ha(h) => h.finish(keep),
+        }
+    }
+
+    /// Cluster mode: etcd's database size and the part of it in use, in MiB (the largest
+    /// over the members).
+    async fn etcd_db_mib(&self) -> Result<Option<(f64, f64)>> {
+        match self {
+            Nodes::Single(_) => Ok(None),
+            Nodes::Ha(h) => h.etcd_db_mib().await.map(Some),
         }
     }
 }
@@ -374,7 +384,7 @@ impl Bench<'_> {
 /// Memory over history: the scheduler's resident memory after each of several equal
 /// fan-outs (a leader whose memory grows with the runs it finished shows it here), then its
 /// peak through one very large fan-out.
-async fn memory(b: &Bench<'_>, pid: u32, quick: bool) -> Result<Vec<Figure>> {
+async fn memory(b: &Bench<'_>, nodes: &Nodes, pid: u32, quick: bool) -> Result<Vec<Figure>> {
     let (rounds, n, big) = if quick {
         (3, 5_000, 20_000)
     } else {
@@ -426,6 +436,28 @@ async fn memory(b: &Bench<'_>, pid: u32, quick: bool) -> Result<Vec<Figure>> {
         first.samples.push(a);
         last.samples.push(z);
         ratio.samples.push(z / a.max(1.0));
+    }
+    if let Some((size, used)) = nodes.etcd_db_mib().await? {
+        // Cluster mode: what the runs left in etcd (its default quota is 2 GiB), and no
+        // fan-out of a million (its records would be the figure, not the scheduler).
+        progress(format!(
+            "memory: etcd's database after {rounds} fan-outs of {n}: {size:.1} MiB, {used:.1} MiB in use"
+        ));
+        let mut db = Figure::new(
+            "etcd_db_size_mib",
+            &format!("etcd database size after {rounds} fan-outs of {n} (quota 2,048 MiB)"),
+            "MiB",
+            1,
+        );
+        let mut in_use = Figure::new(
+            "etcd_db_in_use_mib",
+            &format!("etcd database in use after {rounds} fan-outs of {n}"),
+            "MiB",
+            1,
+        );
+        db.samples.push(size);
+        in_use.samples.push(used);
+        return Ok(vec![first, last, ratio, db, in_use]);
     }
     let mut big_rate = Figure::new(
         &format!("fanout_{big}_tasks_per_s"),
@@ -536,7 +568,7 @@ async fn bench(args: &Args) -> Result<Report> {
     let mut figures = Vec::new();
     if args.memory {
         let (pid, _) = nodes.scheduler_pid().await?;
-        figures.extend(memory(&b, pid, args.quick).await?);
+        figures.extend(memory(&b, &nodes, pid, args.quick).await?);
     }
     for &n in &fanouts {
         let mut rate = Figure::new(
