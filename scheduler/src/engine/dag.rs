@@ -101,11 +101,14 @@ impl Engine {
             self.make_ready(t, now);
         }
         for (t, map_index) in hits {
-            // The cache hit's own committed pointer: the same result object.
+            // The cache hit's own committed pointer: the same result object (a mapped task
+            // run's is in its batched record).
             if let Some(result) = self.tr_mut(t).result.as_deref().map(HeldResult::to_ref) {
-                self.write(tables::results::create(
-                    &run_id, &task.name, map_index, &result,
-                ));
+                if map_index < 0 {
+                    self.write(tables::results::create(
+                        &run_id, &task.name, map_index, &result,
+                    ));
+                }
             }
             self.mark_tr(t);
         }

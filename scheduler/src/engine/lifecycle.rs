@@ -129,17 +129,14 @@ impl Engine {
     pub(super) fn settle_attempt(&mut self, t: TrRef, outcome: Outcome, now: i64) {
         match outcome {
             Outcome::Success { result, value } => {
-                // The commit proper: the result pointer, created once (first wins).
+                // The commit proper: the result pointer, created once (first wins). A
+                // mapped task run's is in its batched record (see `tables::batches`).
                 let run = &self.runs[t.run];
-                let node = &run.nodes[t.node as usize];
-                let map_index = if node.mapped { t.index as i64 } else { -1 };
-                let op = tables::results::create(
-                    &run.id.0,
-                    &run.flow.spec.tasks[t.node as usize].name,
-                    map_index,
-                    &result,
-                );
-                self.write(op);
+                if !run.nodes[t.node as usize].mapped {
+                    let task = &run.flow.spec.tasks[t.node as usize].name;
+                    let op = tables::results::create(&run.id.0, task, -1, &result);
+                    self.write(op);
+                }
                 let ended_us = self.us(now);
                 let tr = self.tr_mut(t);
                 tr.state = TaskState::Completed;

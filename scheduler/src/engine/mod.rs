@@ -368,6 +368,7 @@ impl Engine {
             waiting_reason: String::new(),
             dirty: false,
             archiving: false,
+            batch_seq: 0,
             flow,
         };
         let slot = self.runs.insert(id.0.clone(), run);
@@ -467,20 +468,44 @@ impl Engine {
             .collect();
         let mut changed_task_runs = std::mem::take(&mut self.dirty_trs);
         changed_task_runs.retain(|t| self.runs.get(t.run).is_some());
+        // Mapped task runs' records go in batches, one set per run (in the order of the
+        // dirty list, which keeps each run's task runs together in the common case).
+        let mut batched: Vec<(RunKey, Vec<(TrRef, TaskRunRecord)>)> = Vec::new();
         for t in &changed_task_runs {
             let run = &mut self.runs[t.run];
             let task = &run.flow.spec.tasks[t.node as usize].name;
             let node = &mut run.nodes[t.node as usize];
-            let map_index = if node.mapped { t.index as i64 } else { -1 };
+            let mapped = node.mapped;
             let tr = &mut node.runs[t.index as usize];
             tr.dirty = false;
             let rec = TaskRunRecord::of(tr, self.children.of(*t));
-            match tables::task_runs::put(&run.id.0, task, map_index, &rec) {
-                Ok(op) => ops.push(op),
-                Err(e) => self.encode_errors.push(e.to_string()),
+            if mapped {
+                match batched.iter_mut().find(|(k, _)| *k == t.run) {
+                    Some((_, rows)) => rows.push((*t, rec)),
+                    None => batched.push((t.run, vec![(*t, rec)])),
+                }
+            } else {
+                match tables::task_runs::put(&run.id.0, task, -1, &rec) {
+                    Ok(op) => ops.push(op),
+                    Err(e) => self.encode_errors.push(e.to_string()),
+                }
             }
             if !changed_runs.contains(&run.id) {
                 changed_runs.push(run.id.clone());
+            }
+        }
+        for (key, rows) in batched {
+            let run = &mut self.runs[key];
+            let rows: Vec<(&str, i64, TaskRunRecord)> = rows
+                .into_iter()
+                .map(|(t, rec)| {
+                    let task = run.flow.spec.tasks[t.node as usize].name.as_str();
+                    (task, t.index as i64, rec)
+                })
+                .collect();
+            match tables::batches::put(&run.id.0, &mut run.batch_seq, &rows) {
+                Ok(batch) => ops.extend(batch),
+                Err(e) => self.encode_errors.push(e.to_string()),
             }
         }
         for t in touched {
@@ -516,7 +541,8 @@ impl Engine {
         let summary = self.run_view(&self.runs[slot]);
         self.keep_summary(&summary);
         let tasks = seal::task_counts(&self.runs[slot]);
-        self.delete_live_records(id, &tasks);
+        let batches = self.runs[slot].batch_seq;
+        self.delete_live_records(id, &tasks, batches);
         self.leaving.push(slot);
         self.drop_archived();
     }

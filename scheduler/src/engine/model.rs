@@ -420,6 +420,8 @@ pub struct Run {
     pub dirty: bool,
     /// Finished and handed to the host for archiving.
     pub archiving: bool,
+    /// The number of its next batch of mapped task run records (see `tables::batches`).
+    pub batch_seq: u64,
 }
 
 impl Run {

@@ -32,6 +32,8 @@ pub struct Recovered {
     pub limits: Vec<(String, u32)>,
     /// `(key, summary)` of archived runs, for listing.
     pub finished: Vec<(String, baton_proto::FlowRun)>,
+    /// The next batch number of each run that has batched task run records.
+    pub batch_seqs: HashMap<String, u64>,
 }
 
 impl Recovered {
@@ -147,6 +149,7 @@ impl Engine {
                     waiting_reason: String::new(),
                     dirty: false,
                     archiving: false,
+                    batch_seq: rec.batch_seqs.get(&r.id).copied().unwrap_or(0),
                 },
             );
             if !idempotency_key.is_empty() {

@@ -16,6 +16,8 @@ use std::sync::Arc;
 pub(super) struct Tombstone {
     summary: pb::FlowRun,
     tasks: Vec<TaskCount>,
+    /// Batches of its mapped task runs' records written.
+    batches: u64,
 }
 
 /// A task of a run, whether it is mapped, and how many task runs it has.
@@ -55,6 +57,7 @@ impl Engine {
         }
         let (mut run, summary, children) = self.take_out(key)?;
         let tasks = task_counts(&run);
+        let batches = run.batch_seq;
         let mut buf = Vec::new();
         prost::encoding::message::encode(1, &summary, &mut buf);
         for (i, node) in std::mem::take(&mut run.nodes).into_iter().enumerate() {
@@ -74,7 +77,14 @@ impl Engine {
             }
         }
         self.tombstones
-            .insert(id.to_string(), Tombstone { summary, tasks });
+            .insert(
+                id.to_string(),
+                Tombstone {
+                    summary,
+                    tasks,
+                    batches,
+                },
+            );
         Some(buf)
     }
 
@@ -89,18 +99,23 @@ impl Engine {
             return false;
         };
         self.keep_summary(&t.summary);
-        self.delete_live_records(id, &t.tasks);
+        self.delete_live_records(id, &t.tasks, t.batches);
         true
     }
 
-    /// Deletes a finished run's live records (its record, its task runs' records and result
-    /// pointers) once its archive holds them: two range deletes where the store has them
-    /// (so that archiving a 100,000-task run costs etcd one transaction, not 1,600).
-    pub(super) fn delete_live_records(&mut self, id: &str, tasks: &[TaskCount]) {
+    /// Deletes a finished run's live records (its record, its task runs' records, batches
+    /// and result pointers) once its archive holds them: range deletes where the store has
+    /// them (so that archiving a 100,000-task run costs etcd one transaction, not 1,600).
+    /// `batches` is how many batches of records it has; a run without any has its mapped
+    /// task runs' records under keys of their own (written before batches were).
+    pub(super) fn delete_live_records(&mut self, id: &str, tasks: &[TaskCount], batches: u64) {
         self.ops.push(tables::runs::delete(id));
         let keys = |key: fn(&str, &str, i64) -> String| {
-            let mut keys = Vec::with_capacity(tasks.iter().map(|t| t.2).sum());
+            let mut keys = Vec::new();
             for (task, mapped, count) in tasks {
+                if *mapped && batches > 0 {
+                    continue;
+                }
                 for index in 0..*count {
                     let map_index = if *mapped { index as i64 } else { -1 };
                     keys.push(key(id, task, map_index));
@@ -110,6 +125,7 @@ impl Engine {
         };
         self.ops.push(tables::task_runs::delete_run(id, keys(tables::task_runs::key)));
         self.ops.push(tables::results::delete_run(id, keys(tables::results::key)));
+        self.ops.push(tables::batches::delete_run(id, batches));
     }
 
     /// Takes run `key` out of memory: its idempotency key names an archived run from now

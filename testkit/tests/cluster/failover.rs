@@ -369,15 +369,17 @@ async fn finished_runs_leave_etcd_and_are_read_back_from_the_archive() -> anyhow
             let opts = etcd_client::GetOptions::new()
                 .with_prefix()
                 .with_count_only();
-            let runs = kv
-                .get(format!("/baton/state/run/{run}"), Some(opts.clone()))
-                .await
-                .ok()?;
-            let trs = kv
-                .get(format!("/baton/state/tr/{run}/"), Some(opts))
-                .await
-                .ok()?;
-            (runs.count() == 0 && trs.count() == 0).then_some(())
+            // Its record, task run records, batches of mapped ones, and result pointers.
+            for prefix in [format!("run/{run}"), format!("tr/{run}/"), format!("trb/{run}/"), format!("res/{run}/")] {
+                let found = kv
+                    .get(format!("/baton/state/{prefix}"), Some(opts.clone()))
+                    .await
+                    .ok()?;
+                if found.count() > 0 {
+                    return None;
+                }
+            }
+            Some(())
         }
     })
     .await?;

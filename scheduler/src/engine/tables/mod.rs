@@ -2,6 +2,7 @@
 //! layout, its encoding and its decoding. The engine writes through them; recovery reads
 //! every table back through [`Rows`], so that writer and reader cannot disagree.
 
+pub mod batches;
 pub mod cache;
 pub mod finished;
 pub mod flows;
@@ -50,7 +51,7 @@ pub trait Table {
 }
 
 /// The prefixes of every table, for a host that loads the state store table by table.
-pub const PREFIXES: [&str; 9] = [
+pub const PREFIXES: [&str; 10] = [
     flows::Flows::PREFIX,
     idempotency::Idempotency::PREFIX,
     cache::Cache::PREFIX,
@@ -60,6 +61,7 @@ pub const PREFIXES: [&str; 9] = [
     runs::Runs::PREFIX,
     results::Results::PREFIX,
     task_runs::TaskRuns::PREFIX,
+    batches::Batches::PREFIX,
 ];
 
 /// Keys in errors are cut to this many bytes.
@@ -110,6 +112,8 @@ pub(crate) fn split_task_run(rest: &str) -> Result<(String, String, i64), String
 pub struct Rows {
     rec: Recovered,
     pointers: HashMap<(String, String, i64), ResultRef>,
+    /// The latest batched record of each mapped task run, with its batch's number.
+    batched: HashMap<(String, String, i64), (u64, crate::engine::TaskRunRecord)>,
 }
 
 fn row<T: Table>(key: &str, value: &[u8]) -> Option<Result<T::Row, TableError>> {
@@ -131,6 +135,23 @@ impl Rows {
             rec.runs.push(r?);
         } else if let Some(r) = row::<task_runs::TaskRuns>(key, value) {
             rec.task_runs.push(r?);
+        } else if let Some(r) = row::<batches::Batches>(key, value) {
+            let (run, seq, rows) = r?;
+            let next = rec.batch_seqs.entry(run.clone()).or_default();
+            *next = (*next).max(seq + 1);
+            for (task, index, record) in rows {
+                let latest = self.batched.entry((run.clone(), task, index));
+                match latest {
+                    std::collections::hash_map::Entry::Occupied(mut o) => {
+                        if o.get().0 <= seq {
+                            o.insert((seq, record));
+                        }
+                    }
+                    std::collections::hash_map::Entry::Vacant(v) => {
+                        v.insert((seq, record));
+                    }
+                }
+            }
         } else if let Some(r) = row::<results::Results>(key, value) {
             let (run, task, index, pointer) = r?;
             self.pointers.insert((run, task, index), pointer);
@@ -159,6 +180,18 @@ impl Rows {
     /// result pointers (see [`Recovered::apply_pointers`]).
     pub fn finish(self) -> Recovered {
         let mut rec = self.rec;
+        // A batched record is newer than a record of its own (written before batches were).
+        if !self.batched.is_empty() {
+            let batched = &self.batched;
+            rec.task_runs
+                .retain(|(run, task, index, _)| !batched.contains_key(&(run.clone(), task.clone(), *index)));
+            let mut rows: Vec<_> = self.batched.into_iter().collect();
+            rows.sort_by(|a, b| a.0.cmp(&b.0));
+            rec.task_runs.extend(
+                rows.into_iter()
+                    .map(|((run, task, index), (_, record))| (run, task, index, record)),
+            );
+        }
         rec.apply_pointers(self.pointers);
         rec
     }

@@ -183,3 +183,47 @@ fn an_encoding_failure_is_an_error_not_an_empty_record() {
         "{e}"
     );
 }
+
+#[test]
+fn batched_records_read_back_latest_first_whatever_the_order() {
+    let running = task_run(TaskState::Running, None);
+    let done = task_run(TaskState::Completed, Some(pointer("s3://b/p.pack#0+4")));
+    // 2,000 records take several batches; each batch is a key of its own, numbered up.
+    let many: Vec<(&str, i64, TaskRunRecord)> =
+        (0..2000).map(|i| ("work", i, running.clone())).collect();
+    let mut seq = 0;
+    let first = batches::put("r1", &mut seq, &many).expect("encodes");
+    assert!(first.len() >= 2, "{} batches", first.len());
+    assert_eq!(seq, first.len() as u64);
+    assert!(first.iter().all(|op| op.size() < batches::MAX_BATCH_BYTES + 2048));
+    // Then index 7 completes, in a later batch; an older record of its own (the layout
+    // before batches) is overridden.
+    let later = batches::put("r1", &mut seq, &[("work", 7, done.clone())]).expect("encodes");
+    let own = task_runs::put("r1", "work", 7, &running).expect("encodes");
+    // Read in reverse order: the latest batch still wins.
+    let mut rows = Rows::default();
+    for op in later.iter().chain([&own]).chain(first.iter().rev()) {
+        let (k, v) = put_value(op);
+        rows.add(k, v).expect("readable");
+    }
+    let rec = rows.finish();
+    assert_eq!(rec.task_runs.len(), 2000);
+    let seven: Vec<_> = rec.task_runs.iter().filter(|t| t.2 == 7).collect();
+    assert_eq!(seven.len(), 1);
+    assert_eq!(seven[0].3, done);
+    assert_eq!(rec.batch_seqs.get("r1"), Some(&seq));
+    // Deleting the run's batches names every one of them.
+    match batches::delete_run("r1", seq) {
+        Op::DeletePrefix { prefix, keys } => {
+            assert_eq!(prefix, "trb/r1/");
+            assert_eq!(keys.len() as u64, seq);
+            assert_eq!(keys[0], batches::key("r1", 0));
+        }
+        other => panic!("{other:?}"),
+    }
+    // A damaged batch names its table.
+    let e = Rows::default()
+        .add("trb/r1/zz", b"[]")
+        .expect_err("not hex");
+    assert!(e.to_string().contains("batch of task run records"), "{e}");
+}

@@ -10,7 +10,7 @@ name: torn
 tasks:
   - name: gen
     builtin: range
-    inputs: {n: 300}
+    inputs: {n: 3000}
   - name: sq
     builtin: echo
     inputs: {x: {result: gen}}
@@ -49,24 +49,25 @@ fn torn_after(keep: &dyn Fn(usize) -> usize) -> (usize, usize) {
     let mut c = VirtualCluster::new();
     c.register(FLOW);
     c.behave("sq", |a| json!(a.inputs["x"].as_i64().unwrap_or(0).pow(2)));
-    c.connect("w", &[], 400, 0);
+    c.connect("w", &[], 4000, 0);
     let run = c.start("torn", json!({}));
     let gen = c.step();
     assert!(c.succeed(&gen[0]));
     let sq = c.step();
-    assert_eq!(sq.len(), 300);
-    // A few complete normally; then 200 finish within one step, whose commit is torn.
+    assert_eq!(sq.len(), 3000);
+    // A few complete normally; then 2,000 finish within one step, whose commit is torn
+    // (their records take several batches).
     for a in &sq[..10] {
         assert!(c.succeed(a));
     }
-    let batch: Vec<Assignment> = sq[10..210].to_vec();
+    let batch: Vec<Assignment> = sq[10..2010].to_vec();
     for a in &batch {
         finish_quietly(&mut c, a);
     }
     c.engine.tick(c.now);
     c.engine.dispatch(c.now);
     let total_ops = c.drain_torn(keep);
-    let landed = c.store.keys().filter(|k| k.starts_with("res/")).count();
+    let landed = completed_in_store(&c, "sq");
 
     // A new leader; the worker comes back with every attempt it has not heard committed.
     c.advance(100);
@@ -84,9 +85,9 @@ fn torn_after(keep: &dyn Fn(usize) -> usize) -> (usize, usize) {
         names(&rest)
     );
     assert_eq!(run_state(&c.run(&run)), pb::RunState::Completed);
-    let want: i64 = (1..=300i64).map(|x| x * x).sum();
+    let want: i64 = (1..=3000i64).map(|x| x * x).sum();
     assert_eq!(value_of(&c.task(&run, "total", -1)), json!(want));
-    for i in 0..300 {
+    for i in 0..3000 {
         let t = c.task(&run, "sq", i);
         assert_eq!(t.attempt, 1, "sq[{i}] ran again");
         assert_eq!(value_of(&t), json!((i + 1) * (i + 1)), "sq[{i}]");
@@ -97,17 +98,28 @@ fn torn_after(keep: &dyn Fn(usize) -> usize) -> (usize, usize) {
 #[test]
 fn any_prefix_of_a_torn_step_recovers_to_the_same_results() {
     let mut sizes = Vec::new();
-    // Nothing landed, one chunk of 128 (the etcd store's transaction size), a pointer
-    // without its record (the step's first op is a pointer), half, all but the last op.
-    let keeps: [&dyn Fn(usize) -> usize; 5] = [&|_| 0, &|_| 1, &|n| 128.min(n), &|n| n / 2, &|n| {
-        n.saturating_sub(1)
-    }];
+    // Nothing landed, the first op, half, all but the last op.
+    let keeps: [&dyn Fn(usize) -> usize; 4] =
+        [&|_| 0, &|_| 1, &|n| n / 2, &|n| n.saturating_sub(1)];
     for keep in keeps {
         sizes.push(torn_after(keep));
     }
-    // The step was large enough to span several transactions, and the prefixes differed.
-    assert!(sizes[0].0 > 256, "{sizes:?}");
+    // The step's records took several operations (batches), and the prefixes differed.
+    assert!(sizes[0].0 >= 3, "{sizes:?}");
     let landed: Vec<usize> = sizes.iter().map(|s| s.1).collect();
     assert!(landed.windows(2).all(|w| w[0] <= w[1]), "{landed:?}");
-    assert!(landed[0] < landed[4], "{landed:?}");
+    assert!(landed[0] < landed[3], "{landed:?}");
+}
+
+/// How many task runs of `task` the store holds as completed.
+fn completed_in_store(c: &VirtualCluster, task: &str) -> usize {
+    let mut rows = tables::Rows::default();
+    for (k, v) in &c.store {
+        rows.add(k, v).expect("a readable state store");
+    }
+    rows.finish()
+        .task_runs
+        .iter()
+        .filter(|(_, t, _, r)| t == task && r.state == baton_common::state::TaskState::Completed)
+        .count()
 }
