@@ -76,15 +76,14 @@ impl Engine {
                 }
             }
         }
-        self.tombstones
-            .insert(
-                id.to_string(),
-                Tombstone {
-                    summary,
-                    tasks,
-                    batches,
-                },
-            );
+        self.tombstones.insert(
+            id.to_string(),
+            Tombstone {
+                summary,
+                tasks,
+                batches,
+            },
+        );
         Some(buf)
     }
 
@@ -123,8 +122,12 @@ impl Engine {
             }
             keys
         };
-        self.ops.push(tables::task_runs::delete_run(id, keys(tables::task_runs::key)));
-        self.ops.push(tables::results::delete_run(id, keys(tables::results::key)));
+        self.ops.push(tables::task_runs::delete_run(
+            id,
+            keys(tables::task_runs::key),
+        ));
+        self.ops
+            .push(tables::results::delete_run(id, keys(tables::results::key)));
         self.ops.push(tables::batches::delete_run(id, batches));
     }
 

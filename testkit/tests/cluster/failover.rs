@@ -370,7 +370,12 @@ async fn finished_runs_leave_etcd_and_are_read_back_from_the_archive() -> anyhow
                 .with_prefix()
                 .with_count_only();
             // Its record, task run records, batches of mapped ones, and result pointers.
-            for prefix in [format!("run/{run}"), format!("tr/{run}/"), format!("trb/{run}/"), format!("res/{run}/")] {
+            for prefix in [
+                format!("run/{run}"),
+                format!("tr/{run}/"),
+                format!("trb/{run}/"),
+                format!("res/{run}/"),
+            ] {
                 let found = kv
                     .get(format!("/baton/state/{prefix}"), Some(opts.clone()))
                     .await

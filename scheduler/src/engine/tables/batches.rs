@@ -21,7 +21,8 @@ impl Table for Batches {
         let (run, seq) = rest
             .split_once('/')
             .ok_or_else(|| "expected RUN/SEQ".to_string())?;
-        let seq = u64::from_str_radix(seq, 16).map_err(|_| "the sequence is not hex".to_string())?;
+        let seq =
+            u64::from_str_radix(seq, 16).map_err(|_| "the sequence is not hex".to_string())?;
         let rows = serde_json::from_slice(value).map_err(|e| e.to_string())?;
         Ok((run.to_string(), seq, rows))
     }

@@ -183,8 +183,9 @@ impl Rows {
         // A batched record is newer than a record of its own (written before batches were).
         if !self.batched.is_empty() {
             let batched = &self.batched;
-            rec.task_runs
-                .retain(|(run, task, index, _)| !batched.contains_key(&(run.clone(), task.clone(), *index)));
+            rec.task_runs.retain(|(run, task, index, _)| {
+                !batched.contains_key(&(run.clone(), task.clone(), *index))
+            });
             let mut rows: Vec<_> = self.batched.into_iter().collect();
             rows.sort_by(|a, b| a.0.cmp(&b.0));
             rec.task_runs.extend(

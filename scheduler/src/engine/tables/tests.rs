@@ -195,7 +195,9 @@ fn batched_records_read_back_latest_first_whatever_the_order() {
     let first = batches::put("r1", &mut seq, &many).expect("encodes");
     assert!(first.len() >= 2, "{} batches", first.len());
     assert_eq!(seq, first.len() as u64);
-    assert!(first.iter().all(|op| op.size() < batches::MAX_BATCH_BYTES + 2048));
+    assert!(first
+        .iter()
+        .all(|op| op.size() < batches::MAX_BATCH_BYTES + 2048));
     // Then index 7 completes, in a later batch; an older record of its own (the layout
     // before batches) is overridden.
     let later = batches::put("r1", &mut seq, &[("work", 7, done.clone())]).expect("encodes");

@@ -12,9 +12,6 @@ use tokio_util::sync::CancellationToken;
 /// Compacts every `every` until either of `stop` is cancelled (leadership lost, store
 /// closed).
 pub async fn run(pool: Arc<Pool>, key: Vec<u8>, every: Duration, stop: [CancellationToken; 2]) {
-    if std::env::var_os("BATON_EXP_NO_COMPACT").is_some() {
-        return;
-    }
     let mut seen: Option<i64> = None;
     let mut done = 0;
     loop {

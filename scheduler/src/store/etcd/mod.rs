@@ -125,10 +125,7 @@ impl EtcdStore {
     }
 
     fn held_now(&self) -> Option<Held> {
-        self.held
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
+        self.held.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
     fn shared(&self) -> Shared {
@@ -314,9 +311,6 @@ impl StateStore for EtcdStore {
 
     /// Queued to the leader's committer (see [`pipeline`]).
     fn submit(&self, epoch: Epoch, ops: Vec<Op>) -> Submitted {
-        if std::env::var_os("BATON_EXP_NO_PIPE").is_some() {
-            return Submitted::NotPipelined(ops);
-        }
         let (done, answer) = tokio::sync::oneshot::channel();
         let sent = match self.held_now() {
             Some(h) if h.won.epoch == epoch => h

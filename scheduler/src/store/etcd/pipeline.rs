@@ -16,8 +16,11 @@ use tokio::sync::{mpsc, oneshot};
 /// One submitted step.
 pub struct Queued {
     pub ops: Vec<Op>,
-    pub done: oneshot::Sender<Result<(), StoreError>>,
+    pub done: Done,
 }
+
+/// Where a step's outcome is answered.
+pub type Done = oneshot::Sender<Result<(), StoreError>>;
 
 /// Most operations written in one batch (more wait for the next).
 const MAX_BATCH_OPS: usize = 200_000;
@@ -89,7 +92,7 @@ fn again(e: &StoreError) -> StoreError {
 /// a create, anything under a prefix deleted before, a prefix delete over a create), a new
 /// batch starts, so that each batch touches each key once and its transactions may land in
 /// any order.
-pub fn merge(steps: Vec<Queued>) -> Vec<(Vec<Op>, Vec<oneshot::Sender<Result<(), StoreError>>>)> {
+pub fn merge(steps: Vec<Queued>) -> Vec<(Vec<Op>, Vec<Done>)> {
     let mut out = Vec::new();
     let mut batch = Batch::default();
     let mut dones = Vec::new();
@@ -265,13 +268,13 @@ mod tests {
     #[test]
     fn writes_that_cannot_be_merged_start_a_new_batch_in_order() {
         // A delete after a create: the create's check must run, then the delete.
-        let got = merged(vec![
-            vec![create("res/r/t/0", "p")],
-            vec![del("res/r/t/0")],
-        ]);
+        let got = merged(vec![vec![create("res/r/t/0", "p")], vec![del("res/r/t/0")]]);
         assert_eq!(
             got,
-            vec![(vec![create("res/r/t/0", "p")], 1), (vec![del("res/r/t/0")], 1)]
+            vec![
+                (vec![create("res/r/t/0", "p")], 1),
+                (vec![del("res/r/t/0")], 1)
+            ]
         );
         // A prefix delete supersedes puts under it, but not a create; a write under a
         // prefix deleted before waits for it.

@@ -150,7 +150,12 @@ impl Fence<'_> {
             .map(|op| match op {
                 Op::DeletePrefix { prefix, .. } => TxnOp::get(
                     self.keys.state(prefix),
-                    Some(GetOptions::new().with_prefix().with_limit(1).with_keys_only()),
+                    Some(
+                        GetOptions::new()
+                            .with_prefix()
+                            .with_limit(1)
+                            .with_keys_only(),
+                    ),
                 ),
                 op => TxnOp::get(self.keys.state(op.key()), None),
             })

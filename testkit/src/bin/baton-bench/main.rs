@@ -596,10 +596,6 @@ async fn bench(args: &Args) -> Result<Report> {
         figures.push(wall);
     }
 
-    if std::env::var_os("BATON_EXP_FANOUT_ONLY").is_some() {
-        nodes.finish(false)?;
-        bail!("fan-outs only: {:?}", figures.iter().map(|f| f.samples.clone()).collect::<Vec<_>>());
-    }
     let mut p50 = Figure::new(
         &format!("chain_{chain_len}_latency_p50_ms"),
         &format!("chain of {chain_len} no-op tasks: per-task latency p50 (end to end)"),
