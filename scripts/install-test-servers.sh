@@ -16,16 +16,49 @@ say() { printf '==> %s\n' "$*" >&2; }
 # 0.14.1 is the newest release whose rust-version (1.92) this toolchain meets; 0.15 and
 # later need rustc 1.96. testkit/src/s3.rs runs it as `$BATON_TOOLS/bin/s3s-fs`.
 S3S_FS_VERSION="0.14.1"
+# One change to the published source: TCP_NODELAY on accepted connections. Without it, a GET
+# of an object of more than a few KiB on a reused connection waits about 40 ms (Nagle's
+# algorithm holds the body until the headers are acknowledged, and the client delays that
+# acknowledgement), which made every stage of the cluster's ridge sweep about 40 ms. Real
+# S3 servers (and Go's, like MinIO) set it. Bump the patch name to rebuild.
+S3S_FS_PATCH="nodelay-1"
 
 install_s3s_fs() {
-  local bin="$BATON_TOOLS/bin/s3s-fs"
-  if [ -x "$bin" ]; then
-    say "s3s-fs: already installed at $bin"
+  local bin="$BATON_TOOLS/bin/s3s-fs" stamp="$BATON_TOOLS/s3s-fs.stamp"
+  local want="$S3S_FS_VERSION $S3S_FS_PATCH"
+  if [ -x "$bin" ] && [ "$(cat "$stamp" 2>/dev/null)" = "$want" ]; then
+    say "s3s-fs: already installed at $bin ($want)"
     return 0
   fi
-  say "s3s-fs: building $S3S_FS_VERSION into $BATON_TOOLS (a few minutes, once)"
-  cargo install --locked s3s-fs --version "$S3S_FS_VERSION" --features binary \
+  say "s3s-fs: building $want into $BATON_TOOLS (a few minutes, once)"
+  local work
+  work="$(mktemp -d)"
+  # The published crate, fetched through a throwaway package and unpacked.
+  mkdir -p "$work/fetch/src"
+  : > "$work/fetch/src/lib.rs"
+  cat > "$work/fetch/Cargo.toml" <<TOML
+[package]
+name = "fetch-s3s-fs"
+version = "0.0.0"
+edition = "2021"
+
+[dependencies]
+s3s-fs = { version = "=$S3S_FS_VERSION", default-features = false }
+TOML
+  (cd "$work/fetch" && cargo fetch -q)
+  local crate
+  crate="$(ls "${CARGO_HOME:-$HOME/.cargo}"/registry/cache/*/"s3s-fs-$S3S_FS_VERSION.crate" | head -1)"
+  tar -xzf "$crate" -C "$work"
+  local main="$work/s3s-fs-$S3S_FS_VERSION/src/main.rs"
+  sed -i 's|^\( *\)let conn = http_server.serve_connection(TokioIo::new(socket)|\1let _ = socket.set_nodelay(true);\n&|' "$main"
+  grep -q 'socket.set_nodelay(true)' "$main" || {
+    say "s3s-fs: the source changed; cannot apply the TCP_NODELAY patch"
+    return 1
+  }
+  cargo install --locked --force --path "$work/s3s-fs-$S3S_FS_VERSION" --features binary \
     --root "$BATON_TOOLS"
+  echo "$want" > "$stamp"
+  rm -rf "$work"
 }
 
 # ---------------------------------------------------------------------------------------

@@ -55,7 +55,7 @@ pub const MAX_LOG_BYTES_STORED: u64 = 256 << 20;
 pub const LOG_BYTES_PER_SEC: usize = 8 * MIB;
 /// Successors a worker is offered to run ahead with one assignment, and reports with one
 /// result; further ones are dropped (they run as ordinary assignments).
-pub const MAX_RUN_AHEAD: usize = 64;
+pub const MAX_RUN_AHEAD: usize = 256;
 /// The successors offered with one assignment, their specs and inputs together.
 pub const MAX_RUN_AHEAD_HINT_BYTES: usize = 64 * KIB;
 /// Labels one worker may register.

@@ -468,6 +468,72 @@ async fn leader_killed_between_upload_and_commit_commits_after_takeover() -> any
     Ok(())
 }
 
+/// The leader dies between a worker's upload of a mapped task's result (into a pack, with
+/// others) and its commit: after the takeover every map index is committed once, the
+/// uploaded record is either the one committed (the worker resent it) or referenced by
+/// nothing, and no byte of any pack is referenced twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leader_killed_between_packing_and_commit_loses_and_doubles_nothing() -> anyhow::Result<()>
+{
+    let _one = serial().await;
+    let marker_dir = tempfile::tempdir()?;
+    let marker = marker_dir.path().join("crashed");
+    let c = cluster(
+        HaConfig {
+            extra_env: vec![(
+                "BATON_FAULT_CRASH_BEFORE_COMMIT".into(),
+                format!("work@{}", marker.display()),
+            )],
+            ..HaConfig::default()
+        },
+        &[("w1", "local", 8)],
+    )
+    .await?;
+    let (old, epoch) = c.wait_leader(Duration::from_secs(10), None).await?;
+    let n = 40;
+    let (run, ledger, poller) =
+        watched_run(&c, &fan_out("crash_pack", n, 0), "crash-pack-1").await?;
+    baton_testkit::eventually(Duration::from_secs(60), "the leader to crash", || {
+        let marker = marker.clone();
+        async move { marker.exists().then_some(()) }
+    })
+    .await?;
+    let (_, new_epoch) = c.wait_leader(Duration::from_secs(30), Some(old)).await?;
+    assert!(new_epoch > epoch);
+    let trs = check_fan_out(&c, &ledger, &run, n).await?;
+    // The attempt whose result arrived when the leader died: `RUN/work[INDEX]#ATTEMPT`.
+    let crashed = std::fs::read_to_string(&marker)?;
+    let (index, attempt) = crashed
+        .split_once('[')
+        .and_then(|(_, rest)| rest.split_once("]#"))
+        .ok_or_else(|| anyhow::anyhow!("unexpected attempt `{crashed}`"))?;
+    let key = baton_common::ids::AttemptKey {
+        run: run.clone(),
+        task: "work".into(),
+        map_index: index.parse()?,
+        attempt: attempt.trim().parse()?,
+    };
+    let uploaded = attempt_location(&c, &key)?
+        .ok_or_else(|| anyhow::anyhow!("the uploaded result of {crashed} is in no pack"))?;
+    assert!(uploaded.contains(".pack#"), "{uploaded} is not packed");
+    let t = trs
+        .iter()
+        .find(|t| t.task == "work" && t.map_index == key.map_index)
+        .expect("the task run");
+    let committed = t.result.as_ref().map(|r| r.uri.clone()).unwrap_or_default();
+    if t.attempt == key.attempt {
+        assert_eq!(committed, uploaded, "the resent result is the one uploaded");
+    } else {
+        let referenced = trs
+            .iter()
+            .filter(|t| t.result.as_ref().is_some_and(|r| r.uri == uploaded))
+            .count();
+        assert_eq!(referenced, 0, "the stray record {uploaded} is referenced");
+    }
+    poller.abort();
+    Ok(())
+}
+
 /// Oversized requests on the 3-replica cluster (issue reproductions: a 2 MiB idempotency key
 /// wedged the leader retrying an etcd transaction over etcd's request limit; 1.7 MB of
 /// parameters forced a failover and left a phantom run): refused with INVALID_ARGUMENT, the

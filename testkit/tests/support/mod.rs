@@ -404,13 +404,23 @@ pub fn result_location(
     task: &str,
     attempt: u32,
 ) -> anyhow::Result<Option<String>> {
-    let key = baton_common::ids::AttemptKey {
-        run: run.to_string(),
-        task: task.to_string(),
-        map_index: -1,
-        attempt,
-    }
-    .result_key();
+    attempt_location(
+        c,
+        &baton_common::ids::AttemptKey {
+            run: run.to_string(),
+            task: task.to_string(),
+            map_index: -1,
+            attempt,
+        },
+    )
+}
+
+/// [`result_location`] of any attempt, mapped or not.
+pub fn attempt_location(
+    c: &HaCluster,
+    attempt: &baton_common::ids::AttemptKey,
+) -> anyhow::Result<Option<String>> {
+    let key = attempt.result_key();
     let root = c.s3.data_dir().join("baton/cluster");
     if root.join(&key).is_file() {
         return Ok(Some(format!("s3://baton/cluster/{key}")));
