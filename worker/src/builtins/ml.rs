@@ -119,8 +119,11 @@ pub(super) async fn train_test_split(inputs: Value, ctx: &TaskContext) -> TaskRe
         ))
     })
     .await?;
-    let train_uri = put_artifact(F, ctx, "train.csv", train, "text/csv").await?;
-    let test_uri = put_artifact(F, ctx, "test.csv", test, "text/csv").await?;
+    // Both go up at once: one round trip to the store, not two.
+    let (train_uri, test_uri) = futures::try_join!(
+        put_artifact(F, ctx, "train.csv", train, "text/csv"),
+        put_artifact(F, ctx, "test.csv", test, "text/csv"),
+    )?;
     ctx.log(
         "log",
         format!("split into {} train and {} test rows", counts.0, counts.1),

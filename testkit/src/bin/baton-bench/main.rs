@@ -381,6 +381,28 @@ impl Bench<'_> {
     }
 }
 
+/// Where a run's time went, task by task in the order they became ready: the latest of
+/// each task's runs, in ms since the run's creation: ready, assigned, started and ended.
+fn stages(trs: &[pb::TaskRun], created_us: i64) -> String {
+    let mut by_task: BTreeMap<&str, [i64; 4]> = BTreeMap::new();
+    for t in trs {
+        let at = [t.ready_us, t.assigned_us, t.started_us, t.ended_us];
+        let e = by_task.entry(t.task.as_str()).or_insert([0; 4]);
+        for (m, v) in e.iter_mut().zip(at) {
+            *m = (*m).max(v);
+        }
+    }
+    let mut rows: Vec<(&str, [i64; 4])> = by_task.into_iter().collect();
+    rows.sort_by_key(|(_, at)| at[0]);
+    rows.iter()
+        .map(|(task, at)| {
+            let ms = at.map(|v| (v - created_us) as f64 / 1000.0);
+            format!("{task} {:.1}/{:.1}/{:.1}/{:.1}", ms[0], ms[1], ms[2], ms[3])
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 /// Memory over history: the scheduler's resident memory after each of several equal
 /// fan-outs (a leader whose memory grows with the runs it finished shows it here), then its
 /// peak through one very large fan-out.
@@ -722,6 +744,14 @@ async fn bench(args: &Args) -> Result<Report> {
         ridge_recorded
             .samples
             .push(done.recorded().as_secs_f64() * 1000.0);
+        let trs = guarded(b.alive, async {
+            Ok(b.client.task_runs(&done.run.id, false).await?)
+        })
+        .await?;
+        progress(format!(
+            "ridge sweep #{r} by task: {}",
+            stages(&trs, done.run.created_us)
+        ));
     }
     figures.extend([ridge, ridge_recorded]);
 
