@@ -417,27 +417,43 @@ async fn finished_runs_leave_etcd_and_are_read_back_from_the_archive() -> anyhow
     Ok(())
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn leader_killed_between_upload_and_commit_commits_after_takeover() -> anyhow::Result<()> {
-    let _one = serial().await;
+/// A fan-out crashed into: the cluster and run, the run's task runs once it completed after
+/// the takeover (checked by `check_fan_out`), and the attempt the leader died on.
+struct Crash {
+    cluster: baton_testkit::ha::HaCluster,
+    run: String,
+    task_runs: Vec<pb::TaskRun>,
+    /// `RUN/TASK#ATTEMPT` or `RUN/TASK[INDEX]#ATTEMPT`.
+    crashed: String,
+}
+
+/// Runs a fan-out of `n` tasks of `ms` each (as `name`) on one worker with `slots` slots,
+/// whose leader aborts when the first result of `task` arrives, after the worker uploaded
+/// it and before its commit; waits for a new leader at a higher epoch and for the run to
+/// complete with every task run committed once.
+async fn crash_before_commit(
+    task: &str,
+    slots: u32,
+    name: &str,
+    n: usize,
+    ms: u64,
+) -> anyhow::Result<Crash> {
     let marker_dir = tempfile::tempdir()?;
     let marker = marker_dir.path().join("crashed");
     let c = cluster(
         HaConfig {
             extra_env: vec![(
                 "BATON_FAULT_CRASH_BEFORE_COMMIT".into(),
-                format!("total@{}", marker.display()),
+                format!("{task}@{}", marker.display()),
             )],
             ..HaConfig::default()
         },
-        &[("w1", "local", 4)],
+        &[("w1", "local", slots)],
     )
     .await?;
     let (old, epoch) = c.wait_leader(Duration::from_secs(10), None).await?;
-    let n = 20;
     let (run, ledger, poller) =
-        watched_run(&c, &fan_out("crash_commit", n, 10), "crash-commit-1").await?;
-    // The leader aborts when `total`'s result arrives, after the worker uploaded it.
+        watched_run(&c, &fan_out(name, n, ms), &format!("{name}-1")).await?;
     baton_testkit::eventually(Duration::from_secs(60), "the leader to crash", || {
         let marker = marker.clone();
         async move { marker.exists().then_some(()) }
@@ -445,7 +461,22 @@ async fn leader_killed_between_upload_and_commit_commits_after_takeover() -> any
     .await?;
     let (_, new_epoch) = c.wait_leader(Duration::from_secs(30), Some(old)).await?;
     assert!(new_epoch > epoch);
-    let trs = check_fan_out(&c, &ledger, &run, n).await?;
+    let task_runs = check_fan_out(&c, &ledger, &run, n).await?;
+    poller.abort();
+    let crashed = std::fs::read_to_string(&marker)?;
+    Ok(Crash {
+        cluster: c,
+        run,
+        task_runs,
+        crashed,
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leader_killed_between_upload_and_commit_commits_after_takeover() -> anyhow::Result<()> {
+    let _one = serial().await;
+    let crash = crash_before_commit("total", 4, "crash_commit", 20, 10).await?;
+    let (c, trs) = (&crash.cluster, &crash.task_runs);
     let total = trs.iter().find(|t| t.task == "total").expect("total");
     let committed = total.result.as_ref().expect("committed").uri.clone();
     // The crashed attempt's object was written; it is either the one committed after the
@@ -464,7 +495,6 @@ async fn leader_killed_between_upload_and_commit_commits_after_takeover() -> any
     if total.attempt > 1 {
         assert_eq!(referenced, 0, "the stray object is referenced");
     }
-    poller.abort();
     Ok(())
 }
 
@@ -476,33 +506,9 @@ async fn leader_killed_between_upload_and_commit_commits_after_takeover() -> any
 async fn leader_killed_between_packing_and_commit_loses_and_doubles_nothing() -> anyhow::Result<()>
 {
     let _one = serial().await;
-    let marker_dir = tempfile::tempdir()?;
-    let marker = marker_dir.path().join("crashed");
-    let c = cluster(
-        HaConfig {
-            extra_env: vec![(
-                "BATON_FAULT_CRASH_BEFORE_COMMIT".into(),
-                format!("work@{}", marker.display()),
-            )],
-            ..HaConfig::default()
-        },
-        &[("w1", "local", 8)],
-    )
-    .await?;
-    let (old, epoch) = c.wait_leader(Duration::from_secs(10), None).await?;
-    let n = 40;
-    let (run, ledger, poller) =
-        watched_run(&c, &fan_out("crash_pack", n, 0), "crash-pack-1").await?;
-    baton_testkit::eventually(Duration::from_secs(60), "the leader to crash", || {
-        let marker = marker.clone();
-        async move { marker.exists().then_some(()) }
-    })
-    .await?;
-    let (_, new_epoch) = c.wait_leader(Duration::from_secs(30), Some(old)).await?;
-    assert!(new_epoch > epoch);
-    let trs = check_fan_out(&c, &ledger, &run, n).await?;
+    let crash = crash_before_commit("work", 8, "crash_pack", 40, 0).await?;
+    let (c, trs, run, crashed) = (&crash.cluster, &crash.task_runs, &crash.run, &crash.crashed);
     // The attempt whose result arrived when the leader died: `RUN/work[INDEX]#ATTEMPT`.
-    let crashed = std::fs::read_to_string(&marker)?;
     let (index, attempt) = crashed
         .split_once('[')
         .and_then(|(_, rest)| rest.split_once("]#"))
@@ -513,7 +519,7 @@ async fn leader_killed_between_packing_and_commit_loses_and_doubles_nothing() ->
         map_index: index.parse()?,
         attempt: attempt.trim().parse()?,
     };
-    let uploaded = attempt_location(&c, &key)?
+    let uploaded = attempt_location(c, &key)?
         .ok_or_else(|| anyhow::anyhow!("the uploaded result of {crashed} is in no pack"))?;
     assert!(uploaded.contains(".pack#"), "{uploaded} is not packed");
     let t = trs
@@ -530,7 +536,6 @@ async fn leader_killed_between_packing_and_commit_loses_and_doubles_nothing() ->
             .count();
         assert_eq!(referenced, 0, "the stray record {uploaded} is referenced");
     }
-    poller.abort();
     Ok(())
 }
 

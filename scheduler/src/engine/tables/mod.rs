@@ -140,16 +140,9 @@ impl Rows {
             let next = rec.batch_seqs.entry(run.clone()).or_default();
             *next = (*next).max(seq + 1);
             for (task, index, record) in rows {
-                let latest = self.batched.entry((run.clone(), task, index));
-                match latest {
-                    std::collections::hash_map::Entry::Occupied(mut o) => {
-                        if o.get().0 <= seq {
-                            o.insert((seq, record));
-                        }
-                    }
-                    std::collections::hash_map::Entry::Vacant(v) => {
-                        v.insert((seq, record));
-                    }
+                let key = (run.clone(), task, index);
+                if self.batched.get(&key).is_none_or(|(s, _)| *s <= seq) {
+                    self.batched.insert(key, (seq, record));
                 }
             }
         } else if let Some(r) = row::<results::Results>(key, value) {
