@@ -2,6 +2,7 @@
 //! concurrency limits, results and workers.
 
 mod flow;
+mod gc;
 mod limit;
 mod logs;
 mod run;
@@ -176,6 +177,9 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// Delete the result store's packs of small results that nothing references any more
+    /// (left by a crash between upload and commit, or holding only ignored late results).
+    Gc(gc::GcArgs),
     /// Read results.
     Result {
         #[command(subcommand)]
@@ -381,6 +385,7 @@ async fn execute(cli: Cli) -> anyhow::Result<i32> {
         }
         Cmd::Schedule { cmd } => schedule::execute(&target.connect().await?, cmd).await,
         Cmd::Limit { cmd } => limit::execute(&target.connect().await?, cmd).await,
+        Cmd::Gc(args) => gc::execute(&target.connect().await?, args).await,
         Cmd::Show { run, json } => show::execute(&target.connect().await?, &run, json).await,
         Cmd::Logs(args) => logs::execute(&target.connect().await?, args).await,
         Cmd::Cancel { run } => {

@@ -345,6 +345,25 @@ impl Client {
             .limits)
     }
 
+    /// Deletes the result store's packs that nothing references and that were last
+    /// written at least `older_than_seconds` ago (0: the scheduler's default); with
+    /// `dry_run`, only reports them. Retrying is safe: a pass deletes only what no one
+    /// references.
+    pub async fn collect_garbage(
+        &self,
+        older_than_seconds: u64,
+        dry_run: bool,
+    ) -> Result<pb::CollectGarbageResponse, ClientError> {
+        let req = pb::CollectGarbageRequest {
+            older_than_seconds,
+            dry_run,
+        };
+        self.call(Retry::Always, |mut c| async move {
+            c.collect_garbage(req).await
+        })
+        .await
+    }
+
     /// Starts a run of a flow definition given as text; parameters are JSON texts. Give an
     /// idempotency key (the CLI always does) so that the call can be retried safely.
     pub async fn run_source(

@@ -328,6 +328,13 @@ impl FlowService for Replica {
             .collect();
         Ok(Response::new(pb::ListConcurrencyLimitsResponse { limits }))
     }
+
+    async fn collect_garbage(
+        &self,
+        _r: Request<pb::CollectGarbageRequest>,
+    ) -> Result<Response<pb::CollectGarbageResponse>, Status> {
+        Err(Status::unimplemented("not scripted"))
+    }
 }
 
 /// Starts a replica of `world`; returns its address.

@@ -183,6 +183,20 @@ impl ResultStore for Measured {
         self.m.done("delete", start, &r);
         r
     }
+
+    async fn list(&self, prefix: &str) -> Result<Vec<crate::result_store::Listed>> {
+        let start = Instant::now();
+        let r = self.inner.list(prefix).await;
+        self.m.done("list", start, &r);
+        r
+    }
+
+    async fn closed_packs(&self) -> Result<Vec<crate::result_store::Listed>> {
+        let start = Instant::now();
+        let r = self.inner.closed_packs().await;
+        self.m.done("list", start, &r);
+        r
+    }
 }
 
 #[cfg(test)]

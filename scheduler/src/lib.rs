@@ -9,6 +9,7 @@ pub mod auth;
 pub mod config;
 pub mod engine;
 pub mod error;
+pub mod gc;
 pub mod leadership;
 mod load;
 pub mod logs;

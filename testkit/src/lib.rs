@@ -3,6 +3,7 @@
 //! waits for conditions with [`eventually`]. For cluster fault tests: a real etcd cluster
 //! ([`etcd::EtcdCluster`]) and a TCP proxy that cuts traffic like a partition ([`proxy::Proxy`]).
 
+pub mod age;
 pub mod certs;
 pub mod compose;
 pub mod etcd;

@@ -1,8 +1,10 @@
 //! The local-folder result store: small results are appended to segment files (one file
 //! per writing process, see [`super::segment`]); other objects are files of their own.
 
+mod list;
+
 use super::segment::{parse_packed, read_packed, SegmentWriter, PACK_LIMIT};
-use super::{checksum, ResultRef, ResultStore};
+use super::{checksum, Listed, ResultRef, ResultStore};
 use crate::{Error, Result};
 use async_trait::async_trait;
 use std::path::{Component, Path, PathBuf};
@@ -215,6 +217,14 @@ impl ResultStore for LocalStore {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
             Err(e) => Err(Self::io(&path)(e)),
         }
+    }
+
+    async fn list(&self, prefix: &str) -> Result<Vec<Listed>> {
+        self.list_files(prefix).await
+    }
+
+    async fn closed_packs(&self) -> Result<Vec<Listed>> {
+        self.closed_segments().await
     }
 }
 

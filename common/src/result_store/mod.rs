@@ -16,6 +16,7 @@ use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use std::sync::Arc;
+use std::time::SystemTime;
 
 /// Where a result lies, with what is needed to check it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -46,6 +47,18 @@ impl From<baton_proto::ResultRef> for ResultRef {
             content_type: r.content_type,
         }
     }
+}
+
+/// An object as a store's listing names it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Listed {
+    /// Its location, as `put` answers it (without a byte range).
+    pub uri: String,
+    pub size: u64,
+    /// When it was last written to.
+    pub modified: SystemTime,
+    /// When its first byte was written, where the store knows (no byte in it is older).
+    pub created: Option<SystemTime>,
 }
 
 /// `sha256:<hex>` of some bytes.
@@ -79,6 +92,23 @@ pub trait ResultStore: Send + Sync + 'static {
     async fn exists(&self, uri: &str) -> Result<bool>;
     /// Deletes the object at `uri`; deleting a missing object is not an error.
     async fn delete(&self, uri: &str) -> Result<()>;
+    /// The objects whose keys start with `prefix` (a key prefix in this store, e.g.
+    /// `archive/runs/`), at most [`MAX_LISTED`] of them.
+    async fn list(&self, prefix: &str) -> Result<Vec<Listed>>;
+    /// The packs of small results that no writer adds to any more: in S3 every pack (each
+    /// is written whole, once), in a local folder the segments whose writer has closed
+    /// them or has gone. These are what garbage collection may reclaim.
+    async fn closed_packs(&self) -> Result<Vec<Listed>>;
+}
+
+/// Most objects one [`ResultStore::list`] returns: a larger listing is refused rather than
+/// held in memory.
+pub const MAX_LISTED: usize = 1_000_000;
+
+/// The location of the whole object holding `uri`: a pack or segment for a packed result
+/// (`…#OFFSET+LEN`), else `uri` itself.
+pub fn object_of(uri: &str) -> &str {
+    uri.split_once('#').map_or(uri, |(object, _)| object)
 }
 
 /// Opens the store named by a URI: `s3://bucket/prefix` (configured from the environment,

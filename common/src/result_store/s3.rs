@@ -33,6 +33,7 @@
 //! failures are [`Error::Io`] naming `s3://bucket/key`.
 
 mod failure;
+mod list;
 mod live;
 mod options;
 mod pack;
@@ -40,7 +41,7 @@ mod pack;
 pub use options::{S3Options, StaticCredentials};
 
 use super::segment::PACK_LIMIT;
-use super::{checksum, ResultRef, ResultStore};
+use super::{checksum, Listed, ResultRef, ResultStore};
 use crate::{Error, Result};
 use async_trait::async_trait;
 use aws_sdk_s3::error::DisplayErrorContext;
@@ -515,6 +516,21 @@ impl ResultStore for S3Store {
             // Its pack holds other objects: it goes when the pack is reclaimed.
             return Ok(());
         }
+        self.delete_object(bucket, key, uri).await
+    }
+
+    async fn list(&self, prefix: &str) -> Result<Vec<Listed>> {
+        self.list_objects(prefix).await
+    }
+
+    async fn closed_packs(&self) -> Result<Vec<Listed>> {
+        self.list_objects(pack::FOLDER).await
+    }
+}
+
+impl S3Store {
+    /// Deletes one whole object; a missing one is not an error.
+    async fn delete_object(&self, bucket: &str, key: &str, uri: &str) -> Result<()> {
         retrying(self.retry_for, uri, move |_| async move {
             match self
                 .client

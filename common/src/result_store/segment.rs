@@ -54,6 +54,9 @@ impl SegmentWriter {
             .create_new(true)
             .append(true)
             .open(&path)?;
+        // Held until the segment is closed (or the process ends): garbage collection
+        // reclaims only segments no writer holds (see `LocalStore::closed_packs`).
+        file.lock_shared()?;
         Ok(Open { file, path, len: 0 })
     }
 

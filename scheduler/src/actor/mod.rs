@@ -98,6 +98,8 @@ pub enum Command {
     /// Answers once the run's archive is in the result store (`true`), or at once
     /// (`false`) when it is not being written.
     AwaitArchive(String, Reply<bool>),
+    /// What live state references in the result store (for garbage collection).
+    Referenced(Reply<crate::engine::Referenced>),
 }
 
 /// A handle to send commands to the actor.
@@ -438,6 +440,9 @@ impl Actor {
             Command::Archived(run, size) => self.archived(&run, size),
             Command::ArchiveAbandoned(run) => self.archive_abandoned(&run),
             Command::AwaitArchive(run, reply) => self.await_archive(run, reply),
+            Command::Referenced(reply) => self
+                .after_commit
+                .push(Box::new(move |e| answer(reply, Ok(e.referenced())))),
         }
     }
 

@@ -80,6 +80,7 @@ const ADMIN_METHODS: &[&str] = &[
     "SetConcurrencyLimit",
     "DeleteConcurrencyLimit",
     "CancelRun",
+    "CollectGarbage",
 ];
 
 /// Who may call a method, by its gRPC path (`/SERVICE/METHOD`).

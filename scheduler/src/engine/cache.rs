@@ -62,6 +62,11 @@ impl Cache {
         }
     }
 
+    /// The results the entries point at.
+    pub fn results(&self) -> impl Iterator<Item = &ResultRef> {
+        self.entries.values().map(|(entry, _)| &entry.result)
+    }
+
     /// Records a result (replacing an older entry at `key`).
     pub fn insert(&mut self, key: String, entry: CacheEntry, value: Arc<Value>) {
         self.entries.insert(key, (entry, Some(value)));

@@ -96,6 +96,11 @@ impl From<ResultRef> for HeldResult {
 }
 
 impl HeldResult {
+    /// Where the result lies.
+    pub fn uri(&self) -> &str {
+        &self.uri
+    }
+
     /// The result reference, as it was given.
     pub fn to_ref(&self) -> ResultRef {
         ResultRef {

@@ -15,6 +15,7 @@ mod limits;
 mod model;
 pub mod query;
 mod recover;
+mod referenced;
 mod registry;
 mod schedule;
 mod schedules;
@@ -33,6 +34,7 @@ pub use model::{
     INLINE_VALUE_LIMIT,
 };
 pub use recover::Recovered;
+pub use referenced::Referenced;
 pub use registry::Gpu;
 pub use schedules::ScheduleRecord;
 pub use stats::StepStats;
@@ -211,6 +213,8 @@ pub struct Engine {
     leaving: Vec<RunKey>,
     /// Sealed runs (out of memory) whose archives are being written.
     tombstones: HashMap<String, seal::Tombstone>,
+    /// Sealed runs whose archives could not be written (left to the next leader).
+    abandoned_archives: usize,
     /// What this step did, for metrics.
     stats: StepStats,
     /// Task runs workers ran ahead, reported this step (see [`ahead`]).
@@ -245,6 +249,7 @@ impl Engine {
             encode_errors: Vec::new(),
             leaving: Vec::new(),
             tombstones: HashMap::new(),
+            abandoned_archives: 0,
             stats: StepStats::default(),
             ahead: ahead::Ahead::default(),
         }

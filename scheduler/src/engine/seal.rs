@@ -162,6 +162,7 @@ impl Engine {
     pub fn abandon_sealed(&mut self, id: &str) -> bool {
         let sealed = self.tombstones.remove(id).is_some();
         if sealed {
+            self.abandoned_archives += 1;
             tracing::error!(run = %id, "a finished run's archive could not be written; it is left to the next leader");
         }
         sealed

@@ -47,6 +47,22 @@ impl FlowApi {
         Ok(Response::new(limit))
     }
 
+    pub(super) async fn collect_garbage_impl(
+        &self,
+        req: pb::CollectGarbageRequest,
+    ) -> Result<Response<pb::CollectGarbageResponse>, Status> {
+        let options = crate::gc::Options::from_request(&req)?;
+        // One pass at a time: a second would list and read the same objects again.
+        let Ok(_pass) = self.gc_pass.try_lock() else {
+            return Err(Status::aborted(
+                "a garbage collection pass is running; try again once it is done",
+            ));
+        };
+        let leader = self.roles().leader()?;
+        let report = crate::gc::collect(&*self.results, &leader, options).await?;
+        Ok(Response::new(report))
+    }
+
     pub(super) async fn delete_limit_impl(
         &self,
         req: pb::DeleteConcurrencyLimitRequest,

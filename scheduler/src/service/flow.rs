@@ -20,10 +20,12 @@ use tonic::{Request, Response, Status};
 /// The client-facing service.
 pub struct FlowApi {
     roles: Arc<Roles>,
-    results: Arc<dyn ResultStore>,
+    pub(super) results: Arc<dyn ResultStore>,
     /// Archives read lately, newest last (finished runs never change): a run page asks
     /// for several pages of one archived run, and each would read and decode all of it.
     archives: Arc<Mutex<Archives>>,
+    /// Held while a garbage collection pass runs.
+    pub(super) gc_pass: tokio::sync::Mutex<()>,
 }
 
 /// Decoded archives by run id with their encoded sizes, oldest first.
@@ -38,6 +40,7 @@ impl FlowApi {
             roles,
             results,
             archives: Arc::default(),
+            gc_pass: tokio::sync::Mutex::new(()),
         }
     }
 
@@ -237,6 +240,13 @@ impl FlowService for FlowApi {
         _req: Request<pb::ListConcurrencyLimitsRequest>,
     ) -> Result<Response<pb::ListConcurrencyLimitsResponse>, Status> {
         self.list_limits_impl().await
+    }
+
+    async fn collect_garbage(
+        &self,
+        req: Request<pb::CollectGarbageRequest>,
+    ) -> Result<Response<pb::CollectGarbageResponse>, Status> {
+        self.collect_garbage_impl(req.into_inner()).await
     }
 
     async fn register_flow(

@@ -150,6 +150,7 @@ enum Call {
     SetSchedule(pb::SetScheduleRequest),
     SetLimit(pb::SetConcurrencyLimitRequest),
     DeleteLimit(pb::DeleteConcurrencyLimitRequest),
+    CollectGarbage(pb::CollectGarbageRequest),
 }
 
 fn call(run: String) -> impl Strategy<Value = Call> {
@@ -243,6 +244,12 @@ fn call(run: String) -> impl Strategy<Value = Call> {
         (t(), any::<u32>())
             .prop_map(|(tag, limit)| Call::SetLimit(pb::SetConcurrencyLimitRequest { tag, limit })),
         t().prop_map(|tag| Call::DeleteLimit(pb::DeleteConcurrencyLimitRequest { tag })),
+        (any::<u64>(), any::<bool>()).prop_map(|(older_than_seconds, dry_run)| {
+            Call::CollectGarbage(pb::CollectGarbageRequest {
+                older_than_seconds,
+                dry_run,
+            })
+        }),
     ]
 }
 
@@ -272,6 +279,7 @@ async fn send(c: &mut FlowServiceClient<Channel>, call: Call) -> Result<(), toni
         Call::SetSchedule(r) => c.set_schedule(r).await.map(drop),
         Call::SetLimit(r) => c.set_concurrency_limit(r).await.map(drop),
         Call::DeleteLimit(r) => c.delete_concurrency_limit(r).await.map(drop),
+        Call::CollectGarbage(r) => c.collect_garbage(r).await.map(drop),
     }
 }
 
@@ -375,6 +383,7 @@ const METHODS: &[&str] = &[
     "SetConcurrencyLimit",
     "DeleteConcurrencyLimit",
     "ListConcurrencyLimits",
+    "CollectGarbage",
 ];
 
 #[test]

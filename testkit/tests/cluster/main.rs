@@ -9,5 +9,6 @@ mod support;
 mod chaos;
 mod etcd;
 mod failover;
+mod gc;
 mod partitions;
 mod workers;

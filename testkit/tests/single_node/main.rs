@@ -19,6 +19,7 @@ mod durability;
 mod faults;
 mod flow_of_flows;
 mod flows;
+mod gc;
 mod gpus;
 mod grpc_meta;
 mod latency;

@@ -25,6 +25,8 @@ pub const MAX_OBJECTS: usize = 4096;
 /// A pack is closed once it holds this many bytes (so that with its last record it stays
 /// under the size that goes up in parts).
 pub const MAX_PACK_BYTES: usize = 4 << 20;
+/// The folder of packs, under the store's prefix.
+pub const FOLDER: &str = "packs/";
 /// Puts waiting for a pack, at most (more wait to be queued).
 const QUEUE: usize = 65_536;
 
@@ -99,7 +101,7 @@ fn record_len(w: &Waiting) -> usize {
 
 /// Writes one pack and answers each of its puts.
 async fn upload(store: &S3Store, pack: Vec<Waiting>) {
-    let name = format!("packs/{}.pack", uuid::Uuid::new_v4().simple());
+    let name = format!("{FOLDER}{}.pack", uuid::Uuid::new_v4().simple());
     let key = match store.full_key(&name) {
         Ok(k) => k,
         Err(e) => return fail(pack, &e.to_string()),

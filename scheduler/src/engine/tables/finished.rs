@@ -31,7 +31,10 @@ pub fn put(key: String, summary: &baton_proto::FlowRun) -> Op {
     }
 }
 
+/// Where runs' archives lie in the result store.
+pub const ARCHIVES: &str = "archive/runs/";
+
 /// The result-store key of a finished run's archive (an encoded `RunArchive`).
 pub fn archive(run: &str) -> String {
-    format!("archive/runs/{run}.pb")
+    format!("{ARCHIVES}{run}.pb")
 }
