@@ -13,28 +13,43 @@ impl Actor {
     /// Writes a finished run's archive to the result store, then has the engine drop the
     /// run from the live state. The run is sealed (out of memory at once) unless a worker
     /// still holds one of its attempts; then it stays in memory until the worker gives it
-    /// back, and its archive is encoded from memory. The write starts once the step that
-    /// finished the run is durable.
+    /// back, and its archive is encoded from memory. Called once the step that finished
+    /// the run is durable.
     pub(super) fn archive(&mut self, run: &baton_common::ids::RunId, out: &mut Vec<Deferred>) {
-        let (bytes, sealed) = match self.engine.seal_with(&run.0, TRIM_EVERY_TASK_RUNS, trim) {
-            Some(bytes) => (bytes, true),
-            None => match self.engine.archive_bytes(&run.0) {
-                Ok(bytes) => (bytes, false),
-                Err(_) => return,
-            },
-        };
-        let size = bytes.len();
-        if sealed && size >= TRIM_AFTER_BYTES {
-            // The run's task runs were just freed.
-            trim();
-        }
         let store = self.results.clone();
         let tx = self.self_tx.clone();
         let id = run.0.clone();
+        if let Some(sealed) = self.engine.seal_out(&run.0) {
+            // Encoded off the actor's thread: a run of 100,000 task runs takes ~0.1 s.
+            out.push(Box::new(move |a: &mut Actor| {
+                a.tasks.spawn(async move {
+                    match tokio::task::spawn_blocking(move || encode(sealed)).await {
+                        Ok(bytes) => write(store, tx, id, bytes).await,
+                        Err(e) => {
+                            tracing::error!(run = %id, error = %e, "cannot encode a finished run's archive");
+                            let _ = tx.send(Command::ArchiveAbandoned(id)).await;
+                        }
+                    }
+                });
+            }));
+            return;
+        }
+        let Ok(bytes) = self.engine.archive_bytes(&run.0) else {
+            return;
+        };
         out.push(Box::new(move |a: &mut Actor| {
-            a.tasks.spawn(write(store, tx, id, bytes, size));
+            a.tasks.spawn(write(store, tx, id, bytes));
         }));
     }
+}
+
+/// A sealed run's archive; the memory its task runs held goes back to the system.
+fn encode(sealed: crate::engine::Sealed) -> Vec<u8> {
+    let bytes = sealed.encode(TRIM_EVERY_TASK_RUNS, trim);
+    if bytes.len() >= TRIM_AFTER_BYTES {
+        trim();
+    }
+    bytes
 }
 
 /// Writes an archive, then tells the actor how that went.
@@ -43,8 +58,8 @@ async fn write(
     tx: tokio::sync::mpsc::Sender<Command>,
     id: String,
     bytes: Vec<u8>,
-    size: usize,
 ) {
+    let size = bytes.len();
     let key = crate::engine::tables::finished::archive(&id);
     // Shared with the store's retries, never copied.
     let bytes = bytes::Bytes::from(bytes);

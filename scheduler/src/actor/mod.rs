@@ -567,8 +567,16 @@ impl Actor {
         for (id, tasks, tx, reply) in std::mem::take(&mut self.new_watches) {
             self.watch(id, tasks, tx, reply, &mut out);
         }
+        // Sealed once the step is durable and its watchers are told: encoding a large
+        // run's archive takes a while, and the run's end must not wait for it.
         for run in fx.finished_runs {
-            self.archive(&run, &mut out);
+            out.push(Box::new(move |a: &mut Actor| {
+                let mut write = Vec::new();
+                a.archive(&run, &mut write);
+                for f in write {
+                    f(a);
+                }
+            }));
         }
         if !self.committing.is_empty() {
             let spans = std::mem::take(&mut self.committing);

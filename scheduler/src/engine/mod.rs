@@ -37,6 +37,7 @@ pub use recover::Recovered;
 pub use referenced::Referenced;
 pub use registry::Gpu;
 pub use schedules::ScheduleRecord;
+pub use seal::Sealed;
 pub use stats::StepStats;
 pub use table::RunKey;
 

@@ -20,6 +20,46 @@ pub(super) struct Tombstone {
     batches: u64,
 }
 
+/// A finished run out of memory, to be encoded as its archive.
+pub struct Sealed {
+    run: Run,
+    summary: pb::FlowRun,
+    children: HashMap<(u32, u32), Arc<str>>,
+}
+
+impl Sealed {
+    /// The archive (an encoded `RunArchive`), consuming the run one task run at a time (so
+    /// that a run of a million task runs is never held twice), calling `freed` after every
+    /// `every` task runs.
+    pub fn encode(self, every: usize, mut freed: impl FnMut()) -> Vec<u8> {
+        let Sealed {
+            mut run,
+            summary,
+            children,
+        } = self;
+        let id = run.id.0.clone();
+        let mut buf = Vec::new();
+        prost::encoding::message::encode(1, &summary, &mut buf);
+        for (i, node) in std::mem::take(&mut run.nodes).into_iter().enumerate() {
+            let task = &run.flow.task(i).name;
+            if node.runs.is_empty() {
+                prost::encoding::message::encode(2, &pending_row(&id, task, &node), &mut buf);
+                continue;
+            }
+            // Each task run's heap is freed as soon as its row is written.
+            for (j, tr) in node.runs.into_iter().enumerate() {
+                let child = children.get(&(i as u32, j as u32)).map(|c| &**c);
+                let r = row(&id, task, node.mapped, j, &tr, true, child);
+                prost::encoding::message::encode(2, &r, &mut buf);
+                if (j + 1) % every == 0 {
+                    freed();
+                }
+            }
+        }
+        buf
+    }
+}
+
 /// A task of a run, whether it is mapped, and how many task runs it has.
 pub(super) type TaskCount = (String, bool, usize);
 
@@ -45,46 +85,32 @@ impl Engine {
     /// [`Engine::seal`], calling `freed` after every `every` task runs consumed (the host
     /// gives the freed memory back to the system there, so that the archive's growth is
     /// not on top of all the task runs' memory).
-    pub fn seal_with(
-        &mut self,
-        id: &str,
-        every: usize,
-        mut freed: impl FnMut(),
-    ) -> Option<Vec<u8>> {
+    pub fn seal_with(&mut self, id: &str, every: usize, freed: impl FnMut()) -> Option<Vec<u8>> {
+        Some(self.seal_out(id)?.encode(every, freed))
+    }
+
+    /// Takes a finished run out of memory, leaving its tombstone, for the host to encode
+    /// ([`Sealed::encode`], off the engine's thread: a large run takes a while) and write;
+    /// `None` as for [`Engine::seal`].
+    pub fn seal_out(&mut self, id: &str) -> Option<Sealed> {
         let key = self.runs.key_of(id)?;
         if !self.runs[key].state.is_terminal() || self.holds_attempts_of(key) {
             return None;
         }
-        let (mut run, summary, children) = self.take_out(key)?;
-        let tasks = task_counts(&run);
-        let batches = run.batch_seq;
-        let mut buf = Vec::new();
-        prost::encoding::message::encode(1, &summary, &mut buf);
-        for (i, node) in std::mem::take(&mut run.nodes).into_iter().enumerate() {
-            let task = &run.flow.task(i).name;
-            if node.runs.is_empty() {
-                prost::encoding::message::encode(2, &pending_row(id, task, &node), &mut buf);
-                continue;
-            }
-            // Each task run's heap is freed as soon as its row is written.
-            for (j, tr) in node.runs.into_iter().enumerate() {
-                let child = children.get(&(i as u32, j as u32)).map(|c| &**c);
-                let r = row(id, task, node.mapped, j, &tr, true, child);
-                prost::encoding::message::encode(2, &r, &mut buf);
-                if (j + 1) % every == 0 {
-                    freed();
-                }
-            }
-        }
+        let (run, summary, children) = self.take_out(key)?;
         self.tombstones.insert(
             id.to_string(),
             Tombstone {
-                summary,
-                tasks,
-                batches,
+                summary: summary.clone(),
+                tasks: task_counts(&run),
+                batches: run.batch_seq,
             },
         );
-        Some(buf)
+        Some(Sealed {
+            run,
+            summary,
+            children,
+        })
     }
 
     /// Whether a run's archive is being written after [`Engine::seal`].

@@ -1,15 +1,22 @@
 //! Pipelined commits on etcd ([`crate::store::StateStore::submit`]): the leader's steps are
-//! queued to one committer task, which writes them in order. While one write is in flight,
-//! the steps submitted meanwhile wait; then they go together as one batch, a key written by
-//! several of them written once with its last value. So the engine never waits for etcd
-//! between steps, and etcd gets few large batches (split into parallel transactions)
-//! rather than many small ones. A failed write fails it and every step queued after it.
+//! queued to one committer task, which writes them in order. The steps submitted while a
+//! write is in flight go together as one batch, a key written by several of them written
+//! once with its last value. Up to [`IN_FLIGHT`] batches are written at once when they
+//! touch distinct keys (a batch that writes a key of one in flight waits for it), so that
+//! a step's commit does not wait for the whole write before it; outcomes are answered in
+//! order. So the engine never waits for etcd between steps, and etcd gets few large
+//! batches (split into parallel transactions) rather than many small ones. A failed write
+//! fails it and every step queued after it, written or not: a later step written without
+//! an earlier one is what a leader that dies during a write leaves anyway (a batch's
+//! transactions land in any order), and the next leader recovers from it.
 
 use super::election::Won;
 use super::lease::Lease;
 use super::{commit_ops, Shared};
 use crate::store::{Epoch, Op, StoreError};
-use std::collections::HashMap;
+use futures::stream::{FuturesOrdered, StreamExt};
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::hash::{BuildHasher, RandomState};
 use std::sync::Arc;
 use tokio::sync::{mpsc, oneshot};
 
@@ -24,6 +31,12 @@ pub type Done = oneshot::Sender<Result<(), StoreError>>;
 
 /// Most operations written in one batch (more wait for the next).
 const MAX_BATCH_OPS: usize = 200_000;
+/// Batches written at once, at most.
+pub const IN_FLIGHT: usize = 2;
+
+/// The keys a batch writes, as hashes (two keys with one hash only make two batches wait
+/// for each other); `None` for a batch with a prefix delete, which waits for every other.
+type Touched = Option<HashSet<u64>>;
 
 /// Writes what is queued, in order, until leadership is lost or every sender has gone.
 pub async fn run(
@@ -33,41 +46,98 @@ pub async fn run(
     epoch: Epoch,
     mut rx: mpsc::UnboundedReceiver<Queued>,
 ) {
+    let hasher = RandomState::new();
     let mut failed: Option<StoreError> = None;
+    // Merged batches not yet started, and those being written (oldest first).
+    let mut waiting: VecDeque<(Vec<Op>, Vec<Done>)> = VecDeque::new();
+    let mut writing: VecDeque<(Touched, Vec<Done>)> = VecDeque::new();
+    let mut commits = FuturesOrdered::new();
+    let mut open = true;
     loop {
-        let Some(first) = rx.recv().await else {
-            return;
-        };
-        if let Some(e) = &failed {
-            let _ = first.done.send(Err(again(e)));
-            continue;
-        }
-        let mut steps = vec![first];
-        let mut ops = steps[0].ops.len();
-        while ops < MAX_BATCH_OPS {
-            match rx.try_recv() {
-                Ok(q) => {
-                    ops += q.ops.len();
-                    steps.push(q);
-                }
-                Err(_) => break,
-            }
-        }
-        for (batch, dones) in merge(steps) {
-            let result = match &failed {
-                Some(e) => Err(again(e)),
-                None => commit_ops(&shared, &won, &lease, epoch, batch).await,
+        while writing.len() < IN_FLIGHT {
+            let Some((ops, _)) = waiting.front() else {
+                break;
             };
-            if let Err(e) = &result {
-                failed.get_or_insert_with(|| again(e));
+            let touched = touched(&hasher, ops);
+            if !writing.iter().all(|(t, _)| apart(t, &touched)) {
+                break;
             }
-            for done in dones {
-                let _ = done.send(match &result {
-                    Ok(()) => Ok(()),
-                    Err(e) => Err(again(e)),
-                });
+            let Some((ops, dones)) = waiting.pop_front() else {
+                break;
+            };
+            let (shared, won, lease) = (&shared, &won, &lease);
+            let earlier = failed.as_ref().map(again);
+            commits.push_back(async move {
+                match earlier {
+                    Some(e) => Err(e),
+                    None => commit_ops(shared, won, lease, epoch, ops).await,
+                }
+            });
+            writing.push_back((touched, dones));
+        }
+        if !open && writing.is_empty() && waiting.is_empty() {
+            return;
+        }
+        tokio::select! {
+            Some(result) = commits.next(), if !writing.is_empty() => {
+                let Some((_, dones)) = writing.pop_front() else {
+                    continue;
+                };
+                let result = match (&failed, result) {
+                    (Some(e), _) => Err(again(e)),
+                    (None, r) => r,
+                };
+                if let Err(e) = &result {
+                    failed.get_or_insert_with(|| again(e));
+                }
+                for done in dones {
+                    let _ = done.send(match &result {
+                        Ok(()) => Ok(()),
+                        Err(e) => Err(again(e)),
+                    });
+                }
+            }
+            got = rx.recv(), if open && waiting.is_empty() => {
+                let Some(first) = got else {
+                    open = false;
+                    continue;
+                };
+                if let Some(e) = &failed {
+                    let _ = first.done.send(Err(again(e)));
+                    continue;
+                }
+                let mut steps = vec![first];
+                let mut ops = steps[0].ops.len();
+                while ops < MAX_BATCH_OPS {
+                    match rx.try_recv() {
+                        Ok(q) => {
+                            ops += q.ops.len();
+                            steps.push(q);
+                        }
+                        Err(_) => break,
+                    }
+                }
+                waiting.extend(merge(steps));
             }
         }
+    }
+}
+
+/// See [`Touched`].
+fn touched(hasher: &RandomState, ops: &[Op]) -> Touched {
+    ops.iter()
+        .map(|op| match op {
+            Op::DeletePrefix { .. } => None,
+            op => Some(hasher.hash_one(op.key())),
+        })
+        .collect()
+}
+
+/// Whether two batches may be written at once.
+fn apart(a: &Touched, b: &Touched) -> bool {
+    match (a, b) {
+        (Some(a), Some(b)) => a.is_disjoint(b),
+        _ => false,
     }
 }
 
@@ -263,6 +333,20 @@ mod tests {
                 4
             )]
         );
+    }
+
+    #[test]
+    fn only_batches_of_distinct_keys_are_written_at_once() {
+        let h = RandomState::new();
+        let a = touched(&h, &[put("trb/r/01", "x"), put("tr/r/t", "y")]);
+        let b = touched(&h, &[put("trb/r/02", "x"), create("res/r/u", "p")]);
+        let c = touched(&h, &[put("tr/r/t", "z")]);
+        let d = touched(&h, &[put("trb/q/01", "x"), prefix("tr/q/")]);
+        assert!(apart(&a, &b) && apart(&b, &a));
+        assert!(!apart(&a, &c), "both write tr/r/t");
+        assert!(apart(&b, &c));
+        assert!(d.is_none(), "a prefix delete waits for every other batch");
+        assert!(!apart(&b, &d) && !apart(&d, &b));
     }
 
     #[test]

@@ -294,7 +294,7 @@ impl Bench<'_> {
         msg
     }
 
-    async fn fanout(&self, n: u64) -> Result<Duration> {
+    async fn fanout(&self, n: u64) -> Result<Finished> {
         let params = BTreeMap::from([("n".to_string(), n.to_string())]);
         let done = self.run(FANOUT_FLOW, params).await?;
         // `items` and one `work` task run per item, all done. (The run's counters, not
@@ -310,7 +310,7 @@ impl Bench<'_> {
                 n + 1
             );
         }
-        Ok(done.wall)
+        Ok(done)
     }
 
     /// The chain's wall time and, from the scheduler's microsecond timings, each task's
@@ -446,7 +446,7 @@ async fn memory(b: &Bench<'_>, nodes: &Nodes, pid: u32, quick: bool) -> Result<V
     };
     let mut samples = Vec::with_capacity(rounds);
     for r in 1..=rounds {
-        let d = b.fanout(n).await?;
+        let d = b.fanout(n).await?.wall;
         let now = settled(20).await?;
         progress(format!(
             "memory: fan-out {n} #{r}: {:.3} s, scheduler at {now:.1} MiB",
@@ -499,7 +499,7 @@ async fn memory(b: &Bench<'_>, nodes: &Nodes, pid: u32, quick: bool) -> Result<V
         "MiB",
         1,
     );
-    let d = b.fanout(big).await?;
+    let d = b.fanout(big).await?.wall;
     // A million task runs take seconds to archive before they leave memory.
     let now = settled(100).await?;
     let (hwm, _) = rss()?;
@@ -606,10 +606,14 @@ async fn bench(args: &Args) -> Result<Report> {
             3,
         );
         for r in 1..=repeat {
-            let d = b.fanout(n).await?.as_secs_f64();
+            let done = b.fanout(n).await?;
+            let d = done.wall.as_secs_f64();
             progress(format!(
-                "fan-out {n} #{r}: {d:.3} s, {:.0} tasks/s",
-                n as f64 / d
+                "fan-out {n} #{r}: {d:.3} s, {:.0} tasks/s (CreateRun called -> created {:.1} ms, created -> ended {:.3} s, ended -> client saw it {:.1} ms)",
+                n as f64 / d,
+                (done.run.created_us - done.asked_us) as f64 / 1e3,
+                done.recorded().as_secs_f64(),
+                (done.seen_us - done.run.ended_us) as f64 / 1e3,
             ));
             rate.samples.push(n as f64 / d);
             wall.samples.push(d);
