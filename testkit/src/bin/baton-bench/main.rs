@@ -177,6 +177,9 @@ impl Nodes {
     }
 }
 
+/// Fan-outs up to this size print their timeline (their task runs are listed in one call).
+const TIMELINE_MAX: u64 = 20_000;
+
 struct Bench<'a> {
     alive: &'a (dyn Fn() -> Result<()> + Sync),
     client: Client,
@@ -310,7 +313,47 @@ impl Bench<'_> {
                 n + 1
             );
         }
+        if n <= TIMELINE_MAX {
+            self.timeline(&done).await?;
+        }
         Ok(done)
+    }
+
+    /// Where a fan-out's time went, from its task runs' microsecond timings: `items`, the
+    /// first and last `work` task, and a `work` task's time from assignment to start (the
+    /// commit that made it, then the trip to the worker) and from start to its end as the
+    /// scheduler recorded it (the worker, its result's upload, the report).
+    async fn timeline(&self, done: &Finished) -> Result<()> {
+        let trs = guarded(self.alive, async {
+            Ok(self.client.task_runs(&done.run.id, false).await?)
+        })
+        .await?;
+        let at = |us: i64| (us - done.run.created_us) as f64 / 1e3;
+        let work: Vec<&pb::TaskRun> = trs.iter().filter(|t| t.task == "work").collect();
+        let Some(items) = trs.iter().find(|t| t.task == "items") else {
+            return Ok(());
+        };
+        let first = work.iter().map(|t| t.assigned_us).min().unwrap_or(0);
+        let last = work.iter().map(|t| t.ended_us).max().unwrap_or(0);
+        let to_start: Vec<f64> = work
+            .iter()
+            .map(|t| (t.started_us - t.assigned_us) as f64 / 1e3)
+            .collect();
+        let to_end: Vec<f64> = work
+            .iter()
+            .map(|t| (t.ended_us - t.started_us) as f64 / 1e3)
+            .collect();
+        progress(format!(
+            "  timeline (ms after creation): items assigned {:.1}, ended {:.1}; first work assigned {:.1}; last work ended {:.1}; run ended {:.1}; work assigned -> started p50 {:.2} ms, started -> ended p50 {:.2} ms",
+            at(items.assigned_us),
+            at(items.ended_us),
+            at(first),
+            at(last),
+            at(done.run.ended_us),
+            percentile(&to_start, 50.0).unwrap_or(0.0),
+            percentile(&to_end, 50.0).unwrap_or(0.0),
+        ));
+        Ok(())
     }
 
     /// The chain's wall time and, from the scheduler's microsecond timings, each task's
