@@ -19,7 +19,7 @@ use std::sync::Arc;
 use tokio::sync::{mpsc, oneshot, Semaphore};
 
 /// Packs uploading at once, per store.
-pub const IN_FLIGHT: usize = 4;
+pub const IN_FLIGHT: usize = 8;
 /// Most objects in one pack.
 pub const MAX_OBJECTS: usize = 4096;
 /// A pack is closed once it holds this many bytes (so that with its last record it stays
