@@ -4,16 +4,22 @@
 //! A byte that anything references is never deleted:
 //!
 //! 1. the packs are listed first, and only those older than the grace period (at least
-//!    [`MIN_GRACE`]) are candidates: a result is committed within seconds of its upload
-//!    (workers report it at once, and again to a new leader within its adopt grace) or
-//!    never (an attempt whose worker stays away is retried, and its late result ignored);
+//!    [`MIN_GRACE`]) and [`CLOCK_SLACK`] are candidates: a result is committed within
+//!    seconds of its upload (workers report it at once, and again to a new leader within
+//!    its adopt grace) or never (an attempt whose worker stays away is retried, and its
+//!    late result ignored); so a new leader refuses a pass until its workers' lease and
+//!    adopt grace have passed (a worker that held results while no leader ran has then
+//!    reported them);
 //! 2. then the leader's live state is read (after its current step is committed): every
 //!    live run's results and every cache entry; runs whose archives are being written are
 //!    waited for, and a pass is refused while a finished run's archive could not be
-//!    written (its references are then only in the state store);
-//! 3. then every run archive that may reference a candidate is read: one written after the
-//!    oldest candidate's first byte (less [`CLOCK_SLACK`]); a run referencing a result
-//!    finished after that result was uploaded, so an older archive cannot;
+//!    written, or a record or run could not be recovered (what they reference is then
+//!    only in the state store);
+//! 3. then every run archive that may reference a candidate is read: in S3, one written
+//!    after the oldest candidate was (less [`CLOCK_SLACK`]; a run referencing a result
+//!    finished after that result was uploaded, so an older archive cannot; this assumes
+//!    the bucket's objects kept their times, not copied after the fact); in a local
+//!    folder, every archive;
 //! 4. a candidate that none of these reference is deleted, while this replica still leads.
 //!
 //! A run created during the pass references only results uploaded during it (too new to be
@@ -37,6 +43,8 @@ pub const CLOCK_SLACK: Duration = Duration::from_secs(600);
 const NAMED: usize = 100;
 /// Times the live state is read again while runs' archives are being written.
 const SEALED_TRIES: usize = 100;
+/// Leadership is checked again after this many deletions.
+const RECHECK_EVERY: usize = 100;
 
 /// What a pass is asked to do.
 #[derive(Clone, Copy, Debug)]
@@ -89,9 +97,10 @@ pub async fn collect(
     let now = SystemTime::now();
     let old: Vec<Listed> = packs
         .into_iter()
+        // The store's clock may run behind this one: a pack must look older by the slack too.
         .filter(|p| {
             now.duration_since(p.modified)
-                .is_ok_and(|age| age >= options.grace)
+                .is_ok_and(|age| age >= options.grace + CLOCK_SLACK)
         })
         .collect();
     report.old_packs = old.len() as u64;
@@ -122,9 +131,11 @@ pub async fn collect(
     if options.dry_run || gone.is_empty() {
         return Ok(report);
     }
-    // Still the leader (a deposed one's actor has stopped).
-    leader.ask(Command::ListLimits).await?;
-    for pack in &gone {
+    for (i, pack) in gone.iter().enumerate() {
+        if i % RECHECK_EVERY == 0 {
+            // Still the leader (a deposed one's actor has stopped).
+            leader.ask(Command::ListLimits).await?;
+        }
         store
             .delete(&pack.uri)
             .await
@@ -154,6 +165,18 @@ fn oldest_byte(packs: &[Listed]) -> Option<SystemTime> {
 async fn live_references(leader: &Handle) -> Result<HashSet<String>, Error> {
     for _ in 0..SEALED_TRIES {
         let live = leader.ask(Command::Referenced).await?;
+        if !live.settling.is_zero() {
+            return Err(refused(format!(
+                "this leader was elected moments ago: garbage collection waits {} s more, until every worker has reported the results it held",
+                live.settling.as_secs().max(1)
+            )));
+        }
+        if live.unrecovered > 0 {
+            return Err(refused(format!(
+                "{} records or runs could not be recovered by this leader (see its log), so what they reference is unknown",
+                live.unrecovered
+            )));
+        }
         if live.abandoned > 0 {
             return Err(Error::Engine(crate::engine::EngineError::FailedPrecondition(
                 format!(
@@ -199,6 +222,10 @@ async fn read_archive(
         }
     }
     Ok(())
+}
+
+fn refused(why: String) -> Error {
+    Error::Engine(crate::engine::EngineError::FailedPrecondition(why))
 }
 
 /// A result store failure, logged in full; the caller is told what failed without the

@@ -14,14 +14,17 @@ const READS_IN_FLIGHT: usize = 32;
 /// cannot be read is an error.
 pub(crate) async fn load(state: &dyn StateStore, results: &dyn ResultStore) -> Result<Recovered> {
     let mut rows = tables::Rows::default();
+    let mut skipped = 0;
     for prefix in tables::PREFIXES {
         for (key, value) in state.load(prefix).await? {
             if let Err(e) = rows.add(&key, &value) {
                 tracing::error!(error = %e, "skipping a record");
+                skipped += 1;
             }
         }
     }
     let mut rec = rows.finish();
+    rec.skipped = skipped;
     read_task_run_values(&mut rec, results).await;
     read_cache_values(&mut rec, results).await;
     Ok(rec)

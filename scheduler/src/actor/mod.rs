@@ -161,6 +161,8 @@ struct Actor {
     in_flight: std::collections::VecDeque<InFlight>,
     /// When the metrics' gauges were last refreshed.
     gauges_at: std::time::Instant,
+    /// When this leader's actor started (garbage collection waits for workers to settle).
+    started: std::time::Instant,
     /// Spans of runs and attempts, while traces are exported.
     traces: traces::RunTraces,
     /// Spans of attempts whose results this step commits, and of those commits: closed
@@ -193,6 +195,7 @@ pub fn spawn(
         awaiting: HashMap::new(),
         in_flight: std::collections::VecDeque::new(),
         gauges_at: std::time::Instant::now(),
+        started: std::time::Instant::now(),
         traces: traces::RunTraces::default(),
         committing: Vec::new(),
         stop_on_its_own: false,
@@ -440,9 +443,11 @@ impl Actor {
             Command::Archived(run, size) => self.archived(&run, size),
             Command::ArchiveAbandoned(run) => self.archive_abandoned(&run),
             Command::AwaitArchive(run, reply) => self.await_archive(run, reply),
-            Command::Referenced(reply) => self
-                .after_commit
-                .push(Box::new(move |e| answer(reply, Ok(e.referenced())))),
+            Command::Referenced(reply) => {
+                let led = self.started.elapsed();
+                self.after_commit
+                    .push(Box::new(move |e| answer(reply, Ok(e.referenced(led)))))
+            }
         }
     }
 

@@ -216,6 +216,8 @@ pub struct Engine {
     tombstones: HashMap<String, seal::Tombstone>,
     /// Sealed runs whose archives could not be written (left to the next leader).
     abandoned_archives: usize,
+    /// Records and runs that could not be recovered (what they reference is unknown).
+    unrecovered: usize,
     /// What this step did, for metrics.
     stats: StepStats,
     /// Task runs workers ran ahead, reported this step (see [`ahead`]).
@@ -251,6 +253,7 @@ impl Engine {
             leaving: Vec::new(),
             tombstones: HashMap::new(),
             abandoned_archives: 0,
+            unrecovered: 0,
             stats: StepStats::default(),
             ahead: ahead::Ahead::default(),
         }

@@ -34,6 +34,8 @@ pub struct Recovered {
     pub finished: Vec<(String, baton_proto::FlowRun)>,
     /// The next batch number of each run that has batched task run records.
     pub batch_seqs: HashMap<String, u64>,
+    /// Records that could not be read (logged and skipped).
+    pub skipped: usize,
 }
 
 impl Recovered {
@@ -92,6 +94,7 @@ impl Recovered {
 impl Engine {
     /// Loads recovered state; live runs go on, running attempts await their workers.
     pub fn recover(&mut self, rec: Recovered, now: i64) {
+        self.unrecovered += rec.skipped;
         let mut flows = rec.flows;
         flows.sort_by(|a, b| (&a.1.project, &a.1.name, a.0).cmp(&(&b.1.project, &b.1.name, b.0)));
         for (version, spec) in flows {
@@ -119,6 +122,7 @@ impl Engine {
                 Ok(f) => f,
                 Err(e) => {
                     tracing::error!(run = %r.id, error = %e, "cannot recover run");
+                    self.unrecovered += 1;
                     continue;
                 }
             };

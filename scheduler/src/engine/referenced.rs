@@ -5,6 +5,11 @@
 use super::Engine;
 use baton_common::result_store::object_of;
 use std::collections::HashSet;
+use std::time::Duration;
+
+/// Beyond the worker lease and the adopt grace: how long a new leader waits before it
+/// trusts that every result a worker held has been reported to it.
+const SETTLE_MARGIN: Duration = Duration::from_secs(2);
 
 /// The objects live state references, and the runs whose references live elsewhere.
 #[derive(Debug, Default)]
@@ -17,11 +22,16 @@ pub struct Referenced {
     /// Finished runs whose archives could not be written on this leader: their
     /// references are only in the state store, until the next leader archives them.
     pub abandoned: usize,
+    /// Records or runs this leader could not recover: what they reference is unknown.
+    pub unrecovered: usize,
+    /// How much longer this leader must lead before workers that held results while no
+    /// leader ran have reported them (or had their attempts retried): zero once settled.
+    pub settling: Duration,
 }
 
 impl Engine {
-    /// See [`Referenced`].
-    pub fn referenced(&self) -> Referenced {
+    /// See [`Referenced`]; `led` is how long this leader has led.
+    pub fn referenced(&self, led: Duration) -> Referenced {
         let mut objects = HashSet::new();
         for (_, run) in self.runs.iter() {
             for node in &run.nodes {
@@ -39,6 +49,10 @@ impl Engine {
             objects,
             sealed: self.tombstones.keys().cloned().collect(),
             abandoned: self.abandoned_archives,
+            unrecovered: self.unrecovered,
+            settling: (Duration::from_millis(self.cfg.worker_lease_ms + self.cfg.adopt_grace_ms)
+                + SETTLE_MARGIN)
+                .saturating_sub(led),
         }
     }
 }

@@ -40,6 +40,14 @@ async fn garbage_collection_deletes_only_packs_nothing_references() -> anyhow::R
     assert!(aged >= 3, "{aged} files backdated");
 
     let client = leader_client(&c, Duration::from_secs(10)).await?;
+    // A new leader first waits for its workers to report what they held.
+    baton_testkit::eventually(Duration::from_secs(30), "the leader to settle", || async {
+        match client.collect_garbage(3600, true).await {
+            Err(e) if e.to_string().contains("elected moments ago") => None,
+            other => Some(other),
+        }
+    })
+    .await??;
     let err = client
         .collect_garbage(60, false)
         .await

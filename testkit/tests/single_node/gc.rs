@@ -22,7 +22,17 @@ fn run_total(cluster: &Cluster, flow: &str, xs: &str) -> anyhow::Result<String> 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn gc_deletes_an_unreferenced_closed_segment_and_keeps_the_rest() -> anyhow::Result<()> {
-    let mut cluster = Cluster::start(&[]).await?;
+    // Short worker leases: a new leader refuses a pass until its workers' lease and adopt
+    // grace have passed.
+    let mut cluster = Cluster::start(&[
+        "--worker-lease-ms",
+        "2000",
+        "--heartbeat-ms",
+        "500",
+        "--adopt-grace-ms",
+        "1000",
+    ])
+    .await?;
     let first = cluster.add_worker("gc-w1", "local", 2)?;
     let flow = cluster.dir.path().join("sum.yaml");
     std::fs::write(
@@ -53,6 +63,15 @@ async fn gc_deletes_an_unreferenced_closed_segment_and_keeps_the_rest() -> anyho
     assert!(!done.starts_with(&open), "the two workers share a segment");
     baton_testkit::age::backdate(&segments, Duration::from_secs(7200))?;
 
+    eventually(
+        Duration::from_secs(30),
+        "the scheduler to settle",
+        || async {
+            let (code, _, err) = baton(&cluster, &["gc", "--dry-run"]).ok()?;
+            (code == 0 || !err.contains("elected moments ago")).then_some(())
+        },
+    )
+    .await?;
     let (code, _, err) = baton(&cluster, &["gc", "--older-than", "5m"])?;
     assert_ne!(code, 0);
     assert!(err.contains("at least 600"), "{err}");

@@ -90,7 +90,8 @@ fn walk(root: &Path, start: &Path, prefix: &str) -> std::io::Result<Result<Vec<L
                 uri: format!("file://{}", path.display()),
                 size: meta.len(),
                 modified: meta.modified()?,
-                created: meta.created().ok(),
+                // A file's birth time is not kept by copies (a restore, rsync): unknown.
+                created: None,
             });
             if out.len() > MAX_LISTED {
                 return Ok(Err(Error::InvalidArgument(format!(

@@ -44,8 +44,18 @@ impl S3Store {
                     "more than {MAX_LISTED} objects under {location}"
                 )));
             }
-            match page.next_continuation_token() {
-                Some(next) if page.is_truncated() == Some(true) => token = Some(next.to_string()),
+            // A token means more pages, whatever `IsTruncated` says; a truncated page without
+            // one cannot be followed, and a listing that stops short is not a listing.
+            match (page.next_continuation_token(), page.is_truncated()) {
+                (Some(next), _) if !next.is_empty() => token = Some(next.to_string()),
+                (_, Some(true)) => {
+                    return Err(Error::Io {
+                        location,
+                        source: std::io::Error::other(
+                            "the listing is truncated but names no continuation token",
+                        ),
+                    })
+                }
                 _ => return Ok(out),
             }
         }
