@@ -97,11 +97,7 @@ pub async fn collect(
     let now = SystemTime::now();
     let old: Vec<Listed> = packs
         .into_iter()
-        // The store's clock may run behind this one: a pack must look older by the slack too.
-        .filter(|p| {
-            now.duration_since(p.modified)
-                .is_ok_and(|age| age >= options.grace + CLOCK_SLACK)
-        })
+        .filter(|p| old_enough(now, p.modified, options.grace))
         .collect();
     report.old_packs = old.len() as u64;
     if old.is_empty() {
@@ -149,6 +145,13 @@ pub async fn collect(
         "garbage collection deleted unreferenced packs"
     );
     Ok(report)
+}
+
+/// Whether an object last written at `modified` is older than `grace` as of `now`; the
+/// store's clock may run behind this one, so it must look older by [`CLOCK_SLACK`] too.
+fn old_enough(now: SystemTime, modified: SystemTime, grace: Duration) -> bool {
+    now.duration_since(modified)
+        .is_ok_and(|age| age >= grace.saturating_add(CLOCK_SLACK))
 }
 
 /// The first byte of the oldest candidate, where every candidate's is known.
@@ -245,4 +248,26 @@ fn failed(what: &str, e: baton_common::Error) -> Error {
 /// The file name of an archive (its run), not the store's path.
 fn name_of(uri: &str) -> &str {
     uri.rsplit('/').next().unwrap_or(uri)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn any_grace_is_accepted_without_overflow_and_the_clock_slack_counts() {
+        let req = |s| pb::CollectGarbageRequest {
+            older_than_seconds: s,
+            dry_run: false,
+        };
+        assert!(Options::from_request(&req(599)).is_err());
+        assert_eq!(Options::from_request(&req(0)).unwrap().grace, DEFAULT_GRACE);
+        let huge = Options::from_request(&req(u64::MAX)).unwrap();
+        let now = SystemTime::now();
+        let hour_ago = now - Duration::from_secs(3600);
+        assert!(!old_enough(now, hour_ago, huge.grace));
+        assert!(!old_enough(now, hour_ago, Duration::from_secs(3300)));
+        assert!(old_enough(now, hour_ago, Duration::from_secs(3000)));
+        assert!(!old_enough(now, now + Duration::from_secs(60), MIN_GRACE));
+    }
 }

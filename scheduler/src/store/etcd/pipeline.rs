@@ -49,20 +49,19 @@ pub async fn run(
     let hasher = RandomState::new();
     let mut failed: Option<StoreError> = None;
     // Merged batches not yet started, and those being written (oldest first).
-    let mut waiting: VecDeque<(Vec<Op>, Vec<Done>)> = VecDeque::new();
+    let mut waiting: VecDeque<(Touched, Vec<Op>, Vec<Done>)> = VecDeque::new();
     let mut writing: VecDeque<(Touched, Vec<Done>)> = VecDeque::new();
     let mut commits = FuturesOrdered::new();
     let mut open = true;
     loop {
         while writing.len() < IN_FLIGHT {
-            let Some((ops, _)) = waiting.front() else {
+            let Some((touched, _, _)) = waiting.front() else {
                 break;
             };
-            let touched = touched(&hasher, ops);
-            if !writing.iter().all(|(t, _)| apart(t, &touched)) {
+            if !writing.iter().all(|(t, _)| apart(t, touched)) {
                 break;
             }
-            let Some((ops, dones)) = waiting.pop_front() else {
+            let Some((touched, ops, dones)) = waiting.pop_front() else {
                 break;
             };
             let (shared, won, lease) = (&shared, &won, &lease);
@@ -117,7 +116,11 @@ pub async fn run(
                         Err(_) => break,
                     }
                 }
-                waiting.extend(merge(steps));
+                waiting.extend(
+                    merge(steps)
+                        .into_iter()
+                        .map(|(ops, dones)| (touched(&hasher, &ops), ops, dones)),
+                );
             }
         }
     }
